@@ -1,0 +1,2 @@
+//! conversa: the stateful engine between Kommo CRM, n8n and sellers.
+pub mod store;

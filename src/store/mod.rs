@@ -1,0 +1,8 @@
+//! The store backends behind [`conversa_actors::store::Store`]: embedded (redb, the default when
+//! no Redis is configured, so `cargo run` needs nothing installed) and Redis (production and
+//! several engine nodes). The in-memory backend lives in the actors crate, for tests.
+
+pub mod embedded;
+pub mod redis;
+
+pub use conversa_actors::store::{IndexUpdate, MemoryStore, Store, StoreError, StoredSnapshot};
