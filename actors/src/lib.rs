@@ -1,8 +1,35 @@
 //! The core of conversa: everything that decides, nothing that speaks a wire format.
 //!
-//! * [`conversation`] — the pure state machine of one contact's conversation (sans-IO).
-//! * [`store`] — the persistence contract and its in-memory backend.
-pub mod contact;
-pub mod store;
+//! * [`conversation`] — the pure state machine of one contact's conversation (sans-IO), with its
+//!   [`event`]s, [`effect`]s, [`phase`]s and [`timeline`].
+//! * [`store`] — the persistence contract, its in-memory backend and conformance suite.
+//! * [`engine`] — contact actors ([`actor`]) on ractor: registry, activation, supervision,
+//!   passivation, the timer service; [`executor`] is where effects leave the process.
 
+pub mod actor;
+pub mod clock;
+pub mod contact;
+pub mod conversation;
+pub mod effect;
+pub mod engine;
+pub mod event;
+pub mod executor;
+pub mod message;
+pub mod phase;
+pub mod policy;
+mod registry;
+pub mod store;
+mod supervisor;
+pub mod timeline;
+mod timers;
+
+pub use actor::Applied;
 pub use contact::{ContactKey, Millis};
+pub use conversation::{Conversation, DropReason, Outcome, Rejection};
+pub use engine::{Engine, EngineConfig, EngineError, EngineStats};
+pub use effect::{Dispatch, DispatchKind, Effect, OutboxEntry, TimerKind};
+pub use event::{BotCommand, Event};
+pub use executor::{ExecError, Executor, Executors, Job};
+pub use message::{Attachment, InboundMessage, Links, SellerRef};
+pub use phase::Phase;
+pub use policy::Policy;

@@ -1,0 +1,363 @@
+//! The contact actor: the thin shell around one [`Conversation`].
+//!
+//! It owns the conversation while the contact is active, applies events in arrival order
+//! (ractor's mailbox), and for each change: claims the outbox entries it will execute, writes
+//! the snapshot with compare-and-set (a conflict means another node wrote first: reload and
+//! apply the event again), answers the caller only once the write is durable, then starts the
+//! claimed effects on their own tasks (a slow n8n or Kommo never blocks the mailbox) and arms
+//! its next wake-up. When the store is down the caller gets `Unavailable` and the in-memory copy
+//! is dropped, so nothing unacknowledged survives even in memory.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use crate::clock::now_millis;
+use crate::contact::{ContactKey, Millis};
+use crate::conversation::{Conversation, Outcome, Rejection};
+use crate::effect::OutboxEntry;
+use crate::engine::{Core, EngineError};
+use crate::event::Event;
+use crate::executor::{ExecError, Job};
+use crate::phase::Phase;
+use crate::registry::Slot;
+use crate::store::{IndexUpdate, StoreError};
+
+/// How many times an event is re-applied after version conflicts before giving up.
+const MAX_CONFLICTS: usize = 16;
+/// How many timeline entries go to executors as history.
+const HISTORY: usize = 20;
+
+pub enum ContactMsg {
+    /// Apply an event and answer once it is durable.
+    Apply {
+        event: Event,
+        reply: oneshot::Sender<Result<Applied, EngineError>>,
+    },
+    /// Run whatever is due: timers, outbox retries, expired claims.
+    Wake,
+    /// An outbox entry finished.
+    Executed {
+        id: String,
+        result: Result<(), ExecError>,
+    },
+    /// Stop if still idle (sent by the engine's passivation sweep).
+    Passivate { idle_ms: u64 },
+    /// The last message of a passivated actor.
+    Stop,
+}
+
+/// The answer to an applied event.
+#[derive(Clone, Debug)]
+pub struct Applied {
+    /// What the event did, or why it was refused (then nothing changed).
+    pub outcome: Result<Outcome, Rejection>,
+    /// The phase after the event.
+    pub phase: Phase,
+    /// The stored version after the event.
+    pub version: u64,
+}
+
+pub(crate) struct ContactActor;
+
+pub(crate) struct ContactArgs {
+    pub key: ContactKey,
+    pub core: Arc<Core>,
+    pub slot: Arc<Slot>,
+}
+
+pub(crate) struct ContactState {
+    key: ContactKey,
+    core: Arc<Core>,
+    slot: Arc<Slot>,
+    /// `None` after a failed write: reload before the next event.
+    conversation: Option<Conversation>,
+    version: u64,
+}
+
+impl Actor for ContactActor {
+    type Msg = ContactMsg;
+    type State = ContactState;
+    type Arguments = ContactArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<ContactMsg>,
+        args: ContactArgs,
+    ) -> Result<ContactState, ActorProcessingErr> {
+        let mut state = ContactState {
+            key: args.key,
+            core: args.core,
+            slot: args.slot,
+            conversation: None,
+            version: 0,
+        };
+        state.load().await?;
+        state.core.stats.activations.fetch_add(1, Ordering::Relaxed);
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ContactMsg>,
+        state: &mut ContactState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.slot.mark_stopped();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ContactMsg>,
+        msg: ContactMsg,
+        state: &mut ContactState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ContactMsg::Apply { event, reply } => {
+                let result = state.apply(event).await;
+                let _ = reply.send(result);
+            }
+            ContactMsg::Wake => state.wake().await,
+            ContactMsg::Executed { id, result } => state.executed(&myself, id, result).await,
+            ContactMsg::Passivate { idle_ms } => {
+                let idle = now_millis().saturating_sub(state.slot.idle_since()) >= idle_ms;
+                let busy = state.slot.executing.load(Ordering::Relaxed) > 0;
+                if idle && !busy && state.slot.close() {
+                    state.core.forget(&state.key, &state.slot);
+                    // Everything enqueued before the close is ahead of this in the mailbox.
+                    let _ = myself.send_message(ContactMsg::Stop);
+                }
+            }
+            ContactMsg::Stop => {
+                state.core.stats.passivations.fetch_add(1, Ordering::Relaxed);
+                myself.stop(Some("passivated".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ContactState {
+    async fn load(&mut self) -> Result<(), StoreError> {
+        let loaded = self.core.load(&self.key).await?;
+        let (mut conversation, version) = match loaded {
+            Some(found) => found,
+            None => (Conversation::new(self.key, now_millis()), 0),
+        };
+        let core = &self.core;
+        conversation
+            .outbox
+            .release_orphans(&core.node_id, |id| core.executing.contains_key(id));
+        self.conversation = Some(conversation);
+        self.version = version;
+        Ok(())
+    }
+
+    async fn apply(&mut self, event: Event) -> Result<Applied, EngineError> {
+        let event_name = event.name();
+        for _ in 0..MAX_CONFLICTS {
+            if self.conversation.is_none() {
+                self.load().await?;
+            }
+            let now = now_millis();
+            let conversation = self.conversation.as_mut().expect("loaded above");
+            let outcome = conversation.handle(event.clone(), now, &self.core.policy);
+            let changed = outcome.as_ref().is_ok_and(|o| o.changed);
+            if !changed {
+                return Ok(self.applied(outcome));
+            }
+            match self.persist(now).await {
+                Ok(claimed) => {
+                    self.core.stats.count_event(event_name);
+                    self.start(claimed);
+                    return Ok(self.applied(outcome));
+                }
+                Err(StoreError::Conflict { current }) => {
+                    debug!(contact = %self.key, current, "version conflict, reloading");
+                    self.core.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                    self.conversation = None;
+                }
+                Err(e) => {
+                    self.conversation = None;
+                    return Err(e.into());
+                }
+            }
+        }
+        Err(EngineError::Contended)
+    }
+
+    fn applied(&self, outcome: Result<Outcome, Rejection>) -> Applied {
+        let conversation = self.conversation.as_ref().expect("loaded");
+        Applied {
+            outcome,
+            phase: conversation.phase.clone(),
+            version: self.version,
+        }
+    }
+
+    /// Applies every due timer, claims due outbox entries, and writes if anything changed.
+    async fn wake(&mut self) {
+        for _ in 0..MAX_CONFLICTS {
+            if self.conversation.is_none() && self.load().await.is_err() {
+                self.core.retry_wake_later(self.key);
+                return;
+            }
+            let now = now_millis();
+            let policy = self.core.policy.clone();
+            let conversation = self.conversation.as_mut().expect("loaded");
+            let mut changed = false;
+            for timer in conversation.due_timers(now) {
+                let event = Event::TimerFired { timer };
+                if let Ok(o) = conversation.handle(event, now, &policy) {
+                    changed |= o.changed;
+                }
+            }
+            let executable = |e: &OutboxEntry| self.core.executors.for_effect(&e.effect).is_some();
+            let due_outbox = conversation
+                .outbox
+                .entries()
+                .any(|e| executable(e) && e.wake_at() <= now);
+            let next = self.next_wake();
+            if !changed && !due_outbox {
+                // Woken early (a stale index entry, another node's timer): just re-arm.
+                match next {
+                    Some(at) => self.core.timers.arm(self.key, at),
+                    None => {
+                        // The index may still name us; rewrite it so sweeps stop waking us.
+                        if self.persist(now).await.is_err() {
+                            self.conversation = None;
+                        }
+                    }
+                }
+                return;
+            }
+            match self.persist(now).await {
+                Ok(claimed) => {
+                    self.start(claimed);
+                    return;
+                }
+                Err(StoreError::Conflict { .. }) => self.conversation = None,
+                Err(e) => {
+                    warn!(contact = %self.key, error = %e, "wake-up could not be written; retrying");
+                    self.conversation = None;
+                    self.core.retry_wake_later(self.key);
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn executed(
+        &mut self,
+        myself: &ActorRef<ContactMsg>,
+        id: String,
+        result: Result<(), ExecError>,
+    ) {
+        self.core.executing.remove(&id);
+        self.slot.executing.fetch_sub(1, Ordering::Relaxed);
+        let event = match &result {
+            Ok(()) => Event::EffectDone { id: id.clone() },
+            Err(e) => Event::EffectFailed {
+                id: id.clone(),
+                error: e.to_string(),
+                retryable: matches!(e, ExecError::Retry(_)),
+            },
+        };
+        self.core.stats.count_execution(&result);
+        if let Err(e) = self.apply(event).await {
+            // Done but not recorded: keep it in memory and try again shortly. A crash now
+            // re-executes the entry after its claim expires (same id: receivers dedupe).
+            warn!(contact = %self.key, dispatch_id = %id, error = %e, "outcome not recorded yet");
+            self.core.executing.insert(id.clone(), ());
+            self.slot.executing.fetch_add(1, Ordering::Relaxed);
+            let msg = ContactMsg::Executed { id, result };
+            ractor::time::send_after(self.core.retry_delay, myself.get_cell(), move || msg);
+        }
+    }
+
+    /// Claims what this node will execute, writes the snapshot (indexes first) and returns the
+    /// claimed jobs. On error nothing was acknowledged and the caller drops the in-memory copy.
+    async fn persist(&mut self, now: Millis) -> Result<Vec<Job>, StoreError> {
+        let core = self.core.clone();
+        let conversation = self.conversation.as_mut().expect("loaded");
+        let executable = |e: &OutboxEntry| core.executors.for_effect(&e.effect).is_some();
+        let claimed = conversation.outbox.claim_due_where(
+            &core.node_id,
+            now,
+            now + core.claim_lease_ms,
+            executable,
+        );
+        let index = IndexUpdate {
+            wake_at: wake_at(conversation, &core),
+            outbox_pending: !conversation.outbox.is_empty(),
+            phase: conversation.phase.name().to_owned(),
+        };
+        let data = serde_json::to_vec(conversation).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let started = std::time::Instant::now();
+        let version = core.store.save(&self.key, self.version, &data, &index).await?;
+        core.stats.record_save(started.elapsed());
+        self.version = version;
+        if let Some(at) = index.wake_at {
+            core.timers.arm(self.key, at);
+        }
+        let history: Vec<_> = {
+            let t = &conversation.timeline;
+            t.entries().skip(t.len().saturating_sub(HISTORY)).cloned().collect()
+        };
+        Ok(claimed
+            .into_iter()
+            .filter_map(|id| {
+                let entry = conversation.outbox.get(&id)?;
+                Some(Job {
+                    key: self.key,
+                    id,
+                    effect: entry.effect.clone(),
+                    attempt: entry.attempts + 1,
+                    links: conversation.links.clone(),
+                    phase: conversation.phase.name(),
+                    seller: conversation.phase.seller().cloned(),
+                    history: history.clone(),
+                })
+            })
+            .collect())
+    }
+
+    fn next_wake(&self) -> Option<Millis> {
+        self.conversation.as_ref().and_then(|c| wake_at(c, &self.core))
+    }
+
+    /// Starts the claimed jobs, each on its own task; results come back as `Executed`.
+    fn start(&self, jobs: Vec<Job>) {
+        for job in jobs {
+            let Some(executor) = self.core.executors.for_effect(&job.effect).cloned() else {
+                continue;
+            };
+            self.core.executing.insert(job.id.clone(), ());
+            self.slot.executing.fetch_add(1, Ordering::Relaxed);
+            let core = self.core.clone();
+            tokio::spawn(async move {
+                let result = match tokio::time::timeout(core.execute_timeout, executor.execute(&job)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ExecError::Retry("timed out".into())),
+                };
+                core.deliver_result(job.key, job.id, result).await;
+            });
+        }
+    }
+}
+
+/// The conversation's next wake-up, counting only outbox entries someone can execute (the
+/// others wait for an executor to be configured and must not wake the actor in a loop).
+fn wake_at(conversation: &Conversation, core: &Core) -> Option<Millis> {
+    let timer = conversation.timers.values().copied().min();
+    let outbox = conversation
+        .outbox
+        .next_wake_where(|e| core.executors.for_effect(&e.effect).is_some());
+    match (timer, outbox) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}

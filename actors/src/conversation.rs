@@ -1,0 +1,853 @@
+//! `Conversation`: one contact's conversation as a pure state machine.
+//!
+//! [`Conversation::handle`] takes an [`Event`] and the current time and returns the [`Effect`]s
+//! it caused; it does no I/O and reads no clock, so every rule below is a plain unit or property
+//! test away. The contact actor is the shell around it: it persists the snapshot, runs the
+//! outbox, arms the timers.
+//!
+//! The rules that matter most:
+//! * While a seller holds the conversation (`human_assigned`) the bot neither receives customer
+//!   messages nor speaks: every takeover bumps the **epoch**, every dispatch carries the epoch it
+//!   was made in, and a reply from an older epoch or for a superseded dispatch is recorded in the
+//!   timeline and dropped.
+//! * A customer message id is acted on at most once; the same id again with an attachment is
+//!   merged into the message, not added twice.
+//! * A burst of customer messages is held for the debounce time and sent as one dispatch
+//!   carrying every message since the last delivered reply; a newer message supersedes a
+//!   dispatch in flight.
+//! * At most one proactive conversation is live per contact.
+//! * Timers never fire early: a timer event before its due time changes nothing.
+//! * Handing the conversation back to the bot tells n8n (a `released` dispatch), so the AI's
+//!   memory of "a human is talking" does not keep it silent.
+//!
+//! A rejected event ([`Rejection`]) leaves the conversation exactly as it was.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::contact::{ContactKey, Millis};
+use crate::effect::{Dispatch, DispatchKind, Effect, Outbox, OutboxEntry, TimerKind};
+use crate::event::{BotCommand, Event};
+use crate::message::{InboundMessage, Links, SellerRef};
+use crate::phase::Phase;
+use crate::policy::Policy;
+use crate::timeline::{Entry, Timeline, What};
+
+/// How many message ids a conversation remembers for deduplication. Kommo redelivers within
+/// hours, far fewer messages than this apart.
+const SEEN_CAPACITY: usize = 256;
+/// How many recent dispatches are remembered to judge a late reply.
+const RECENT_DISPATCHES: usize = 32;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Conversation {
+    pub key: ContactKey,
+    pub phase: Phase,
+    /// Bumped at every change of who may speak (takeover, release, pause, resume).
+    pub epoch: u64,
+    #[serde(default)]
+    pub links: Links,
+    /// Customer messages since the last delivered reply.
+    #[serde(default)]
+    pub pending: Vec<InboundMessage>,
+    /// The dispatch whose reply the conversation waits for.
+    #[serde(default)]
+    pub in_flight: Option<InFlight>,
+    /// When the current burst of customer messages began (for the debounce cap).
+    #[serde(default)]
+    pub burst_started_at: Option<Millis>,
+    #[serde(default)]
+    pub recent_dispatches: VecDeque<DispatchRecord>,
+    /// Message ids already acted on, with whether their attachment arrived.
+    #[serde(default)]
+    pub seen: VecDeque<SeenMessage>,
+    #[serde(default)]
+    pub timers: BTreeMap<TimerKind, Millis>,
+    #[serde(default)]
+    pub outbox: Outbox,
+    /// Source of every outbox id; never reused.
+    pub next_seq: u64,
+    #[serde(default)]
+    pub last_customer_at: Option<Millis>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    #[serde(default)]
+    pub timeline: Timeline,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    pub dispatch_id: String,
+    pub kind: DispatchKind,
+    /// A newer customer message came in: the reply to this dispatch will be dropped.
+    pub superseded: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DispatchRecord {
+    pub dispatch_id: String,
+    pub epoch: u64,
+    pub kind: DispatchKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenMessage {
+    pub id: String,
+    pub attachment: bool,
+}
+
+/// Why an n8n reply was not delivered to the customer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    HumanAssigned,
+    Paused,
+    StaleDispatch,
+    Superseded,
+    UnknownDispatch,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::HumanAssigned => "human_assigned",
+            DropReason::Paused => "paused",
+            DropReason::StaleDispatch => "stale_dispatch",
+            DropReason::Superseded => "superseded",
+            DropReason::UnknownDispatch => "unknown_dispatch",
+        }
+    }
+}
+
+/// An event the conversation refuses; nothing changed.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Rejection {
+    #[error("the conversation is held by seller {} ({})", .0.name, .0.id)]
+    HeldBy(SellerRef),
+    #[error("a seller holds the conversation")]
+    HumanAssigned,
+    #[error("the bot is paused for this conversation")]
+    Paused,
+    #[error("a conversation with this contact is already live")]
+    AlreadyLive,
+    #[error("the conversation is not scheduling")]
+    NotScheduling,
+    #[error("a reply needs at least one non-empty text")]
+    EmptyReply,
+}
+
+/// What one event did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outcome {
+    pub effects: Vec<Effect>,
+    /// For a reply: why it was not delivered.
+    pub dropped: Option<DropReason>,
+    /// Whether the conversation changed (a redelivered message changes nothing and need not be
+    /// written).
+    pub changed: bool,
+}
+
+impl Conversation {
+    pub fn new(key: ContactKey, now: Millis) -> Self {
+        Self {
+            key,
+            phase: Phase::Idle,
+            epoch: 0,
+            links: Links::default(),
+            pending: Vec::new(),
+            in_flight: None,
+            burst_started_at: None,
+            recent_dispatches: VecDeque::new(),
+            seen: VecDeque::new(),
+            timers: BTreeMap::new(),
+            outbox: Outbox::default(),
+            next_seq: 1,
+            last_customer_at: None,
+            created_at: now,
+            updated_at: now,
+            timeline: Timeline::default(),
+        }
+    }
+
+    /// Applies one event at time `now`.
+    pub fn handle(
+        &mut self,
+        event: Event,
+        now: Millis,
+        policy: &Policy,
+    ) -> Result<Outcome, Rejection> {
+        self.check(&event, now, policy)?;
+        let mut out = Outcome::default();
+        let mut step = Step {
+            c: self,
+            now,
+            policy,
+            out: &mut out,
+        };
+        step.apply(event);
+        if out.changed {
+            self.updated_at = now;
+        }
+        Ok(out)
+    }
+
+    /// Every rejection is decided here, before anything is touched.
+    fn check(&self, event: &Event, now: Millis, policy: &Policy) -> Result<(), Rejection> {
+        match (event, &self.phase) {
+            (Event::Assume { seller, .. }, Phase::HumanAssigned { seller: holder, .. })
+                if holder.id != seller.id =>
+            {
+                Err(Rejection::HeldBy(holder.clone()))
+            }
+            (
+                Event::Release {
+                    seller: Some(seller),
+                    ..
+                },
+                Phase::HumanAssigned { seller: holder, .. },
+            ) if holder.id != seller.id => Err(Rejection::HeldBy(holder.clone())),
+            (Event::Reply { texts, .. }, _) if texts.iter().all(|t| t.trim().is_empty()) => {
+                Err(Rejection::EmptyReply)
+            }
+            (Event::ProactiveStart { .. } | Event::SchedulingRequest { .. }, phase) => {
+                match phase {
+                    Phase::HumanAssigned { .. } => Err(Rejection::HumanAssigned),
+                    Phase::Paused { .. } => Err(Rejection::Paused),
+                    Phase::Proactive { .. } | Phase::Scheduling { .. } => {
+                        Err(Rejection::AlreadyLive)
+                    }
+                    Phase::BotActive
+                        if matches!(event, Event::ProactiveStart { .. })
+                            && self.is_live_at(now, policy) =>
+                    {
+                        Err(Rejection::AlreadyLive)
+                    }
+                    _ => Ok(()),
+                }
+            }
+            (Event::SchedulingOutcome { .. }, phase)
+                if !matches!(phase, Phase::Scheduling { .. }) =>
+            {
+                Err(Rejection::NotScheduling)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a conversation is going on at `now`, so a proactive start would be a duplicate:
+    /// a bot conversation is live while a dispatch awaits its reply or the customer wrote
+    /// within the policy's live window.
+    pub fn is_live_at(&self, now: Millis, policy: &Policy) -> bool {
+        match self.phase {
+            Phase::Proactive { .. } | Phase::Scheduling { .. } | Phase::HumanAssigned { .. } => {
+                true
+            }
+            Phase::BotActive => {
+                self.in_flight.is_some()
+                    || self
+                        .last_customer_at
+                        .is_some_and(|t| now.saturating_sub(t) < policy.live_window_ms)
+            }
+            Phase::Idle | Phase::Paused { .. } => false,
+        }
+    }
+
+    /// When the actor must next run: the earliest timer or outbox retry / claim expiry.
+    pub fn next_wake(&self) -> Option<Millis> {
+        let timer = self.timers.values().copied().min();
+        match (timer, self.outbox.next_wake()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Timers due at `now`, earliest first.
+    pub fn due_timers(&self, now: Millis) -> Vec<TimerKind> {
+        let mut due: Vec<_> = self
+            .timers
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(k, at)| (*at, *k))
+            .collect();
+        due.sort();
+        due.into_iter().map(|(_, k)| k).collect()
+    }
+
+    pub fn seller(&self) -> Option<&SellerRef> {
+        self.phase.seller()
+    }
+}
+
+/// One event being applied: the conversation, the time, the policy and what came out.
+struct Step<'a> {
+    c: &'a mut Conversation,
+    now: Millis,
+    policy: &'a Policy,
+    out: &'a mut Outcome,
+}
+
+impl Step<'_> {
+    fn apply(&mut self, event: Event) {
+        match event {
+            Event::CustomerMessage(msg) => self.customer_message(msg),
+            Event::SellerSpoke { seller, message_id } => self.seller_spoke(seller, message_id),
+            Event::BotControl { command, by } => match command {
+                BotCommand::Pause => self.pause(by),
+                BotCommand::Resume => self.resume(by),
+            },
+            Event::Assume { seller, by } => self.assume(seller, by),
+            Event::Release { by, .. } => {
+                if self.c.phase.is_human() {
+                    self.back_to_bot(What::Released, by);
+                }
+            }
+            Event::Reply { dispatch_id, texts } => self.reply(dispatch_id, texts),
+            Event::ProactiveStart {
+                trigger,
+                seller,
+                details,
+            } => self.proactive(trigger, seller, details),
+            Event::SchedulingRequest { seller, request } => self.scheduling(seller, request),
+            Event::SchedulingOutcome {
+                dispatch_id,
+                confirmed,
+                details,
+            } => self.scheduling_outcome(dispatch_id, confirmed, details),
+            Event::TimerFired { timer } => self.timer(timer),
+            Event::EffectDone { id } => self.effect_done(id),
+            Event::EffectFailed {
+                id,
+                error,
+                retryable,
+            } => self.effect_failed(id, error, retryable),
+        }
+    }
+
+    // ---- customer messages and the reply cycle ------------------------------------------
+
+    fn customer_message(&mut self, msg: InboundMessage) {
+        if let Some(seen) = self.c.seen.iter_mut().find(|s| s.id == msg.id) {
+            // A redelivery. Only an attachment that was missing makes it news.
+            if seen.attachment || msg.attachment.is_none() {
+                return;
+            }
+            seen.attachment = true;
+            let in_buffer = self.c.pending.iter_mut().find(|m| m.id == msg.id);
+            let detail = match in_buffer {
+                Some(existing) => {
+                    existing.attachment = msg.attachment;
+                    if !msg.text.is_empty() {
+                        existing.text = msg.text;
+                    }
+                    "merged into the pending message"
+                }
+                None => "arrived after the message was answered or held",
+            };
+            self.log(What::AttachmentMerged, Some(&msg.id), None, Some(detail));
+            if detail.starts_with("merged") && self.bot_may_speak() {
+                self.burst();
+            }
+            return;
+        }
+        if self.c.seen.len() == SEEN_CAPACITY {
+            self.c.seen.pop_front();
+        }
+        self.c.seen.push_back(SeenMessage {
+            id: msg.id.clone(),
+            attachment: msg.attachment.is_some(),
+        });
+        self.c.links.update(&msg.links);
+        self.c.last_customer_at = Some(self.now);
+        match self.c.phase {
+            Phase::HumanAssigned { .. } | Phase::Paused { .. } | Phase::Scheduling { .. } => {
+                let phase = self.c.phase.name();
+                self.log(What::MessageHeld, Some(&msg.id), None, Some(phase));
+            }
+            Phase::Idle | Phase::Proactive { .. } | Phase::BotActive => {
+                self.c.phase = Phase::BotActive;
+                self.log(What::MessageIn, Some(&msg.id), None, None);
+                self.c.pending.push(msg);
+                self.burst();
+            }
+        }
+    }
+
+    fn bot_may_speak(&self) -> bool {
+        matches!(self.c.phase, Phase::BotActive)
+    }
+
+    /// A customer message joined the burst: supersede what is in flight, then dispatch now or
+    /// when the customer stops typing.
+    fn burst(&mut self) {
+        if let Some(f) = self.c.in_flight.as_mut().filter(|f| !f.superseded) {
+            f.superseded = true;
+            let id = f.dispatch_id.clone();
+            self.log(What::DispatchSuperseded, None, Some(&id), None);
+            // Not sent yet: no need to send it at all.
+            self.cancel_outbox(|e| e.id == id && e.claim.is_none());
+        }
+        if self.policy.debounce_ms == 0 {
+            self.flush();
+            return;
+        }
+        let first = *self.c.burst_started_at.get_or_insert(self.now);
+        let at = (self.now + self.policy.debounce_ms)
+            .min(first + self.policy.debounce_max_ms)
+            .max(self.now);
+        self.set_timer(TimerKind::Debounce, at);
+    }
+
+    /// Sends every message since the last delivered reply to n8n.
+    fn flush(&mut self) {
+        self.cancel_timer(TimerKind::Debounce);
+        self.c.burst_started_at = None;
+        let already_sent = self.c.in_flight.as_ref().is_some_and(|f| !f.superseded);
+        if self.c.pending.is_empty() || already_sent || !self.bot_may_speak() {
+            return;
+        }
+        let messages = self.c.pending.clone();
+        self.dispatch(DispatchKind::Message, messages, None, serde_json::Value::Null);
+    }
+
+    fn reply(&mut self, dispatch_id: Option<String>, texts: Vec<String>) {
+        self.out.changed = true;
+        let verdict = match self.c.phase {
+            Phase::HumanAssigned { .. } => Err(DropReason::HumanAssigned),
+            Phase::Paused { .. } => Err(DropReason::Paused),
+            _ => self.fence(dispatch_id.as_deref()),
+        };
+        match verdict {
+            Err(reason) => {
+                self.out.dropped = Some(reason);
+                self.log(
+                    What::ReplyDropped,
+                    None,
+                    dispatch_id.as_deref(),
+                    Some(reason.as_str()),
+                );
+            }
+            Ok(kind) => {
+                // A scheduling dialogue may take several replies; any other reply closes the
+                // cycle: the messages it answered are no longer pending.
+                if kind != Some(DispatchKind::Scheduling) {
+                    self.c.in_flight = None;
+                    self.c.pending.clear();
+                }
+                self.log(What::ReplyAccepted, None, dispatch_id.as_deref(), None);
+                self.queue(Effect::DeliverReply { dispatch_id, texts }, 'r');
+            }
+        }
+    }
+
+    /// Judges a reply by its dispatch: `Ok(kind of the awaited dispatch)` to deliver it.
+    fn fence(&self, dispatch_id: Option<&str>) -> Result<Option<DispatchKind>, DropReason> {
+        let in_flight = self.c.in_flight.as_ref();
+        let Some(id) = dispatch_id else {
+            // A reply without an id (older n8n flows) answers whatever is in flight.
+            return match in_flight {
+                Some(f) if f.superseded => Err(DropReason::Superseded),
+                Some(f) => Ok(Some(f.kind)),
+                None => Ok(None),
+            };
+        };
+        let record = self
+            .c
+            .recent_dispatches
+            .iter()
+            .find(|d| d.dispatch_id == id)
+            .ok_or(DropReason::UnknownDispatch)?;
+        if record.epoch < self.c.epoch {
+            return Err(DropReason::StaleDispatch);
+        }
+        match in_flight {
+            Some(f) if f.dispatch_id == id && !f.superseded => Ok(Some(f.kind)),
+            _ => Err(DropReason::Superseded),
+        }
+    }
+
+    // ---- who may speak ------------------------------------------------------------------
+
+    fn assume(&mut self, seller: SellerRef, by: String) {
+        if self.c.phase.is_human() {
+            // The holder again: a renewed lease.
+            self.extend_lease(None);
+            return;
+        }
+        self.c.epoch += 1;
+        self.silence_bot();
+        let expires_at = self.policy.human_lease_ms.map(|l| self.now + l);
+        let detail = format!("{} ({}) by {by}", seller.name, seller.id);
+        let note = format!("Atendimento assumido por {} ({by}).", seller.name);
+        self.c.phase = Phase::HumanAssigned {
+            seller,
+            since: self.now,
+            by,
+            expires_at,
+        };
+        self.arm_lease_timers(expires_at);
+        self.log(What::Takeover, None, None, Some(&detail));
+        self.note(note);
+    }
+
+    fn seller_spoke(&mut self, seller: SellerRef, message_id: String) {
+        if self.c.seen.iter().any(|s| s.id == message_id) {
+            return;
+        }
+        if self.c.seen.len() == SEEN_CAPACITY {
+            self.c.seen.pop_front();
+        }
+        self.c.seen.push_back(SeenMessage {
+            id: message_id.clone(),
+            attachment: false,
+        });
+        self.out.changed = true;
+        if self.c.phase.is_human() {
+            self.extend_lease(Some(&message_id));
+        } else if self.policy.auto_takeover_on_human_reply {
+            let by = format!("chat message {message_id}");
+            self.assume(seller, by);
+        }
+    }
+
+    fn extend_lease(&mut self, message_id: Option<&str>) {
+        let expires = self.policy.human_lease_ms.map(|l| self.now + l);
+        if let Phase::HumanAssigned { expires_at, .. } = &mut self.c.phase {
+            *expires_at = expires;
+        }
+        self.arm_lease_timers(expires);
+        self.log(What::LeaseExtended, message_id, None, None);
+    }
+
+    fn arm_lease_timers(&mut self, expires_at: Option<Millis>) {
+        match expires_at {
+            Some(at) => {
+                self.set_timer(TimerKind::LeaseExpiry, at);
+                let nudge = self.policy.lease_nudge_ms;
+                if nudge > 0 && at.saturating_sub(nudge) > self.now {
+                    self.set_timer(TimerKind::LeaseNudge, at - nudge);
+                } else {
+                    self.cancel_timer(TimerKind::LeaseNudge);
+                }
+            }
+            None => {
+                self.cancel_timer(TimerKind::LeaseExpiry);
+                self.cancel_timer(TimerKind::LeaseNudge);
+            }
+        }
+    }
+
+    fn pause(&mut self, by: String) {
+        if matches!(
+            self.c.phase,
+            Phase::HumanAssigned { .. } | Phase::Paused { .. }
+        ) {
+            return;
+        }
+        self.c.epoch += 1;
+        self.silence_bot();
+        self.c.phase = Phase::Paused {
+            since: self.now,
+            by: by.clone(),
+        };
+        self.log(What::Paused, None, None, Some(&by));
+    }
+
+    fn resume(&mut self, by: String) {
+        match self.c.phase {
+            Phase::Paused { .. } => self.back_to_bot(What::Resumed, by),
+            Phase::HumanAssigned { .. } => self.back_to_bot(What::Released, by),
+            _ => {}
+        }
+    }
+
+    /// The bot must not speak: nothing in flight, nothing buffered, nothing waiting to be sent.
+    fn silence_bot(&mut self) {
+        self.c.in_flight = None;
+        self.c.pending.clear();
+        self.c.burst_started_at = None;
+        self.cancel_timer(TimerKind::Debounce);
+        self.cancel_timer(TimerKind::SchedulingTimeout);
+        self.cancel_outbox(|e| match &e.effect {
+            Effect::DeliverReply { .. } => true,
+            Effect::Dispatch(d) => matches!(d.kind, DispatchKind::Message | DispatchKind::Scheduling),
+            _ => false,
+        });
+    }
+
+    /// Hands the conversation (back) to the bot and tells n8n.
+    fn back_to_bot(&mut self, what: What, by: String) {
+        let previous = self.c.phase.seller().cloned();
+        self.c.epoch += 1;
+        self.c.phase = Phase::BotActive;
+        self.c.in_flight = None;
+        self.cancel_timer(TimerKind::LeaseExpiry);
+        self.cancel_timer(TimerKind::LeaseNudge);
+        self.log(what, None, None, Some(&by));
+        let details = serde_json::json!({ "reason": what, "by": by });
+        self.dispatch(DispatchKind::Released, Vec::new(), previous, details);
+        let note = match what {
+            What::LeaseExpired => "Tempo de atendimento humano esgotado: a IA voltou a responder.",
+            _ => "A IA voltou a responder nesta conversa.",
+        };
+        self.note(note.to_owned());
+    }
+
+    // ---- proactive and scheduling ----------------------------------------------------------
+
+    fn proactive(&mut self, trigger: String, seller: SellerRef, details: serde_json::Value) {
+        self.c.pending.clear();
+        self.c.phase = Phase::Proactive {
+            since: self.now,
+            trigger: trigger.clone(),
+        };
+        let note = format!("Conversa proativa iniciada ({trigger}) para {}.", seller.name);
+        self.log(What::ProactiveStarted, None, None, Some(&trigger));
+        self.dispatch(DispatchKind::Proactive, Vec::new(), Some(seller), details);
+        self.note(note);
+    }
+
+    fn scheduling(&mut self, seller: Option<SellerRef>, request: serde_json::Value) {
+        self.c.pending.clear();
+        self.c.burst_started_at = None;
+        self.cancel_timer(TimerKind::Debounce);
+        self.c.phase = Phase::Scheduling {
+            since: self.now,
+            request: request.clone(),
+        };
+        self.log(What::SchedulingStarted, None, None, None);
+        self.dispatch(DispatchKind::Scheduling, Vec::new(), seller, request);
+        let at = self.now + self.policy.scheduling_timeout_ms;
+        self.set_timer(TimerKind::SchedulingTimeout, at);
+    }
+
+    fn scheduling_outcome(
+        &mut self,
+        dispatch_id: Option<String>,
+        confirmed: bool,
+        details: serde_json::Value,
+    ) {
+        self.out.changed = true;
+        let current = self.c.in_flight.as_ref().map(|f| f.dispatch_id.clone());
+        if let (Some(id), Some(cur)) = (&dispatch_id, &current) {
+            if id != cur {
+                self.out.dropped = Some(DropReason::StaleDispatch);
+                self.log(What::ReplyDropped, None, Some(id), Some("stale_dispatch"));
+                return;
+            }
+        }
+        self.c.phase = Phase::BotActive;
+        self.c.in_flight = None;
+        self.cancel_timer(TimerKind::SchedulingTimeout);
+        let status = if confirmed { "confirmed" } else { "failed" };
+        self.log(What::SchedulingDone, None, dispatch_id.as_deref(), Some(status));
+        let note = if confirmed {
+            format!("Agendamento confirmado. {}", compact(&details))
+        } else {
+            format!("Agendamento não concluído. {}", compact(&details))
+        };
+        self.note(note);
+    }
+
+    // ---- timers and effects -----------------------------------------------------------------
+
+    fn timer(&mut self, timer: TimerKind) {
+        match self.c.timers.get(&timer) {
+            Some(at) if *at <= self.now => {}
+            _ => return, // not set, or not due: never early
+        }
+        self.c.timers.remove(&timer);
+        self.out.changed = true;
+        match (timer, &self.c.phase) {
+            (TimerKind::Debounce, _) => self.flush(),
+            (TimerKind::LeaseNudge, Phase::HumanAssigned { expires_at, .. }) => {
+                let minutes = expires_at.map_or(0, |e| e.saturating_sub(self.now) / 60_000);
+                self.note(format!(
+                    "A conversa volta para a IA em {minutes} min se ninguém responder."
+                ));
+            }
+            (
+                TimerKind::LeaseExpiry,
+                Phase::HumanAssigned {
+                    expires_at: Some(e),
+                    ..
+                },
+            ) if *e <= self.now => self.back_to_bot(What::LeaseExpired, "lease".to_owned()),
+            (TimerKind::SchedulingTimeout, Phase::Scheduling { .. }) => {
+                self.c.phase = Phase::BotActive;
+                self.c.in_flight = None;
+                self.log(What::SchedulingTimeout, None, None, None);
+                self.note("Agendamento sem resposta: a IA voltou a responder.".to_owned());
+            }
+            _ => {}
+        }
+    }
+
+    fn effect_done(&mut self, id: String) {
+        let Some(entry) = self.c.outbox.remove(&id) else {
+            return; // cancelled meanwhile, or a duplicate report
+        };
+        self.out.changed = true;
+        let what = match entry.effect {
+            Effect::Dispatch(_) => What::DispatchSent,
+            Effect::DeliverReply { .. } => What::ReplySent,
+            _ => What::NoteAdded,
+        };
+        self.log(what, None, Some(&id), None);
+    }
+
+    fn effect_failed(&mut self, id: String, error: String, retryable: bool) {
+        let now = self.now;
+        let dead_after = self.policy.dead_letter_after_ms;
+        let Some(entry) = self.c.outbox.get_mut(&id) else {
+            return;
+        };
+        self.out.changed = true;
+        entry.attempts += 1;
+        entry.claim = None;
+        entry.last_error = Some(error.clone());
+        if retryable && now.saturating_sub(entry.created_at) < dead_after {
+            entry.not_before = now + self.policy.retry_delay(entry.attempts);
+            let detail = format!("attempt {}: {error}", entry.attempts);
+            self.log(What::DispatchRetry, None, Some(&id), Some(&detail));
+            return;
+        }
+        let entry = self.c.outbox.remove(&id).expect("entry found above");
+        if self.c.in_flight.as_ref().is_some_and(|f| f.dispatch_id == id) {
+            self.c.in_flight = None;
+        }
+        self.log(What::DeadLettered, None, Some(&id), Some(&error));
+        if matches!(entry.effect, Effect::Dispatch(_)) {
+            self.note(format!("Falha ao enviar para a IA ({id}): {error}"));
+        }
+    }
+
+    // ---- building blocks ------------------------------------------------------------------------
+
+    fn dispatch(
+        &mut self,
+        kind: DispatchKind,
+        messages: Vec<InboundMessage>,
+        seller: Option<SellerRef>,
+        details: serde_json::Value,
+    ) {
+        let dispatch_id = format!(
+            "{}-{}-{}",
+            self.c.key.account_id, self.c.key.contact_id, self.c.next_seq
+        );
+        if self.c.recent_dispatches.len() == RECENT_DISPATCHES {
+            self.c.recent_dispatches.pop_front();
+        }
+        self.c.recent_dispatches.push_back(DispatchRecord {
+            dispatch_id: dispatch_id.clone(),
+            epoch: self.c.epoch,
+            kind,
+        });
+        if kind != DispatchKind::Released {
+            self.c.in_flight = Some(InFlight {
+                dispatch_id: dispatch_id.clone(),
+                kind,
+                superseded: false,
+            });
+        }
+        let detail = serde_json::to_value(kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned));
+        self.log(What::DispatchQueued, None, Some(&dispatch_id), detail.as_deref());
+        let dispatch = Dispatch {
+            dispatch_id,
+            kind,
+            epoch: self.c.epoch,
+            messages,
+            seller,
+            details,
+        };
+        self.queue(Effect::Dispatch(dispatch), 'd');
+    }
+
+    fn note(&mut self, text: String) {
+        if self.policy.notes {
+            self.queue(Effect::AddNote { text }, 'n');
+        }
+    }
+
+    /// Puts an external effect in the outbox under a fresh id.
+    fn queue(&mut self, effect: Effect, tag: char) {
+        let seq = self.c.next_seq;
+        self.c.next_seq += 1;
+        let id = match &effect {
+            Effect::Dispatch(d) => d.dispatch_id.clone(),
+            _ => format!(
+                "{}-{}-{seq}{tag}",
+                self.c.key.account_id, self.c.key.contact_id
+            ),
+        };
+        self.c.outbox.push(
+            seq,
+            OutboxEntry {
+                id,
+                effect: effect.clone(),
+                created_at: self.now,
+                attempts: 0,
+                not_before: self.now,
+                claim: None,
+                last_error: None,
+            },
+        );
+        self.out.effects.push(effect);
+        self.out.changed = true;
+    }
+
+    fn cancel_outbox(&mut self, doomed: impl FnMut(&OutboxEntry) -> bool) {
+        for e in self.c.outbox.remove_where(doomed) {
+            self.out.changed = true;
+            let now = self.now;
+            self.c.timeline.push(Entry {
+                at: now,
+                what: What::EffectCancelled,
+                message_id: None,
+                dispatch_id: Some(e.id),
+                detail: None,
+            });
+        }
+    }
+
+    fn set_timer(&mut self, timer: TimerKind, at: Millis) {
+        self.c.timers.insert(timer, at);
+        self.out.effects.push(Effect::SetTimer { timer, at });
+        self.out.changed = true;
+    }
+
+    fn cancel_timer(&mut self, timer: TimerKind) {
+        if self.c.timers.remove(&timer).is_some() {
+            self.out.effects.push(Effect::CancelTimer { timer });
+            self.out.changed = true;
+        }
+    }
+
+    fn log(
+        &mut self,
+        what: What,
+        message_id: Option<&str>,
+        dispatch_id: Option<&str>,
+        detail: Option<&str>,
+    ) {
+        self.out.changed = true;
+        self.c.timeline.push(Entry {
+            at: self.now,
+            what,
+            message_id: message_id.map(str::to_owned),
+            dispatch_id: dispatch_id.map(str::to_owned),
+            detail: detail.map(str::to_owned),
+        });
+    }
+}
+
+/// A JSON value as a short one-line text for a note.
+fn compact(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

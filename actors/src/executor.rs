@@ -1,0 +1,69 @@
+//! The boundary to the outside world: whoever runs an outbox entry.
+//!
+//! The core knows that a dispatch must reach n8n, a reply the customer and a note the lead, but
+//! not how: the binary plugs in an n8n client and a Kommo client; tests plug in recorders. An
+//! effect kind without an executor stays in the outbox (and is counted) until one is configured:
+//! nothing is dropped.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::contact::ContactKey;
+use crate::effect::Effect;
+use crate::message::{Links, SellerRef};
+use crate::timeline::Entry;
+
+/// One outbox entry to execute, with the conversation context an executor needs.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub key: ContactKey,
+    /// The entry id: the `dispatch_id` for dispatches. Stable across retries; use it as the
+    /// idempotency key.
+    pub id: String,
+    pub effect: Effect,
+    /// 1 for the first try.
+    pub attempt: u32,
+    pub links: Links,
+    pub phase: &'static str,
+    pub seller: Option<SellerRef>,
+    /// The latest timeline entries, oldest first (context for n8n).
+    pub history: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ExecError {
+    /// Worth trying again later (network error, 5xx, 429).
+    #[error("{0}")]
+    Retry(String),
+    /// Trying again cannot help (4xx): dead-letter it.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+#[async_trait]
+pub trait Executor: Send + Sync + 'static {
+    async fn execute(&self, job: &Job) -> Result<(), ExecError>;
+}
+
+/// Who executes each kind of external effect.
+#[derive(Clone, Default)]
+pub struct Executors {
+    /// n8n dispatches.
+    pub dispatch: Option<Arc<dyn Executor>>,
+    /// Replies to the customer (Kommo reply channel).
+    pub reply: Option<Arc<dyn Executor>>,
+    /// Notes on the lead (Kommo).
+    pub note: Option<Arc<dyn Executor>>,
+}
+
+impl Executors {
+    pub fn for_effect(&self, effect: &Effect) -> Option<&Arc<dyn Executor>> {
+        match effect {
+            Effect::Dispatch(_) => self.dispatch.as_ref(),
+            Effect::DeliverReply { .. } => self.reply.as_ref(),
+            Effect::AddNote { .. } => self.note.as_ref(),
+            Effect::SetTimer { .. } | Effect::CancelTimer { .. } => None,
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! A conversation's bounded memory of what happened and why.
+//!
+//! An operator asking "why did the bot say that / stay silent" reads this: every message in,
+//! dispatch, reply delivered or dropped (with the reason), takeover and release, each naming the
+//! Kommo message id or `dispatch_id` it concerns. Only the last [`Timeline::CAPACITY`] entries
+//! are kept, so a snapshot stays small.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::contact::Millis;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum What {
+    MessageIn,
+    AttachmentMerged,
+    /// A customer message that arrived while the bot may not answer (seller, pause).
+    MessageHeld,
+    DispatchQueued,
+    DispatchSent,
+    DispatchSuperseded,
+    DispatchRetry,
+    DeadLettered,
+    ReplyAccepted,
+    ReplyDropped,
+    ReplySent,
+    EffectCancelled,
+    NoteAdded,
+    Takeover,
+    LeaseExtended,
+    Released,
+    LeaseExpired,
+    Paused,
+    Resumed,
+    ProactiveStarted,
+    SchedulingStarted,
+    SchedulingDone,
+    SchedulingTimeout,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub at: Millis,
+    pub what: What,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatch_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Timeline(VecDeque<Entry>);
+
+impl Timeline {
+    pub const CAPACITY: usize = 100;
+
+    pub fn push(&mut self, entry: Entry) {
+        if self.0.len() == Self::CAPACITY {
+            self.0.pop_front();
+        }
+        self.0.push_back(entry);
+    }
+
+    pub fn entries(&self) -> impl DoubleEndedIterator<Item = &Entry> + ExactSizeIterator {
+        self.0.iter()
+    }
+
+    pub fn last(&self) -> Option<&Entry> {
+        self.0.back()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_last_hundred() {
+        let mut t = Timeline::default();
+        for i in 0..250 {
+            t.push(Entry {
+                at: i,
+                what: What::MessageIn,
+                message_id: None,
+                dispatch_id: None,
+                detail: None,
+            });
+        }
+        assert_eq!(t.len(), Timeline::CAPACITY);
+        assert_eq!(t.entries().next().unwrap().at, 150);
+        assert_eq!(t.last().unwrap().at, 249);
+    }
+}
