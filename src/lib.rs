@@ -1,2 +1,16 @@
-//! conversa: the stateful engine between Kommo CRM, n8n and sellers.
+//! conversa: the stateful engine between Kommo CRM (WhatsApp conversations), n8n (AI
+//! workflows) and sellers.
+//!
+//! The decisions live in the `conversa-actors` crate (the conversation state machine and its
+//! actors); this crate is the edge around it:
+//! * [`config`] — settings from environment variables and CLI flags;
+//! * [`app`] and [`http`] — the axum router and its handlers; [`error`] — the JSON error type;
+//! * [`store`] — the Redis and embedded (redb) backends;
+//! * [`server`] — start-up, logging and graceful shutdown.
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod server;
 pub mod store;

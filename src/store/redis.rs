@@ -1,1 +1,668 @@
-//! placeholder
+//! The Redis backend of [`Store`]: production, and the way to run several engine nodes on one
+//! shared state (Redis Sentinel / Cluster).
+//!
+//! # Keys
+//!
+//! | key                                     | type   | content                                   |
+//! |-----------------------------------------|--------|-------------------------------------------|
+//! | `{prefix}:{<account>:<contact>}:snap`   | hash   | `v` version, `d` data, `w` `o` `p` (below)|
+//! | `{prefix}:wake`                         | zset   | member `account:contact`, score wake ms   |
+//! | `{prefix}:outbox`                       | set    | `account:contact` with pending effects    |
+//! | `{prefix}:phases`                       | hash   | `account:contact` → phase name            |
+//! | `{prefix}:value:<name>`                 | string | named values (OAuth tokens, ...)          |
+//!
+//! The `{account:contact}` part of a snapshot key is a Redis Cluster hash tag, and every command
+//! this backend sends touches exactly one key: nothing here needs two keys in one slot, so the
+//! same code works against a single node, Sentinel or Cluster.
+//!
+//! Besides `v` and `d`, the snapshot hash keeps a copy of what the indexes must say about it
+//! (`w` wake millis, absent when none; `o` `1`/`0` outbox pending; `p` phase), written by the same
+//! compare-and-set. They are what lets a writer repair an index another writer's late update
+//! clobbered (see [`RedisStore::save`]).
+//!
+//! # Saving
+//!
+//! One save is at most two round trips:
+//!
+//! 1. one pipeline: the *over-approximating* index writes (`ZADD LT` of the new wake time, which
+//!    only ever lowers or adds; `SADD` to the outbox set when effects are pending), then the
+//!    compare-and-set Lua script by `EVALSHA`. Commands on one connection execute in order, so the
+//!    indexes already cover the new snapshot when it lands: a crash right after leaves an actor
+//!    woken for nothing, never a timer forgotten.
+//! 2. after a successful CAS only, one pipeline making the indexes *exact* (`ZADD`/`ZREM`,
+//!    `SADD`/`SREM`, `HSET` of the phase) followed by an `HMGET` of the snapshot's version.
+//!
+//! If that version is no longer ours, another writer committed while our exact writes were in
+//! flight, and our `ZREM`/`SREM`/raised `ZADD` may have landed after its own and erased its
+//! index entries. A third round trip then re-asserts the newest snapshot's entries in
+//! over-approximating form (`ZADD LT`, `SADD`). What this cannot cover: our exact writes erase
+//! the *pre-write* of a writer that has not committed yet, and that writer crashes between its
+//! CAS and its own exact writes. That needs two nodes saving one contact at once plus a crash in
+//! a sub-millisecond window; closing it fully would need multi-key scripts.
+//!
+//! After Redis restarts its script cache is empty: the `EVALSHA` answers `NOSCRIPT` and the
+//! save falls back to [`redis::ScriptInvocation::invoke_async`], which loads the script and
+//! retries (the over-approximating writes already landed, and repeating them is harmless).
+//!
+//! # Failures
+//!
+//! Every round trip is bounded by [`RedisSettings::response_timeout`]; connection, I/O and
+//! timeout errors, and the transient server states (`LOADING`, `READONLY`, `MASTERDOWN`, `OOM`,
+//! ...), map to [`StoreError::Unavailable`] (HTTP 503). A save that fails with `Unavailable` has
+//! an unknown outcome: the CAS may have landed. Callers reload before retrying, which the version
+//! makes safe (a blind retry gets `Conflict`).
+//!
+//! The [`ConnectionManager`] reconnects by itself when the connection drops (Redis restarted,
+//! connection reset). A connection that silently stops answering (a half-open TCP connection
+//! after a network partition, Redis moved to another address) is never reported dead by the
+//! operating system for many minutes, so the store also replaces the whole manager when a call
+//! times out and nothing at all was answered since that call started.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{
+    AsyncConnectionConfig, Client, ErrorKind, FromRedisValue, RedisError, Script,
+    ScriptInvocation, ServerErrorKind, Value,
+};
+use async_trait::async_trait;
+use conversa_actors::contact::{ContactKey, Millis};
+
+use super::{IndexUpdate, Store, StoreError, StoredSnapshot};
+
+/// How the Redis backend connects. The timeouts are explicit on purpose: redis-rs's defaults
+/// turned CPU starvation into errors the HTTP layer reported as 500s.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// Bound on establishing a connection, and on [`RedisStore::connect`] as a whole.
+    pub connect_timeout: Duration,
+    /// Bound on each round trip; past it the call returns [`StoreError::Unavailable`].
+    pub response_timeout: Duration,
+    /// First segment of every key, so several deployments can share one Redis.
+    pub key_prefix: String,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            key_prefix: "conversa".to_owned(),
+        }
+    }
+}
+
+/// Compare-and-set of one snapshot hash (see the module docs).
+///
+/// `KEYS[1]`: the snapshot hash. `ARGV`: expected version, data, wake millis (`""` = none),
+/// outbox pending (`1`/`0`), phase. Returns `{1, new_version}` or `{0, current_version}`.
+const CAS_SCRIPT: &str = r"
+local raw = redis.call('HGET', KEYS[1], 'v')
+local cur = 0
+if raw then
+  cur = tonumber(raw)
+  if cur == nil then
+    return redis.error_reply('CORRUPT snapshot version is not a number')
+  end
+end
+if cur ~= tonumber(ARGV[1]) then
+  return {0, cur}
+end
+local nextv = cur + 1
+redis.call('HSET', KEYS[1], 'v', nextv, 'd', ARGV[2], 'o', ARGV[4], 'p', ARGV[5])
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], 'w')
+else
+  redis.call('HSET', KEYS[1], 'w', ARGV[3])
+end
+return {1, nextv}
+";
+
+/// How many entries one `SSCAN`/`HSCAN` step asks for at most.
+const SCAN_BATCH: usize = 1_000;
+
+/// The Redis [`Store`]. Cheap to share behind an `Arc`; all calls multiplex one connection.
+pub struct RedisStore {
+    client: Client,
+    manager_config: ConnectionManagerConfig,
+    /// The current connection manager and its generation (bumped on every replacement).
+    conn: Mutex<(u64, ConnectionManager)>,
+    /// When something last came back from Redis, in ms since `epoch`.
+    last_answer: AtomicU64,
+    epoch: Instant,
+    settings: RedisSettings,
+    cas: Script,
+    wake_key: String,
+    outbox_key: String,
+    phases_key: String,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may hold a password: show only the address.
+        f.debug_struct("RedisStore")
+            .field("addr", &self.client.get_connection_info().addr().to_string())
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://host:port/db`). Fails with [`StoreError::Unavailable`] within
+    /// about `connect_timeout` when Redis cannot be reached; once connected, the store survives
+    /// Redis going away and coming back without any outside help.
+    pub async fn connect(url: &str, settings: RedisSettings) -> Result<Self, StoreError> {
+        let client = Client::open(url)
+            .map_err(|e| StoreError::Unavailable(format!("invalid redis url: {e}")))?;
+        let addr = client.get_connection_info().addr().to_string();
+
+        // One plain connection attempt first: it fails at once with a clear reason ("connection
+        // refused") where the manager would retry with backoff until our deadline.
+        let probe_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(settings.connect_timeout))
+            .set_response_timeout(Some(settings.response_timeout));
+        match tokio::time::timeout(
+            settings.connect_timeout,
+            client.get_multiplexed_async_connection_with_config(&probe_config),
+        )
+        .await
+        {
+            Ok(Ok(_probe)) => {}
+            Ok(Err(e)) => {
+                return Err(StoreError::Unavailable(format!(
+                    "cannot connect to redis at {addr}: {e}"
+                )));
+            }
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "cannot connect to redis at {addr} within {:?}",
+                    settings.connect_timeout
+                )));
+            }
+        }
+
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.connect_timeout))
+            .set_response_timeout(Some(settings.response_timeout))
+            // Reconnect attempts back off from 50 ms to at most ~1 s (jitter can double it):
+            // Redis coming back is noticed within a couple of seconds.
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1))
+            .set_number_of_retries(10);
+        let manager = match tokio::time::timeout(
+            settings.connect_timeout,
+            ConnectionManager::new_with_config(client.clone(), manager_config.clone()),
+        )
+        .await
+        {
+            Ok(Ok(manager)) => manager,
+            Ok(Err(e)) => {
+                return Err(StoreError::Unavailable(format!(
+                    "cannot connect to redis at {addr}: {e}"
+                )));
+            }
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "cannot connect to redis at {addr} within {:?}",
+                    settings.connect_timeout
+                )));
+            }
+        };
+
+        let prefix = &settings.key_prefix;
+        let store = Self {
+            client,
+            manager_config,
+            conn: Mutex::new((0, manager)),
+            last_answer: AtomicU64::new(0),
+            epoch: Instant::now(),
+            wake_key: format!("{prefix}:wake"),
+            outbox_key: format!("{prefix}:outbox"),
+            phases_key: format!("{prefix}:phases"),
+            cas: Script::new(CAS_SCRIPT),
+            settings,
+        };
+        // Load the CAS script now so the first save does not pay for NOSCRIPT. It doubles as a
+        // check that this is a Redis we can write to.
+        let load = ::redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(CAS_SCRIPT)
+            .to_owned();
+        let _: Value = store.call("SCRIPT LOAD", |mut c| async move { load.query_async(&mut c).await }).await?;
+        Ok(store)
+    }
+
+    fn snap_key(&self, key: &ContactKey) -> String {
+        format!("{}:{{{key}}}:snap", self.settings.key_prefix)
+    }
+
+    fn value_key(&self, name: &str) -> String {
+        format!("{}:value:{name}", self.settings.key_prefix)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn lock_conn(&self) -> MutexGuard<'_, (u64, ConnectionManager)> {
+        // The guarded value is replaced whole, never left half-updated: poison is harmless.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs one round trip on the current connection, bounded by the response timeout, and maps
+    /// its errors. A timeout with nothing at all answered since the call started means the
+    /// connection is dead without knowing it: replace the manager (once per generation).
+    async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let (generation, conn) = {
+            let guard = self.lock_conn();
+            (guard.0, guard.1.clone())
+        };
+        let started = self.now_ms();
+        let timed_out = match tokio::time::timeout(self.settings.response_timeout, f(conn)).await {
+            Ok(Ok(v)) => {
+                self.last_answer.fetch_max(self.now_ms(), Ordering::Relaxed);
+                return Ok(v);
+            }
+            Ok(Err(e)) => {
+                if !e.is_io_error() {
+                    // The server answered (with an error): the connection is alive.
+                    self.last_answer.fetch_max(self.now_ms(), Ordering::Relaxed);
+                }
+                if !e.is_timeout() {
+                    return Err(map_err(what, e));
+                }
+                format!("redis did not answer {what} in time: {e}")
+            }
+            Err(_) => format!(
+                "redis did not answer {what} within {:?}",
+                self.settings.response_timeout
+            ),
+        };
+        if self.last_answer.load(Ordering::Relaxed) < started {
+            self.replace_connection(generation);
+        }
+        Err(StoreError::Unavailable(timed_out))
+    }
+
+    fn replace_connection(&self, generation: u64) {
+        let mut guard = self.lock_conn();
+        if guard.0 != generation {
+            return; // another caller already replaced it
+        }
+        match ConnectionManager::new_lazy_with_config(
+            self.client.clone(),
+            self.manager_config.clone(),
+        ) {
+            Ok(manager) => {
+                tracing::warn!(
+                    generation,
+                    "redis connection stopped answering; opening a new one"
+                );
+                *guard = (generation + 1, manager);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot create a new redis connection manager"),
+        }
+    }
+
+    /// Step 2 of a save (see the module docs). Returns whether the indexes are known to cover
+    /// the snapshot at `version`.
+    async fn make_indexes_exact(
+        &self,
+        key: &ContactKey,
+        snap_key: &str,
+        version: u64,
+        index: &IndexUpdate,
+    ) -> Result<(), StoreError> {
+        let member = key.to_string();
+        let mut pipe = ::redis::pipe();
+        match index.wake_at {
+            Some(at) => pipe.cmd("ZADD").arg(&self.wake_key).arg(at).arg(&member),
+            None => pipe.cmd("ZREM").arg(&self.wake_key).arg(&member),
+        };
+        if index.outbox_pending {
+            pipe.cmd("SADD").arg(&self.outbox_key).arg(&member);
+        } else {
+            pipe.cmd("SREM").arg(&self.outbox_key).arg(&member);
+        }
+        pipe.cmd("HSET")
+            .arg(&self.phases_key)
+            .arg(&member)
+            .arg(&index.phase);
+        pipe.cmd("HMGET")
+            .arg(snap_key)
+            .arg("v")
+            .arg("w")
+            .arg("o")
+            .arg("p");
+        pipe.ignore_errors();
+        let replies: Vec<Value> = self
+            .call("index update", |mut c| async move { pipe.query_async(&mut c).await })
+            .await?;
+        let Some((check, writes)) = replies.split_last() else {
+            return Err(StoreError::Corrupt("empty pipeline reply".into()));
+        };
+        for reply in writes {
+            if let Value::ServerError(e) = reply {
+                return Err(map_err("index update", RedisError::from(e.clone())));
+            }
+        }
+        let (v, w, o, p): (Option<u64>, Option<u64>, Option<String>, Option<String>) =
+            decode("snapshot index fields", check.clone())?;
+        if v == Some(version) {
+            return Ok(());
+        }
+        // A later writer committed while our exact writes were in flight: re-assert its entries
+        // in over-approximating form, in case ours landed after its own.
+        tracing::debug!(%key, ours = version, current = ?v, "concurrent save; repairing indexes");
+        let mut pipe = ::redis::pipe();
+        if let Some(w) = w {
+            pipe.cmd("ZADD")
+                .arg(&self.wake_key)
+                .arg("LT")
+                .arg(w)
+                .arg(&member)
+                .ignore();
+        }
+        if o.as_deref() == Some("1") {
+            pipe.cmd("SADD").arg(&self.outbox_key).arg(&member).ignore();
+        }
+        if let Some(p) = p {
+            pipe.cmd("HSET")
+                .arg(&self.phases_key)
+                .arg(&member)
+                .arg(p)
+                .ignore();
+        }
+        if !pipe.is_empty() {
+            self.call("index repair", |mut c| async move { pipe.exec_async(&mut c).await })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Walks a `SSCAN`/`HSCAN` cursor until `limit` distinct items are collected or the scan
+    /// ends. `parse` turns one scan batch into items keyed by contact.
+    async fn scan<T>(
+        &self,
+        command: &'static str,
+        key: &str,
+        limit: usize,
+        parse: impl Fn(Value) -> Result<Vec<(ContactKey, T)>, StoreError>,
+    ) -> Result<Vec<(ContactKey, T)>, StoreError> {
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor = "0".to_owned();
+        loop {
+            let count = (limit - out.len()).clamp(10, SCAN_BATCH);
+            let cmd = ::redis::cmd(command)
+                .arg(key)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(count)
+                .to_owned();
+            let reply: Value = self
+                .call(command, |mut c| async move { cmd.query_async(&mut c).await })
+                .await?;
+            let (next, batch): (String, Value) = decode(command, reply)?;
+            for (k, item) in parse(batch)? {
+                // SCAN may return an element more than once.
+                if seen.insert(k) {
+                    out.push((k, item));
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            if next == "0" {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let pong: String = self
+            .call("PING", |mut c| async move {
+                ::redis::cmd("PING").query_async(&mut c).await
+            })
+            .await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt(format!("PING answered {pong:?}")))
+        }
+    }
+
+    async fn load(&self, key: &ContactKey) -> Result<Option<StoredSnapshot>, StoreError> {
+        let cmd = ::redis::cmd("HMGET")
+            .arg(self.snap_key(key))
+            .arg("v")
+            .arg("d")
+            .to_owned();
+        let reply: Value = self
+            .call("load", |mut c| async move { cmd.query_async(&mut c).await })
+            .await?;
+        let (v, d): (Option<String>, Option<Vec<u8>>) = decode("snapshot", reply)?;
+        match (v, d) {
+            (None, None) => Ok(None),
+            (Some(v), Some(data)) => {
+                let version = v.parse().map_err(|_| {
+                    StoreError::Corrupt(format!("snapshot of {key} has version {v:?}"))
+                })?;
+                Ok(Some(StoredSnapshot { version, data }))
+            }
+            (v, d) => Err(StoreError::Corrupt(format!(
+                "snapshot of {key} is incomplete (version {v:?}, data present: {})",
+                d.is_some()
+            ))),
+        }
+    }
+
+    /// See the module docs for the order of writes and what a failure leaves behind.
+    async fn save(
+        &self,
+        key: &ContactKey,
+        expected: u64,
+        data: &[u8],
+        index: &IndexUpdate,
+    ) -> Result<u64, StoreError> {
+        let member = key.to_string();
+        let snap_key = self.snap_key(key);
+        let wake_arg = index.wake_at.map(|at| at.to_string()).unwrap_or_default();
+        let mut invocation: ScriptInvocation<'_> = self.cas.prepare_invoke();
+        invocation
+            .key(&snap_key)
+            .arg(expected)
+            .arg(data)
+            .arg(&wake_arg)
+            .arg(if index.outbox_pending { "1" } else { "0" })
+            .arg(&index.phase);
+
+        // Round trip 1: over-approximate the indexes, then compare-and-set.
+        let mut pipe = ::redis::pipe();
+        if let Some(at) = index.wake_at {
+            pipe.cmd("ZADD").arg(&self.wake_key).arg("LT").arg(at).arg(&member);
+        }
+        if index.outbox_pending {
+            pipe.cmd("SADD").arg(&self.outbox_key).arg(&member);
+        }
+        pipe.invoke_script(&invocation);
+        pipe.ignore_errors();
+        let mut replies: Vec<Value> = self
+            .call("save", |mut c| async move { pipe.query_async(&mut c).await })
+            .await?;
+        let cas_reply = replies
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("empty pipeline reply".into()))?;
+        let pre_write_error = replies.into_iter().find_map(|r| match r {
+            Value::ServerError(e) => Some(RedisError::from(e)),
+            _ => None,
+        });
+        let cas_reply = match cas_reply {
+            Value::ServerError(e)
+                if e.kind() == Some(ServerErrorKind::NoScript) =>
+            {
+                // Redis restarted (or its script cache was flushed): load and run again.
+                self.call("save", |mut c| {
+                    let invocation = &invocation;
+                    async move { invocation.invoke_async::<Value>(&mut c).await }
+                })
+                .await?
+            }
+            Value::ServerError(e) => return Err(map_err("save", RedisError::from(e))),
+            other => other,
+        };
+        let (applied, version): (i64, u64) = decode("CAS result", cas_reply)?;
+        if applied != 1 {
+            return Err(StoreError::Conflict { current: version });
+        }
+
+        // Round trip 2: the snapshot is durable; make the indexes exact.
+        match self.make_indexes_exact(key, &snap_key, version, index).await {
+            Ok(()) => Ok(version),
+            Err(e) => match pre_write_error {
+                // The over-approximating writes landed: the indexes cover the new snapshot (an
+                // extra wake-up or outbox mark, a stale phase name) until the next save.
+                None => {
+                    tracing::warn!(%key, version, error = %e, "saved, but index update failed");
+                    Ok(version)
+                }
+                // Neither step reached the indexes: report it, so the caller retries (reloading
+                // first, as after any failed save).
+                Some(pre) => {
+                    tracing::error!(%key, version, error = %e, pre_write = %pre,
+                        "saved, but the indexes could not be written");
+                    Err(e)
+                }
+            },
+        }
+    }
+
+    async fn due(&self, upto: Millis, limit: usize) -> Result<Vec<(ContactKey, Millis)>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let cmd = ::redis::cmd("ZRANGEBYSCORE")
+            .arg(&self.wake_key)
+            .arg("-inf")
+            .arg(upto)
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(i64::try_from(limit).unwrap_or(i64::MAX))
+            .to_owned();
+        let reply: Value = self
+            .call("due", |mut c| async move { cmd.query_async(&mut c).await })
+            .await?;
+        let entries: Vec<(Vec<u8>, f64)> = decode("wake index", reply)?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(member, at)| {
+                let key = parse_member(&self.wake_key, &member)?;
+                // Scores are whole milliseconds, well inside f64's exact integer range.
+                Some((key, at as Millis))
+            })
+            .collect())
+    }
+
+    async fn pending_outbox(&self, limit: usize) -> Result<Vec<ContactKey>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let set = &self.outbox_key;
+        let found = self
+            .scan("SSCAN", set, limit, |batch| {
+                let members: Vec<Vec<u8>> = decode("outbox index", batch)?;
+                Ok(members
+                    .iter()
+                    .filter_map(|m| parse_member(set, m))
+                    .map(|k| (k, ()))
+                    .collect())
+            })
+            .await?;
+        Ok(found.into_iter().map(|(k, ())| k).collect())
+    }
+
+    async fn phases(&self, limit: usize) -> Result<Vec<(ContactKey, String)>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let hash = &self.phases_key;
+        self.scan("HSCAN", hash, limit, |batch| {
+            let pairs: Vec<(Vec<u8>, String)> = decode("phase index", batch)?;
+            Ok(pairs
+                .into_iter()
+                .filter_map(|(m, phase)| Some((parse_member(hash, &m)?, phase)))
+                .collect())
+        })
+        .await
+    }
+
+    async fn get_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let cmd = ::redis::cmd("GET").arg(self.value_key(name)).to_owned();
+        let reply: Value = self
+            .call("get value", |mut c| async move { cmd.query_async(&mut c).await })
+            .await?;
+        decode("named value", reply)
+    }
+
+    async fn put_value(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        let cmd = ::redis::cmd("SET")
+            .arg(self.value_key(name))
+            .arg(data)
+            .to_owned();
+        let _: Value = self
+            .call("put value", |mut c| async move { cmd.query_async(&mut c).await })
+            .await?;
+        Ok(())
+    }
+}
+
+/// Decodes a reply whose shape this module chose; a mismatch means someone else wrote the key.
+fn decode<T: FromRedisValue>(what: &str, value: Value) -> Result<T, StoreError> {
+    ::redis::from_redis_value(value)
+        .map_err(|e| StoreError::Corrupt(format!("unexpected {what} in redis: {e}")))
+}
+
+/// `account:contact` back to a key; anything else is logged and skipped, so one bad entry does
+/// not stop the sweep over all the others.
+fn parse_member(index: &str, member: &[u8]) -> Option<ContactKey> {
+    let parsed = std::str::from_utf8(member)
+        .ok()
+        .and_then(|s| s.parse::<ContactKey>().ok());
+    if parsed.is_none() {
+        tracing::warn!(
+            index,
+            member = %String::from_utf8_lossy(member),
+            "skipping an index entry that is not a contact key"
+        );
+    }
+    parsed
+}
+
+/// Connection trouble and transient server states are `Unavailable` (HTTP 503, the client
+/// retries); a key holding the wrong type, or our own script's `CORRUPT` error, is `Corrupt`.
+fn map_err(what: &str, e: RedisError) -> StoreError {
+    let corrupt = matches!(e.code(), Some("WRONGTYPE" | "CORRUPT"))
+        || matches!(e.kind(), ErrorKind::UnexpectedReturnType);
+    if corrupt {
+        StoreError::Corrupt(format!("redis {what}: {e}"))
+    } else {
+        StoreError::Unavailable(format!("redis {what}: {e}"))
+    }
+}

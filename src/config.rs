@@ -1,0 +1,115 @@
+//! Configuration: one typed struct read from environment variables and matching CLI flags.
+//!
+//! Every setting has a default that works on a fresh machine (`cargo run`: embedded store under
+//! `./data`, loopback only). `conversa --help` lists them all.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use conversa_actors::{EngineConfig, Policy};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Clone, Debug, Parser)]
+#[command(name = "conversa", version, about = "Stateful engine between Kommo CRM, n8n and sellers")]
+pub struct Config {
+    /// Address to listen on (the Docker image sets 0.0.0.0).
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    #[arg(long, env = "PORT", default_value_t = 8000)]
+    pub port: u16,
+
+    /// Redis URL (e.g. redis://127.0.0.1:6379). Unset: the embedded store under DATA_DIR.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Directory of the embedded store (used when REDIS_URL is unset).
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Connect and response timeout for Redis commands, in milliseconds. A timeout answers 503.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 1000)]
+    pub redis_timeout_ms: u64,
+
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+
+    /// The Kommo account served (its numeric id); 0 when not configured.
+    #[arg(long, env = "KOMMO_ACCOUNT_ID", default_value_t = 0)]
+    pub kommo_account_id: u64,
+
+    /// A contact actor idle this long is passivated (its timers keep running).
+    #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 600)]
+    pub idle_timeout_secs: u64,
+
+    /// Quiet time after a customer message before the burst goes to n8n; 0 = at once.
+    #[arg(long, env = "DEBOUNCE_MS", default_value_t = 4000)]
+    pub debounce_ms: u64,
+
+    /// Upper bound of the debounce wait while the customer keeps typing.
+    #[arg(long, env = "DEBOUNCE_MAX_MS", default_value_t = 15000)]
+    pub debounce_max_ms: u64,
+
+    /// A seller's hold returns to the bot this long after their last message; 0 = never.
+    #[arg(long, env = "HUMAN_LEASE_MINUTES", default_value_t = 120)]
+    pub human_lease_minutes: u64,
+
+    /// How often the store's timer index is swept (start-up recovery, other nodes' timers).
+    #[arg(long, env = "TIMER_SWEEP_MS", default_value_t = 2000)]
+    pub timer_sweep_ms: u64,
+
+    /// How long a node reserves an outbox entry it executes; after a crash another takes over.
+    #[arg(long, env = "OUTBOX_CLAIM_SECS", default_value_t = 30)]
+    pub outbox_claim_secs: u64,
+
+    /// The longest one attempt of an effect (n8n call, Kommo call) may take.
+    #[arg(long, env = "EFFECT_TIMEOUT_SECS", default_value_t = 20)]
+    pub effect_timeout_secs: u64,
+
+    /// A failing effect is dead-lettered this long after it was queued.
+    #[arg(long, env = "DEAD_LETTER_AFTER_MINUTES", default_value_t = 1440)]
+    pub dead_letter_after_minutes: u64,
+
+    /// This node's name in logs and outbox claims.
+    #[arg(long, env = "NODE_NAME", default_value = "conversa")]
+    pub node_name: String,
+}
+
+impl Config {
+    pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
+        let host = self.host.trim_matches(|c| c == '[' || c == ']');
+        let ip: std::net::IpAddr = host
+            .parse()
+            .map_err(|_| anyhow::anyhow!("HOST must be an IP address, got {:?}", self.host))?;
+        Ok(SocketAddr::new(ip, self.port))
+    }
+
+    pub fn policy(&self) -> Policy {
+        Policy {
+            debounce_ms: self.debounce_ms,
+            debounce_max_ms: self.debounce_max_ms.max(self.debounce_ms),
+            human_lease_ms: (self.human_lease_minutes > 0).then(|| self.human_lease_minutes * 60_000),
+            dead_letter_after_ms: self.dead_letter_after_minutes * 60_000,
+            ..Policy::default()
+        }
+    }
+
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            policy: self.policy(),
+            node_name: self.node_name.clone(),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
+            claim_lease: Duration::from_secs(self.outbox_claim_secs.max(1)),
+            execute_timeout: Duration::from_secs(self.effect_timeout_secs.max(1)),
+            sweep_interval: Duration::from_millis(self.timer_sweep_ms.max(10)),
+            ..EngineConfig::default()
+        }
+    }
+}

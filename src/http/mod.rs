@@ -1,0 +1,48 @@
+//! HTTP handlers, one module per resource, and the extractors they share.
+
+pub mod bot_control;
+pub mod conversations;
+pub mod health;
+pub mod view;
+
+use axum::extract::FromRequest;
+use axum::http::Uri;
+use serde::{Deserialize, Deserializer};
+
+use crate::error::ApiError;
+
+/// `axum::Json` whose rejections are our JSON errors.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct JsonBody<T>(pub T);
+
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {}", uri.path()))
+}
+
+/// A Kommo id as the original API took it: a positive integer, or a string of digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KommoId(pub u64);
+
+impl<'de> Deserialize<'de> for KommoId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        let id = match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("must be a positive integer (or a string of digits)")
+        })? {
+            Raw::Number(n) => n,
+            Raw::Text(s) => s.trim().parse().map_err(|_| {
+                serde::de::Error::custom(format!("must be a positive integer, got {s:?}"))
+            })?,
+        };
+        if id == 0 {
+            return Err(serde::de::Error::custom("must be a positive integer, got 0"));
+        }
+        Ok(KommoId(id))
+    }
+}
