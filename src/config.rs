@@ -17,7 +17,11 @@ pub enum LogFormat {
 }
 
 #[derive(Clone, Debug, Parser)]
-#[command(name = "conversa", version, about = "Stateful engine between Kommo CRM, n8n and sellers")]
+#[command(
+    name = "conversa",
+    version,
+    about = "Stateful engine between Kommo CRM, n8n and sellers"
+)]
 pub struct Config {
     /// Address to listen on (the Docker image sets 0.0.0.0).
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
@@ -95,7 +99,8 @@ impl Config {
         Policy {
             debounce_ms: self.debounce_ms,
             debounce_max_ms: self.debounce_max_ms.max(self.debounce_ms),
-            human_lease_ms: (self.human_lease_minutes > 0).then(|| self.human_lease_minutes * 60_000),
+            human_lease_ms: (self.human_lease_minutes > 0)
+                .then(|| self.human_lease_minutes * 60_000),
             dead_letter_after_ms: self.dead_letter_after_minutes * 60_000,
             ..Policy::default()
         }

@@ -45,7 +45,11 @@ impl ApiError {
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", message)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            message,
+        )
     }
 }
 
@@ -58,7 +62,9 @@ impl IntoResponse for ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
-            EngineError::Unavailable(_) | EngineError::Contended => Self::unavailable(e.to_string()),
+            EngineError::Unavailable(_) | EngineError::Contended => {
+                Self::unavailable(e.to_string())
+            }
             EngineError::ActorFailed(_) | EngineError::Corrupt(_) => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             }

@@ -27,7 +27,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| match &config.redis_url {
             Some(_) => "cannot reach Redis (REDIS_URL)".to_owned(),
-            None => format!("cannot open the embedded store in {}", config.data_dir.display()),
+            None => format!(
+                "cannot open the embedded store in {}",
+                config.data_dir.display()
+            ),
         })?;
     let backend = store.backend();
     let engine = Engine::start(store, Executors::default(), config.engine())
@@ -60,7 +63,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

@@ -132,7 +132,11 @@ impl Actor for ContactActor {
                 }
             }
             ContactMsg::Stop => {
-                state.core.stats.passivations.fetch_add(1, Ordering::Relaxed);
+                state
+                    .core
+                    .stats
+                    .passivations
+                    .fetch_add(1, Ordering::Relaxed);
                 myself.stop(Some("passivated".into()));
             }
         }
@@ -167,6 +171,15 @@ impl ContactState {
             let outcome = conversation.handle(event.clone(), now, &self.core.policy);
             let changed = outcome.as_ref().is_ok_and(|o| o.changed);
             if !changed {
+                // Nothing to write, so no compare-and-set catches a stale copy: confirm that
+                // no other node wrote since we loaded before answering from it.
+                if !self.core.store.exclusive() {
+                    let stored = self.core.store.version(&self.key).await?;
+                    if stored != self.version {
+                        self.conversation = None;
+                        continue;
+                    }
+                }
                 return Ok(self.applied(outcome));
             }
             match self.persist(now).await {
@@ -200,6 +213,13 @@ impl ContactState {
 
     /// Applies every due timer, claims due outbox entries, and writes if anything changed.
     async fn wake(&mut self) {
+        if self.conversation.is_some() && !self.core.store.exclusive() {
+            // Another node may have moved the timers: decide on the stored state.
+            match self.core.store.version(&self.key).await {
+                Ok(v) if v == self.version => {}
+                _ => self.conversation = None,
+            }
+        }
         for _ in 0..MAX_CONFLICTS {
             if self.conversation.is_none() && self.load().await.is_err() {
                 self.core.retry_wake_later(self.key);
@@ -295,9 +315,13 @@ impl ContactState {
             outbox_pending: !conversation.outbox.is_empty(),
             phase: conversation.phase.name().to_owned(),
         };
-        let data = serde_json::to_vec(conversation).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let data =
+            serde_json::to_vec(conversation).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let started = std::time::Instant::now();
-        let version = core.store.save(&self.key, self.version, &data, &index).await?;
+        let version = core
+            .store
+            .save(&self.key, self.version, &data, &index)
+            .await?;
         core.stats.record_save(started.elapsed());
         self.version = version;
         if let Some(at) = index.wake_at {
@@ -305,7 +329,10 @@ impl ContactState {
         }
         let history: Vec<_> = {
             let t = &conversation.timeline;
-            t.entries().skip(t.len().saturating_sub(HISTORY)).cloned().collect()
+            t.entries()
+                .skip(t.len().saturating_sub(HISTORY))
+                .cloned()
+                .collect()
         };
         Ok(claimed
             .into_iter()
@@ -326,7 +353,9 @@ impl ContactState {
     }
 
     fn next_wake(&self) -> Option<Millis> {
-        self.conversation.as_ref().and_then(|c| wake_at(c, &self.core))
+        self.conversation
+            .as_ref()
+            .and_then(|c| wake_at(c, &self.core))
     }
 
     /// Starts the claimed jobs, each on its own task; results come back as `Executed`.
@@ -339,7 +368,12 @@ impl ContactState {
             self.slot.executing.fetch_add(1, Ordering::Relaxed);
             let core = self.core.clone();
             tokio::spawn(async move {
-                let result = match tokio::time::timeout(core.execute_timeout, executor.execute(&job)).await {
+                let result = match tokio::time::timeout(
+                    core.execute_timeout,
+                    executor.execute(&job),
+                )
+                .await
+                {
                     Ok(r) => r,
                     Err(_) => Err(ExecError::Retry("timed out".into())),
                 };

@@ -407,7 +407,12 @@ impl Step<'_> {
             return;
         }
         let messages = self.c.pending.clone();
-        self.dispatch(DispatchKind::Message, messages, None, serde_json::Value::Null);
+        self.dispatch(
+            DispatchKind::Message,
+            messages,
+            None,
+            serde_json::Value::Null,
+        );
     }
 
     fn reply(&mut self, dispatch_id: Option<String>, texts: Vec<String>) {
@@ -570,7 +575,9 @@ impl Step<'_> {
         self.cancel_timer(TimerKind::SchedulingTimeout);
         self.cancel_outbox(|e| match &e.effect {
             Effect::DeliverReply { .. } => true,
-            Effect::Dispatch(d) => matches!(d.kind, DispatchKind::Message | DispatchKind::Scheduling),
+            Effect::Dispatch(d) => {
+                matches!(d.kind, DispatchKind::Message | DispatchKind::Scheduling)
+            }
             _ => false,
         });
     }
@@ -601,7 +608,10 @@ impl Step<'_> {
             since: self.now,
             trigger: trigger.clone(),
         };
-        let note = format!("Conversa proativa iniciada ({trigger}) para {}.", seller.name);
+        let note = format!(
+            "Conversa proativa iniciada ({trigger}) para {}.",
+            seller.name
+        );
         self.log(What::ProactiveStarted, None, None, Some(&trigger));
         self.dispatch(DispatchKind::Proactive, Vec::new(), Some(seller), details);
         self.note(note);
@@ -629,18 +639,23 @@ impl Step<'_> {
     ) {
         self.out.changed = true;
         let current = self.c.in_flight.as_ref().map(|f| f.dispatch_id.clone());
-        if let (Some(id), Some(cur)) = (&dispatch_id, &current) {
-            if id != cur {
-                self.out.dropped = Some(DropReason::StaleDispatch);
-                self.log(What::ReplyDropped, None, Some(id), Some("stale_dispatch"));
-                return;
-            }
+        if let (Some(id), Some(cur)) = (&dispatch_id, &current)
+            && id != cur
+        {
+            self.out.dropped = Some(DropReason::StaleDispatch);
+            self.log(What::ReplyDropped, None, Some(id), Some("stale_dispatch"));
+            return;
         }
         self.c.phase = Phase::BotActive;
         self.c.in_flight = None;
         self.cancel_timer(TimerKind::SchedulingTimeout);
         let status = if confirmed { "confirmed" } else { "failed" };
-        self.log(What::SchedulingDone, None, dispatch_id.as_deref(), Some(status));
+        self.log(
+            What::SchedulingDone,
+            None,
+            dispatch_id.as_deref(),
+            Some(status),
+        );
         let note = if confirmed {
             format!("Agendamento confirmado. {}", compact(&details))
         } else {
@@ -713,7 +728,12 @@ impl Step<'_> {
             return;
         }
         let entry = self.c.outbox.remove(&id).expect("entry found above");
-        if self.c.in_flight.as_ref().is_some_and(|f| f.dispatch_id == id) {
+        if self
+            .c
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| f.dispatch_id == id)
+        {
             self.c.in_flight = None;
         }
         self.log(What::DeadLettered, None, Some(&id), Some(&error));
@@ -753,7 +773,12 @@ impl Step<'_> {
         let detail = serde_json::to_value(kind)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned));
-        self.log(What::DispatchQueued, None, Some(&dispatch_id), detail.as_deref());
+        self.log(
+            What::DispatchQueued,
+            None,
+            Some(&dispatch_id),
+            detail.as_deref(),
+        );
         let dispatch = Dispatch {
             dispatch_id,
             kind,

@@ -57,10 +57,17 @@ pub enum Effect {
         texts: Vec<String>,
     },
     /// Leave a note on the lead for the seller.
-    AddNote { text: String },
+    AddNote {
+        text: String,
+    },
     /// Wake the conversation at `at` for `timer`.
-    SetTimer { timer: TimerKind, at: Millis },
-    CancelTimer { timer: TimerKind },
+    SetTimer {
+        timer: TimerKind,
+        at: Millis,
+    },
+    CancelTimer {
+        timer: TimerKind,
+    },
 }
 
 impl Effect {
@@ -146,7 +153,10 @@ impl Outbox {
     }
 
     /// Removes every entry `doomed` selects, returning them.
-    pub fn remove_where(&mut self, mut doomed: impl FnMut(&OutboxEntry) -> bool) -> Vec<OutboxEntry> {
+    pub fn remove_where(
+        &mut self,
+        mut doomed: impl FnMut(&OutboxEntry) -> bool,
+    ) -> Vec<OutboxEntry> {
         let seqs: Vec<u64> = self
             .0
             .iter()
@@ -215,7 +225,10 @@ impl Outbox {
     }
 
     /// The earliest wake time among the entries `eligible` accepts.
-    pub fn next_wake_where(&self, mut eligible: impl FnMut(&OutboxEntry) -> bool) -> Option<Millis> {
+    pub fn next_wake_where(
+        &self,
+        mut eligible: impl FnMut(&OutboxEntry) -> bool,
+    ) -> Option<Millis> {
         self.0
             .values()
             .filter(|e| eligible(e))

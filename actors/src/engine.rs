@@ -176,7 +176,11 @@ impl Core {
 
     /// Hands `msg` to the contact's actor, activating it if needed; keeps arrival order across
     /// passivation and restarts (see [`crate::registry`]).
-    pub async fn send(self: &Arc<Self>, key: ContactKey, msg: ContactMsg) -> Result<(), EngineError> {
+    pub async fn send(
+        self: &Arc<Self>,
+        key: ContactKey,
+        msg: ContactMsg,
+    ) -> Result<(), EngineError> {
         let mut msg = msg;
         loop {
             let slot = self
@@ -184,7 +188,11 @@ impl Core {
                 .entry(key)
                 .or_insert_with(|| Arc::new(Slot::new()))
                 .clone();
-            let actor = match slot.actor.get_or_try_init(|| self.activate(key, slot.clone())).await {
+            let actor = match slot
+                .actor
+                .get_or_try_init(|| self.activate(key, slot.clone()))
+                .await
+            {
                 Ok(actor) => actor.clone(),
                 Err(e) => {
                     slot.mark_stopped();
@@ -318,16 +326,14 @@ impl Engine {
             .map_err(|e| EngineError::ActorFailed(e.to_string()))?;
         let _ = core.supervisor.set(supervisor.get_cell());
 
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(timers::run(
-            Arc::downgrade(&core),
-            timer_rx,
-            config.sweep_interval,
-        )));
-        tasks.push(tokio::spawn(passivation(
-            Arc::downgrade(&core),
-            config.idle_timeout,
-        )));
+        let tasks = vec![
+            tokio::spawn(timers::run(
+                Arc::downgrade(&core),
+                timer_rx,
+                config.sweep_interval,
+            )),
+            tokio::spawn(passivation(Arc::downgrade(&core), config.idle_timeout)),
+        ];
 
         let pending = core.store.pending_outbox(100_000).await?;
         info!(
@@ -348,9 +354,14 @@ impl Engine {
     /// Applies `event` to the contact's conversation; answers once the change is durable.
     pub async fn apply(&self, key: ContactKey, event: Event) -> Result<Applied, EngineError> {
         let (reply, rx) = oneshot::channel();
-        self.core.send(key, ContactMsg::Apply { event, reply }).await?;
-        rx.await
-            .unwrap_or_else(|_| Err(EngineError::ActorFailed("the contact's actor stopped while handling the request".into())))
+        self.core
+            .send(key, ContactMsg::Apply { event, reply })
+            .await?;
+        rx.await.unwrap_or_else(|_| {
+            Err(EngineError::ActorFailed(
+                "the contact's actor stopped while handling the request".into(),
+            ))
+        })
     }
 
     /// Wakes the contact now (runs due timers and outbox entries).
@@ -360,7 +371,10 @@ impl Engine {
 
     /// The stored conversation and its version, read from the store (not from an actor, so it
     /// is current even when another node wrote last).
-    pub async fn conversation(&self, key: &ContactKey) -> Result<Option<(Conversation, u64)>, EngineError> {
+    pub async fn conversation(
+        &self,
+        key: &ContactKey,
+    ) -> Result<Option<(Conversation, u64)>, EngineError> {
         Ok(self.core.load(key).await?)
     }
 
@@ -445,7 +459,11 @@ async fn passivation(core: std::sync::Weak<Core>, idle: Duration) {
 fn random_suffix() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
     h.write_u32(std::process::id());
     h.finish() & 0xffff_ffff
 }

@@ -53,6 +53,8 @@ impl Policy {
     /// Delay before retry number `attempt` (1-based): exponential, capped.
     pub fn retry_delay(&self, attempt: u32) -> u64 {
         let factor = 1u64 << attempt.saturating_sub(1).min(30);
-        self.retry_base_ms.saturating_mul(factor).min(self.retry_max_ms)
+        self.retry_base_ms
+            .saturating_mul(factor)
+            .min(self.retry_max_ms)
     }
 }

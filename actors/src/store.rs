@@ -65,6 +65,18 @@ pub trait Store: Send + Sync + 'static {
 
     async fn load(&self, key: &ContactKey) -> Result<Option<StoredSnapshot>, StoreError>;
 
+    /// The stored version of a contact's snapshot (0 = none). Lets an actor confirm that its
+    /// copy is current before answering from it without a write.
+    async fn version(&self, key: &ContactKey) -> Result<u64, StoreError> {
+        Ok(self.load(key).await?.map_or(0, |s| s.version))
+    }
+
+    /// True when no other process can write this store (the embedded store holds a file
+    /// lock), so an actor's copy is always current and [`Store::version`] need not be asked.
+    fn exclusive(&self) -> bool {
+        false
+    }
+
     /// Compare-and-set: writes `data` as version `expected + 1` if the stored version is
     /// `expected` (0 = nothing stored yet) and returns the new version; otherwise
     /// `Err(Conflict)` and nothing changes. Indexes follow the rules in the module docs.
@@ -77,7 +89,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<u64, StoreError>;
 
     /// Contacts whose wake time is at or before `upto`, earliest first, at most `limit`.
-    async fn due(&self, upto: Millis, limit: usize) -> Result<Vec<(ContactKey, Millis)>, StoreError>;
+    async fn due(
+        &self,
+        upto: Millis,
+        limit: usize,
+    ) -> Result<Vec<(ContactKey, Millis)>, StoreError>;
 
     /// Contacts marked as having outbox entries, at most `limit`.
     async fn pending_outbox(&self, limit: usize) -> Result<Vec<ContactKey>, StoreError>;
@@ -159,7 +175,11 @@ impl Store for MemoryStore {
         Ok(version)
     }
 
-    async fn due(&self, upto: Millis, limit: usize) -> Result<Vec<(ContactKey, Millis)>, StoreError> {
+    async fn due(
+        &self,
+        upto: Millis,
+        limit: usize,
+    ) -> Result<Vec<(ContactKey, Millis)>, StoreError> {
         let inner = self.inner.lock().unwrap();
         let mut due: Vec<_> = inner
             .wake
@@ -281,7 +301,10 @@ pub mod conformance {
                     loop {
                         let (version, n) = match store.load(&key).await.unwrap() {
                             None => (0, 0u64),
-                            Some(s) => (s.version, String::from_utf8(s.data).unwrap().parse().unwrap()),
+                            Some(s) => (
+                                s.version,
+                                String::from_utf8(s.data).unwrap().parse().unwrap(),
+                            ),
                         };
                         let next = (n + 1).to_string();
                         match store
@@ -308,9 +331,18 @@ pub mod conformance {
         let a = ContactKey::new(4, 1);
         let b = ContactKey::new(4, 2);
         let c = ContactKey::new(4, 3);
-        store.save(&a, 0, b"a", &index(Some(5_000), false, "bot_active")).await.unwrap();
-        store.save(&b, 0, b"b", &index(Some(1_000), false, "bot_active")).await.unwrap();
-        store.save(&c, 0, b"c", &index(None, false, "idle")).await.unwrap();
+        store
+            .save(&a, 0, b"a", &index(Some(5_000), false, "bot_active"))
+            .await
+            .unwrap();
+        store
+            .save(&b, 0, b"b", &index(Some(1_000), false, "bot_active"))
+            .await
+            .unwrap();
+        store
+            .save(&c, 0, b"c", &index(None, false, "idle"))
+            .await
+            .unwrap();
         let mine = |v: Vec<(ContactKey, Millis)>| -> Vec<(ContactKey, Millis)> {
             v.into_iter().filter(|(k, _)| k.account_id == 4).collect()
         };
@@ -322,27 +354,45 @@ pub mod conformance {
             "earliest first"
         );
         // Moving a wake time later after a successful write is exact, not "earliest ever".
-        store.save(&b, 1, b"b2", &index(Some(8_000), false, "bot_active")).await.unwrap();
+        store
+            .save(&b, 1, b"b2", &index(Some(8_000), false, "bot_active"))
+            .await
+            .unwrap();
         assert_eq!(
             mine(store.due(10_000, 100).await.unwrap()),
             vec![(a, 5_000), (b, 8_000)]
         );
         // A failed (conflicting) write may leave an earlier wake time, never a later or no one.
-        let _ = store.save(&a, 99, b"x", &index(Some(9_000), false, "bot_active")).await;
-        let _ = store.save(&a, 99, b"x", &index(None, false, "bot_active")).await;
+        let _ = store
+            .save(&a, 99, b"x", &index(Some(9_000), false, "bot_active"))
+            .await;
+        let _ = store
+            .save(&a, 99, b"x", &index(None, false, "bot_active"))
+            .await;
         let a_due = mine(store.due(u64::MAX, 100).await.unwrap())
             .into_iter()
             .find(|(k, _)| *k == a)
             .expect("a's wake survives a failed write");
         assert!(a_due.1 <= 5_000, "a failed write must not postpone a timer");
         // Clearing removes it.
-        store.save(&a, 1, b"a2", &index(None, false, "idle")).await.unwrap();
-        store.save(&b, 2, b"b3", &index(None, false, "idle")).await.unwrap();
+        store
+            .save(&a, 1, b"a2", &index(None, false, "idle"))
+            .await
+            .unwrap();
+        store
+            .save(&b, 2, b"b3", &index(None, false, "idle"))
+            .await
+            .unwrap();
         assert_eq!(mine(store.due(u64::MAX, 100).await.unwrap()), vec![]);
         // The limit is honoured.
         for i in 10..20 {
             store
-                .save(&ContactKey::new(4, i), 0, b"n", &index(Some(i * 10), false, "bot_active"))
+                .save(
+                    &ContactKey::new(4, i),
+                    0,
+                    b"n",
+                    &index(Some(i * 10), false, "bot_active"),
+                )
                 .await
                 .unwrap();
         }
@@ -354,19 +404,33 @@ pub mod conformance {
         let mine = |v: Vec<ContactKey>| -> Vec<ContactKey> {
             v.into_iter().filter(|k| k.account_id == 5).collect()
         };
-        store.save(&a, 0, b"a", &index(None, true, "bot_active")).await.unwrap();
+        store
+            .save(&a, 0, b"a", &index(None, true, "bot_active"))
+            .await
+            .unwrap();
         assert_eq!(mine(store.pending_outbox(1000).await.unwrap()), vec![a]);
         // A failed write never clears the mark.
-        let _ = store.save(&a, 42, b"x", &index(None, false, "bot_active")).await;
+        let _ = store
+            .save(&a, 42, b"x", &index(None, false, "bot_active"))
+            .await;
         assert_eq!(mine(store.pending_outbox(1000).await.unwrap()), vec![a]);
-        store.save(&a, 1, b"a", &index(None, false, "bot_active")).await.unwrap();
+        store
+            .save(&a, 1, b"a", &index(None, false, "bot_active"))
+            .await
+            .unwrap();
         assert_eq!(mine(store.pending_outbox(1000).await.unwrap()), vec![]);
     }
 
     async fn phase_index(store: &dyn Store) {
         let a = ContactKey::new(6, 1);
-        store.save(&a, 0, b"a", &index(None, false, "bot_active")).await.unwrap();
-        store.save(&a, 1, b"a", &index(None, false, "human_assigned")).await.unwrap();
+        store
+            .save(&a, 0, b"a", &index(None, false, "bot_active"))
+            .await
+            .unwrap();
+        store
+            .save(&a, 1, b"a", &index(None, false, "human_assigned"))
+            .await
+            .unwrap();
         let phases: Vec<_> = store
             .phases(1_000_000)
             .await
@@ -390,7 +454,10 @@ pub mod conformance {
     async fn binary_data(store: &dyn Store) {
         let key = ContactKey::new(7, 1);
         let data: Vec<u8> = (0..=255u8).cycle().take(64 * 1024).collect();
-        store.save(&key, 0, &data, &index(None, false, "idle")).await.unwrap();
+        store
+            .save(&key, 0, &data, &index(None, false, "idle"))
+            .await
+            .unwrap();
         assert_eq!(store.load(&key).await.unwrap().unwrap().data, data);
     }
 }

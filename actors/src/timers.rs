@@ -104,10 +104,10 @@ fn arm(
     at: Millis,
     from_sweep: bool,
 ) {
-    if let Some(current) = armed.get(&key) {
-        if *current == at || (from_sweep && *current <= at) {
-            return;
-        }
+    if let Some(current) = armed.get(&key)
+        && (*current == at || (from_sweep && *current <= at))
+    {
+        return;
     }
     armed.insert(key, at);
     heap.push(Reverse((at, key)));

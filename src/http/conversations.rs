@@ -39,17 +39,20 @@ async fn one(
         .parse()
         .ok()
         .filter(|id| *id > 0)
-        .ok_or_else(|| ApiError::bad_field("contact_id", "contact_id must be a positive integer"))?;
+        .ok_or_else(|| {
+            ApiError::bad_field("contact_id", "contact_id must be a positive integer")
+        })?;
     let mut key = app.contact(contact_id);
     if let Some(account_id) = account.account_id {
         key.account_id = account_id;
     }
-    let (conversation, version) = app
-        .engine()
-        .conversation(&key)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no conversation for contact {contact_id}")))?;
-    Ok(Json(serde_json::to_value(ConversationView::new(&conversation, version)).unwrap_or_default()))
+    let (conversation, version) =
+        app.engine().conversation(&key).await?.ok_or_else(|| {
+            ApiError::not_found(format!("no conversation for contact {contact_id}"))
+        })?;
+    Ok(Json(
+        serde_json::to_value(ConversationView::new(&conversation, version)).unwrap_or_default(),
+    ))
 }
 
 /// Conversations in any phase but `idle`.

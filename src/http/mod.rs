@@ -41,7 +41,9 @@ impl<'de> Deserialize<'de> for KommoId {
             })?,
         };
         if id == 0 {
-            return Err(serde::de::Error::custom("must be a positive integer, got 0"));
+            return Err(serde::de::Error::custom(
+                "must be a positive integer, got 0",
+            ));
         }
         Ok(KommoId(id))
     }

@@ -438,6 +438,11 @@ fn apply_all(
 
 #[async_trait]
 impl Store for EmbeddedStore {
+    /// redb holds a file lock: no other process writes this store.
+    fn exclusive(&self) -> bool {
+        true
+    }
+
     fn backend(&self) -> &'static str {
         "embedded"
     }

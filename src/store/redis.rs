@@ -66,8 +66,8 @@ use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{
-    AsyncConnectionConfig, Client, ErrorKind, FromRedisValue, RedisError, Script,
-    ScriptInvocation, ServerErrorKind, Value,
+    AsyncConnectionConfig, Client, ErrorKind, FromRedisValue, RedisError, Script, ScriptInvocation,
+    ServerErrorKind, Value,
 };
 use async_trait::async_trait;
 use conversa_actors::contact::{ContactKey, Millis};
@@ -78,7 +78,7 @@ use super::{IndexUpdate, Store, StoreError, StoredSnapshot};
 /// turned CPU starvation into errors the HTTP layer reported as 500s.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedisSettings {
-    /// Bound on establishing a connection, and on [`RedisStore::connect`] as a whole.
+    /// Bound on establishing one connection (at start-up and on every reconnection).
     pub connect_timeout: Duration,
     /// Bound on each round trip; past it the call returns [`StoreError::Unavailable`].
     pub response_timeout: Duration,
@@ -131,7 +131,7 @@ pub struct RedisStore {
     manager_config: ConnectionManagerConfig,
     /// The current connection manager and its generation (bumped on every replacement).
     conn: Mutex<(u64, ConnectionManager)>,
-    /// When something last came back from Redis, in ms since `epoch`.
+    /// When something last came back from Redis, in µs since `epoch`.
     last_answer: AtomicU64,
     epoch: Instant,
     settings: RedisSettings,
@@ -145,16 +145,20 @@ impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The URL may hold a password: show only the address.
         f.debug_struct("RedisStore")
-            .field("addr", &self.client.get_connection_info().addr().to_string())
+            .field(
+                "addr",
+                &self.client.get_connection_info().addr().to_string(),
+            )
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
 
 impl RedisStore {
-    /// Connects to `url` (`redis://host:port/db`). Fails with [`StoreError::Unavailable`] within
-    /// about `connect_timeout` when Redis cannot be reached; once connected, the store survives
-    /// Redis going away and coming back without any outside help.
+    /// Connects to `url` (`redis://host:port/db`). Fails with [`StoreError::Unavailable`] at once
+    /// when the connection is refused, within `connect_timeout` when nothing answers (at most
+    /// `2 × connect_timeout + response_timeout` in all). Once connected, the store survives Redis
+    /// going away and coming back without any outside help.
     pub async fn connect(url: &str, settings: RedisSettings) -> Result<Self, StoreError> {
         let client = Client::open(url)
             .map_err(|e| StoreError::Unavailable(format!("invalid redis url: {e}")))?;
@@ -188,11 +192,14 @@ impl RedisStore {
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.connect_timeout))
             .set_response_timeout(Some(settings.response_timeout))
-            // Reconnect attempts back off from 50 ms to at most ~1 s (jitter can double it):
-            // Redis coming back is noticed within a couple of seconds.
+            // A reconnection is two attempts 50-100 ms apart, absorbing a blip. More would make
+            // every call during an outage wait out the whole backoff (i.e. the response
+            // timeout) instead of failing at once with "connection refused". The next call
+            // after a failed reconnection starts a new one, so Redis coming back is noticed on
+            // the first call after it does.
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_secs(1))
-            .set_number_of_retries(10);
+            .set_number_of_retries(1);
         let manager = match tokio::time::timeout(
             settings.connect_timeout,
             ConnectionManager::new_with_config(client.clone(), manager_config.clone()),
@@ -232,7 +239,11 @@ impl RedisStore {
             .arg("LOAD")
             .arg(CAS_SCRIPT)
             .to_owned();
-        let _: Value = store.call("SCRIPT LOAD", |mut c| async move { load.query_async(&mut c).await }).await?;
+        let _: Value = store
+            .call("SCRIPT LOAD", |mut c| async move {
+                load.query_async(&mut c).await
+            })
+            .await?;
         Ok(store)
     }
 
@@ -244,8 +255,8 @@ impl RedisStore {
         format!("{}:value:{name}", self.settings.key_prefix)
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
     fn lock_conn(&self) -> MutexGuard<'_, (u64, ConnectionManager)> {
@@ -265,16 +276,16 @@ impl RedisStore {
             let guard = self.lock_conn();
             (guard.0, guard.1.clone())
         };
-        let started = self.now_ms();
+        let started = self.now_us();
         let timed_out = match tokio::time::timeout(self.settings.response_timeout, f(conn)).await {
             Ok(Ok(v)) => {
-                self.last_answer.fetch_max(self.now_ms(), Ordering::Relaxed);
+                self.last_answer.fetch_max(self.now_us(), Ordering::Relaxed);
                 return Ok(v);
             }
             Ok(Err(e)) => {
                 if !e.is_io_error() {
                     // The server answered (with an error): the connection is alive.
-                    self.last_answer.fetch_max(self.now_ms(), Ordering::Relaxed);
+                    self.last_answer.fetch_max(self.now_us(), Ordering::Relaxed);
                 }
                 if !e.is_timeout() {
                     return Err(map_err(what, e));
@@ -312,8 +323,8 @@ impl RedisStore {
         }
     }
 
-    /// Step 2 of a save (see the module docs). Returns whether the indexes are known to cover
-    /// the snapshot at `version`.
+    /// Step 2 of a save (see the module docs): exact index writes, then the check for a later
+    /// writer and, if there is one, the repair of its entries.
     async fn make_indexes_exact(
         &self,
         key: &ContactKey,
@@ -344,7 +355,9 @@ impl RedisStore {
             .arg("p");
         pipe.ignore_errors();
         let replies: Vec<Value> = self
-            .call("index update", |mut c| async move { pipe.query_async(&mut c).await })
+            .call("index update", |mut c| async move {
+                pipe.query_async(&mut c).await
+            })
             .await?;
         let Some((check, writes)) = replies.split_last() else {
             return Err(StoreError::Corrupt("empty pipeline reply".into()));
@@ -382,8 +395,10 @@ impl RedisStore {
                 .ignore();
         }
         if !pipe.is_empty() {
-            self.call("index repair", |mut c| async move { pipe.exec_async(&mut c).await })
-                .await?;
+            self.call("index repair", |mut c| async move {
+                pipe.exec_async(&mut c).await
+            })
+            .await?;
         }
         Ok(())
     }
@@ -409,7 +424,10 @@ impl RedisStore {
                 .arg(count)
                 .to_owned();
             let reply: Value = self
-                .call(command, |mut c| async move { cmd.query_async(&mut c).await })
+                .call(
+                    command,
+                    |mut c| async move { cmd.query_async(&mut c).await },
+                )
                 .await?;
             let (next, batch): (String, Value) = decode(command, reply)?;
             for (k, item) in parse(batch)? {
@@ -473,6 +491,26 @@ impl Store for RedisStore {
         }
     }
 
+    /// One `HGET` of the version field: no snapshot data crosses the wire.
+    async fn version(&self, key: &ContactKey) -> Result<u64, StoreError> {
+        let cmd = ::redis::cmd("HGET")
+            .arg(self.snap_key(key))
+            .arg("v")
+            .to_owned();
+        let reply: Value = self
+            .call(
+                "version",
+                |mut c| async move { cmd.query_async(&mut c).await },
+            )
+            .await?;
+        match decode::<Option<String>>("snapshot version", reply)? {
+            None => Ok(0),
+            Some(v) => v
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("snapshot of {key} has version {v:?}"))),
+        }
+    }
+
     /// See the module docs for the order of writes and what a failure leaves behind.
     async fn save(
         &self,
@@ -496,7 +534,11 @@ impl Store for RedisStore {
         // Round trip 1: over-approximate the indexes, then compare-and-set.
         let mut pipe = ::redis::pipe();
         if let Some(at) = index.wake_at {
-            pipe.cmd("ZADD").arg(&self.wake_key).arg("LT").arg(at).arg(&member);
+            pipe.cmd("ZADD")
+                .arg(&self.wake_key)
+                .arg("LT")
+                .arg(at)
+                .arg(&member);
         }
         if index.outbox_pending {
             pipe.cmd("SADD").arg(&self.outbox_key).arg(&member);
@@ -504,7 +546,10 @@ impl Store for RedisStore {
         pipe.invoke_script(&invocation);
         pipe.ignore_errors();
         let mut replies: Vec<Value> = self
-            .call("save", |mut c| async move { pipe.query_async(&mut c).await })
+            .call(
+                "save",
+                |mut c| async move { pipe.query_async(&mut c).await },
+            )
             .await?;
         let cas_reply = replies
             .pop()
@@ -514,9 +559,7 @@ impl Store for RedisStore {
             _ => None,
         });
         let cas_reply = match cas_reply {
-            Value::ServerError(e)
-                if e.kind() == Some(ServerErrorKind::NoScript) =>
-            {
+            Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript) => {
                 // Redis restarted (or its script cache was flushed): load and run again.
                 self.call("save", |mut c| {
                     let invocation = &invocation;
@@ -533,7 +576,10 @@ impl Store for RedisStore {
         }
 
         // Round trip 2: the snapshot is durable; make the indexes exact.
-        match self.make_indexes_exact(key, &snap_key, version, index).await {
+        match self
+            .make_indexes_exact(key, &snap_key, version, index)
+            .await
+        {
             Ok(()) => Ok(version),
             Err(e) => match pre_write_error {
                 // The over-approximating writes landed: the indexes cover the new snapshot (an
@@ -553,7 +599,11 @@ impl Store for RedisStore {
         }
     }
 
-    async fn due(&self, upto: Millis, limit: usize) -> Result<Vec<(ContactKey, Millis)>, StoreError> {
+    async fn due(
+        &self,
+        upto: Millis,
+        limit: usize,
+    ) -> Result<Vec<(ContactKey, Millis)>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -616,7 +666,10 @@ impl Store for RedisStore {
     async fn get_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let cmd = ::redis::cmd("GET").arg(self.value_key(name)).to_owned();
         let reply: Value = self
-            .call("get value", |mut c| async move { cmd.query_async(&mut c).await })
+            .call(
+                "get value",
+                |mut c| async move { cmd.query_async(&mut c).await },
+            )
             .await?;
         decode("named value", reply)
     }
@@ -627,7 +680,10 @@ impl Store for RedisStore {
             .arg(data)
             .to_owned();
         let _: Value = self
-            .call("put value", |mut c| async move { cmd.query_async(&mut c).await })
+            .call(
+                "put value",
+                |mut c| async move { cmd.query_async(&mut c).await },
+            )
             .await?;
         Ok(())
     }

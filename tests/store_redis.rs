@@ -1,0 +1,518 @@
+//! The Redis store against a real `redis-server` started with the project's `redis.conf`: the
+//! shared conformance suite, durability across `kill -9`, and the behaviour the durability
+//! contract needs when Redis goes away (fast `Unavailable`, i.e. HTTP 503) and comes back
+//! (the same `RedisStore` recovers by itself).
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use conversa::store::redis::{RedisSettings, RedisStore};
+use conversa::store::{IndexUpdate, Store, StoreError};
+use conversa_actors::contact::ContactKey;
+use support::redis_server::{RedisServer, free_port};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A guard against a hanging call, not a synchronisation: every call below must come back with
+/// *some* answer well within it.
+const GUARD: Duration = Duration::from_secs(3);
+/// How long Redis may take to be usable again through the same store after it comes back.
+const RECOVERY: Duration = Duration::from_secs(10);
+
+fn index(wake_at: Option<u64>, outbox_pending: bool, phase: &str) -> IndexUpdate {
+    IndexUpdate {
+        wake_at,
+        outbox_pending,
+        phase: phase.to_owned(),
+    }
+}
+
+async fn connect(url: &str) -> RedisStore {
+    RedisStore::connect(url, RedisSettings::default())
+        .await
+        .expect("connect to the test redis")
+}
+
+/// Runs `f` under [`GUARD`], failing the test if it hangs.
+async fn guarded<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(GUARD, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung for more than {GUARD:?}"))
+}
+
+fn assert_unavailable<T: std::fmt::Debug>(what: &str, r: Result<T, StoreError>) {
+    assert!(
+        matches!(r, Err(StoreError::Unavailable(_))),
+        "{what}: expected Unavailable, got {r:?}"
+    );
+}
+
+/// Polls `ping` every 50 ms until it succeeds; returns how long that took.
+async fn wait_until_ping(store: &RedisStore) -> Duration {
+    let start = Instant::now();
+    loop {
+        match guarded("ping", store.ping()).await {
+            Ok(()) => return start.elapsed(),
+            Err(e) if start.elapsed() < RECOVERY => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("store did not recover within {RECOVERY:?}: {e}"),
+        }
+    }
+}
+
+/// A raw connection, to look at what the store wrote.
+async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conforms() {
+    let server = RedisServer::start();
+    let store = connect(&server.url()).await;
+    assert_eq!(store.backend(), "redis");
+    conversa_actors::store::conformance::run(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_hash_tagged_per_contact() {
+    let server = RedisServer::start();
+    let settings = RedisSettings {
+        key_prefix: "t".into(),
+        ..RedisSettings::default()
+    };
+    let store = RedisStore::connect(&server.url(), settings).await.unwrap();
+    let key = ContactKey::new(33, 44);
+    store
+        .save(&key, 0, b"x", &index(Some(1_000), true, "bot_active"))
+        .await
+        .unwrap();
+    store.put_value("token", b"v").await.unwrap();
+    let mut c = raw(&server.url()).await;
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "t:outbox",
+            "t:phases",
+            "t:value:token",
+            "t:wake",
+            "t:{33:44}:snap"
+        ]
+    );
+    let (v, d): (u64, Vec<u8>) = redis::cmd("HMGET")
+        .arg("t:{33:44}:snap")
+        .arg("v")
+        .arg("d")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!((v, d.as_slice()), (1, &b"x"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_matches_load() {
+    let server = RedisServer::start();
+    let store = connect(&server.url()).await;
+    let key = ContactKey::new(8, 1);
+    assert_eq!(store.version(&key).await.unwrap(), 0);
+    store
+        .save(&key, 0, b"a", &index(None, false, "idle"))
+        .await
+        .unwrap();
+    store
+        .save(&key, 1, b"b", &index(None, false, "idle"))
+        .await
+        .unwrap();
+    assert_eq!(store.version(&key).await.unwrap(), 2);
+    assert!(!store.exclusive(), "other nodes may write the same redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_fails_fast_when_redis_is_down() {
+    let port = free_port(); // nothing listens there
+    let start = Instant::now();
+    let r = guarded(
+        "connect",
+        RedisStore::connect(
+            &format!("redis://127.0.0.1:{port}/"),
+            RedisSettings::default(),
+        ),
+    )
+    .await;
+    assert_unavailable("connect", r);
+    assert!(
+        start.elapsed() < Duration::from_millis(1_500),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_does_not_hang_on_a_silent_server() {
+    // Accepts TCP connections and never answers: a hung Redis or a wrong port.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accept = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let settings = RedisSettings {
+        connect_timeout: Duration::from_millis(300),
+        ..RedisSettings::default()
+    };
+    let start = Instant::now();
+    let r = guarded(
+        "connect",
+        RedisStore::connect(&format!("redis://127.0.0.1:{port}/"), settings),
+    )
+    .await;
+    let elapsed = start.elapsed();
+    assert_unavailable("connect", r);
+    // connect_timeout for the connection, at most response_timeout for the first command.
+    assert!(elapsed < Duration::from_millis(1_800), "{elapsed:?}");
+    accept.abort();
+}
+
+/// `appendfsync everysec` fsyncs once a second, but Redis write()s the AOF before it answers: a
+/// crash of the redis-server *process* (kill -9) loses nothing, since the data is already in the
+/// OS page cache. Only a power loss or kernel crash could lose the last second, which a test
+/// cannot simulate. So: write, kill -9 at once (no sleep, no fsync), restart, everything is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_kill_9() {
+    let mut server = RedisServer::start();
+    let store = connect(&server.url()).await;
+    let a = ContactKey::new(1, 1);
+    let b = ContactKey::new(1, 2);
+    store
+        .save(&a, 0, b"a1", &index(Some(5_000), true, "bot_active"))
+        .await
+        .unwrap();
+    store
+        .save(&a, 1, b"a2", &index(Some(7_000), true, "human_assigned"))
+        .await
+        .unwrap();
+    store
+        .save(&b, 0, b"b1", &index(None, false, "idle"))
+        .await
+        .unwrap();
+    store.put_value("oauth", b"refresh-token").await.unwrap();
+
+    server.stop();
+    server.restart();
+
+    // A fresh store, as an engine restarting with Redis would have.
+    let store = connect(&server.url()).await;
+    let snap = store.load(&a).await.unwrap().unwrap();
+    assert_eq!((snap.version, snap.data.as_slice()), (2, &b"a2"[..]));
+    assert_eq!(store.load(&b).await.unwrap().unwrap().data, b"b1");
+    assert_eq!(store.due(u64::MAX, 100).await.unwrap(), vec![(a, 7_000)]);
+    assert_eq!(store.pending_outbox(100).await.unwrap(), vec![a]);
+    let mut phases = store.phases(100).await.unwrap();
+    phases.sort();
+    assert_eq!(
+        phases,
+        vec![(a, "human_assigned".to_owned()), (b, "idle".to_owned())]
+    );
+    assert_eq!(
+        store.get_value("oauth").await.unwrap(),
+        Some(b"refresh-token".to_vec())
+    );
+    // And writing continues where it left off.
+    assert_eq!(
+        store
+            .save(&a, 2, b"a3", &index(None, false, "idle"))
+            .await
+            .unwrap(),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_is_unavailable_then_recovers_by_itself() {
+    let mut server = RedisServer::start();
+    let store = connect(&server.url()).await;
+    let key = ContactKey::new(2, 1);
+    let ix = index(Some(1_000), true, "bot_active");
+    assert_eq!(store.save(&key, 0, b"before", &ix).await.unwrap(), 1);
+
+    server.stop();
+
+    let start = Instant::now();
+    assert_unavailable("load", guarded("load", store.load(&key)).await);
+    assert_unavailable(
+        "save",
+        guarded("save", store.save(&key, 1, b"x", &ix)).await,
+    );
+    assert_unavailable("ping", guarded("ping", store.ping()).await);
+    assert_unavailable("due", guarded("due", store.due(u64::MAX, 10)).await);
+    assert_unavailable(
+        "put_value",
+        guarded("put_value", store.put_value("n", b"v")).await,
+    );
+    eprintln!("5 calls during the outage took {:?}", start.elapsed());
+
+    server.restart();
+
+    // Same store, no reconnect call: it must find Redis again by itself.
+    let took = wait_until_ping(&store).await;
+    eprintln!("ping succeeded {took:?} after redis came back");
+    // The snapshot written before the outage is there, and the failed save did not land.
+    let snap = store.load(&key).await.unwrap().unwrap();
+    assert_eq!((snap.version, snap.data.as_slice()), (1, &b"before"[..]));
+    // Redis restarted with an empty script cache: this save goes through the NOSCRIPT path.
+    assert_eq!(store.save(&key, 1, b"after", &ix).await.unwrap(), 2);
+    assert_eq!(store.due(u64::MAX, 10).await.unwrap(), vec![(key, 1_000)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_cache_flush_is_handled() {
+    let server = RedisServer::start();
+    let store = connect(&server.url()).await;
+    let key = ContactKey::new(3, 1);
+    store
+        .save(&key, 0, b"1", &index(None, false, "idle"))
+        .await
+        .unwrap();
+    let mut c = raw(&server.url()).await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .save(&key, 1, b"2", &index(Some(9), true, "bot_active"))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store.save(&key, 1, b"3", &index(None, false, "idle")).await,
+        Err(StoreError::Conflict { current: 2 })
+    );
+    assert_eq!(store.due(u64::MAX, 10).await.unwrap(), vec![(key, 9)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_redis_is_unavailable_then_recovers() {
+    let server = RedisServer::start();
+    let store = connect(&server.url()).await;
+    let key = ContactKey::new(4, 1);
+    store
+        .save(&key, 0, b"1", &index(None, false, "idle"))
+        .await
+        .unwrap();
+
+    server.pause(); // SIGSTOP: connections stay open, nothing answers
+
+    for _ in 0..3 {
+        let start = Instant::now();
+        assert_unavailable("ping", guarded("ping", store.ping()).await);
+        assert_unavailable("load", guarded("load", store.load(&key)).await);
+        // about response_timeout each, never much more
+        assert!(
+            start.elapsed() < Duration::from_millis(2_600),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    server.resume();
+
+    let took = wait_until_ping(&store).await;
+    eprintln!("ping succeeded {took:?} after redis resumed");
+    assert_eq!(
+        store
+            .save(&key, 1, b"2", &index(None, false, "idle"))
+            .await
+            .unwrap(),
+        2
+    );
+}
+
+/// A TCP proxy in front of Redis that can turn every connection open so far into a black hole:
+/// bytes are swallowed in both directions and nothing is ever closed. That is what a network
+/// partition, or Redis moving to another address, looks like to a client: the operating system
+/// reports nothing for many minutes. New connections still work.
+struct BlackholeProxy {
+    port: u16,
+    next_id: Arc<AtomicU64>,
+    cutoff: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BlackholeProxy {
+    async fn start(upstream: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let next_id = Arc::new(AtomicU64::new(0));
+        let cutoff = Arc::new(AtomicU64::new(0));
+        let (ids, cut) = (next_id.clone(), cutoff.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let id = ids.fetch_add(1, Ordering::SeqCst);
+                let Ok(up) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    continue;
+                };
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                tokio::spawn(pump(dr, uw, id, cut.clone()));
+                tokio::spawn(pump(ur, dw, id, cut.clone()));
+            }
+        });
+        Self {
+            port,
+            next_id,
+            cutoff,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn blackhole_existing(&self) {
+        self.cutoff
+            .store(self.next_id.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+impl Drop for BlackholeProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    id: u64,
+    cutoff: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if id < cutoff.load(Ordering::SeqCst) {
+            continue; // swallowed
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_connection_is_replaced() {
+    let server = RedisServer::start();
+    let proxy = BlackholeProxy::start(server.port()).await;
+    let store = connect(&proxy.url()).await;
+    let key = ContactKey::new(5, 1);
+    store
+        .save(&key, 0, b"1", &index(None, false, "idle"))
+        .await
+        .unwrap();
+
+    proxy.blackhole_existing();
+
+    let start = Instant::now();
+    assert_unavailable("ping", guarded("ping", store.ping()).await);
+    assert!(
+        start.elapsed() < Duration::from_millis(1_500),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // Without help the old connection would hang forever; the store opens a new one.
+    let took = wait_until_ping(&store).await;
+    eprintln!("ping succeeded {took:?} after the connection went dead");
+    assert_eq!(
+        store
+            .save(&key, 1, b"2", &index(None, false, "idle"))
+            .await
+            .unwrap(),
+        2
+    );
+}
+
+/// Several stores (several engine nodes, each on its own connection) save one contact at once
+/// with random index values. Whatever order their index writes land in, once they are done the
+/// indexes must cover the final snapshot: its wake time or an earlier one, its outbox mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_nodes_never_lose_an_index_entry() {
+    let server = RedisServer::start();
+    let mut nodes = Vec::new();
+    for _ in 0..4 {
+        nodes.push(Arc::new(connect(&server.url()).await));
+    }
+    for round in 0..40u64 {
+        let key = ContactKey::new(6, round);
+        let mut tasks = Vec::new();
+        for (n, store) in nodes.iter().enumerate() {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (round << 8) ^ n as u64;
+                for _ in 0..25 {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let wake = matches!(rng % 3, 1 | 2).then_some(1_000 + rng % 10_000);
+                    let pending = rng & 1 == 0;
+                    loop {
+                        let v = store.load(&key).await.unwrap().map_or(0, |s| s.version);
+                        let ix = index(wake, pending, "bot_active");
+                        match store.save(&key, v, b"x", &ix).await {
+                            Ok(_) => break,
+                            Err(StoreError::Conflict { .. }) => continue,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let mut c = raw(&server.url()).await;
+        let snap_key = format!("conversa:{{{key}}}:snap");
+        let (v, w, o): (u64, Option<u64>, String) = redis::cmd("HMGET")
+            .arg(&snap_key)
+            .arg("v")
+            .arg("w")
+            .arg("o")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(v, 100);
+        let due = nodes[0].due(u64::MAX, 10_000).await.unwrap();
+        let entry = due.iter().find(|(k, _)| *k == key).map(|(_, at)| *at);
+        if let Some(w) = w {
+            assert!(
+                entry.is_some_and(|at| at <= w),
+                "round {round}: snapshot wakes at {w}, index says {entry:?}"
+            );
+        }
+        if o == "1" {
+            let pending = nodes[0].pending_outbox(10_000).await.unwrap();
+            assert!(pending.contains(&key), "round {round}: outbox mark lost");
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Shared helpers for the integration tests: each test binary that needs them declares
+//! `mod support;` and uses the modules it wants.
+
+#![allow(dead_code)]
+
+pub mod recorder;
+pub mod redis_server;
+pub mod service;
