@@ -18,7 +18,11 @@ struct Ack {
 
 /// Sends a pause or resume for `contact`; records what was acknowledged.
 async fn drive(service: &Service, contact: u64, n: u64, acks: &mut HashMap<u64, Ack>) -> u16 {
-    let command = if n.is_multiple_of(2) { "pause" } else { "resume" };
+    let command = if n.is_multiple_of(2) {
+        "pause"
+    } else {
+        "resume"
+    };
     let (status, body) = service
         .post(
             "/bot-control",

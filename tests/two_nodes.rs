@@ -40,7 +40,11 @@ fn commands(seed: u64, n: usize) -> Vec<&'static str> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if x.is_multiple_of(2) { "pause" } else { "resume" }
+            if x.is_multiple_of(2) {
+                "pause"
+            } else {
+                "resume"
+            }
         })
         .collect()
 }

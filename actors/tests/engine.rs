@@ -157,7 +157,11 @@ async fn events_for_one_contact_apply_in_arrival_order() {
         };
         versions.push(applied.unwrap().version);
     }
-    assert_eq!(versions, (1..=50).collect::<Vec<_>>(), "applied in arrival order");
+    assert_eq!(
+        versions,
+        (1..=50).collect::<Vec<_>>(),
+        "applied in arrival order"
+    );
     let (c, _) = engine.conversation(&key).await.unwrap().unwrap();
     let ids: Vec<_> = c.pending.iter().map(|m| m.id.clone()).collect();
     assert_eq!(ids, (0..50).map(|i| format!("m{i}")).collect::<Vec<_>>());

@@ -1,0 +1,154 @@
+//! Engine figures for the closing notes: activations per second, memory per active contact
+//! actor, and snapshot writes per second, on a real store.
+//!
+//! ```sh
+//! cargo run --release --example engine_bench -- activations 20000 [redis://127.0.0.1:PORT]
+//! cargo run --release --example engine_bench -- memory 100000
+//! cargo run --release --example engine_bench -- writes 10000 redis://127.0.0.1:PORT
+//! ```
+//! Without a Redis URL the in-memory store is used for `activations` and `memory` (so the
+//! figure is the engine's own cost); `writes` needs a URL or uses the embedded store in a temp
+//! dir. Each mode prints one line.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use conversa::store::Store;
+use conversa::store::embedded::EmbeddedStore;
+use conversa::store::redis::{RedisSettings, RedisStore};
+use conversa_actors::store::MemoryStore;
+use conversa_actors::{
+    BotCommand, ContactKey, Engine, EngineConfig, Event, Executors, InboundMessage, Links, Policy,
+};
+
+fn rss_kib() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4
+}
+
+async fn store(url: Option<&String>, dir: &std::path::Path) -> Arc<dyn Store> {
+    match url {
+        Some(u) if u.starts_with("redis") => Arc::new(
+            RedisStore::connect(u, RedisSettings::default())
+                .await
+                .expect("redis"),
+        ),
+        Some(u) if u == "embedded" => Arc::new(EmbeddedStore::open(dir).unwrap()),
+        _ => Arc::new(MemoryStore::new()),
+    }
+}
+
+fn message(id: u64) -> Event {
+    Event::CustomerMessage(InboundMessage {
+        id: format!("m{id}"),
+        text: "Olá, quero saber mais sobre o plano".into(),
+        created_at: 1_736_447_224,
+        attachment: None,
+        links: Links {
+            lead_id: Some(878_244),
+            talk_id: Some(109),
+            chat_id: Some("7df3cc9c-26c0-4b30-b8c9-b9ac728b407a".into()),
+        },
+    })
+}
+
+/// Applies `make(i)` to contact `i` for every i in 0..n with `concurrency` tasks.
+async fn drive(
+    engine: &Engine,
+    n: u64,
+    concurrency: u64,
+    make: impl Fn(u64) -> Event + Send + Sync + 'static + Clone,
+) -> Duration {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let engine = engine.clone();
+        let make = make.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while i < n {
+                engine
+                    .apply(ContactKey::new(1, i + 1), make(i))
+                    .await
+                    .expect("apply");
+                i += concurrency;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    started.elapsed()
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.first().map(String::as_str).unwrap_or("activations");
+    let n: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(20_000);
+    let url = args.get(2);
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(url, dir.path()).await;
+    let backend = store.backend();
+    let config = EngineConfig {
+        policy: Policy {
+            debounce_ms: 60_000, // a timer per contact, as in real traffic; never fires here
+            ..Policy::default()
+        },
+        idle_timeout: Duration::from_secs(3600),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(store, Executors::default(), config)
+        .await
+        .unwrap();
+    match mode {
+        "activations" => {
+            let took = drive(&engine, n, 64, message).await;
+            println!(
+                "activations: {n} contacts activated and written ({backend}) in {took:.2?} = {:.0}/s",
+                n as f64 / took.as_secs_f64()
+            );
+        }
+        "memory" => {
+            let before = rss_kib();
+            let took = drive(&engine, n, 64, message).await;
+            let after = rss_kib();
+            assert_eq!(engine.active_actors() as u64, n);
+            println!(
+                "memory: {n} active contact actors ({backend}): RSS {before} KiB -> {after} KiB, {:.2} KiB per actor (activated in {took:.2?})",
+                (after - before) as f64 / n as f64
+            );
+        }
+        "writes" => {
+            // Activate first, then measure writes alone: pause/resume flips on warm actors.
+            let contacts = n.min(1000);
+            drive(&engine, contacts, 64, message).await;
+            let started = Instant::now();
+            let rounds = n.div_ceil(contacts);
+            for r in 0..rounds {
+                let command = if r % 2 == 0 {
+                    BotCommand::Pause
+                } else {
+                    BotCommand::Resume
+                };
+                drive(&engine, contacts, 64, move |_| Event::BotControl {
+                    command,
+                    by: "bench".into(),
+                })
+                .await;
+            }
+            let took = started.elapsed();
+            let writes = engine.stats().snapshot_writes - contacts;
+            println!(
+                "writes: {writes} snapshot writes ({backend}, 64 concurrent) in {took:.2?} = {:.0}/s",
+                writes as f64 / took.as_secs_f64()
+            );
+        }
+        other => panic!("unknown mode {other}"),
+    }
+}
