@@ -90,3 +90,111 @@ async fn two_nodes_on_one_redis_equal_a_serial_application() {
         }
     }
 }
+
+/// The same through the engine's library API, with effects: two engines (each with its own
+/// Redis connection and its own executor) take customer messages for the same contacts; every
+/// message is applied once and every dispatch is executed by exactly one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_engines_on_one_redis_never_execute_a_dispatch_twice() {
+    use std::sync::Arc;
+
+    use conversa::store::redis::{RedisSettings, RedisStore};
+    use conversa_actors::{
+        ContactKey, Engine, EngineConfig, Event, Executors, InboundMessage, Links, Policy,
+    };
+    use support::recorder::{Recorder, eventually};
+
+    let redis = RedisServer::start();
+    let mut engines = Vec::new();
+    let mut recorders = Vec::new();
+    for name in ["a", "b"] {
+        let store = RedisStore::connect(&redis.url(), RedisSettings::default())
+            .await
+            .unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let executors = Executors {
+            dispatch: Some(recorder.clone()),
+            reply: Some(recorder.clone()),
+            note: Some(recorder.clone()),
+        };
+        let config = EngineConfig {
+            policy: Policy {
+                debounce_ms: 0,
+                ..Policy::default()
+            },
+            node_name: name.into(),
+            ..EngineConfig::default()
+        };
+        engines.push(
+            Engine::start(Arc::new(store), executors, config)
+                .await
+                .unwrap(),
+        );
+        recorders.push(recorder);
+    }
+    let contacts: Vec<ContactKey> = (1..=6).map(|c| ContactKey::new(7, c)).collect();
+    let mut tasks = Vec::new();
+    for (n, key) in contacts.iter().copied().enumerate() {
+        for i in 0..15usize {
+            let engine = engines[(n + i) % 2].clone();
+            tasks.push(tokio::spawn(async move {
+                let msg = Event::CustomerMessage(InboundMessage {
+                    id: format!("{key}-m{i}"),
+                    text: format!("mensagem {i}"),
+                    created_at: 0,
+                    attachment: None,
+                    links: Links::default(),
+                });
+                engine.apply(key, msg).await.unwrap();
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Every message was applied exactly once, on whichever node.
+    for key in &contacts {
+        let (c, _) = engines[0].conversation(key).await.unwrap().unwrap();
+        let mut seen: Vec<_> = c.seen.iter().map(|s| s.id.clone()).collect();
+        seen.sort();
+        let mut want: Vec<_> = (0..15).map(|i| format!("{key}-m{i}")).collect();
+        want.sort();
+        assert_eq!(seen, want);
+    }
+    // Let every outbox drain, then count executions per dispatch_id across both nodes.
+    let mut drained = false;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !drained {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "outboxes never drained"
+        );
+        drained = true;
+        for key in &contacts {
+            let (c, _) = engines[0].conversation(key).await.unwrap().unwrap();
+            drained &= c.outbox.is_empty();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    eventually(5, "executions recorded", || {
+        recorders
+            .iter()
+            .map(|r| r.dispatches().len())
+            .sum::<usize>()
+            > 0
+    })
+    .await;
+    let mut ids: Vec<String> = recorders
+        .iter()
+        .flat_map(|r| r.dispatches())
+        .map(|d| d.dispatch_id)
+        .collect();
+    let total = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), total, "a dispatch_id was executed twice");
+    assert!(
+        recorders.iter().all(|r| !r.dispatches().is_empty()),
+        "both nodes executed work"
+    );
+}

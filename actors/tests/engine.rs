@@ -361,3 +361,59 @@ async fn two_nodes_on_one_store_serialize_and_never_execute_twice() {
     ids.dedup();
     assert_eq!(ids.len(), total, "no dispatch_id executed twice");
 }
+
+/// Blocks every execution until released.
+struct Gate {
+    open: tokio::sync::Semaphore,
+    started: AtomicU32,
+}
+
+#[async_trait]
+impl Executor for Gate {
+    async fn execute(&self, _job: &Job) -> Result<(), ExecError> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        let _permit = self.open.acquire().await.unwrap();
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_effect_never_blocks_the_contacts_mailbox() {
+    let gate = Arc::new(Gate {
+        open: tokio::sync::Semaphore::new(0),
+        started: AtomicU32::new(0),
+    });
+    let executors = Executors {
+        dispatch: Some(gate.clone()),
+        ..Executors::default()
+    };
+    let engine = Engine::start(Arc::new(MemoryStore::new()), executors, config(0))
+        .await
+        .unwrap();
+    let key = ContactKey::new(1, 15);
+    engine.apply(key, message("m1")).await.unwrap();
+    eventually("the dispatch to start", || {
+        gate.started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // n8n hangs; the contact still takes events.
+    let paused = tokio::time::timeout(
+        Duration::from_secs(5),
+        engine.apply(
+            key,
+            Event::BotControl {
+                command: BotCommand::Pause,
+                by: "test".into(),
+            },
+        ),
+    )
+    .await
+    .expect("the mailbox is not blocked by the running effect")
+    .unwrap();
+    assert!(matches!(paused.phase, Phase::Paused { .. }));
+    gate.open.add_permits(10);
+    eventually("the effect to report back", || {
+        engine.stats().effects_executed == 1
+    })
+    .await;
+}
