@@ -81,6 +81,18 @@ pub struct Config {
     #[arg(long, env = "DEAD_LETTER_AFTER_MINUTES", default_value_t = 1440)]
     pub dead_letter_after_minutes: u64,
 
+    /// The n8n workflow's production webhook URL. Unset: dispatches wait in the outbox.
+    #[arg(long, env = "N8N_WEBHOOK_URL")]
+    pub n8n_webhook_url: Option<String>,
+
+    /// Signs every dispatch body (`X-Conversa-Signature: sha256=<hex HMAC-SHA256>`).
+    #[arg(long, env = "N8N_SHARED_SECRET", hide_env_values = true)]
+    pub n8n_shared_secret: Option<String>,
+
+    /// This service's public base URL; n8n calls back `PUBLIC_URL/send-response`.
+    #[arg(long, env = "PUBLIC_URL")]
+    pub public_url: Option<String>,
+
     /// This node's name in logs and outbox claims.
     #[arg(long, env = "NODE_NAME", default_value = "conversa")]
     pub node_name: String,

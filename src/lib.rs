@@ -12,5 +12,7 @@ pub mod app;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod kommo;
+pub mod n8n;
 pub mod server;
 pub mod store;

@@ -1,5 +1,6 @@
 //! Start-up and shutdown: logging, the store, the engine, the listener.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -9,6 +10,7 @@ use tracing::info;
 
 use crate::app::{AppState, router};
 use crate::config::{Config, LogFormat};
+use crate::n8n::{N8nClient, N8nSettings};
 
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -33,7 +35,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ),
         })?;
     let backend = store.backend();
-    let engine = Engine::start(store, Executors::default(), config.engine())
+    let executors = executors(&config)?;
+    let n8n = match &config.n8n_webhook_url {
+        Some(url) => format!("dispatching to {url}"),
+        None => "not configured (N8N_WEBHOOK_URL): dispatches wait in the outbox".to_owned(),
+    };
+    let engine = Engine::start(store, executors, config.engine())
         .await
         .context("engine start")?;
     let state = AppState::new(engine.clone(), config.kommo_account_id);
@@ -45,7 +52,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store = backend,
         debounce_ms = config.debounce_ms,
         human_lease_minutes = config.human_lease_minutes,
-        n8n = "not configured: dispatches wait in the outbox",
+        n8n = %n8n,
         kommo = "not configured: replies and notes wait in the outbox",
         "conversa listening"
     );
@@ -55,6 +62,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!("stopping: letting running effects report back");
     engine.shutdown(Duration::from_secs(5)).await;
     Ok(())
+}
+
+/// The effect executors the configuration provides; the others leave effects in the outbox.
+fn executors(config: &Config) -> anyhow::Result<Executors> {
+    let mut executors = Executors::default();
+    if let Some(url) = &config.n8n_webhook_url {
+        let client = N8nClient::new(N8nSettings {
+            webhook_url: url.clone(),
+            shared_secret: config.n8n_shared_secret.clone(),
+            public_url: config.public_url.clone(),
+            timeout: Duration::from_secs(config.effect_timeout_secs.max(1)),
+        })
+        .context("N8N_WEBHOOK_URL")?;
+        executors.dispatch = Some(Arc::new(client));
+    }
+    Ok(executors)
 }
 
 async fn shutdown_signal() {

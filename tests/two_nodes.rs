@@ -4,7 +4,10 @@
 
 mod support;
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
+use support::fake_n8n::FakeN8n;
 use support::redis_server::RedisServer;
 use support::service::Service;
 
@@ -53,8 +56,18 @@ fn commands(seed: u64, n: usize) -> Vec<&'static str> {
 async fn two_nodes_on_one_redis_equal_a_serial_application() {
     let redis = RedisServer::start();
     let url = redis.url();
-    let a = Service::start(&[("REDIS_URL", &url), ("NODE_NAME", "a")]).await;
-    let b = Service::start(&[("REDIS_URL", &url), ("NODE_NAME", "b")]).await;
+    let n8n = FakeN8n::start().await;
+    let hook = n8n.url();
+    let env = |name| {
+        [
+            ("REDIS_URL", url.clone()),
+            ("NODE_NAME", String::from(name)),
+            ("N8N_WEBHOOK_URL", hook.clone()),
+        ]
+    };
+    let (env_a, env_b) = (env("a"), env("b"));
+    let a = Service::start(&refs(&env_a)).await;
+    let b = Service::start(&refs(&env_b)).await;
     let nodes = [&a, &b];
 
     // Contacts run concurrently; each contact's commands are sent one after another, each to
@@ -80,8 +93,10 @@ async fn two_nodes_on_one_redis_equal_a_serial_application() {
     for t in tasks {
         t.await.unwrap();
     }
+    let mut released_total = 0;
     for (contact, plan) in &plans {
-        let (phase, epoch, _released) = serial(plan);
+        let (phase, epoch, released) = serial(plan);
+        released_total += released;
         for node in nodes {
             let (status, body): (u16, Value) = node.get(&format!("/conversations/{contact}")).await;
             assert_eq!(status, 200);
@@ -89,6 +104,21 @@ async fn two_nodes_on_one_redis_equal_a_serial_application() {
             assert_eq!(body["epoch"], epoch, "contact {contact}");
         }
     }
+    // Every resume told n8n the bot is back: one `released` dispatch each, none twice, though
+    // both nodes ran effects for the same contacts.
+    let received = n8n
+        .wait_for_accepted(released_total, Duration::from_secs(20))
+        .await;
+    let mut ids: Vec<_> = received.iter().filter_map(|r| r.dispatch_id()).collect();
+    assert_eq!(ids.len(), released_total);
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), released_total, "a dispatch_id reached n8n twice");
+    assert!(received.iter().all(|r| r.body["event"] == "released"));
+}
+
+fn refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
 /// The same through the engine's library API, with effects: two engines (each with its own

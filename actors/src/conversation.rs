@@ -214,10 +214,8 @@ impl Conversation {
                 match phase {
                     Phase::HumanAssigned { .. } => Err(Rejection::HumanAssigned),
                     Phase::Paused { .. } => Err(Rejection::Paused),
-                    Phase::Proactive { .. } | Phase::Scheduling { .. } => {
-                        Err(Rejection::AlreadyLive)
-                    }
-                    Phase::BotActive
+                    Phase::Scheduling { .. } => Err(Rejection::AlreadyLive),
+                    Phase::Proactive { .. } | Phase::BotActive
                         if matches!(event, Event::ProactiveStart { .. })
                             && self.is_live_at(now, policy) =>
                     {
@@ -236,18 +234,26 @@ impl Conversation {
     }
 
     /// Whether a conversation is going on at `now`, so a proactive start would be a duplicate:
-    /// a bot conversation is live while a dispatch awaits its reply or the customer wrote
-    /// within the policy's live window.
+    /// a bot conversation is live while a dispatch awaits its reply, the customer wrote
+    /// within the policy's live window, or a proactive opening is still in the outbox.
     pub fn is_live_at(&self, now: Millis, policy: &Policy) -> bool {
+        let opening_unsent = || {
+            self.outbox.entries().any(
+                |e| matches!(&e.effect, Effect::Dispatch(d) if d.kind == DispatchKind::Proactive),
+            )
+        };
         match self.phase {
-            Phase::Proactive { .. } | Phase::Scheduling { .. } | Phase::HumanAssigned { .. } => {
-                true
+            Phase::Scheduling { .. } | Phase::HumanAssigned { .. } => true,
+            // An opening the customer never answered stops counting after the live window.
+            Phase::Proactive { since, .. } => {
+                now.saturating_sub(since) < policy.live_window_ms || opening_unsent()
             }
             Phase::BotActive => {
                 self.in_flight.is_some()
                     || self
                         .last_customer_at
                         .is_some_and(|t| now.saturating_sub(t) < policy.live_window_ms)
+                    || opening_unsent()
             }
             Phase::Idle | Phase::Paused { .. } => false,
         }
@@ -449,11 +455,13 @@ impl Step<'_> {
     fn fence(&self, dispatch_id: Option<&str>) -> Result<Option<DispatchKind>, DropReason> {
         let in_flight = self.c.in_flight.as_ref();
         let Some(id) = dispatch_id else {
-            // A reply without an id (older n8n flows) answers whatever is in flight.
+            // A reply without an id (older n8n flows) answers whatever is in flight. With
+            // nothing in flight it answers nothing we can place: it may come from before a
+            // takeover (an older epoch) and must not clear messages n8n has not seen.
             return match in_flight {
                 Some(f) if f.superseded => Err(DropReason::Superseded),
                 Some(f) => Ok(Some(f.kind)),
-                None => Ok(None),
+                None => Err(DropReason::UnknownDispatch),
             };
         };
         let record = self
@@ -575,9 +583,11 @@ impl Step<'_> {
         self.cancel_timer(TimerKind::SchedulingTimeout);
         self.cancel_outbox(|e| match &e.effect {
             Effect::DeliverReply { .. } => true,
-            Effect::Dispatch(d) => {
-                matches!(d.kind, DispatchKind::Message | DispatchKind::Scheduling)
-            }
+            // A proactive opening not sent yet would have the bot speak over the seller.
+            Effect::Dispatch(d) => matches!(
+                d.kind,
+                DispatchKind::Message | DispatchKind::Scheduling | DispatchKind::Proactive
+            ),
             _ => false,
         });
     }
@@ -604,6 +614,8 @@ impl Step<'_> {
 
     fn proactive(&mut self, trigger: String, seller: SellerRef, details: serde_json::Value) {
         self.c.pending.clear();
+        self.c.burst_started_at = None;
+        self.cancel_timer(TimerKind::Debounce);
         self.c.phase = Phase::Proactive {
             since: self.now,
             trigger: trigger.clone(),
@@ -618,15 +630,21 @@ impl Step<'_> {
     }
 
     fn scheduling(&mut self, seller: Option<SellerRef>, request: serde_json::Value) {
-        self.c.pending.clear();
+        // The customer's unanswered messages go to the scheduling dispatch instead of a
+        // message dispatch of their own.
+        let messages = std::mem::take(&mut self.c.pending);
         self.c.burst_started_at = None;
         self.cancel_timer(TimerKind::Debounce);
+        self.cancel_outbox(|e| {
+            e.claim.is_none()
+                && matches!(&e.effect, Effect::Dispatch(d) if d.kind == DispatchKind::Message)
+        });
         self.c.phase = Phase::Scheduling {
             since: self.now,
             request: request.clone(),
         };
         self.log(What::SchedulingStarted, None, None, None);
-        self.dispatch(DispatchKind::Scheduling, Vec::new(), seller, request);
+        self.dispatch(DispatchKind::Scheduling, messages, seller, request);
         let at = self.now + self.policy.scheduling_timeout_ms;
         self.set_timer(TimerKind::SchedulingTimeout, at);
     }

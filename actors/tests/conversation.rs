@@ -1,0 +1,1759 @@
+//! Unit tests of the conversation state machine: one test per rule, each named after it.
+//!
+//! Every test drives a [`Conversation`] through [`Sim`], which keeps the clock and the policy and
+//! checks the one rule that holds for every event: a rejection leaves the conversation exactly as
+//! it was.
+
+use conversa_actors::conversation::InFlight;
+use conversa_actors::timeline::{Timeline, What};
+use conversa_actors::*;
+
+const T0: Millis = 1_700_000_000_000;
+const KEY: ContactKey = ContactKey {
+    account_id: 7,
+    contact_id: 42,
+};
+
+// ---- the harness --------------------------------------------------------------------------
+
+struct Sim {
+    c: Conversation,
+    p: Policy,
+    now: Millis,
+}
+
+impl Sim {
+    fn new() -> Self {
+        Self::with(Policy::default())
+    }
+
+    fn with(p: Policy) -> Self {
+        Self {
+            c: Conversation::new(KEY, T0),
+            p,
+            now: T0,
+        }
+    }
+
+    /// Debounce off: every customer message is dispatched at once.
+    fn immediate() -> Self {
+        Self::with(Policy {
+            debounce_ms: 0,
+            ..Policy::default()
+        })
+    }
+
+    fn advance(&mut self, ms: Millis) -> &mut Self {
+        self.now += ms;
+        self
+    }
+
+    fn try_handle(&mut self, event: Event) -> Result<Outcome, Rejection> {
+        let before = self.c.clone();
+        let result = self.c.handle(event, self.now, &self.p);
+        if result.is_err() {
+            assert_eq!(
+                self.c, before,
+                "a rejection must leave the conversation as it was"
+            );
+        }
+        result
+    }
+
+    fn ok(&mut self, event: Event) -> Outcome {
+        let name = event.name();
+        self.try_handle(event)
+            .unwrap_or_else(|r| panic!("{name} rejected: {r}"))
+    }
+
+    fn rejected(&mut self, event: Event) -> Rejection {
+        let name = event.name();
+        match self.try_handle(event) {
+            Ok(out) => panic!("{name} accepted: {out:?}"),
+            Err(r) => r,
+        }
+    }
+
+    /// Applies `event` and asserts that it changed nothing at all.
+    fn no_op(&mut self, event: Event) {
+        let before = self.c.clone();
+        let out = self.ok(event);
+        assert!(!out.changed, "expected no change, got {out:?}");
+        assert!(out.effects.is_empty(), "expected no effects, got {out:?}");
+        assert_eq!(out.dropped, None);
+        assert_eq!(self.c, before);
+    }
+
+    /// A customer message dispatched at once (debounce 0): returns the dispatch id.
+    fn dispatched(&mut self, id: &str) -> String {
+        let out = self.ok(customer(id));
+        the_dispatch(&out, DispatchKind::Message).dispatch_id
+    }
+
+    /// Marks an outbox entry as taken by an executor (it is being sent).
+    fn claim(&mut self, id: &str) {
+        let until = self.now + 30_000;
+        let entry = self.c.outbox.get_mut(id).expect("entry in the outbox");
+        entry.claim = Some(conversa_actors::effect::Claim {
+            node: "node-a".into(),
+            until,
+        });
+    }
+
+    fn whats(&self) -> Vec<What> {
+        self.c.timeline.entries().map(|e| e.what).collect()
+    }
+
+    fn last_what(&self) -> What {
+        self.c.timeline.last().expect("a timeline entry").what
+    }
+
+    fn outbox_ids(&self) -> Vec<String> {
+        self.c.outbox.entries().map(|e| e.id.clone()).collect()
+    }
+
+    fn outbox_has(&self, id: &str) -> bool {
+        self.c.outbox.get(id).is_some()
+    }
+
+    fn pending_ids(&self) -> Vec<&str> {
+        self.c.pending.iter().map(|m| m.id.as_str()).collect()
+    }
+}
+
+// ---- events ---------------------------------------------------------------------------------
+
+fn message(id: &str) -> InboundMessage {
+    InboundMessage {
+        id: id.into(),
+        text: format!("text of {id}"),
+        created_at: 1_700_000_000,
+        attachment: None,
+        links: Links::default(),
+    }
+}
+
+fn voice(id: &str) -> InboundMessage {
+    InboundMessage {
+        attachment: Some(Attachment {
+            kind: "voice".into(),
+            link: format!("https://drive.example/{id}.ogg"),
+            file_name: None,
+        }),
+        ..message(id)
+    }
+}
+
+fn customer(id: &str) -> Event {
+    Event::CustomerMessage(message(id))
+}
+
+fn customer_voice(id: &str) -> Event {
+    Event::CustomerMessage(voice(id))
+}
+
+fn seller(id: &str) -> SellerRef {
+    SellerRef {
+        id: id.into(),
+        name: format!("Seller {id}"),
+    }
+}
+
+fn assume(by: &str) -> Event {
+    Event::Assume {
+        seller: seller(by),
+        by: format!("/assumir from {by}"),
+    }
+}
+
+fn release(by: &str) -> Event {
+    Event::Release {
+        seller: Some(seller(by)),
+        by: format!("/liberar from {by}"),
+    }
+}
+
+fn operator_release() -> Event {
+    Event::Release {
+        seller: None,
+        by: "operator".into(),
+    }
+}
+
+fn spoke(by: &str, message_id: &str) -> Event {
+    Event::SellerSpoke {
+        seller: seller(by),
+        message_id: message_id.into(),
+    }
+}
+
+fn reply(dispatch_id: &str) -> Event {
+    Event::Reply {
+        dispatch_id: Some(dispatch_id.into()),
+        texts: vec![format!("answer to {dispatch_id}")],
+    }
+}
+
+fn reply_without_id() -> Event {
+    Event::Reply {
+        dispatch_id: None,
+        texts: vec!["an answer".into()],
+    }
+}
+
+fn pause() -> Event {
+    Event::BotControl {
+        command: BotCommand::Pause,
+        by: "operator".into(),
+    }
+}
+
+fn resume() -> Event {
+    Event::BotControl {
+        command: BotCommand::Resume,
+        by: "operator".into(),
+    }
+}
+
+fn proactive(by: &str) -> Event {
+    Event::ProactiveStart {
+        trigger: "form_filled".into(),
+        seller: seller(by),
+        details: serde_json::json!({ "form": "contato", "lead_id": 991 }),
+    }
+}
+
+fn scheduling(by: &str) -> Event {
+    Event::SchedulingRequest {
+        seller: Some(seller(by)),
+        request: serde_json::json!({ "when": "tomorrow 10h" }),
+    }
+}
+
+fn outcome(dispatch_id: Option<&str>, confirmed: bool) -> Event {
+    Event::SchedulingOutcome {
+        dispatch_id: dispatch_id.map(str::to_owned),
+        confirmed,
+        details: serde_json::json!("terça 10h"),
+    }
+}
+
+fn fire(timer: TimerKind) -> Event {
+    Event::TimerFired { timer }
+}
+
+fn done(id: &str) -> Event {
+    Event::EffectDone { id: id.into() }
+}
+
+fn failed(id: &str, retryable: bool) -> Event {
+    Event::EffectFailed {
+        id: id.into(),
+        error: "n8n: 502".into(),
+        retryable,
+    }
+}
+
+// ---- looking at outcomes ------------------------------------------------------------------
+
+fn dispatches(out: &Outcome) -> Vec<Dispatch> {
+    out.effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Dispatch(d) => Some(d.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The one dispatch of the outcome, which must be of `kind`.
+fn the_dispatch(out: &Outcome, kind: DispatchKind) -> Dispatch {
+    let all = dispatches(out);
+    assert_eq!(all.len(), 1, "expected one dispatch, got {:?}", out.effects);
+    assert_eq!(all[0].kind, kind);
+    all[0].clone()
+}
+
+fn deliveries(out: &Outcome) -> Vec<(Option<String>, Vec<String>)> {
+    out.effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::DeliverReply { dispatch_id, texts } => {
+                Some((dispatch_id.clone(), texts.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn notes(out: &Outcome) -> Vec<String> {
+    out.effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::AddNote { text } => Some(text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn timers_set(out: &Outcome) -> Vec<(TimerKind, Millis)> {
+    out.effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::SetTimer { timer, at } => Some((*timer, *at)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn timers_cancelled(out: &Outcome) -> Vec<TimerKind> {
+    out.effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::CancelTimer { timer } => Some(*timer),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ids(d: &Dispatch) -> Vec<&str> {
+    d.messages.iter().map(|m| m.id.as_str()).collect()
+}
+
+// ---- customer messages and the debounce -----------------------------------------------------
+
+#[test]
+fn a_customer_message_in_idle_starts_the_bot_and_arms_the_debounce_timer() {
+    let mut s = Sim::new();
+    let mut m = message("m1");
+    m.links.lead_id = Some(991);
+    let out = s.ok(Event::CustomerMessage(m.clone()));
+
+    assert!(out.changed);
+    assert_eq!(s.c.phase, Phase::BotActive);
+    assert_eq!(
+        out.effects,
+        vec![Effect::SetTimer {
+            timer: TimerKind::Debounce,
+            at: T0 + 4_000
+        }]
+    );
+    assert_eq!(s.c.pending, vec![m]);
+    assert_eq!(s.c.in_flight, None);
+    assert_eq!(s.c.timers.get(&TimerKind::Debounce), Some(&(T0 + 4_000)));
+    assert_eq!(s.c.burst_started_at, Some(T0));
+    assert_eq!(s.c.last_customer_at, Some(T0));
+    assert_eq!(s.c.links.lead_id, Some(991));
+    assert!(s.c.outbox.is_empty());
+    let entry = s.c.timeline.last().unwrap();
+    assert_eq!(entry.what, What::MessageIn);
+    assert_eq!(entry.message_id.as_deref(), Some("m1"));
+}
+
+#[test]
+fn with_no_debounce_a_customer_message_is_dispatched_at_once() {
+    let mut s = Sim::immediate();
+    let out = s.ok(customer("m1"));
+
+    assert_eq!(s.c.phase, Phase::BotActive);
+    assert!(timers_set(&out).is_empty());
+    let d = the_dispatch(&out, DispatchKind::Message);
+    assert_eq!(d.messages, vec![message("m1")]);
+    assert_eq!(d.epoch, 0);
+    assert_eq!(d.seller, None);
+    assert_eq!(d.dispatch_id, "7-42-1");
+    assert_eq!(
+        s.c.in_flight,
+        Some(InFlight {
+            dispatch_id: d.dispatch_id.clone(),
+            kind: DispatchKind::Message,
+            superseded: false,
+        })
+    );
+    // The dispatch is in the outbox under its dispatch id, due at once.
+    let entry = s.c.outbox.get(&d.dispatch_id).unwrap();
+    assert_eq!(entry.effect, Effect::Dispatch(d.clone()));
+    assert_eq!((entry.attempts, entry.not_before), (0, T0));
+    assert_eq!(
+        s.c.recent_dispatches.back().unwrap().dispatch_id,
+        d.dispatch_id
+    );
+    let queued = s.c.timeline.last().unwrap();
+    assert_eq!(queued.what, What::DispatchQueued);
+    assert_eq!(queued.dispatch_id.as_deref(), Some(d.dispatch_id.as_str()));
+    assert_eq!(queued.detail.as_deref(), Some("message"));
+}
+
+#[test]
+fn each_new_customer_message_pushes_the_debounce_back() {
+    let mut s = Sim::new();
+    s.ok(customer("m1"));
+    let out = s.advance(1_000).ok(customer("m2"));
+    assert_eq!(timers_set(&out), vec![(TimerKind::Debounce, T0 + 5_000)]);
+    assert!(dispatches(&out).is_empty());
+    assert_eq!(s.pending_ids(), ["m1", "m2"]);
+    assert_eq!(s.c.burst_started_at, Some(T0), "the burst began with m1");
+}
+
+#[test]
+fn the_debounce_cap_bounds_the_wait_while_the_customer_keeps_typing() {
+    let mut s = Sim::new(); // debounce 4 s, cap 15 s
+    s.ok(customer("m1"));
+    let mut last_at = 0;
+    for (i, id) in ["m2", "m3", "m4", "m5", "m6"].into_iter().enumerate() {
+        let out = s.advance(3_000).ok(customer(id));
+        let [(TimerKind::Debounce, at)] = timers_set(&out)[..] else {
+            panic!("one debounce timer expected: {out:?}");
+        };
+        let elapsed = 3_000 * (i as u64 + 1);
+        assert_eq!(at, (T0 + elapsed + 4_000).min(T0 + 15_000));
+        assert!(at <= T0 + 15_000, "never later than the cap");
+        last_at = at;
+    }
+    assert_eq!(last_at, T0 + 15_000);
+    // The customer is still typing when the cap comes: the burst goes anyway.
+    let out = s.advance(0).ok(fire(TimerKind::Debounce));
+    assert!(out.changed, "at T0+15s the timer is due");
+    let d = the_dispatch(&out, DispatchKind::Message);
+    assert_eq!(ids(&d), ["m1", "m2", "m3", "m4", "m5", "m6"]);
+}
+
+#[test]
+fn a_message_after_the_cap_is_never_scheduled_in_the_past() {
+    let mut s = Sim::with(Policy {
+        debounce_ms: 4_000,
+        debounce_max_ms: 1_000,
+        ..Policy::default()
+    });
+    let out = s.ok(customer("m1"));
+    assert_eq!(timers_set(&out), vec![(TimerKind::Debounce, T0 + 1_000)]);
+    // The actor was late: the timer did not fire and the customer wrote again.
+    let out = s.advance(5_000).ok(customer("m2"));
+    assert_eq!(timers_set(&out), vec![(TimerKind::Debounce, T0 + 5_000)]);
+}
+
+#[test]
+fn the_debounce_timer_dispatches_every_pending_message_once() {
+    let mut s = Sim::new();
+    s.ok(customer("m1"));
+    s.advance(1_000).ok(customer("m2"));
+    s.advance(1_000).ok(customer("m3"));
+    let out = s.advance(4_000).ok(fire(TimerKind::Debounce));
+
+    let d = the_dispatch(&out, DispatchKind::Message);
+    assert_eq!(ids(&d), ["m1", "m2", "m3"]);
+    assert!(s.c.timers.is_empty());
+    assert_eq!(s.c.burst_started_at, None);
+    assert_eq!(s.c.in_flight.as_ref().unwrap().dispatch_id, d.dispatch_id);
+    assert_eq!(s.outbox_ids(), std::slice::from_ref(&d.dispatch_id));
+    // The messages stay pending until a reply is delivered...
+    assert_eq!(s.pending_ids(), ["m1", "m2", "m3"]);
+    // ...and the timer, now unset, does nothing when it fires again.
+    s.advance(10_000).no_op(fire(TimerKind::Debounce));
+}
+
+#[test]
+fn a_redelivered_message_changes_nothing() {
+    let mut s = Sim::new();
+    s.ok(customer("m1"));
+    s.advance(500).no_op(customer("m1"));
+    // Kommo may redeliver with another text field; the id is what counts.
+    let mut edited = message("m1");
+    edited.text = "something else".into();
+    s.no_op(Event::CustomerMessage(edited));
+    // Still so after the burst has been dispatched and answered.
+    let out = s.advance(5_000).ok(fire(TimerKind::Debounce));
+    let d = the_dispatch(&out, DispatchKind::Message);
+    s.no_op(customer("m1"));
+    s.ok(reply(&d.dispatch_id));
+    s.no_op(customer("m1"));
+}
+
+#[test]
+fn the_same_id_again_with_an_attachment_is_merged_into_the_pending_message() {
+    let mut s = Sim::new();
+    s.ok(customer("m1"));
+    let out = s.advance(1_000).ok(customer_voice("m1"));
+
+    assert!(out.changed);
+    assert_eq!(s.c.pending.len(), 1, "merged, not added");
+    assert_eq!(s.c.pending[0], voice("m1"));
+    assert_eq!(timers_set(&out), vec![(TimerKind::Debounce, T0 + 5_000)]);
+    let entry = s.c.timeline.last().unwrap();
+    assert_eq!(entry.what, What::AttachmentMerged);
+    assert_eq!(entry.message_id.as_deref(), Some("m1"));
+    // The merged message redelivered, with or without its attachment: nothing new.
+    s.advance(1_000).no_op(customer_voice("m1"));
+    s.no_op(customer("m1"));
+
+    let out = s.advance(5_000).ok(fire(TimerKind::Debounce));
+    let d = the_dispatch(&out, DispatchKind::Message);
+    assert_eq!(d.messages, vec![voice("m1")]);
+}
+
+#[test]
+fn a_message_first_seen_with_its_attachment_ignores_a_later_resend() {
+    let mut s = Sim::new();
+    s.ok(customer_voice("m1"));
+    s.advance(100).no_op(customer_voice("m1"));
+    s.no_op(customer("m1"));
+    assert_eq!(s.c.pending, vec![voice("m1")]);
+}
+
+#[test]
+fn an_attachment_for_a_message_in_flight_supersedes_the_dispatch_and_resends_the_message_once() {
+    let mut s = Sim::immediate();
+    let d1 = s.dispatched("m1");
+    let out = s.advance(1_000).ok(customer_voice("m1"));
+
+    assert!(!s.outbox_has(&d1), "d1 was not sent yet: cancelled");
+    let d2 = the_dispatch(&out, DispatchKind::Message);
+    assert_eq!(d2.messages, vec![voice("m1")]);
+    assert_eq!(s.c.pending, vec![voice("m1")]);
+    let out = s.ok(reply(&d1));
+    assert_eq!(out.dropped, Some(DropReason::Superseded));
+}
+
+#[test]
+fn an_attachment_for_an_answered_message_is_recorded_but_not_dispatched() {
+    let mut s = Sim::immediate();
+    let d1 = s.dispatched("m1");
+    s.ok(reply(&d1));
+    let out = s.advance(1_000).ok(customer_voice("m1"));
+
+    assert!(out.changed);
+    assert!(out.effects.is_empty(), "answered already: {out:?}");
+    assert!(s.c.pending.is_empty());
+    let entry = s.c.timeline.last().unwrap();
+    assert_eq!(entry.what, What::AttachmentMerged);
+    assert_eq!(entry.message_id.as_deref(), Some("m1"));
+    s.no_op(customer_voice("m1"));
+}
+
+// ---- superseding and replies ----------------------------------------------------------------
+
+#[test]
+fn a_newer_message_supersedes_the_dispatch_in_flight() {
+    let mut s = Sim::immediate();
+    let d1 = s.dispatched("m1");
+    s.claim(&d1); // an executor is sending it
+    let out = s.advance(1_000).ok(customer("m2"));
+
+    let superseded =
+        s.c.timeline
+            .entries()
+            .find(|e| e.what == What::DispatchSuperseded)
+            .expect("a dispatch_superseded entry");
+    assert_eq!(superseded.dispatch_id.as_deref(), Some(d1.as_str()));
+    assert!(
+        s.outbox_has(&d1),
+        "a claimed dispatch is being sent: it stays"
+    );
+    let d2 = the_dispatch(&out, DispatchKind::Message);
+    assert_eq!(ids(&d2), ["m1", "m2"], "every message since the last reply");
+
+    // n8n answers the old dispatch: dropped, nothing delivered, nothing cleared.
+    let out = s.advance(1_000).ok(reply(&d1));
+    assert_eq!(out.dropped, Some(DropReason::Superseded));
+    assert!(deliveries(&out).is_empty());
+    assert_eq!(s.pending_ids(), ["m1", "m2"]);
+    let dropped = s.c.timeline.last().unwrap();
+    assert_eq!(dropped.what, What::ReplyDropped);
+    assert_eq!(dropped.dispatch_id.as_deref(), Some(d1.as_str()));
+    assert_eq!(dropped.detail.as_deref(), Some("superseded"));
+
+    // The answer to the new one is delivered.
+    let out = s.ok(reply(&d2.dispatch_id));
+    assert_eq!(deliveries(&out).len(), 1);
+    assert!(s.c.pending.is_empty());
+}
+
+#[test]
+fn a_superseded_dispatch_not_yet_sent_is_cancelled() {
+    let mut s = Sim::new();
+    s.ok(customer("m1"));
+    let out = s.advance(4_000).ok(fire(TimerKind::Debounce));
+    let d1 = the_dispatch(&out, DispatchKind::Message).dispatch_id;
+    let out = s.advance(1_000).ok(customer("m2"));
+
+    assert!(!s.outbox_has(&d1));
+    assert!(dispatches(&out).is_empty(), "debounced: nothing yet");
+    assert!(s.c.in_flight.as_ref().unwrap().superseded);
+    let cancelled = s.c.timeline.last().unwrap();
+    assert_eq!(cancelled.what, What::EffectCancelled);
+    assert_eq!(cancelled.dispatch_id.as_deref(), Some(d1.as_str()));
+    let out = s.advance(4_000).ok(fire(TimerKind::Debounce));
+    let d2 = the_dispatch(&out, DispatchKind::Message);
+    assert_eq!(ids(&d2), ["m1", "m2"]);
+}
+
+#[test]
+fn the_next_dispatch_carries_only_messages_since_the_last_delivered_reply() {
+    let mut s = Sim::immediate();
+    let d1 = s.dispatched("m1");
+    s.ok(reply(&d1));
+    let out = s.advance(1_000).ok(customer("m2"));
+    assert_eq!(ids(&the_dispatch(&out, DispatchKind::Message)), ["m2"]);
+}
+
+#[test]
+fn a_reply_for_the_dispatch_in_flight_is_delivered_and_clears_pending() {
+    let mut s = Sim::immediate();
+    let d1 = s.dispatched("m1");
+    let out = s.advance(2_000).ok(Event::Reply {
+        dispatch_id: Some(d1.clone()),
+        texts: vec!["Olá!".into(), "Como posso ajudar?".into()],
+    });
+
+    assert_eq!(out.dropped, None);
+    assert_eq!(
+        out.effects,
+        vec![Effect::DeliverReply {
+            dispatch_id: Some(d1.clone()),
+            texts: vec!["Olá!".into(), "Como posso ajudar?".into()],
+        }]
+    );
+    assert!(s.c.pending.is_empty());
+    assert_eq!(s.c.in_flight, None);
+    // The reply is in the outbox under its own id.
+    let entry =
+        s.c.outbox
+            .entries()
+            .find(|e| matches!(e.effect, Effect::DeliverReply { .. }))
+            .unwrap();
+    assert!(
+        entry.id.starts_with("7-42-") && entry.id.ends_with('r'),
+        "{}",
+        entry.id
+    );
+    let accepted =
+        s.c.timeline
+            .entries()
+            .find(|e| e.what == What::ReplyAccepted)
+            .unwrap();
+    assert_eq!(accepted.dispatch_id.as_deref(), Some(d1.as_str()));
+}
+
+#[test]
+fn a_reply_without_dispatch_id_answers_the_dispatch_in_flight() {
+    let mut s = Sim::immediate();
+    s.dispatched("m1");
+    let out = s.advance(1_000).ok(reply_without_id());
+    assert_eq!(deliveries(&out), vec![(None, vec!["an answer".to_owned()])]);
+    assert!(s.c.pending.is_empty());
+}
+
+#[test]
+fn a_reply_without_dispatch_id_is_dropped_when_the_dispatch_was_superseded() {
+    let mut s = Sim::new();
+    s.ok(customer("m1"));
+    s.advance(4_000).ok(fire(TimerKind::Debounce));
+    s.advance(1_000).ok(customer("m2"));
+    let out = s.ok(reply_without_id());
+    assert_eq!(out.dropped, Some(DropReason::Superseded));
+    assert!(deliveries(&out).is_empty());
+}
+
+#[test]
+fn a_reply_without_dispatch_id_is_dropped_when_nothing_is_in_flight() {
+    // Messages still in the debounce: n8n has not seen them, so this cannot answer them.
+    let mut s = Sim::new();
+    s.ok(customer("m1"));
+    let out = s.advance(1_000).ok(reply_without_id());
+    assert_eq!(out.dropped, Some(DropReason::UnknownDispatch));
+    assert!(deliveries(&out).is_empty());
+    assert_eq!(
+        s.pending_ids(),
+        ["m1"],
+        "the customer's message is not lost"
+    );
+    let out = s.advance(4_000).ok(fire(TimerKind::Debounce));
+    assert_eq!(ids(&the_dispatch(&out, DispatchKind::Message)), ["m1"]);
+}
+
+#[test]
+fn a_reply_for_an_unknown_dispatch_is_dropped() {
+    let mut s = Sim::immediate();
+    s.dispatched("m1");
+    let out = s.ok(reply("7-42-999"));
+    assert_eq!(out.dropped, Some(DropReason::UnknownDispatch));
+    assert!(out.effects.is_empty());
+    assert_eq!(s.pending_ids(), ["m1"]);
+    let entry = s.c.timeline.last().unwrap();
+    assert_eq!(entry.what, What::ReplyDropped);
+    assert_eq!(entry.detail.as_deref(), Some("unknown_dispatch"));
+}
+
+#[test]
+fn a_second_reply_for_an_answered_dispatch_is_dropped() {
+    let mut s = Sim::immediate();
+    let d1 = s.dispatched("m1");
+    s.ok(reply(&d1));
+    let out = s.ok(reply(&d1));
+    assert_eq!(out.dropped, Some(DropReason::Superseded));
+    assert!(deliveries(&out).is_empty());
+}
+
+#[test]
+fn an_empty_reply_is_rejected() {
+    let mut s = Sim::immediate();
+    let d1 = s.dispatched("m1");
+    for texts in [vec![], vec![String::new()], vec!["  ".into(), "\n".into()]] {
+        let r = s.rejected(Event::Reply {
+            dispatch_id: Some(d1.clone()),
+            texts,
+        });
+        assert_eq!(r, Rejection::EmptyReply);
+    }
+}
+
+// ---- pause and resume -------------------------------------------------------------------------
+
+#[test]
+fn pausing_silences_the_bot_and_bumps_the_epoch() {
+    let mut s = Sim::new();
+    s.ok(customer("m1"));
+    let d1 = the_dispatch(
+        &s.advance(4_000).ok(fire(TimerKind::Debounce)),
+        DispatchKind::Message,
+    );
+    s.advance(1_000).ok(customer("m2")); // debounce armed again
+    let out = s.ok(pause());
+
+    assert!(
+        matches!(&s.c.phase, Phase::Paused { since, by } if *since == s.now && by == "operator")
+    );
+    assert_eq!(s.c.epoch, 1);
+    assert_eq!(timers_cancelled(&out), [TimerKind::Debounce]);
+    assert!(s.c.pending.is_empty());
+    assert_eq!(s.c.in_flight, None);
+    assert!(s.c.timers.is_empty());
+    assert!(s.c.outbox.is_empty(), "{:?}", s.outbox_ids());
+    assert_eq!(s.last_what(), What::Paused);
+    // The reply to the old dispatch arrives while paused.
+    let out = s.advance(1_000).ok(reply(&d1.dispatch_id));
+    assert_eq!(out.dropped, Some(DropReason::Paused));
+    assert!(out.effects.is_empty());
+}
+
+#[test]
+fn resuming_hands_the_conversation_back_with_a_released_dispatch() {
+    let mut s = Sim::immediate();
+    let d1 = s.dispatched("m1");
+    s.ok(pause());
+    let out = s.advance(60_000).ok(resume());
+
+    assert_eq!(s.c.phase, Phase::BotActive);
+    assert_eq!(s.c.epoch, 2);
+    let d = the_dispatch(&out, DispatchKind::Released);
+    assert_eq!(d.epoch, 2);
+    assert!(d.messages.is_empty());
+    assert_eq!(d.details["reason"], "resumed");
+    assert_eq!(d.details["by"], "operator");
+    assert_eq!(s.c.in_flight, None, "a released dispatch awaits no reply");
+    assert_eq!(notes(&out), ["A IA voltou a responder nesta conversa."]);
+    assert!(s.whats().contains(&What::Resumed));
+    // A reply to the dispatch made before the pause is stale now.
+    let out = s.ok(reply(&d1));
+    assert_eq!(out.dropped, Some(DropReason::StaleDispatch));
+    assert!(out.effects.is_empty());
+}
+
+#[test]
+fn pausing_twice_or_resuming_an_active_bot_changes_nothing() {
+    let mut s = Sim::new();
+    s.ok(customer("m1"));
+    s.no_op(resume());
+    s.ok(pause());
+    s.advance(1_000).no_op(pause());
+    s.ok(assume("ana"));
+    s.no_op(pause());
+}
+
+#[test]
+fn resuming_a_held_conversation_releases_it() {
+    let mut s = Sim::new();
+    s.ok(assume("ana"));
+    let out = s.advance(1_000).ok(resume());
+    assert_eq!(s.c.phase, Phase::BotActive);
+    let d = the_dispatch(&out, DispatchKind::Released);
+    assert_eq!(d.seller, Some(seller("ana")));
+    assert_eq!(d.details["reason"], "released");
+}
+
+#[test]
+fn customer_messages_while_paused_are_held_and_never_dispatched() {
+    let mut s = Sim::immediate();
+    s.ok(pause());
+    let out = s.advance(1_000).ok(customer("m1"));
+    assert!(out.effects.is_empty());
+    assert!(s.c.pending.is_empty());
+    let held = s.c.timeline.last().unwrap();
+    assert_eq!(held.what, What::MessageHeld);
+    assert_eq!(held.message_id.as_deref(), Some("m1"));
+    assert_eq!(held.detail.as_deref(), Some("paused"));
+    assert_eq!(s.c.last_customer_at, Some(s.now));
+    let out = s.advance(1_000).ok(resume());
+    assert!(
+        the_dispatch(&out, DispatchKind::Released)
+            .messages
+            .is_empty()
+    );
+    // ...and the held id is not news afterwards.
+    s.no_op(customer("m1"));
+}
+
+// ---- sellers: assume and release ---------------------------------------------------------------
+
+#[test]
+fn a_seller_assuming_silences_the_bot_and_bumps_the_epoch() {
+    let mut s = Sim::immediate();
+    let d1 = s.dispatched("m1");
+    s.ok(reply(&d1)); // a reply waiting in the outbox to be delivered
+    let d2 = s.advance(1_000).dispatched("m2"); // and a dispatch in flight
+    assert_eq!(s.c.outbox.len(), 3);
+    let out = s.advance(1_000).ok(assume("ana"));
+
+    let p = &s.p;
+    let expires = s.now + p.human_lease_ms.unwrap();
+    assert_eq!(
+        s.c.phase,
+        Phase::HumanAssigned {
+            seller: seller("ana"),
+            since: s.now,
+            by: "/assumir from ana".into(),
+            expires_at: Some(expires),
+        }
+    );
+    assert_eq!(s.c.epoch, 1);
+    assert_eq!(s.c.in_flight, None);
+    assert!(s.c.pending.is_empty());
+    assert_eq!(
+        timers_set(&out),
+        [
+            (TimerKind::LeaseExpiry, expires),
+            (TimerKind::LeaseNudge, expires - p.lease_nudge_ms)
+        ]
+    );
+    // Every message dispatch and the undelivered reply are cancelled; only the note stays.
+    let cancelled: Vec<_> =
+        s.c.timeline
+            .entries()
+            .filter(|e| e.what == What::EffectCancelled)
+            .filter_map(|e| e.dispatch_id.clone())
+            .collect();
+    assert_eq!(cancelled.len(), 3, "{cancelled:?}");
+    assert!(cancelled.contains(&d1) && cancelled.contains(&d2));
+    assert_eq!(s.c.outbox.len(), 1);
+    assert!(
+        s.c.outbox
+            .entries()
+            .all(|e| matches!(e.effect, Effect::AddNote { .. }))
+    );
+    assert_eq!(
+        notes(&out),
+        ["Atendimento assumido por Seller ana (/assumir from ana)."]
+    );
+    let takeover =
+        s.c.timeline
+            .entries()
+            .find(|e| e.what == What::Takeover)
+            .unwrap();
+    assert_eq!(
+        takeover.detail.as_deref(),
+        Some("Seller ana (ana) by /assumir from ana")
+    );
+
+    // n8n answers d2, which was in flight when ana took over: dropped.
+    let out = s.advance(1_000).ok(reply(&d2));
+    assert_eq!(out.dropped, Some(DropReason::HumanAssigned));
+    assert!(out.effects.is_empty());
+    let out = s.ok(reply_without_id());
+    assert_eq!(out.dropped, Some(DropReason::HumanAssigned));
+}
+
+#[test]
+fn a_second_seller_cannot_assume_a_held_conversation() {
+    let mut s = Sim::new();
+    s.ok(assume("ana"));
+    let r = s.advance(1_000).rejected(assume("bruno"));
+    assert_eq!(r, Rejection::HeldBy(seller("ana")));
+    assert_eq!(
+        r.to_string(),
+        "the conversation is held by seller Seller ana (ana)"
+    );
+}
+
+#[test]
+fn the_holder_assuming_again_extends_the_lease() {
+    let mut s = Sim::new();
+    s.ok(assume("ana"));
+    let out = s.advance(600_000).ok(assume("ana"));
+    let expires = s.now + s.p.human_lease_ms.unwrap();
+    assert_eq!(s.c.epoch, 1, "no new takeover");
+    assert!(
+        matches!(s.c.phase, Phase::HumanAssigned { expires_at: Some(e), since, .. }
+        if e == expires && since == T0)
+    );
+    assert_eq!(
+        timers_set(&out),
+        [
+            (TimerKind::LeaseExpiry, expires),
+            (TimerKind::LeaseNudge, expires - s.p.lease_nudge_ms)
+        ]
+    );
+    assert_eq!(s.last_what(), What::LeaseExtended);
+}
+
+#[test]
+fn release_by_the_holder_hands_the_conversation_back_to_the_bot() {
+    let mut s = Sim::new();
+    s.ok(assume("ana"));
+    let out = s.advance(60_000).ok(release("ana"));
+
+    assert_eq!(s.c.phase, Phase::BotActive);
+    assert_eq!(s.c.epoch, 2);
+    assert!(s.c.timers.is_empty());
+    assert_eq!(
+        timers_cancelled(&out),
+        [TimerKind::LeaseExpiry, TimerKind::LeaseNudge]
+    );
+    let d = the_dispatch(&out, DispatchKind::Released);
+    assert_eq!(d.epoch, 2);
+    assert_eq!(d.seller, Some(seller("ana")));
+    assert_eq!(d.details["reason"], "released");
+    assert_eq!(d.details["by"], "/liberar from ana");
+    assert_eq!(notes(&out), ["A IA voltou a responder nesta conversa."]);
+    assert!(s.whats().contains(&What::Released));
+}
+
+#[test]
+fn a_reply_to_a_dispatch_made_before_the_takeover_is_stale_after_release() {
+    let mut s = Sim::immediate();
+    let d1 = s.dispatched("m1");
+    s.ok(assume("ana"));
+    s.advance(60_000).ok(release("ana"));
+    let out = s.advance(1_000).ok(reply(&d1));
+    assert_eq!(out.dropped, Some(DropReason::StaleDispatch));
+    assert!(out.effects.is_empty());
+    // Nor does an id-less reply speak: nothing is in flight.
+    let out = s.ok(reply_without_id());
+    assert!(deliveries(&out).is_empty());
+    assert!(out.dropped.is_some());
+}
+
+#[test]
+fn release_by_another_seller_is_rejected() {
+    let mut s = Sim::new();
+    s.ok(assume("ana"));
+    assert_eq!(
+        s.rejected(release("bruno")),
+        Rejection::HeldBy(seller("ana"))
+    );
+}
+
+#[test]
+fn an_operator_may_release_any_hold() {
+    let mut s = Sim::new();
+    s.ok(assume("ana"));
+    let out = s.advance(1_000).ok(operator_release());
+    assert_eq!(s.c.phase, Phase::BotActive);
+    let d = the_dispatch(&out, DispatchKind::Released);
+    assert_eq!(d.seller, Some(seller("ana")));
+    assert_eq!(d.details["by"], "operator");
+}
+
+#[test]
+fn release_when_nobody_holds_the_conversation_changes_nothing() {
+    let mut s = Sim::new();
+    s.no_op(operator_release());
+    s.ok(customer("m1"));
+    s.no_op(release("ana"));
+    s.ok(pause());
+    s.no_op(release("ana"));
+}
+
+#[test]
+fn lease_expiry_returns_the_conversation_to_the_bot() {
+    let mut s = Sim::new();
+    s.ok(assume("ana"));
+    let expires = T0 + s.p.human_lease_ms.unwrap();
+    s.now = expires - 1;
+    s.no_op(fire(TimerKind::LeaseExpiry));
+    s.now = expires;
+    let out = s.ok(fire(TimerKind::LeaseExpiry));
+
+    assert_eq!(s.c.phase, Phase::BotActive);
+    assert_eq!(s.c.epoch, 2);
+    let d = the_dispatch(&out, DispatchKind::Released);
+    assert_eq!(d.details["reason"], "lease_expired");
+    assert_eq!(d.details["by"], "lease");
+    assert_eq!(
+        notes(&out),
+        ["Tempo de atendimento humano esgotado: a IA voltou a responder."]
+    );
+    assert!(s.c.timers.is_empty(), "the nudge went with it");
+    assert!(s.whats().contains(&What::LeaseExpired));
+}
+
+#[test]
+fn the_lease_nudge_reminds_the_seller_with_a_note() {
+    let mut s = Sim::new();
+    s.ok(assume("ana"));
+    let nudge_at = s.c.timers[&TimerKind::LeaseNudge];
+    s.now = nudge_at;
+    let out = s.ok(fire(TimerKind::LeaseNudge));
+    assert_eq!(
+        notes(&out),
+        ["A conversa volta para a IA em 10 min se ninguém responder."]
+    );
+    assert!(s.c.phase.is_human());
+    assert!(!s.c.timers.contains_key(&TimerKind::LeaseNudge));
+    assert!(s.c.timers.contains_key(&TimerKind::LeaseExpiry));
+}
+
+#[test]
+fn without_a_lease_a_hold_never_expires() {
+    let mut s = Sim::with(Policy {
+        human_lease_ms: None,
+        ..Policy::default()
+    });
+    let out = s.ok(assume("ana"));
+    assert!(timers_set(&out).is_empty());
+    assert!(matches!(
+        s.c.phase,
+        Phase::HumanAssigned {
+            expires_at: None,
+            ..
+        }
+    ));
+    assert_eq!(s.c.next_wake(), Some(T0), "only the note in the outbox");
+}
+
+#[test]
+fn a_lease_shorter_than_the_nudge_sets_no_nudge() {
+    let mut s = Sim::with(Policy {
+        human_lease_ms: Some(60_000),
+        lease_nudge_ms: 120_000,
+        ..Policy::default()
+    });
+    let out = s.ok(assume("ana"));
+    assert_eq!(timers_set(&out), [(TimerKind::LeaseExpiry, T0 + 60_000)]);
+}
+
+#[test]
+fn customer_messages_while_a_seller_holds_the_conversation_are_held() {
+    let mut s = Sim::immediate();
+    s.ok(assume("ana"));
+    for id in ["m1", "m2"] {
+        let out = s.advance(1_000).ok(customer(id));
+        assert!(out.effects.is_empty(), "{out:?}");
+        let held = s.c.timeline.last().unwrap();
+        assert_eq!(held.what, What::MessageHeld);
+        assert_eq!(held.message_id.as_deref(), Some(id));
+        assert_eq!(held.detail.as_deref(), Some("human_assigned"));
+    }
+    // An attachment re-sent for a held message is recorded, nothing more.
+    let out = s.ok(customer_voice("m1"));
+    assert!(out.effects.is_empty());
+    assert!(s.c.pending.is_empty());
+    let out = s.advance(1_000).ok(release("ana"));
+    assert!(
+        the_dispatch(&out, DispatchKind::Released)
+            .messages
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_seller_writing_in_the_chat_extends_their_lease() {
+    let mut s = Sim::new();
+    s.ok(assume("ana"));
+    let out = s.advance(30 * 60_000).ok(spoke("ana", "s1"));
+    let expires = s.now + s.p.human_lease_ms.unwrap();
+    assert!(matches!(s.c.phase, Phase::HumanAssigned { expires_at: Some(e), .. } if e == expires));
+    assert_eq!(timers_set(&out)[0], (TimerKind::LeaseExpiry, expires));
+    let entry = s.c.timeline.last().unwrap();
+    assert_eq!(entry.what, What::LeaseExtended);
+    assert_eq!(entry.message_id.as_deref(), Some("s1"));
+    // The same chat message redelivered does not extend it again.
+    s.advance(1_000).no_op(spoke("ana", "s1"));
+}
+
+#[test]
+fn a_seller_writing_to_a_bot_conversation_takes_it_over() {
+    let mut s = Sim::immediate();
+    let d1 = s.dispatched("m1");
+    let out = s.advance(1_000).ok(spoke("ana", "s1"));
+    assert!(
+        matches!(&s.c.phase, Phase::HumanAssigned { seller: who, by, .. }
+        if *who == seller("ana") && by == "chat message s1")
+    );
+    assert_eq!(s.c.epoch, 1);
+    assert!(!s.outbox_has(&d1));
+    assert_eq!(notes(&out).len(), 1);
+    assert_eq!(s.ok(reply(&d1)).dropped, Some(DropReason::HumanAssigned));
+}
+
+#[test]
+fn without_auto_takeover_a_seller_writing_does_not_take_over() {
+    let mut s = Sim::with(Policy {
+        debounce_ms: 0,
+        auto_takeover_on_human_reply: false,
+        ..Policy::default()
+    });
+    let d1 = s.dispatched("m1");
+    let out = s.advance(1_000).ok(spoke("ana", "s1"));
+    assert!(out.effects.is_empty());
+    assert_eq!(s.c.phase, Phase::BotActive);
+    assert_eq!(s.c.epoch, 0);
+    assert!(s.outbox_has(&d1));
+    assert_eq!(deliveries(&s.ok(reply(&d1))).len(), 1);
+}
+
+// ---- proactive conversations ------------------------------------------------------------------
+
+#[test]
+fn a_proactive_start_from_idle_opens_a_proactive_conversation() {
+    let mut s = Sim::new();
+    let out = s.ok(proactive("ana"));
+
+    assert_eq!(
+        s.c.phase,
+        Phase::Proactive {
+            since: T0,
+            trigger: "form_filled".into()
+        }
+    );
+    let d = the_dispatch(&out, DispatchKind::Proactive);
+    assert_eq!(d.seller, Some(seller("ana")));
+    assert_eq!(d.details["form"], "contato");
+    assert!(d.messages.is_empty());
+    assert_eq!(
+        s.c.in_flight.as_ref().unwrap().kind,
+        DispatchKind::Proactive
+    );
+    assert_eq!(
+        notes(&out),
+        ["Conversa proativa iniciada (form_filled) para Seller ana."]
+    );
+    assert!(s.c.is_live_at(s.now, &s.p));
+    let started =
+        s.c.timeline
+            .entries()
+            .find(|e| e.what == What::ProactiveStarted)
+            .unwrap();
+    assert_eq!(started.detail.as_deref(), Some("form_filled"));
+}
+
+#[test]
+fn a_second_proactive_start_is_rejected_while_one_is_live() {
+    let mut s = Sim::new();
+    s.ok(proactive("ana"));
+    assert_eq!(
+        s.advance(60_000).rejected(proactive("bruno")),
+        Rejection::AlreadyLive
+    );
+}
+
+#[test]
+fn a_proactive_start_is_refused_while_a_seller_holds_or_the_bot_is_paused_or_scheduling() {
+    let mut s = Sim::new();
+    s.ok(assume("ana"));
+    assert_eq!(s.rejected(proactive("ana")), Rejection::HumanAssigned);
+
+    let mut s = Sim::new();
+    s.ok(pause());
+    assert_eq!(s.rejected(proactive("ana")), Rejection::Paused);
+
+    let mut s = Sim::new();
+    s.ok(scheduling("ana"));
+    assert_eq!(s.rejected(proactive("ana")), Rejection::AlreadyLive);
+}
+
+#[test]
+fn the_customer_answering_turns_a_proactive_conversation_into_a_bot_conversation() {
+    let mut s = Sim::new();
+    let pd = the_dispatch(&s.ok(proactive("ana")), DispatchKind::Proactive);
+    s.ok(reply(&pd.dispatch_id)); // the opening message reaches the customer
+    assert!(matches!(s.c.phase, Phase::Proactive { .. }));
+    let out = s.advance(60_000).ok(customer("m1"));
+    assert_eq!(s.c.phase, Phase::BotActive);
+    assert_eq!(timers_set(&out), [(TimerKind::Debounce, s.now + 4_000)]);
+}
+
+#[test]
+fn a_reply_to_the_proactive_dispatch_is_delivered() {
+    let mut s = Sim::new();
+    let pd = the_dispatch(&s.ok(proactive("ana")), DispatchKind::Proactive);
+    let out = s.advance(2_000).ok(reply(&pd.dispatch_id));
+    assert_eq!(deliveries(&out).len(), 1);
+    assert_eq!(s.c.in_flight, None);
+}
+
+#[test]
+fn a_proactive_start_is_allowed_again_once_the_bot_conversation_is_quiet() {
+    let mut s = Sim::immediate();
+    let d1 = s.dispatched("m1");
+    let window = s.p.live_window_ms;
+    // Awaiting a reply: live.
+    assert_eq!(
+        s.advance(window).rejected(proactive("ana")),
+        Rejection::AlreadyLive
+    );
+    s.ok(reply(&d1));
+    s.ok(done(&d1));
+    // Replied, but the customer wrote within the window: live.
+    s.now = T0 + window - 1;
+    assert_eq!(s.rejected(proactive("ana")), Rejection::AlreadyLive);
+    // Quiet for the whole window: a new proactive conversation may start.
+    s.now = T0 + window;
+    assert!(!s.c.is_live_at(s.now, &s.p));
+    let out = s.ok(proactive("ana"));
+    the_dispatch(&out, DispatchKind::Proactive);
+    assert!(matches!(s.c.phase, Phase::Proactive { .. }));
+}
+
+#[test]
+fn a_takeover_or_a_pause_cancels_a_proactive_opening_not_yet_sent() {
+    for hold in [assume("ana"), pause()] {
+        let mut s = Sim::new();
+        let pd = the_dispatch(&s.ok(proactive("ana")), DispatchKind::Proactive);
+        s.advance(1_000).ok(hold);
+        assert!(!s.outbox_has(&pd.dispatch_id), "{:?}", s.outbox_ids());
+        // Handed back, a new proactive conversation is a single one.
+        s.advance(1_000).ok(resume());
+        let out = s.ok(proactive("bruno"));
+        the_dispatch(&out, DispatchKind::Proactive);
+        let queued = s
+            .c
+            .outbox
+            .entries()
+            .filter(
+                |e| matches!(&e.effect, Effect::Dispatch(d) if d.kind == DispatchKind::Proactive),
+            )
+            .count();
+        assert_eq!(queued, 1);
+    }
+}
+
+#[test]
+fn a_proactive_opening_still_in_the_outbox_keeps_the_conversation_live() {
+    let mut s = Sim::immediate();
+    let pd = the_dispatch(&s.ok(proactive("ana")), DispatchKind::Proactive).dispatch_id;
+    s.claim(&pd); // being sent; n8n answers before the executor reports
+    s.advance(1_000).ok(reply(&pd));
+    let d1 = s.advance(1_000).dispatched("m1");
+    s.ok(reply(&d1));
+    s.ok(done(&d1));
+    s.advance(s.p.live_window_ms);
+    assert!(s.c.is_live_at(s.now, &s.p));
+    assert_eq!(s.rejected(proactive("bruno")), Rejection::AlreadyLive);
+    s.ok(done(&pd));
+    assert!(!s.c.is_live_at(s.now, &s.p));
+    the_dispatch(&s.ok(proactive("bruno")), DispatchKind::Proactive);
+}
+
+// ---- scheduling -------------------------------------------------------------------------------
+
+#[test]
+fn a_scheduling_request_starts_scheduling_with_a_timeout() {
+    let mut s = Sim::new();
+    s.ok(customer("m1")); // a burst being debounced is dropped
+    let out = s.advance(1_000).ok(scheduling("ana"));
+
+    assert!(matches!(&s.c.phase, Phase::Scheduling { since, request }
+        if *since == s.now && request["when"] == "tomorrow 10h"));
+    let d = the_dispatch(&out, DispatchKind::Scheduling);
+    assert_eq!(d.seller, Some(seller("ana")));
+    assert_eq!(d.details["when"], "tomorrow 10h");
+    let timeout = s.now + s.p.scheduling_timeout_ms;
+    assert_eq!(timers_set(&out), [(TimerKind::SchedulingTimeout, timeout)]);
+    assert_eq!(timers_cancelled(&out), [TimerKind::Debounce]);
+    assert!(s.c.pending.is_empty());
+    assert_eq!(s.c.in_flight.as_ref().unwrap().dispatch_id, d.dispatch_id);
+    assert!(s.whats().contains(&What::SchedulingStarted));
+}
+
+#[test]
+fn scheduling_replies_are_delivered_and_keep_the_request_in_flight() {
+    let mut s = Sim::new();
+    let d = the_dispatch(&s.ok(scheduling("ana")), DispatchKind::Scheduling);
+    for _ in 0..2 {
+        let out = s.advance(1_000).ok(reply(&d.dispatch_id));
+        assert_eq!(deliveries(&out).len(), 1);
+        assert_eq!(s.c.in_flight.as_ref().unwrap().dispatch_id, d.dispatch_id);
+    }
+}
+
+#[test]
+fn a_confirmed_scheduling_outcome_returns_to_the_bot_with_a_note() {
+    let mut s = Sim::new();
+    let d = the_dispatch(&s.ok(scheduling("ana")), DispatchKind::Scheduling);
+    let out = s.advance(60_000).ok(outcome(Some(&d.dispatch_id), true));
+    assert_eq!(s.c.phase, Phase::BotActive);
+    assert_eq!(s.c.in_flight, None);
+    assert_eq!(timers_cancelled(&out), [TimerKind::SchedulingTimeout]);
+    assert_eq!(notes(&out), ["Agendamento confirmado. terça 10h"]);
+    let entry =
+        s.c.timeline
+            .entries()
+            .find(|e| e.what == What::SchedulingDone)
+            .unwrap();
+    assert_eq!(entry.dispatch_id.as_deref(), Some(d.dispatch_id.as_str()));
+    assert_eq!(entry.detail.as_deref(), Some("confirmed"));
+}
+
+#[test]
+fn a_failed_scheduling_outcome_returns_to_the_bot_with_a_note() {
+    let mut s = Sim::new();
+    s.ok(scheduling("ana"));
+    let out = s.advance(60_000).ok(outcome(None, false));
+    assert_eq!(s.c.phase, Phase::BotActive);
+    assert_eq!(notes(&out), ["Agendamento não concluído. terça 10h"]);
+    assert!(s.whats().contains(&What::SchedulingDone));
+}
+
+#[test]
+fn a_scheduling_outcome_for_another_dispatch_is_dropped() {
+    let mut s = Sim::new();
+    s.ok(scheduling("ana"));
+    let out = s.ok(outcome(Some("7-42-999"), true));
+    assert_eq!(out.dropped, Some(DropReason::StaleDispatch));
+    assert!(out.effects.is_empty());
+    assert!(matches!(s.c.phase, Phase::Scheduling { .. }));
+}
+
+#[test]
+fn a_scheduling_timeout_returns_to_the_bot() {
+    let mut s = Sim::new();
+    s.ok(scheduling("ana"));
+    let due = T0 + s.p.scheduling_timeout_ms;
+    s.now = due - 1;
+    s.no_op(fire(TimerKind::SchedulingTimeout));
+    s.now = due;
+    let out = s.ok(fire(TimerKind::SchedulingTimeout));
+    assert_eq!(s.c.phase, Phase::BotActive);
+    assert_eq!(s.c.in_flight, None);
+    assert_eq!(
+        notes(&out),
+        ["Agendamento sem resposta: a IA voltou a responder."]
+    );
+    assert!(s.whats().contains(&What::SchedulingTimeout));
+}
+
+#[test]
+fn a_scheduling_outcome_when_not_scheduling_is_rejected() {
+    let mut s = Sim::new();
+    assert_eq!(s.rejected(outcome(None, true)), Rejection::NotScheduling);
+    s.ok(customer("m1"));
+    assert_eq!(s.rejected(outcome(None, true)), Rejection::NotScheduling);
+}
+
+#[test]
+fn a_scheduling_request_is_refused_while_a_seller_holds_or_the_bot_is_paused_or_already_scheduling()
+{
+    let mut s = Sim::new();
+    s.ok(assume("ana"));
+    assert_eq!(s.rejected(scheduling("ana")), Rejection::HumanAssigned);
+
+    let mut s = Sim::new();
+    s.ok(pause());
+    assert_eq!(s.rejected(scheduling("ana")), Rejection::Paused);
+
+    let mut s = Sim::new();
+    s.ok(scheduling("ana"));
+    assert_eq!(s.rejected(scheduling("bruno")), Rejection::AlreadyLive);
+
+    // A proactive opening may turn into scheduling (the customer asks for a meeting).
+    let mut s = Sim::new();
+    s.ok(proactive("ana"));
+    s.ok(scheduling("ana"));
+    assert_eq!(s.c.phase.name(), "scheduling");
+}
+
+#[test]
+fn customer_messages_while_scheduling_are_held() {
+    let mut s = Sim::immediate();
+    s.ok(scheduling("ana"));
+    let out = s.advance(1_000).ok(customer("m1"));
+    assert!(out.effects.is_empty());
+    assert!(s.c.pending.is_empty());
+    let held = s.c.timeline.last().unwrap();
+    assert_eq!(held.what, What::MessageHeld);
+    assert_eq!(held.detail.as_deref(), Some("scheduling"));
+    s.ok(outcome(None, true));
+    // Back with the bot, the held message is not sent to n8n later either.
+    let out = s.advance(1_000).ok(customer("m2"));
+    assert_eq!(ids(&the_dispatch(&out, DispatchKind::Message)), ["m2"]);
+}
+
+// ---- the outbox -------------------------------------------------------------------------------
+
+#[test]
+fn effect_done_removes_the_outbox_entry() {
+    let mut s = Sim::immediate();
+    let d1 = s.dispatched("m1");
+    s.ok(reply(&d1));
+    let reply_id =
+        s.c.outbox
+            .entries()
+            .find(|e| matches!(e.effect, Effect::DeliverReply { .. }))
+            .unwrap()
+            .id
+            .clone();
+
+    let out = s.ok(done(&d1));
+    assert!(out.changed && out.effects.is_empty());
+    assert!(!s.outbox_has(&d1));
+    let entry = s.c.timeline.last().unwrap();
+    assert_eq!(
+        (entry.what, entry.dispatch_id.as_deref()),
+        (What::DispatchSent, Some(d1.as_str()))
+    );
+
+    s.ok(done(&reply_id));
+    let entry = s.c.timeline.last().unwrap();
+    assert_eq!(
+        (entry.what, entry.dispatch_id.as_deref()),
+        (What::ReplySent, Some(reply_id.as_str()))
+    );
+    assert!(s.c.outbox.is_empty());
+
+    // A duplicate report, or one for a cancelled entry, changes nothing.
+    s.no_op(done(&d1));
+    s.no_op(done("nonsense"));
+}
+
+#[test]
+fn a_sent_note_is_recorded() {
+    let mut s = Sim::new();
+    s.ok(assume("ana"));
+    let id = s.outbox_ids().pop().unwrap();
+    assert!(id.ends_with('n'), "{id}");
+    s.ok(done(&id));
+    assert_eq!(s.last_what(), What::NoteAdded);
+}
+
+#[test]
+fn a_retryable_failure_is_retried_with_backoff() {
+    let mut s = Sim::immediate();
+    let d1 = s.dispatched("m1");
+    s.claim(&d1);
+    s.advance(500);
+    let out = s.ok(failed(&d1, true));
+    assert!(out.changed && out.effects.is_empty());
+    let entry = s.c.outbox.get(&d1).unwrap();
+    assert_eq!(entry.attempts, 1);
+    assert_eq!(entry.not_before, s.now + s.p.retry_delay(1));
+    assert_eq!(entry.claim, None);
+    assert_eq!(entry.last_error.as_deref(), Some("n8n: 502"));
+    assert_eq!(s.c.next_wake(), Some(s.now + 1_000));
+    let retry = s.c.timeline.last().unwrap();
+    assert_eq!(retry.what, What::DispatchRetry);
+    assert_eq!(retry.dispatch_id.as_deref(), Some(d1.as_str()));
+    assert_eq!(retry.detail.as_deref(), Some("attempt 1: n8n: 502"));
+
+    s.advance(1_000).ok(failed(&d1, true));
+    let entry = s.c.outbox.get(&d1).unwrap();
+    assert_eq!(entry.attempts, 2);
+    assert_eq!(entry.not_before, s.now + s.p.retry_delay(2));
+    assert_eq!(s.p.retry_delay(2), 2_000);
+    assert!(s.c.in_flight.is_some(), "still awaiting its reply");
+}
+
+#[test]
+fn a_failure_that_cannot_be_retried_is_dead_lettered_with_a_note() {
+    let mut s = Sim::immediate();
+    let d1 = s.dispatched("m1");
+    let out = s.advance(500).ok(failed(&d1, false));
+    assert!(!s.outbox_has(&d1));
+    assert_eq!(s.c.in_flight, None);
+    assert_eq!(
+        notes(&out),
+        [format!("Falha ao enviar para a IA ({d1}): n8n: 502")]
+    );
+    let dead =
+        s.c.timeline
+            .entries()
+            .find(|e| e.what == What::DeadLettered)
+            .unwrap();
+    assert_eq!(dead.dispatch_id.as_deref(), Some(d1.as_str()));
+    assert_eq!(dead.detail.as_deref(), Some("n8n: 502"));
+    // The messages are still pending: the next customer message sends them again.
+    assert_eq!(s.pending_ids(), ["m1"]);
+    let out = s.advance(1_000).ok(customer("m2"));
+    assert_eq!(
+        ids(&the_dispatch(&out, DispatchKind::Message)),
+        ["m1", "m2"]
+    );
+}
+
+#[test]
+fn a_failure_past_the_dead_letter_age_is_dead_lettered_even_if_retryable() {
+    let mut s = Sim::immediate();
+    let d1 = s.dispatched("m1");
+    s.now = T0 + s.p.dead_letter_after_ms - 1;
+    s.ok(failed(&d1, true));
+    assert!(s.outbox_has(&d1));
+    s.now = T0 + s.p.dead_letter_after_ms;
+    let out = s.ok(failed(&d1, true));
+    assert!(!s.outbox_has(&d1));
+    assert_eq!(notes(&out).len(), 1);
+    assert_eq!(s.c.in_flight, None);
+}
+
+#[test]
+fn a_failed_reply_or_note_is_dead_lettered_without_a_note() {
+    let mut s = Sim::new();
+    s.ok(assume("ana"));
+    let note_id = s.outbox_ids().pop().unwrap();
+    let out = s.ok(failed(&note_id, false));
+    assert!(out.effects.is_empty());
+    assert!(s.c.outbox.is_empty());
+    assert_eq!(s.last_what(), What::DeadLettered);
+}
+
+#[test]
+fn a_failure_report_for_an_unknown_entry_changes_nothing() {
+    let mut s = Sim::immediate();
+    s.dispatched("m1");
+    s.no_op(failed("7-42-999", true));
+    s.no_op(failed("7-42-999", false));
+}
+
+#[test]
+fn without_notes_no_note_is_queued() {
+    let mut s = Sim::with(Policy {
+        notes: false,
+        ..Policy::default()
+    });
+    let out = s.ok(assume("ana"));
+    assert!(notes(&out).is_empty());
+    let out = s.ok(release("ana"));
+    assert!(notes(&out).is_empty());
+    assert!(
+        s.c.outbox
+            .entries()
+            .all(|e| !matches!(e.effect, Effect::AddNote { .. }))
+    );
+}
+
+// ---- timers -----------------------------------------------------------------------------------
+
+#[test]
+fn timers_never_fire_early() {
+    let mut s = Sim::new();
+    // Unset timers: nothing.
+    for kind in [
+        TimerKind::Debounce,
+        TimerKind::LeaseNudge,
+        TimerKind::LeaseExpiry,
+        TimerKind::SchedulingTimeout,
+    ] {
+        s.no_op(fire(kind));
+    }
+    s.ok(customer("m1"));
+    s.advance(3_999).no_op(fire(TimerKind::Debounce));
+
+    let mut s = Sim::new();
+    s.ok(assume("ana"));
+    s.advance(60_000);
+    s.no_op(fire(TimerKind::LeaseNudge));
+    s.no_op(fire(TimerKind::LeaseExpiry));
+
+    let mut s = Sim::new();
+    s.ok(scheduling("ana"));
+    s.advance(60_000).no_op(fire(TimerKind::SchedulingTimeout));
+}
+
+#[test]
+fn a_stale_lease_timer_after_release_does_nothing() {
+    let mut s = Sim::new();
+    s.ok(assume("ana"));
+    s.advance(1_000).ok(release("ana"));
+    s.now = T0 + s.p.human_lease_ms.unwrap() + 1;
+    s.no_op(fire(TimerKind::LeaseExpiry));
+    s.no_op(fire(TimerKind::LeaseNudge));
+    assert_eq!(s.c.phase, Phase::BotActive);
+}
+
+#[test]
+fn next_wake_is_the_earliest_timer_or_outbox_wake() {
+    let mut s = Sim::new();
+    assert_eq!(s.c.next_wake(), None);
+    s.ok(customer("m1"));
+    assert_eq!(s.c.next_wake(), Some(T0 + 4_000));
+    let d1 = the_dispatch(
+        &s.advance(4_000).ok(fire(TimerKind::Debounce)),
+        DispatchKind::Message,
+    );
+    assert_eq!(
+        s.c.next_wake(),
+        Some(T0 + 4_000),
+        "the dispatch is due at once"
+    );
+    s.claim(&d1.dispatch_id);
+    assert_eq!(
+        s.c.next_wake(),
+        Some(s.now + 30_000),
+        "claimed: its claim's expiry"
+    );
+    s.ok(failed(&d1.dispatch_id, true));
+    assert_eq!(s.c.next_wake(), Some(s.now + 1_000), "its retry");
+    s.ok(assume("ana")); // cancels the dispatch; a note and two lease timers
+    let nudge = s.c.timers[&TimerKind::LeaseNudge];
+    let note_wake = s.c.outbox.entries().map(|e| e.wake_at()).min().unwrap();
+    assert_eq!(s.c.next_wake(), Some(nudge.min(note_wake)));
+    let id = s.outbox_ids().pop().unwrap();
+    s.ok(done(&id));
+    assert_eq!(s.c.next_wake(), Some(nudge));
+}
+
+#[test]
+fn due_timers_lists_the_due_timers_earliest_first() {
+    let mut s = Sim::with(Policy {
+        human_lease_ms: Some(100_000),
+        lease_nudge_ms: 10_000,
+        ..Policy::default()
+    });
+    s.ok(assume("ana"));
+    assert!(s.c.due_timers(T0 + 89_999).is_empty());
+    assert_eq!(s.c.due_timers(T0 + 90_000), [TimerKind::LeaseNudge]);
+    assert_eq!(
+        s.c.due_timers(T0 + 100_000),
+        [TimerKind::LeaseNudge, TimerKind::LeaseExpiry]
+    );
+}
+
+// ---- the timeline and the snapshot ---------------------------------------------------------------
+
+#[test]
+fn the_timeline_keeps_the_last_hundred_entries_naming_message_and_dispatch_ids() {
+    let mut s = Sim::immediate();
+    let mut last_dispatch = String::new();
+    for i in 0..80 {
+        let id = format!("m{i}");
+        last_dispatch = s.advance(1_000).dispatched(&id);
+        s.ok(reply(&last_dispatch));
+    }
+    assert_eq!(s.c.timeline.len(), Timeline::CAPACITY);
+    let entries: Vec<_> = s.c.timeline.entries().collect();
+    let last_in = entries
+        .iter()
+        .rev()
+        .find(|e| e.what == What::MessageIn)
+        .unwrap();
+    assert_eq!(last_in.message_id.as_deref(), Some("m79"));
+    let accepted = entries.last().unwrap();
+    assert_eq!(accepted.what, What::ReplyAccepted);
+    assert_eq!(
+        accepted.dispatch_id.as_deref(),
+        Some(last_dispatch.as_str())
+    );
+    // The oldest entries are gone.
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.message_id.as_deref() != Some("m0"))
+    );
+    assert!(entries.windows(2).all(|w| w[0].at <= w[1].at));
+}
+
+#[test]
+fn updated_at_moves_only_when_something_changed() {
+    let mut s = Sim::new();
+    s.advance(1_000).ok(customer("m1"));
+    assert_eq!(s.c.updated_at, T0 + 1_000);
+    s.advance(1_000).no_op(customer("m1"));
+    assert_eq!(s.c.updated_at, T0 + 1_000);
+    assert_eq!(s.c.created_at, T0);
+}
+
+fn round_trip(c: &Conversation) {
+    let json = serde_json::to_string(c).unwrap();
+    let back: Conversation = serde_json::from_str(&json).unwrap();
+    assert_eq!(&back, c, "{json}");
+    assert_eq!(serde_json::to_string(&back).unwrap(), json);
+}
+
+#[test]
+fn the_snapshot_round_trips_through_json_unchanged() {
+    let mut s = Sim::new();
+    round_trip(&s.c);
+    let mut m = voice("m1");
+    m.links = Links {
+        lead_id: Some(991),
+        talk_id: Some(12),
+        chat_id: Some("chat-uuid".into()),
+    };
+    s.ok(Event::CustomerMessage(m));
+    s.advance(4_000).ok(fire(TimerKind::Debounce));
+    let d = s.c.in_flight.clone().unwrap().dispatch_id;
+    s.claim(&d);
+    s.advance(100).ok(failed(&d, true));
+    s.ok(customer("m2"));
+    round_trip(&s.c); // bot_active: pending, superseded in-flight, retrying outbox entry, timer
+    s.ok(assume("ana"));
+    round_trip(&s.c); // human_assigned with lease timers
+    s.ok(release("ana"));
+    s.ok(scheduling("ana"));
+    round_trip(&s.c); // scheduling with a JSON request
+    s.ok(outcome(None, true));
+    s.ok(pause());
+    round_trip(&s.c);
+    s.ok(resume());
+    s.now += s.p.live_window_ms;
+    s.ok(proactive("bruno"));
+    round_trip(&s.c);
+    // And the events and effects themselves.
+    for e in [
+        customer_voice("m1"),
+        assume("ana"),
+        scheduling("ana"),
+        fire(TimerKind::LeaseNudge),
+    ] {
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), e);
+    }
+}
+
+#[test]
+fn an_unanswered_proactive_opening_stops_counting_as_live_after_the_live_window() {
+    let mut s = Sim::new();
+    s.ok(proactive("ana"));
+    let id = s.c.in_flight.clone().unwrap().dispatch_id;
+    s.ok(Event::EffectDone { id }); // the opening went out
+    assert_eq!(s.rejected(proactive("bruno")), Rejection::AlreadyLive);
+    let window = s.p.live_window_ms;
+    s.advance(window);
+    let out = s.ok(proactive("bruno"));
+    assert!(out.effects.iter().any(
+        |e| matches!(e, Effect::Dispatch(d) if d.kind == DispatchKind::Proactive && d.seller.as_ref().unwrap().id == "bruno")
+    ));
+}
+
+#[test]
+fn a_scheduling_request_carries_the_unanswered_messages_instead_of_a_message_dispatch() {
+    let mut s = Sim::immediate();
+    s.ok(customer("m1"));
+    let unsent = s.c.in_flight.clone().unwrap().dispatch_id;
+    let out = s.ok(scheduling("ana"));
+    assert!(
+        s.c.outbox.get(&unsent).is_none(),
+        "the unsent message dispatch is cancelled"
+    );
+    let d = out
+        .effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Dispatch(d) if d.kind == DispatchKind::Scheduling => Some(d),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        d.messages.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        ["m1"]
+    );
+    assert!(s.c.pending.is_empty());
+}

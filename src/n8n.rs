@@ -1,0 +1,515 @@
+//! The n8n client: executes [`Effect::Dispatch`] outbox entries by POSTing them to an n8n
+//! webhook.
+//!
+//! # What
+//!
+//! The engine decides *that* n8n must be called (customer messages to answer, a proactive
+//! conversation to open, a meeting to arrange, the bot being back in charge); this module decides
+//! *how*: one JSON document per dispatch, POSTed to the configured Webhook node URL. The workflow
+//! answers at once (a Webhook node set to "respond immediately" says
+//! `200 {"message":"Workflow was started"}`) and later POSTs its reply to `callback_url`
+//! (`<public_url>/send-response`), naming the `dispatch_id` it answers.
+//!
+//! The body (`null` wherever a value is unknown):
+//!
+//! ```json
+//! {
+//!   "event": "message" | "proactive" | "scheduling" | "released",
+//!   "dispatch_id": "…", "epoch": 3, "attempt": 1,
+//!   "account_id": 33981183, "contact_id": 1298200,
+//!   "lead_id": 123, "talk_id": 45, "chat_id": "…",
+//!   "seller": {"id": "…", "name": "…"} | null,
+//!   "area_atuacao": …, "trigger_type": …, "lead_data": …,
+//!   "messages": [{"id": "…", "text": "…", "created_at": 1700000000,
+//!                 "attachment": {"type": "voice", "link": "…", "file_name": …} | null}],
+//!   "history": [ …the latest timeline entries, oldest first… ],
+//!   "scheduling": { …details… },   // only for "scheduling"
+//!   "released": { …details… },     // only for "released"
+//!   "callback_url": "https://conversa.example/send-response" | null
+//! }
+//! ```
+//!
+//! `area_atuacao`, `trigger_type` and `lead_data` are read from the dispatch's free-form
+//! `details` (keys of the same names); `seller` is the one the dispatch was made for (the
+//! releasing seller for `released`), not whoever holds the conversation when it is executed.
+//!
+//! # Why this shape
+//!
+//! * **At least once, deduplicated by the receiver.** The outbox may run an entry again after a
+//!   crash or a lost answer, so every request carries `Idempotency-Key: <dispatch_id>` (and the
+//!   id in the body); `attempt` tells the workflow it is a retry.
+//! * **Authenticated.** With a shared secret, `X-Conversa-Signature: sha256=<hex>` is the
+//!   HMAC-SHA256 of the exact body bytes (the body is serialised once, signed, and sent as is),
+//!   so the workflow can reject forged dispatches; see [`sign`].
+//! * **Retry what can heal, dead-letter what cannot.** 2xx is done; 408, 429, 5xx, connection
+//!   failures and timeouts are [`ExecError::Retry`] (n8n restarting, overloaded, or a proxy in
+//!   front of it); every other answer (4xx: webhook not registered, bad request; or a redirect,
+//!   which would turn the POST into a GET) is [`ExecError::Permanent`]: retrying the same bytes
+//!   cannot help.
+//! * **Bounded.** One shared [`reqwest::Client`] (connection pool) with a whole-request timeout,
+//!   so a hung n8n costs one attempt's time, never a stuck actor.
+//! * **Testable.** [`payload`] and [`sign`] are pure functions; the HTTP part is exercised
+//!   against a faithful fake webhook in `tests/n8n_client.rs`.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use async_trait::async_trait;
+use conversa_actors::message::{Attachment, InboundMessage};
+use conversa_actors::{Dispatch, DispatchKind, Effect, ExecError, Executor, Job};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+/// The header carrying the body's HMAC-SHA256 (`sha256=<lowercase hex>`).
+pub const SIGNATURE_HEADER: &str = "X-Conversa-Signature";
+/// The header carrying the `dispatch_id`, stable across retries.
+pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+/// The path, under the public URL, where n8n posts its replies.
+pub const CALLBACK_PATH: &str = "/send-response";
+
+/// How much of an error answer's body goes into the error message.
+const BODY_EXCERPT: usize = 200;
+
+/// Where and how to call n8n.
+#[derive(Clone)]
+pub struct N8nSettings {
+    /// The production URL of the workflow's Webhook node.
+    pub webhook_url: String,
+    /// Signs every body when set (an empty string counts as unset).
+    pub shared_secret: Option<String>,
+    /// This service's public base URL, from which `callback_url` is made.
+    pub public_url: Option<String>,
+    /// The longest one attempt may take, connection included.
+    pub timeout: Duration,
+}
+
+/// The secret stays out of logs.
+impl fmt::Debug for N8nSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("N8nSettings")
+            .field("webhook_url", &self.webhook_url)
+            .field(
+                "shared_secret",
+                &self.shared_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("public_url", &self.public_url)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Executes dispatches by POSTing them to n8n. Cheap to share behind an `Arc`.
+pub struct N8nClient {
+    http: reqwest::Client,
+    webhook_url: reqwest::Url,
+    secret: Option<String>,
+    public_url: Option<String>,
+}
+
+impl fmt::Debug for N8nClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("N8nClient")
+            .field("webhook_url", &self.webhook_url.as_str())
+            .field("signed", &self.secret.is_some())
+            .field("public_url", &self.public_url)
+            .finish()
+    }
+}
+
+impl N8nClient {
+    /// Checks the settings and builds the shared HTTP client.
+    pub fn new(settings: N8nSettings) -> anyhow::Result<Self> {
+        let webhook_url = reqwest::Url::parse(&settings.webhook_url)
+            .with_context(|| format!("n8n webhook URL {:?}", settings.webhook_url))?;
+        if !matches!(webhook_url.scheme(), "http" | "https") {
+            bail!(
+                "n8n webhook URL {:?}: want http or https",
+                settings.webhook_url
+            );
+        }
+        if settings.timeout.is_zero() {
+            bail!("n8n timeout must be greater than zero");
+        }
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout)
+            // A redirected POST becomes a GET without its body: never follow one, report it.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("conversa/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the n8n HTTP client")?;
+        Ok(Self {
+            http,
+            webhook_url,
+            secret: settings.shared_secret.filter(|s| !s.is_empty()),
+            public_url: settings.public_url.filter(|s| !s.trim().is_empty()),
+        })
+    }
+
+    /// One POST; the body is serialised once so the signature covers exactly what is sent.
+    async fn post(&self, job: &Job, dispatch: &Dispatch) -> Result<(), ExecError> {
+        let body = serde_json::to_vec(&payload(job, dispatch, self.public_url.as_deref()))
+            .map_err(|e| ExecError::Permanent(format!("serialising the dispatch: {e}")))?;
+        let mut request = self
+            .http
+            .post(self.webhook_url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(IDEMPOTENCY_HEADER, dispatch.dispatch_id.as_str());
+        if let Some(secret) = &self.secret {
+            request = request.header(SIGNATURE_HEADER, sign(secret, &body));
+        }
+        let started = Instant::now();
+        let response = match request.body(body).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let latency_ms = started.elapsed().as_millis() as u64;
+                let error = describe(&e);
+                tracing::info!(
+                    contact = %job.key,
+                    dispatch_id = %dispatch.dispatch_id,
+                    status = "error",
+                    latency_ms,
+                    attempt = job.attempt,
+                    error = %error,
+                    "n8n dispatch"
+                );
+                return Err(if e.is_builder() {
+                    ExecError::Permanent(format!("n8n request: {error}"))
+                } else {
+                    ExecError::Retry(format!("n8n unreachable: {error}"))
+                });
+            }
+        };
+        let status = response.status();
+        let latency_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(
+            contact = %job.key,
+            dispatch_id = %dispatch.dispatch_id,
+            status = status.as_u16(),
+            latency_ms,
+            attempt = job.attempt,
+            "n8n dispatch"
+        );
+        if status.is_success() {
+            return Ok(());
+        }
+        // The body only feeds the error message: a failure to read it changes nothing.
+        let text = response.text().await.unwrap_or_default();
+        let message = format!("n8n answered {status}: {}", excerpt(&text));
+        Err(classify(status, message))
+    }
+}
+
+#[async_trait]
+impl Executor for N8nClient {
+    async fn execute(&self, job: &Job) -> Result<(), ExecError> {
+        match &job.effect {
+            Effect::Dispatch(dispatch) => self.post(job, dispatch).await,
+            _ => Err(ExecError::Permanent("not a dispatch".into())),
+        }
+    }
+}
+
+/// Retry for answers that may heal (timeout, rate limit, server trouble), else permanent.
+fn classify(status: reqwest::StatusCode, message: String) -> ExecError {
+    let code = status.as_u16();
+    if code == 408 || code == 429 || status.is_server_error() {
+        ExecError::Retry(message)
+    } else {
+        ExecError::Permanent(message)
+    }
+}
+
+/// A transport error with its causes (reqwest's own message hides the interesting part).
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = if e.is_timeout() {
+        format!("timed out: {e}")
+    } else if e.is_connect() {
+        format!("cannot connect: {e}")
+    } else {
+        e.to_string()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// At most [`BODY_EXCERPT`] characters of `text`, on a character boundary.
+fn excerpt(text: &str) -> String {
+    let text = text.trim();
+    match text.char_indices().nth(BODY_EXCERPT) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// The event name n8n switches on.
+fn event_name(kind: DispatchKind) -> &'static str {
+    match kind {
+        DispatchKind::Message => "message",
+        DispatchKind::Proactive => "proactive",
+        DispatchKind::Scheduling => "scheduling",
+        DispatchKind::Released => "released",
+    }
+}
+
+fn attachment_json(a: &Attachment) -> Value {
+    json!({ "type": a.kind, "link": a.link, "file_name": a.file_name })
+}
+
+fn message_json(m: &InboundMessage) -> Value {
+    json!({
+        "id": m.id,
+        "text": m.text,
+        "created_at": m.created_at,
+        "attachment": m.attachment.as_ref().map(attachment_json),
+    })
+}
+
+/// The JSON document n8n receives for `dispatch` (see the module docs). Pure.
+pub fn payload(job: &Job, dispatch: &Dispatch, public_url: Option<&str>) -> Value {
+    let detail = |key: &str| dispatch.details.get(key).cloned().unwrap_or(Value::Null);
+    let history = serde_json::to_value(&job.history).unwrap_or_else(|_| Value::Array(Vec::new()));
+    let callback_url = public_url
+        .map(|u| u.trim().trim_end_matches('/'))
+        .filter(|u| !u.is_empty())
+        .map(|u| format!("{u}{CALLBACK_PATH}"));
+    let mut body = json!({
+        "event": event_name(dispatch.kind),
+        "dispatch_id": dispatch.dispatch_id,
+        "epoch": dispatch.epoch,
+        "attempt": job.attempt,
+        "account_id": job.key.account_id,
+        "contact_id": job.key.contact_id,
+        "lead_id": job.links.lead_id,
+        "talk_id": job.links.talk_id,
+        "chat_id": job.links.chat_id,
+        "seller": dispatch.seller.as_ref().map(|s| json!({ "id": s.id, "name": s.name })),
+        "area_atuacao": detail("area_atuacao"),
+        "messages": dispatch.messages.iter().map(message_json).collect::<Vec<_>>(),
+        "history": history,
+        "trigger_type": detail("trigger_type"),
+        "lead_data": detail("lead_data"),
+        "callback_url": callback_url,
+    });
+    match dispatch.kind {
+        DispatchKind::Scheduling => body["scheduling"] = dispatch.details.clone(),
+        DispatchKind::Released => body["released"] = dispatch.details.clone(),
+        DispatchKind::Message | DispatchKind::Proactive => {}
+    }
+    body
+}
+
+/// `sha256=<lowercase hex HMAC-SHA256(secret, body)>`, the value of [`SIGNATURE_HEADER`].
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any size");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use conversa_actors::ContactKey;
+    use conversa_actors::message::{Links, SellerRef};
+    use conversa_actors::timeline::{Entry, What};
+
+    fn job(dispatch: &Dispatch) -> Job {
+        Job {
+            key: ContactKey::new(33981183, 1298200),
+            id: dispatch.dispatch_id.clone(),
+            effect: Effect::Dispatch(dispatch.clone()),
+            attempt: 2,
+            links: Links {
+                lead_id: Some(77),
+                talk_id: None,
+                chat_id: Some("chat-1".into()),
+            },
+            phase: "bot_active",
+            seller: None,
+            history: vec![Entry {
+                at: 1_700_000_000_000,
+                what: What::MessageIn,
+                message_id: Some("m1".into()),
+                dispatch_id: None,
+                detail: None,
+            }],
+        }
+    }
+
+    fn dispatch(kind: DispatchKind, details: Value) -> Dispatch {
+        Dispatch {
+            dispatch_id: "d-1".into(),
+            kind,
+            epoch: 4,
+            messages: Vec::new(),
+            seller: None,
+            details,
+        }
+    }
+
+    #[test]
+    fn message_payload_carries_messages_links_and_nulls() {
+        let mut d = dispatch(DispatchKind::Message, Value::Null);
+        d.messages = vec![
+            InboundMessage {
+                id: "m1".into(),
+                text: "oi".into(),
+                created_at: 1_700_000_000,
+                attachment: None,
+                links: Links::default(),
+            },
+            InboundMessage {
+                id: "m2".into(),
+                text: String::new(),
+                created_at: 1_700_000_001,
+                attachment: Some(Attachment {
+                    kind: "voice".into(),
+                    link: "https://files/x.ogg".into(),
+                    file_name: Some("x.ogg".into()),
+                }),
+                links: Links::default(),
+            },
+        ];
+        let p = payload(&job(&d), &d, Some("https://conversa.example/"));
+        assert_eq!(p["event"], "message");
+        assert_eq!(p["dispatch_id"], "d-1");
+        assert_eq!(p["epoch"], 4);
+        assert_eq!(p["attempt"], 2);
+        assert_eq!(p["account_id"], 33981183);
+        assert_eq!(p["contact_id"], 1298200);
+        assert_eq!(p["lead_id"], 77);
+        assert_eq!(p["talk_id"], Value::Null);
+        assert_eq!(p["chat_id"], "chat-1");
+        assert_eq!(p["seller"], Value::Null);
+        assert_eq!(p["area_atuacao"], Value::Null);
+        assert_eq!(p["trigger_type"], Value::Null);
+        assert_eq!(p["lead_data"], Value::Null);
+        assert_eq!(p["callback_url"], "https://conversa.example/send-response");
+        assert_eq!(
+            p["messages"],
+            json!([
+                {"id": "m1", "text": "oi", "created_at": 1_700_000_000, "attachment": null},
+                {"id": "m2", "text": "", "created_at": 1_700_000_001,
+                 "attachment": {"type": "voice", "link": "https://files/x.ogg", "file_name": "x.ogg"}},
+            ])
+        );
+        assert_eq!(p["history"][0]["what"], "message_in");
+        assert_eq!(p["history"][0]["message_id"], "m1");
+        assert!(p.get("scheduling").is_none());
+        assert!(p.get("released").is_none());
+    }
+
+    #[test]
+    fn proactive_payload_takes_context_from_details() {
+        let mut d = dispatch(
+            DispatchKind::Proactive,
+            json!({"area_atuacao": "saude", "trigger_type": "form", "lead_data": {"name": "Ana"}}),
+        );
+        d.seller = Some(SellerRef {
+            id: "s1".into(),
+            name: "Bia".into(),
+        });
+        let p = payload(&job(&d), &d, None);
+        assert_eq!(p["event"], "proactive");
+        assert_eq!(p["seller"], json!({"id": "s1", "name": "Bia"}));
+        assert_eq!(p["area_atuacao"], "saude");
+        assert_eq!(p["trigger_type"], "form");
+        assert_eq!(p["lead_data"], json!({"name": "Ana"}));
+        assert_eq!(p["messages"], json!([]));
+        assert_eq!(p["callback_url"], Value::Null);
+    }
+
+    #[test]
+    fn scheduling_and_released_repeat_their_details() {
+        let details = json!({"when": "amanhã 10h", "area_atuacao": "odonto"});
+        let d = dispatch(DispatchKind::Scheduling, details.clone());
+        let p = payload(&job(&d), &d, Some("http://h:1"));
+        assert_eq!(p["event"], "scheduling");
+        assert_eq!(p["scheduling"], details);
+        assert_eq!(p["area_atuacao"], "odonto");
+        assert_eq!(p["callback_url"], "http://h:1/send-response");
+        assert!(p.get("released").is_none());
+
+        let details = json!({"reason": "release", "by": "s1"});
+        let d = dispatch(DispatchKind::Released, details.clone());
+        let p = payload(&job(&d), &d, Some("http://h:1///"));
+        assert_eq!(p["event"], "released");
+        assert_eq!(p["released"], details);
+        assert_eq!(p["callback_url"], "http://h:1/send-response");
+        assert!(p.get("scheduling").is_none());
+    }
+
+    #[test]
+    fn sign_matches_rfc_4231_case_2() {
+        assert_eq!(
+            sign("Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert_ne!(sign("Jefe", b"x"), sign("Jeff", b"x"));
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        use reqwest::StatusCode as S;
+        for s in [
+            S::REQUEST_TIMEOUT,
+            S::TOO_MANY_REQUESTS,
+            S::INTERNAL_SERVER_ERROR,
+            S::BAD_GATEWAY,
+        ] {
+            assert!(
+                matches!(classify(s, String::new()), ExecError::Retry(_)),
+                "{s}"
+            );
+        }
+        for s in [
+            S::BAD_REQUEST,
+            S::UNAUTHORIZED,
+            S::NOT_FOUND,
+            S::MOVED_PERMANENTLY,
+        ] {
+            assert!(
+                matches!(classify(s, String::new()), ExecError::Permanent(_)),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn excerpt_cuts_on_characters() {
+        let long = "é".repeat(300);
+        let e = excerpt(&long);
+        assert_eq!(e.chars().count(), BODY_EXCERPT + 1);
+        assert_eq!(excerpt(" short "), "short");
+    }
+
+    #[test]
+    fn settings_are_checked_and_the_secret_is_not_printed() {
+        let settings = N8nSettings {
+            webhook_url: "http://127.0.0.1:5678/webhook/conversa".into(),
+            shared_secret: Some("s3cret".into()),
+            public_url: None,
+            timeout: Duration::from_secs(5),
+        };
+        assert!(!format!("{settings:?}").contains("s3cret"));
+        assert!(N8nClient::new(settings.clone()).is_ok());
+        let bad = N8nSettings {
+            webhook_url: "ftp://x/y".into(),
+            ..settings.clone()
+        };
+        assert!(N8nClient::new(bad).is_err());
+        let bad = N8nSettings {
+            webhook_url: "not a url".into(),
+            ..settings
+        };
+        assert!(N8nClient::new(bad).is_err());
+    }
+}
