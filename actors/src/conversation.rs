@@ -39,6 +39,8 @@ use crate::timeline::{Entry, Timeline, What};
 const SEEN_CAPACITY: usize = 256;
 /// How many recent dispatches are remembered to judge a late reply.
 const RECENT_DISPATCHES: usize = 32;
+/// How many sent reply texts are remembered to recognise their echoes in the chat.
+const RECENT_REPLIES: usize = 20;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Conversation {
@@ -59,6 +61,9 @@ pub struct Conversation {
     pub burst_started_at: Option<Millis>,
     #[serde(default)]
     pub recent_dispatches: VecDeque<DispatchRecord>,
+    /// Normalised texts of replies this engine sent, to tell their echoes from a human.
+    #[serde(default)]
+    pub recent_replies: VecDeque<String>,
     /// Message ids already acted on, with whether their attachment arrived.
     #[serde(default)]
     pub seen: VecDeque<SeenMessage>,
@@ -159,6 +164,7 @@ impl Conversation {
             in_flight: None,
             burst_started_at: None,
             recent_dispatches: VecDeque::new(),
+            recent_replies: VecDeque::new(),
             seen: VecDeque::new(),
             timers: BTreeMap::new(),
             outbox: Outbox::default(),
@@ -298,6 +304,19 @@ impl Step<'_> {
         match event {
             Event::CustomerMessage(msg) => self.customer_message(msg),
             Event::SellerSpoke { seller, message_id } => self.seller_spoke(seller, message_id),
+            Event::OutgoingMessage {
+                message_id,
+                text,
+                author,
+            } => self.outgoing(message_id, text, author),
+            Event::LinksSeen(links) => {
+                let mut updated = self.c.links.clone();
+                updated.update(&links);
+                if updated != self.c.links {
+                    self.c.links = updated;
+                    self.out.changed = true;
+                }
+            }
             Event::BotControl { command, by } => match command {
                 BotCommand::Pause => self.pause(by),
                 BotCommand::Resume => self.resume(by),
@@ -446,6 +465,12 @@ impl Step<'_> {
                     self.c.pending.clear();
                 }
                 self.log(What::ReplyAccepted, None, dispatch_id.as_deref(), None);
+                for text in &texts {
+                    if self.c.recent_replies.len() == RECENT_REPLIES {
+                        self.c.recent_replies.pop_front();
+                    }
+                    self.c.recent_replies.push_back(echo_key(text));
+                }
                 self.queue(Effect::DeliverReply { dispatch_id, texts }, 'r');
             }
         }
@@ -521,6 +546,32 @@ impl Step<'_> {
             let by = format!("chat message {message_id}");
             self.assume(seller, by);
         }
+    }
+
+    /// An outgoing chat message: our own reply coming back, or a human speaking.
+    fn outgoing(&mut self, message_id: String, text: String, author: SellerRef) {
+        if self.c.seen.iter().any(|s| s.id == message_id) {
+            return;
+        }
+        let key = echo_key(&text);
+        let echo = self
+            .c
+            .recent_replies
+            .iter()
+            .position(|r| !key.is_empty() && *r == key);
+        if let Some(i) = echo {
+            self.c.recent_replies.remove(i);
+            if self.c.seen.len() == SEEN_CAPACITY {
+                self.c.seen.pop_front();
+            }
+            self.c.seen.push_back(SeenMessage {
+                id: message_id.clone(),
+                attachment: false,
+            });
+            self.log(What::EchoSeen, Some(&message_id), None, None);
+            return;
+        }
+        self.seller_spoke(author, message_id);
     }
 
     fn extend_lease(&mut self, message_id: Option<&str>) {
@@ -884,6 +935,18 @@ impl Step<'_> {
             detail: detail.map(str::to_owned),
         });
     }
+}
+
+/// A reply text reduced to what survives Kommo's rewriting on the way to WhatsApp and back:
+/// lowercase letters and digits only (Kommo strips characters outside the BMP, e.g. many emoji,
+/// and may rewrite links), with links dropped.
+pub fn echo_key(text: &str) -> String {
+    text.split_whitespace()
+        .filter(|w| !w.contains("://") && !w.starts_with("www.") && !w.contains("kommo.cc"))
+        .flat_map(|w| w.chars())
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 /// A JSON value as a short one-line text for a note.

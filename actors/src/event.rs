@@ -15,6 +15,16 @@ pub enum Event {
         seller: SellerRef,
         message_id: String,
     },
+    /// A message went out in the customer's chat (Kommo `message[add]`, outgoing). If it is
+    /// the echo of a reply this engine sent it is only recorded; otherwise a human wrote it and
+    /// it counts as [`Event::SellerSpoke`].
+    OutgoingMessage {
+        message_id: String,
+        text: String,
+        author: SellerRef,
+    },
+    /// Kommo told us which lead, talk or chat the contact's conversation belongs to.
+    LinksSeen(crate::message::Links),
     /// An operator switched the bot off or on (`POST /bot-control`).
     BotControl { command: BotCommand, by: String },
     /// A seller takes the conversation (`/assumir`).
@@ -72,6 +82,8 @@ impl Event {
         match self {
             Event::CustomerMessage(_) => "customer_message",
             Event::SellerSpoke { .. } => "seller_spoke",
+            Event::OutgoingMessage { .. } => "outgoing_message",
+            Event::LinksSeen(_) => "links_seen",
             Event::BotControl { .. } => "bot_control",
             Event::Assume { .. } => "assume",
             Event::Release { .. } => "release",

@@ -26,6 +26,8 @@ pub enum What {
     ReplyAccepted,
     ReplyDropped,
     ReplySent,
+    /// An outgoing chat message that is the echo of a reply this engine sent.
+    EchoSeen,
     EffectCancelled,
     NoteAdded,
     Takeover,

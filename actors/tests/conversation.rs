@@ -1757,3 +1757,76 @@ fn a_scheduling_request_carries_the_unanswered_messages_instead_of_a_message_dis
     );
     assert!(s.c.pending.is_empty());
 }
+
+fn outgoing(message_id: &str, text: &str) -> Event {
+    Event::OutgoingMessage {
+        message_id: message_id.into(),
+        text: text.into(),
+        author: seller("kommo-user-7"),
+    }
+}
+
+#[test]
+fn the_echo_of_a_sent_reply_is_only_recorded_but_a_human_message_takes_over() {
+    let mut s = Sim::immediate();
+    s.ok(customer("m1"));
+    let d = s.c.in_flight.clone().unwrap().dispatch_id;
+    s.ok(Event::Reply {
+        dispatch_id: Some(d),
+        texts: vec!["Olá! Veja https://exemplo.com 😀 Posso ajudar?".into()],
+    });
+    // Kommo echoes our reply with the emoji stripped and the link rewritten.
+    let out = s.ok(outgoing("out-1", "Olá! Veja kommo.cc/x1 Posso ajudar?"));
+    assert!(
+        out.effects
+            .iter()
+            .all(|e| !matches!(e, Effect::Dispatch(_) | Effect::AddNote { .. }))
+    );
+    assert_eq!(s.c.phase.name(), "bot_active");
+    assert_eq!(s.c.timeline.last().unwrap().what, What::EchoSeen);
+    // The same echo redelivered changes nothing.
+    s.no_op(outgoing("out-1", "Olá! Veja kommo.cc/x1 Posso ajudar?"));
+    // A text the bot never sent is a human speaking: with auto-takeover on, a takeover.
+    s.ok(outgoing("out-2", "Oi, aqui é a Ana, vou te atender"));
+    assert_eq!(s.c.phase.name(), "human_assigned");
+    assert_eq!(s.c.seller().unwrap().id, "kommo-user-7");
+}
+
+#[test]
+fn an_echo_is_matched_once_per_sent_reply() {
+    let mut s = Sim::immediate();
+    s.ok(customer("m1"));
+    let d = s.c.in_flight.clone().unwrap().dispatch_id;
+    s.ok(Event::Reply {
+        dispatch_id: Some(d),
+        texts: vec!["Tudo bem".into()],
+    });
+    s.ok(outgoing("out-1", "Tudo bem"));
+    assert_eq!(s.c.phase.name(), "bot_active");
+    // A second identical text was not sent by the bot a second time: a human typed it.
+    s.ok(outgoing("out-2", "Tudo bem"));
+    assert_eq!(s.c.phase.name(), "human_assigned");
+}
+
+#[test]
+fn links_seen_update_the_conversation_only_when_they_say_something_new() {
+    let mut s = Sim::new();
+    let links = Links {
+        lead_id: Some(878244),
+        talk_id: Some(109),
+        chat_id: None,
+    };
+    s.ok(Event::LinksSeen(links.clone()));
+    assert_eq!(s.c.links, links);
+    s.no_op(Event::LinksSeen(Links {
+        lead_id: Some(878244),
+        talk_id: None,
+        chat_id: None,
+    }));
+    s.ok(Event::LinksSeen(Links {
+        chat_id: Some("7df3cc9c".into()),
+        ..Links::default()
+    }));
+    assert_eq!(s.c.links.lead_id, Some(878244));
+    assert_eq!(s.c.links.chat_id.as_deref(), Some("7df3cc9c"));
+}

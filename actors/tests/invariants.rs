@@ -55,6 +55,14 @@ enum Op {
         seller: u8,
         message: u8,
     },
+    Outgoing {
+        seller: u8,
+        message: u8,
+        echo: bool,
+    },
+    Links {
+        lead: u8,
+    },
     Pause,
     Resume,
     Assume {
@@ -163,6 +171,9 @@ fn op() -> impl Strategy<Value = Op> {
         12 => (0..MESSAGE_IDS, prop::bool::weighted(0.3))
             .prop_map(|(id, attachment)| Op::Customer { id, attachment }),
         2 => (0..SELLERS, 0..4u8).prop_map(|(seller, message)| Op::SellerSpoke { seller, message }),
+        2 => (0..SELLERS, 0..6u8, any::<bool>())
+            .prop_map(|(seller, message, echo)| Op::Outgoing { seller, message, echo }),
+        1 => (0..3u8).prop_map(|lead| Op::Links { lead }),
         1 => Just(Op::Pause),
         1 => Just(Op::Resume),
         3 => (0..SELLERS).prop_map(|seller| Op::Assume { seller }),
@@ -258,6 +269,23 @@ fn concrete(step: &Step, c: &Conversation, now: Millis, seen: &[String]) -> (Mil
             seller: seller(*s),
             message_id: format!("chat-{message}"),
         },
+        Op::Outgoing {
+            seller: s,
+            message,
+            echo,
+        } => Event::OutgoingMessage {
+            message_id: format!("out-{message}"),
+            text: if *echo {
+                "an answer".into()
+            } else {
+                format!("human text {message}")
+            },
+            author: seller(*s),
+        },
+        Op::Links { lead } => Event::LinksSeen(conversa_actors::Links {
+            lead_id: Some(u64::from(*lead) + 1),
+            ..Default::default()
+        }),
         Op::Pause => Event::BotControl {
             command: BotCommand::Pause,
             by: "operator".into(),
@@ -692,7 +720,7 @@ fn the_generated_sequences_reach_every_rule() {
         }
     }
     assert_eq!(phases.len(), Phase::NAMES.len(), "{phases:?}");
-    assert_eq!(whats.len(), 23, "{whats:?}");
+    assert_eq!(whats.len(), 24, "{whats:?}");
     assert_eq!(drops.len(), 5, "{drops:?}");
     assert_eq!(rejections.len(), 6, "{rejections:?}");
     for what in [
