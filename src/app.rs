@@ -6,6 +6,7 @@ use std::time::Instant;
 use axum::Router;
 use conversa_actors::{ContactKey, Engine};
 
+use crate::config::Config;
 use crate::http;
 
 /// What every handler can reach. Cheap to clone (`Arc` inside).
@@ -14,16 +15,23 @@ pub struct AppState(pub Arc<Inner>);
 
 pub struct Inner {
     pub engine: Engine,
-    /// The Kommo account conversations belong to when a request does not say.
+    /// The Kommo account conversations belong to (0 when not configured).
     pub account_id: u64,
+    /// When set, webhooks from another subdomain are refused.
+    pub kommo_subdomain: Option<String>,
+    /// When set, the Kommo webhook URL must carry it.
+    pub webhook_secret: Option<String>,
     pub started: Instant,
 }
 
 impl AppState {
-    pub fn new(engine: Engine, account_id: u64) -> Self {
+    /// The state for `engine` with the settings of `config`.
+    pub fn new(engine: Engine, config: &Config) -> Self {
         Self(Arc::new(Inner {
             engine,
-            account_id,
+            account_id: config.kommo_account_id,
+            kommo_subdomain: config.kommo_subdomain.clone().filter(|s| !s.is_empty()),
+            webhook_secret: config.webhook_secret.clone().filter(|s| !s.is_empty()),
             started: Instant::now(),
         }))
     }
@@ -42,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .merge(http::health::routes())
         .merge(http::conversations::routes())
         .merge(http::bot_control::routes())
+        .merge(http::webhook::routes())
         .fallback(http::not_found)
         .with_state(state)
 }

@@ -49,6 +49,14 @@ pub struct Config {
     #[arg(long, env = "KOMMO_ACCOUNT_ID", default_value_t = 0)]
     pub kommo_account_id: u64,
 
+    /// The Kommo account's subdomain; when set, webhooks from another account are refused.
+    #[arg(long, env = "KOMMO_SUBDOMAIN")]
+    pub kommo_subdomain: Option<String>,
+
+    /// Secret the Kommo webhook URL must carry (`?token=` or `/webhooks/kommo/{secret}`).
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
     /// A contact actor idle this long is passivated (its timers keep running).
     #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 600)]
     pub idle_timeout_secs: u64,

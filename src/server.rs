@@ -43,7 +43,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let engine = Engine::start(store, executors, config.engine())
         .await
         .context("engine start")?;
-    let state = AppState::new(engine.clone(), config.kommo_account_id);
+    let state = AppState::new(engine.clone(), &config);
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;

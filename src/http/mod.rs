@@ -1,9 +1,11 @@
 //! HTTP handlers, one module per resource, and the extractors they share.
 
+pub mod auth;
 pub mod bot_control;
 pub mod conversations;
 pub mod health;
 pub mod view;
+pub mod webhook;
 
 use axum::extract::FromRequest;
 use axum::http::Uri;
