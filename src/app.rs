@@ -21,6 +21,8 @@ pub struct Inner {
     pub kommo_subdomain: Option<String>,
     /// When set, the Kommo webhook URL must carry it.
     pub webhook_secret: Option<String>,
+    /// When set, n8n's callback must carry it as a bearer token.
+    pub callback_token: Option<String>,
     pub started: Instant,
 }
 
@@ -32,6 +34,7 @@ impl AppState {
             account_id: config.kommo_account_id,
             kommo_subdomain: config.kommo_subdomain.clone().filter(|s| !s.is_empty()),
             webhook_secret: config.webhook_secret.clone().filter(|s| !s.is_empty()),
+            callback_token: config.n8n_callback_token.clone().filter(|s| !s.is_empty()),
             started: Instant::now(),
         }))
     }
@@ -51,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .merge(http::conversations::routes())
         .merge(http::bot_control::routes())
         .merge(http::webhook::routes())
+        .merge(http::send_response::routes())
         .fallback(http::not_found)
         .with_state(state)
 }

@@ -97,6 +97,11 @@ pub struct Config {
     #[arg(long, env = "N8N_SHARED_SECRET", hide_env_values = true)]
     pub n8n_shared_secret: Option<String>,
 
+    /// When set, n8n's callback (`POST /send-response`) must carry
+    /// `Authorization: Bearer <N8N_CALLBACK_TOKEN>`.
+    #[arg(long, env = "N8N_CALLBACK_TOKEN", hide_env_values = true)]
+    pub n8n_callback_token: Option<String>,
+
     /// This service's public base URL; n8n calls back `PUBLIC_URL/send-response`.
     #[arg(long, env = "PUBLIC_URL")]
     pub public_url: Option<String>,

@@ -1,11 +1,42 @@
 //! Secret checks shared by the protected endpoints: constant-time comparison, so response
 //! timing tells an attacker nothing about how much of a guess was right.
 
+use axum::http::{HeaderMap, StatusCode, header};
 use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
 
 /// Whether `given` equals `expected`, compared in constant time (only the lengths may leak).
 pub fn secret_matches(expected: &str, given: &str) -> bool {
     expected.as_bytes().ct_eq(given.as_bytes()).into()
+}
+
+/// Checks `Authorization: Bearer <expected>` when a token is configured.
+pub fn require_bearer(expected: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match given {
+        Some(token) if secret_matches(expected, token) => Ok(()),
+        Some(_) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "wrong bearer token",
+        )),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing `Authorization: Bearer <token>`",
+        )),
+    }
 }
 
 #[cfg(test)]

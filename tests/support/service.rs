@@ -28,15 +28,17 @@ fn free_port() -> u16 {
 
 impl Service {
     /// Starts the binary with `env` (on top of HOST/PORT/LOG_FORMAT) and waits until
-    /// `/health` answers.
+    /// `/health` answers. `{port}` in a value stands for the service's own port (for
+    /// `PUBLIC_URL`).
     pub async fn start(env: &[(&str, &str)]) -> Service {
         let logdir = tempfile::tempdir().unwrap();
+        let port = free_port();
         let mut service = Service {
             child: None,
-            port: free_port(),
+            port,
             env: env
                 .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .map(|(k, v)| (k.to_string(), v.replace("{port}", &port.to_string())))
                 .collect(),
             log: logdir.path().join("conversa.log"),
             _logdir: logdir,
