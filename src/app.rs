@@ -23,6 +23,10 @@ pub struct Inner {
     pub webhook_secret: Option<String>,
     /// When set, n8n's callback must carry it as a bearer token.
     pub callback_token: Option<String>,
+    /// When set, operator endpoints require it as a bearer token.
+    pub api_key: Option<String>,
+    /// What is configured and what is not (secrets left out), for `/ready` and the start-up log.
+    pub configured: serde_json::Value,
     pub started: Instant,
 }
 
@@ -30,11 +34,13 @@ impl AppState {
     /// The state for `engine` with the settings of `config`.
     pub fn new(engine: Engine, config: &Config) -> Self {
         Self(Arc::new(Inner {
-            engine,
+            engine: engine.clone(),
             account_id: config.kommo_account_id,
             kommo_subdomain: config.kommo_subdomain.clone().filter(|s| !s.is_empty()),
             webhook_secret: config.webhook_secret.clone().filter(|s| !s.is_empty()),
             callback_token: config.n8n_callback_token.clone().filter(|s| !s.is_empty()),
+            api_key: config.api_key.clone().filter(|s| !s.is_empty()),
+            configured: config.summary(engine.store().backend()),
             started: Instant::now(),
         }))
     }
@@ -48,7 +54,13 @@ impl AppState {
     }
 }
 
-pub fn router(state: AppState) -> Router {
+/// The full application: routes wrapped in the shared middleware.
+pub fn app(state: AppState, limits: http::layers::Limits) -> Router {
+    http::layers::wrap(routes(), state, limits)
+}
+
+/// Every route, without middleware or state.
+pub fn routes() -> Router<AppState> {
     Router::new()
         .merge(http::health::routes())
         .merge(http::conversations::routes())
@@ -56,5 +68,4 @@ pub fn router(state: AppState) -> Router {
         .merge(http::webhook::routes())
         .merge(http::send_response::routes())
         .fallback(http::not_found)
-        .with_state(state)
 }

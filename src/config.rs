@@ -49,6 +49,22 @@ pub struct Config {
     #[arg(long, env = "KOMMO_ACCOUNT_ID", default_value_t = 0)]
     pub kommo_account_id: u64,
 
+    /// Operator and control endpoints require `Authorization: Bearer <API_KEY>` when set.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Allow listening on a non-loopback address without API_KEY (not recommended).
+    #[arg(long, env = "ALLOW_INSECURE", default_value_t = false, value_parser = clap::builder::FalseyValueParser::new())]
+    pub allow_insecure: bool,
+
+    /// Largest accepted request body, in bytes (larger: 413).
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// The longest a request may take before it is answered 408.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+
     /// The Kommo account's subdomain; when set, webhooks from another account are refused.
     #[arg(long, env = "KOMMO_SUBDOMAIN")]
     pub kommo_subdomain: Option<String>,
@@ -118,6 +134,40 @@ impl Config {
             .parse()
             .map_err(|_| anyhow::anyhow!("HOST must be an IP address, got {:?}", self.host))?;
         Ok(SocketAddr::new(ip, self.port))
+    }
+
+    /// Refuses to expose the API beyond loopback without a key, unless explicitly allowed.
+    pub fn check_exposure(&self) -> anyhow::Result<()> {
+        let addr = self.listen_addr()?;
+        let has_key = self.api_key.as_deref().is_some_and(|k| !k.is_empty());
+        if !addr.ip().is_loopback() && !has_key {
+            if self.allow_insecure {
+                tracing::warn!(%addr, "listening beyond loopback without API_KEY (ALLOW_INSECURE=1)");
+            } else {
+                anyhow::bail!(
+                    "refusing to listen on {addr} without API_KEY: set API_KEY (or ALLOW_INSECURE=1 to accept the risk)"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// What is configured, with every secret reduced to whether it is set.
+    pub fn summary(&self, store_backend: &str) -> serde_json::Value {
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+        serde_json::json!({
+            "store": store_backend,
+            "kommo_account_id": self.kommo_account_id,
+            "kommo_subdomain": self.kommo_subdomain,
+            "n8n_webhook_url": self.n8n_webhook_url,
+            "public_url": self.public_url,
+            "api_key": set(&self.api_key),
+            "webhook_secret": set(&self.webhook_secret),
+            "n8n_callback_token": set(&self.n8n_callback_token),
+            "n8n_shared_secret": set(&self.n8n_shared_secret),
+            "debounce_ms": self.debounce_ms,
+            "human_lease_minutes": self.human_lease_minutes,
+        })
     }
 
     pub fn policy(&self) -> Policy {

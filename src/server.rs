@@ -8,8 +8,9 @@ use conversa_actors::{Engine, Executors};
 use tokio::net::TcpListener;
 use tracing::info;
 
-use crate::app::{AppState, router};
+use crate::app::{AppState, app};
 use crate::config::{Config, LogFormat};
+use crate::http::layers::Limits;
 use crate::n8n::{N8nClient, N8nSettings};
 
 pub fn init_logging(format: LogFormat) {
@@ -25,6 +26,7 @@ pub fn init_logging(format: LogFormat) {
 /// Runs the service until SIGINT/SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let addr = config.listen_addr()?;
+    config.check_exposure()?;
     let store = crate::store::open(&config)
         .await
         .with_context(|| match &config.redis_url {
@@ -56,7 +58,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         kommo = "not configured: replies and notes wait in the outbox",
         "conversa listening"
     );
-    axum::serve(listener, router(state))
+    let limits = Limits {
+        max_body_bytes: config.max_body_bytes,
+        request_timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
+    };
+    axum::serve(listener, app(state, limits))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     info!("stopping: letting running effects report back");

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use conversa_actors::Phase;
@@ -17,6 +18,7 @@ const STATS_SCAN_LIMIT: usize = 1_000_000;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/version", get(version))
         .route("/stats", get(stats))
 }
@@ -27,6 +29,29 @@ async fn health(State(app): State<AppState>) -> Json<Value> {
         "status": "ok",
         "uptime_seconds": app.0.started.elapsed().as_secs(),
     }))
+}
+
+/// Ready to serve: the store answers. Also says what is configured and what is not.
+async fn ready(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
+    let started = std::time::Instant::now();
+    let store = app.engine().store().ping().await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (status, store_json) = match store {
+        Ok(()) => (
+            StatusCode::OK,
+            json!({"status": "ok", "backend": app.engine().store().backend(), "latency_ms": latency_ms}),
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "unavailable", "backend": app.engine().store().backend(), "error": e.to_string()}),
+        ),
+    };
+    let body = json!({
+        "ready": status == StatusCode::OK,
+        "store": store_json,
+        "configured": app.0.configured,
+    });
+    (status, Json(body))
 }
 
 async fn version() -> Json<Value> {

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod bot_control;
 pub mod conversations;
 pub mod health;
+pub mod layers;
 pub mod send_response;
 pub mod view;
 pub mod webhook;

@@ -1,0 +1,107 @@
+//! The middleware every request goes through, outermost first: a request id (taken from
+//! `x-request-id` or made, echoed in the response and carried by every log line of the
+//! request), tracing, JSON error bodies for errors produced outside the handlers, a timeout, a
+//! body limit, and the API key for operator endpoints.
+//!
+//! Authentication is applied to the whole router with a short list of public paths, so a new
+//! route is protected unless it is deliberately listed here.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use tracing::info_span;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::http::auth::require_bearer;
+
+/// Paths that never need the API key: probes, docs, and endpoints with their own secret
+/// (the Kommo webhook, n8n's callback, the OAuth redirect).
+pub fn is_public(path: &str) -> bool {
+    matches!(
+        path,
+        "/health" | "/ready" | "/version" | "/openapi.json" | "/oauth/callback" | "/send-response"
+    ) || path == "/docs"
+        || path.starts_with("/docs/")
+        || path == "/webhooks/kommo"
+        || path.starts_with("/webhooks/kommo/")
+}
+
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+pub fn wrap(router: Router<AppState>, state: AppState, limits: Limits) -> Router {
+    let request_id = header::HeaderName::from_static("x-request-id");
+    // `Router::layer` wraps outside what is already there: innermost first.
+    router
+        .layer(middleware::from_fn_with_state(state.clone(), require_api_key))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
+        .layer(middleware::map_response(json_errors))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn require_api_key(
+    State(app): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if !is_public(req.uri().path()) {
+        require_bearer(app.0.api_key.as_deref(), req.headers())?;
+    }
+    Ok(next.run(req).await)
+}
+
+/// Errors made by layers (413, 408, 405...) come with a plain or empty body: give them ours.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (code, message) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "request body too large"),
+        StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long"),
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed on this path"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("unsupported_media_type", "unsupported content type")
+        }
+        s if s.is_server_error() => ("internal", "internal error"),
+        _ => ("bad_request", "bad request"),
+    };
+    let mut fresh = ApiError::new(status, code, message).into_response();
+    if let Some(id) = response.headers().get("x-request-id") {
+        fresh.headers_mut().insert("x-request-id", id.clone());
+    }
+    fresh
+}

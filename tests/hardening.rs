@@ -1,0 +1,153 @@
+//! The production surface: the API key on operator endpoints, refusing to expose the API
+//! without one, JSON errors from the middleware (413, 405), request ids, and `/ready`.
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+use support::redis_server::RedisServer;
+use support::service::Service;
+
+/// Operator and control endpoints (everything but probes, docs, and endpoints with their own
+/// secret), with a body that would be valid.
+fn protected() -> Vec<(&'static str, &'static str, Option<Value>)> {
+    vec![
+        ("GET", "/stats", None),
+        ("GET", "/conversations/1", None),
+        ("GET", "/conversations/active", None),
+        ("GET", "/debug/conversations", None),
+        (
+            "POST",
+            "/bot-control",
+            Some(json!({"contact_id": 1, "command": "status"})),
+        ),
+        ("GET", "/no-such-route", None),
+    ]
+}
+
+async fn call(
+    s: &Service,
+    method: &str,
+    path: &str,
+    body: &Option<Value>,
+    key: Option<&str>,
+) -> (u16, Value) {
+    let mut req = match method {
+        "GET" => s.client.get(s.url(path)),
+        _ => s.client.post(s.url(path)),
+    };
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_endpoints_need_the_api_key_and_public_ones_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Service::start(&[
+        ("DATA_DIR", dir.path().to_str().unwrap()),
+        ("API_KEY", "k3y"),
+    ])
+    .await;
+    for (method, path, body) in protected() {
+        for key in [None, Some("wrong")] {
+            let (status, err) = call(&s, method, path, &body, key).await;
+            assert_eq!(status, 401, "{method} {path} with {key:?}: {err}");
+            assert_eq!(err["error"], "unauthorized", "JSON 401 body");
+        }
+        let (status, _) = call(&s, method, path, &body, Some("k3y")).await;
+        assert_ne!(status, 401, "{method} {path} with the key");
+    }
+    for path in ["/health", "/ready", "/version"] {
+        let (status, _) = call(&s, "GET", path, &None, None).await;
+        assert_eq!(status, 200, "{path} is public");
+    }
+    // Endpoints with their own secret are not behind the API key.
+    let (status, _) = call(
+        &s,
+        "POST",
+        "/send-response",
+        &Some(json!({"contact_id": 1, "text": "x"})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "reaches the handler (unknown contact)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_is_not_exposed_beyond_loopback_without_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_conversa"))
+        .env("HOST", "0.0.0.0")
+        .env("PORT", "0")
+        .env("DATA_DIR", dir.path())
+        .env_remove("API_KEY")
+        .env_remove("ALLOW_INSECURE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("API_KEY"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn middleware_errors_are_json_and_requests_carry_an_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Service::start(&[
+        ("DATA_DIR", dir.path().to_str().unwrap()),
+        ("MAX_BODY_BYTES", "1024"),
+    ])
+    .await;
+    let big = "x".repeat(4096);
+    let r = s
+        .client
+        .post(s.url("/webhooks/kommo"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("message%5Badd%5D%5B0%5D%5Btext%5D={big}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "payload_too_large");
+    let r = s.client.delete(s.url("/bot-control")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert!(r.headers().get("x-request-id").is_some(), "an id is made");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "method_not_allowed");
+    let r = s
+        .client
+        .get(s.url("/health"))
+        .header("x-request-id", "req-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["x-request-id"],
+        "req-123",
+        "a given id is echoed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_answers_503_while_redis_is_down() {
+    let mut redis = RedisServer::start();
+    let s = Service::start(&[("REDIS_URL", &redis.url()), ("REDIS_TIMEOUT_MS", "300")]).await;
+    let (status, body) = s.get("/ready").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["store"]["backend"], "redis");
+    assert_eq!(body["configured"]["api_key"], false);
+    redis.stop();
+    let (status, body) = s.get("/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["ready"], false);
+    let (status, _) = s.get("/health").await;
+    assert_eq!(status, 200, "liveness does not depend on the store");
+}
