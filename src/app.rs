@@ -27,6 +27,8 @@ pub struct Inner {
     pub api_key: Option<String>,
     /// What is configured and what is not (secrets left out), for `/ready` and the start-up log.
     pub configured: serde_json::Value,
+    /// Renders `/metrics` (installed by the server; absent in some tests).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub started: Instant,
 }
 
@@ -41,6 +43,7 @@ impl AppState {
             callback_token: config.n8n_callback_token.clone().filter(|s| !s.is_empty()),
             api_key: config.api_key.clone().filter(|s| !s.is_empty()),
             configured: config.summary(engine.store().backend()),
+            metrics: crate::server::metrics_handle(),
             started: Instant::now(),
         }))
     }
@@ -67,5 +70,6 @@ pub fn routes() -> Router<AppState> {
         .merge(http::bot_control::routes())
         .merge(http::webhook::routes())
         .merge(http::send_response::routes())
+        .merge(http::metrics::routes())
         .fallback(http::not_found)
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use conversa_actors::{Engine, Executors};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -21,6 +22,34 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
+}
+
+static METRICS: std::sync::OnceLock<Option<PrometheusHandle>> = std::sync::OnceLock::new();
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> Option<PrometheusHandle> {
+    METRICS
+        .get_or_init(|| {
+            let buckets = [
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ];
+            let handle = PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .ok()?
+                .install_recorder()
+                .ok()?;
+            // Families that must show from the first scrape, even at zero.
+            for name in [
+                "conversa_actor_activations_total",
+                "conversa_actor_passivations_total",
+                "conversa_actor_restarts_total",
+                "conversa_store_cas_conflicts_total",
+            ] {
+                metrics::counter!(name).increment(0);
+            }
+            Some(handle)
+        })
+        .clone()
 }
 
 /// Runs the service until SIGINT/SIGTERM.

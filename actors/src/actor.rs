@@ -96,7 +96,7 @@ impl Actor for ContactActor {
             version: 0,
         };
         state.load().await?;
-        state.core.stats.activations.fetch_add(1, Ordering::Relaxed);
+        state.core.stats.activation();
         Ok(state)
     }
 
@@ -132,11 +132,7 @@ impl Actor for ContactActor {
                 }
             }
             ContactMsg::Stop => {
-                state
-                    .core
-                    .stats
-                    .passivations
-                    .fetch_add(1, Ordering::Relaxed);
+                state.core.stats.passivation();
                 myself.stop(Some("passivated".into()));
             }
         }
@@ -185,12 +181,16 @@ impl ContactState {
             match self.persist(now).await {
                 Ok(claimed) => {
                     self.core.stats.count_event(event_name);
+                    if event_name == "reply" {
+                        let dropped = outcome.as_ref().ok().and_then(|o| o.dropped);
+                        self.core.stats.reply(dropped.map(|d| d.as_str()));
+                    }
                     self.start(claimed);
                     return Ok(self.applied(outcome));
                 }
                 Err(StoreError::Conflict { current }) => {
                     debug!(contact = %self.key, current, "version conflict, reloading");
-                    self.core.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                    self.core.stats.conflict();
                     self.conversation = None;
                 }
                 Err(e) => {
@@ -286,8 +286,23 @@ impl ContactState {
                 retryable: matches!(e, ExecError::Retry(_)),
             },
         };
-        self.core.stats.count_execution(&result);
-        if let Err(e) = self.apply(event).await {
+        let kind = self
+            .conversation
+            .as_ref()
+            .and_then(|c| c.outbox.get(&id))
+            .map_or("unknown", |e| crate::engine::effect_label(&e.effect));
+        let failed = result.is_err();
+        let applied = self.apply(event).await;
+        if failed && applied.is_ok() {
+            let gone = self
+                .conversation
+                .as_ref()
+                .is_some_and(|c| c.outbox.get(&id).is_none());
+            if gone {
+                self.core.stats.count_dead_letter(kind);
+            }
+        }
+        if let Err(e) = applied {
             // Done but not recorded: keep it in memory and try again shortly. A crash now
             // re-executes the entry after its claim expires (same id: receivers dedupe).
             warn!(contact = %self.key, dispatch_id = %id, error = %e, "outcome not recorded yet");
@@ -368,6 +383,7 @@ impl ContactState {
             self.slot.executing.fetch_add(1, Ordering::Relaxed);
             let core = self.core.clone();
             tokio::spawn(async move {
+                let started = std::time::Instant::now();
                 let result = match tokio::time::timeout(
                     core.execute_timeout,
                     executor.execute(&job),
@@ -377,6 +393,8 @@ impl ContactState {
                     Ok(r) => r,
                     Err(_) => Err(ExecError::Retry("timed out".into())),
                 };
+                let kind = crate::engine::effect_label(&job.effect);
+                core.stats.count_execution(kind, &result, started.elapsed());
                 core.deliver_result(job.key, job.id, result).await;
             });
         }

@@ -109,21 +109,87 @@ impl Stats {
             .entry(name)
             .or_default()
             .fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("conversa_events_total", "type" => name).increment(1);
     }
 
-    pub fn count_execution(&self, result: &Result<(), ExecError>) {
-        let counter = match result {
-            Ok(()) => &self.executed_ok,
-            Err(ExecError::Retry(_)) => &self.executed_retry,
-            Err(ExecError::Permanent(_)) => &self.executed_failed,
+    pub fn count_execution(
+        &self,
+        kind: &'static str,
+        result: &Result<(), ExecError>,
+        took: Duration,
+    ) {
+        let (counter, label) = match result {
+            Ok(()) => (&self.executed_ok, "ok"),
+            Err(ExecError::Retry(_)) => (&self.executed_retry, "retry"),
+            Err(ExecError::Permanent(_)) => (&self.executed_failed, "failed"),
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("conversa_effects_total", "kind" => kind, "result" => label).increment(1);
+        metrics::histogram!("conversa_effect_seconds", "kind" => kind).record(took.as_secs_f64());
+    }
+
+    pub fn count_dead_letter(&self, kind: &'static str) {
+        metrics::counter!("conversa_effects_dead_lettered_total", "kind" => kind).increment(1);
     }
 
     pub fn record_save(&self, took: Duration) {
         self.saves.fetch_add(1, Ordering::Relaxed);
         self.save_micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        metrics::histogram!("conversa_store_seconds", "op" => "save").record(took.as_secs_f64());
+    }
+
+    pub fn record_load(&self, took: Duration) {
+        metrics::histogram!("conversa_store_seconds", "op" => "load").record(took.as_secs_f64());
+    }
+
+    pub fn activation(&self) {
+        self.activations.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("conversa_actor_activations_total").increment(1);
+    }
+
+    pub fn passivation(&self) {
+        self.passivations.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("conversa_actor_passivations_total").increment(1);
+    }
+
+    pub fn restart(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("conversa_actor_restarts_total").increment(1);
+    }
+
+    pub fn conflict(&self) {
+        self.conflicts.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("conversa_store_cas_conflicts_total").increment(1);
+    }
+
+    /// A reply from n8n: accepted for delivery, or dropped with its reason.
+    pub fn reply(&self, dropped: Option<&'static str>) {
+        match dropped {
+            None => metrics::counter!("conversa_replies_total", "result" => "accepted", "reason" => "")
+                .increment(1),
+            Some(reason) => {
+                metrics::counter!("conversa_replies_total", "result" => "dropped", "reason" => reason)
+                    .increment(1)
+            }
+        }
+    }
+}
+
+/// The metric label of an effect: `dispatch_message`, `deliver_reply`, `add_note`...
+pub(crate) fn effect_label(effect: &crate::effect::Effect) -> &'static str {
+    use crate::effect::{DispatchKind, Effect};
+    match effect {
+        Effect::Dispatch(d) => match d.kind {
+            DispatchKind::Message => "dispatch_message",
+            DispatchKind::Proactive => "dispatch_proactive",
+            DispatchKind::Scheduling => "dispatch_scheduling",
+            DispatchKind::Released => "dispatch_released",
+        },
+        Effect::DeliverReply { .. } => "deliver_reply",
+        Effect::AddNote { .. } => "add_note",
+        Effect::SetTimer { .. } => "set_timer",
+        Effect::CancelTimer { .. } => "cancel_timer",
     }
 }
 
@@ -166,7 +232,10 @@ pub(crate) struct Core {
 
 impl Core {
     pub async fn load(&self, key: &ContactKey) -> Result<Option<(Conversation, u64)>, StoreError> {
-        let Some(stored) = self.store.load(key).await? else {
+        let started = std::time::Instant::now();
+        let stored = self.store.load(key).await;
+        self.stats.record_load(started.elapsed());
+        let Some(stored) = stored? else {
             return Ok(None);
         };
         let conversation = serde_json::from_slice(&stored.data)

@@ -5,7 +5,6 @@
 //! contact is woken at once so its timers and outbox carry on. Other contacts never notice.
 
 use std::sync::Weak;
-use std::sync::atomic::Ordering;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tracing::error;
@@ -40,7 +39,7 @@ impl Actor for Supervisor {
             SupervisionEvent::ActorFailed(cell, err) => {
                 if let Some((_, (key, slot))) = core.by_actor.remove(&cell.get_id()) {
                     error!(contact = %key, error = %err, "contact actor failed; restarting from its snapshot");
-                    core.stats.restarts.fetch_add(1, Ordering::Relaxed);
+                    core.stats.restart();
                     slot.mark_stopped();
                     core.forget(&key, &slot);
                     core.wake(key);

@@ -45,6 +45,7 @@ pub fn wrap(router: Router<AppState>, state: AppState, limits: Limits) -> Router
     let request_id = header::HeaderName::from_static("x-request-id");
     // `Router::layer` wraps outside what is already there: innermost first.
     router
+        .route_layer(middleware::from_fn(crate::http::metrics::track))
         .layer(middleware::from_fn_with_state(state.clone(), require_api_key))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))

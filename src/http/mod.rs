@@ -5,6 +5,7 @@ pub mod bot_control;
 pub mod conversations;
 pub mod health;
 pub mod layers;
+pub mod metrics;
 pub mod send_response;
 pub mod view;
 pub mod webhook;

@@ -1,0 +1,58 @@
+//! `GET /metrics`: Prometheus text format, and the middleware that measures every request.
+//!
+//! Counters and histograms are recorded where things happen (engine, executors, Kommo client,
+//! this middleware) through the `metrics` facade; gauges that describe the current state
+//! (active actors, outbox depth, running effects) are read when Prometheus scrapes.
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::app::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    let Some(handle) = &app.0.metrics else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder not installed",
+        )
+            .into_response();
+    };
+    let stats = app.engine().stats();
+    metrics::gauge!("conversa_actors_active").set(stats.active_actors as f64);
+    metrics::gauge!("conversa_effects_running").set(stats.effects_running as f64);
+    if let Ok(pending) = app.engine().store().pending_outbox(1_000_000).await {
+        metrics::gauge!("conversa_outbox_pending_contacts").set(pending.len() as f64);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
+}
+
+/// Counts requests and measures their latency per route template and status.
+pub async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [("route", route), ("method", method), ("status", status)];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
