@@ -4,10 +4,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
+use axum::extract::FromRef;
 use conversa_actors::{ContactKey, Engine};
 
 use crate::config::Config;
+use crate::error::ApiError;
 use crate::http;
+use crate::sellers::SellerDirectory;
+use crate::text::fold;
 
 /// What every handler can reach. Cheap to clone (`Arc` inside).
 #[derive(Clone)]
@@ -27,6 +31,10 @@ pub struct Inner {
     pub api_key: Option<String>,
     /// What is configured and what is not (secrets left out), for `/ready` and the start-up log.
     pub configured: serde_json::Value,
+    /// The sellers: real (Kommo users), fictitious (configuration), custom (API).
+    pub sellers: Arc<SellerDirectory>,
+    /// `ELIGIBLE_AREAS`, folded (lowercase, no accents); empty = every area.
+    pub eligible_areas: Vec<String>,
     /// Renders `/metrics` (installed by the server; absent in some tests).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub started: Instant,
@@ -34,7 +42,7 @@ pub struct Inner {
 
 impl AppState {
     /// The state for `engine` with the settings of `config`.
-    pub fn new(engine: Engine, config: &Config) -> Self {
+    pub fn new(engine: Engine, config: &Config, sellers: Arc<SellerDirectory>) -> Self {
         Self(Arc::new(Inner {
             engine: engine.clone(),
             account_id: config.kommo_account_id,
@@ -44,6 +52,13 @@ impl AppState {
             api_key: config.api_key.clone().filter(|s| !s.is_empty()),
             configured: config.summary(engine.store().backend()),
             metrics: crate::server::metrics_handle(),
+            sellers,
+            eligible_areas: config
+                .eligible_areas
+                .iter()
+                .map(|a| fold(a))
+                .filter(|a| !a.is_empty())
+                .collect(),
             started: Instant::now(),
         }))
     }
@@ -54,6 +69,27 @@ impl AppState {
 
     pub fn contact(&self, contact_id: u64) -> ContactKey {
         ContactKey::new(self.0.account_id, contact_id)
+    }
+
+    pub fn sellers(&self) -> &Arc<SellerDirectory> {
+        &self.0.sellers
+    }
+
+    /// Whether `area` is in `ELIGIBLE_AREAS` (ignoring case and accents); any area when unset.
+    pub fn area_is_eligible(&self, area: &str) -> bool {
+        let area = fold(area);
+        self.0.eligible_areas.is_empty() || self.0.eligible_areas.contains(&area)
+    }
+
+    /// The first contact of a lead, asked of Kommo (`None` without a Kommo connection).
+    pub async fn lead_contact(&self, _lead_id: u64) -> Result<Option<u64>, ApiError> {
+        Ok(None)
+    }
+}
+
+impl FromRef<AppState> for Arc<SellerDirectory> {
+    fn from_ref(app: &AppState) -> Self {
+        app.0.sellers.clone()
     }
 }
 
@@ -71,5 +107,9 @@ pub fn routes() -> Router<AppState> {
         .merge(http::webhook::routes())
         .merge(http::send_response::routes())
         .merge(http::metrics::routes())
+        .merge(http::sellers::routes())
+        .merge(http::commands::routes())
+        .merge(http::proactive::routes())
+        .merge(http::scheduling::routes())
         .fallback(http::not_found)
 }

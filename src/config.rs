@@ -73,6 +73,20 @@ pub struct Config {
     #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
 
+    /// Practice areas that may start proactive conversations, comma-separated (compared
+    /// ignoring case and accents). Unset: every area.
+    #[arg(long, env = "ELIGIBLE_AREAS", value_delimiter = ',')]
+    pub eligible_areas: Vec<String>,
+
+    /// Fictitious sellers for tests and demos, as a JSON list of
+    /// `{"name", "contact_id"?, "phone"?, "areas"?}`.
+    #[arg(long, env = "FICTITIOUS_SELLERS")]
+    pub fictitious_sellers: Option<String>,
+
+    /// How long the list of real sellers (Kommo users) is fresh, in seconds.
+    #[arg(long, env = "SELLERS_TTL_SECS", default_value_t = 300)]
+    pub sellers_ttl_secs: u64,
+
     /// A contact actor idle this long is passivated (its timers keep running).
     #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 600)]
     pub idle_timeout_secs: u64,
@@ -86,8 +100,13 @@ pub struct Config {
     pub debounce_max_ms: u64,
 
     /// A seller's hold returns to the bot this long after their last message; 0 = never.
-    #[arg(long, env = "HUMAN_LEASE_MINUTES", default_value_t = 120)]
-    pub human_lease_minutes: u64,
+    /// Fractions are allowed (0.5 = 30 s).
+    #[arg(long, env = "HUMAN_LEASE_MINUTES", default_value_t = 120.0)]
+    pub human_lease_minutes: f64,
+
+    /// How long before the lease expires the seller gets a reminder note, in minutes; 0 = none.
+    #[arg(long, env = "LEASE_NUDGE_MINUTES", default_value_t = 10.0)]
+    pub lease_nudge_minutes: f64,
 
     /// How often the store's timer index is swept (start-up recovery, other nodes' timers).
     #[arg(long, env = "TIMER_SWEEP_MS", default_value_t = 2000)]
@@ -152,6 +171,33 @@ impl Config {
         Ok(())
     }
 
+    /// The fictitious sellers of `FICTITIOUS_SELLERS`.
+    pub fn fictitious(&self) -> anyhow::Result<Vec<crate::sellers::Seller>> {
+        let Some(raw) = self
+            .fictitious_sellers
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+        else {
+            return Ok(Vec::new());
+        };
+        let items: Vec<serde_json::Value> = serde_json::from_str(raw)
+            .map_err(|e| anyhow::anyhow!("FICTITIOUS_SELLERS must be a JSON list: {e}"))?;
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut item)| {
+                if let Some(obj) = item.as_object_mut() {
+                    obj.insert("source".into(), "ficticio".into());
+                    if let Some(nome) = obj.remove("nome") {
+                        obj.entry("name").or_insert(nome);
+                    }
+                }
+                serde_json::from_value(item)
+                    .map_err(|e| anyhow::anyhow!("FICTITIOUS_SELLERS[{i}]: {e}"))
+            })
+            .collect()
+    }
+
     /// What is configured, with every secret reduced to whether it is set.
     pub fn summary(&self, store_backend: &str) -> serde_json::Value {
         let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
@@ -174,8 +220,9 @@ impl Config {
         Policy {
             debounce_ms: self.debounce_ms,
             debounce_max_ms: self.debounce_max_ms.max(self.debounce_ms),
-            human_lease_ms: (self.human_lease_minutes > 0)
-                .then(|| self.human_lease_minutes * 60_000),
+            human_lease_ms: (self.human_lease_minutes > 0.0)
+                .then_some((self.human_lease_minutes * 60_000.0) as u64),
+            lease_nudge_ms: (self.lease_nudge_minutes.max(0.0) * 60_000.0) as u64,
             dead_letter_after_ms: self.dead_letter_after_minutes * 60_000,
             ..Policy::default()
         }

@@ -16,6 +16,9 @@ pub struct ApiError {
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// For a conversation held by another seller: who holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder: Option<conversa_actors::SellerRef>,
 }
 
 impl ApiError {
@@ -25,6 +28,7 @@ impl ApiError {
             error,
             message: message.into(),
             field: None,
+            holder: None,
         }
     }
 

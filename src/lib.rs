@@ -9,10 +9,14 @@
 //! * [`server`] — start-up, logging and graceful shutdown.
 
 pub mod app;
+pub mod commands;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod kommo;
 pub mod n8n;
+pub mod reply;
+pub mod sellers;
 pub mod server;
 pub mod store;
+pub mod text;

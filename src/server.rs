@@ -13,6 +13,7 @@ use crate::app::{AppState, app};
 use crate::config::{Config, LogFormat};
 use crate::http::layers::Limits;
 use crate::n8n::{N8nClient, N8nSettings};
+use crate::sellers::{DirectorySettings, SellerDirectory};
 
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -74,7 +75,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let engine = Engine::start(store, executors, config.engine())
         .await
         .context("engine start")?;
-    let state = AppState::new(engine.clone(), &config);
+    let sellers = Arc::new(SellerDirectory::new(
+        engine.store().clone(),
+        None,
+        None,
+        DirectorySettings {
+            ttl: Duration::from_secs(config.sellers_ttl_secs.max(1)),
+            fictitious: config.fictitious()?,
+            ..DirectorySettings::default()
+        },
+    ));
+    let state = AppState::new(engine.clone(), &config, sellers);
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;

@@ -284,6 +284,7 @@ impl ContactState {
                 id: id.clone(),
                 error: e.to_string(),
                 retryable: matches!(e, ExecError::Retry(_)),
+                // `Uncertain` is not retryable: the error text says "outcome unknown".
             },
         };
         let kind = self

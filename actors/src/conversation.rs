@@ -465,7 +465,9 @@ impl Step<'_> {
                     self.c.pending.clear();
                 }
                 self.log(What::ReplyAccepted, None, dispatch_id.as_deref(), None);
-                for text in &texts {
+                // A channel may send the parts one by one or joined: remember both forms.
+                let joined = (texts.len() > 1).then(|| texts.join("\n\n"));
+                for text in texts.iter().chain(joined.iter()) {
                     if self.c.recent_replies.len() == RECENT_REPLIES {
                         self.c.recent_replies.pop_front();
                     }
@@ -806,8 +808,14 @@ impl Step<'_> {
             self.c.in_flight = None;
         }
         self.log(What::DeadLettered, None, Some(&id), Some(&error));
-        if matches!(entry.effect, Effect::Dispatch(_)) {
-            self.note(format!("Falha ao enviar para a IA ({id}): {error}"));
+        match entry.effect {
+            Effect::Dispatch(_) => self.note(format!("Falha ao enviar para a IA ({id}): {error}")),
+            Effect::DeliverReply { texts, .. } => self.note(format!(
+                "A resposta da IA pode não ter chegado ao cliente ({error}): {}",
+                texts.join(" / ")
+            )),
+            // A failed note is not reported with another note.
+            _ => {}
         }
     }
 

@@ -122,6 +122,7 @@ impl Stats {
             Ok(()) => (&self.executed_ok, "ok"),
             Err(ExecError::Retry(_)) => (&self.executed_retry, "retry"),
             Err(ExecError::Permanent(_)) => (&self.executed_failed, "failed"),
+            Err(ExecError::Uncertain(_)) => (&self.executed_failed, "unknown"),
         };
         counter.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("conversa_effects_total", "kind" => kind, "result" => label).increment(1);

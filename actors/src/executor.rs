@@ -39,6 +39,10 @@ pub enum ExecError {
     /// Trying again cannot help (4xx): dead-letter it.
     #[error("{0}")]
     Permanent(String),
+    /// It may or may not have happened (e.g. a 5xx after the request reached the other side)
+    /// and trying again could do it twice: recorded as unknown, never retried.
+    #[error("outcome unknown: {0}")]
+    Uncertain(String),
 }
 
 #[async_trait]

@@ -2,10 +2,14 @@
 
 pub mod auth;
 pub mod bot_control;
+pub mod commands;
 pub mod conversations;
 pub mod health;
 pub mod layers;
 pub mod metrics;
+pub mod proactive;
+pub mod scheduling;
+pub mod sellers;
 pub mod send_response;
 pub mod view;
 pub mod webhook;

@@ -23,9 +23,11 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::app::AppState;
+use crate::commands;
 use crate::error::ApiError;
 use crate::http::auth::secret_matches;
 use crate::kommo::webhook::{self, Direction, MessageItem, Webhook, WebhookEvent};
+use crate::sellers::Seller;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -82,16 +84,59 @@ async fn ingest(app: AppState, headers: &HeaderMap, body: &[u8]) -> Result<Json<
     if !hook.unknown.is_empty() {
         info!(unknown = ?hook.unknown, "Kommo webhook carried events conversa does not handle");
     }
+    let (hook, seller_commands) = split_seller_commands(&app, hook).await?;
     let plan = plan(&app, &hook);
     let items = plan.iter().map(|(_, events)| events.len()).sum::<usize>();
     let (changed, duplicates) = apply(&app, plan).await?;
+    let mut commands_done = Vec::new();
+    for (seller, text) in seller_commands {
+        let done = match commands::parse(&text) {
+            Ok(command) => commands::execute(&app, &seller, command, "whatsapp").await,
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(answer) => commands_done.push(answer),
+            // The store is down: let Kommo retry the whole body.
+            Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => return Err(e),
+            // A refused command is the seller's mistake, not Kommo's: answer 2xx anyway.
+            Err(e) => {
+                warn!(seller = %seller.id, error = %e.message, "seller command refused");
+                commands_done.push(json!({ "ok": false, "error": e }));
+            }
+        }
+    }
     Ok(Json(json!({
         "ok": true,
         "items": items,
         "changed": changed,
         "unchanged": duplicates,
         "unknown": hook.unknown,
+        "commands": commands_done,
     })))
+}
+
+/// Takes out the incoming messages that are commands typed by a registered seller in their
+/// own chat: they are carried out, never sent to n8n.
+async fn split_seller_commands(
+    app: &AppState,
+    mut hook: Webhook,
+) -> Result<(Webhook, Vec<(Seller, String)>), ApiError> {
+    let mut found = Vec::new();
+    let mut kept = Vec::with_capacity(hook.events.len());
+    for event in hook.events {
+        if let WebhookEvent::Message(m) = &event
+            && m.direction == Direction::Incoming
+            && commands::looks_like_command(&m.text)
+            && let Some(seller) = app.sellers().by_contact_id(m.contact_id).await?
+            && seller.active
+        {
+            found.push((seller, m.text.clone()));
+            continue;
+        }
+        kept.push(event);
+    }
+    hook.events = kept;
+    Ok((hook, found))
 }
 
 /// Refuses a body from another Kommo account than the configured one.

@@ -2,5 +2,11 @@
 //!
 //! * [`webhook`] — a pure, allocation-light parser of Kommo's standard webhooks (form-urlencoded
 //!   PHP bracket keys, or the same tree as JSON) into typed [`webhook::Webhook`] events.
+//! * [`oauth`] — the OAuth token pair: stored, rotated single-flight, persisted before use.
+//! * [`client`] — the REST client: ≤ 7 req/s per account, 429 backoff, 403 circuit, typed errors
+//!   ([`error::KommoError`]).
 
+pub mod client;
+pub mod error;
+pub mod oauth;
 pub mod webhook;

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod fake_kommo;
 pub mod fake_n8n;
 pub mod recorder;
 pub mod redis_server;

@@ -1,0 +1,194 @@
+//! Seller commands — `/assumir 12345`, `/liberar 12345`, `/status 12345` — parsed and carried
+//! out. The same code serves `POST /vendedor/comandos` and a seller typing the command in
+//! their own WhatsApp chat (it arrives through the Kommo webhook and never reaches n8n).
+//!
+//! Only registered, active sellers may command; a conversation held by another seller is
+//! refused naming the holder.
+
+use axum::http::StatusCode;
+use conversa_actors::{Event, Rejection, SellerRef};
+use serde::Serialize;
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::sellers::Seller;
+
+/// The commands, as the error for an unknown one lists them.
+pub const COMMANDS: [&str; 3] = [
+    "/assumir <contact_id>",
+    "/liberar <contact_id>",
+    "/status <contact_id>",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verb {
+    Assumir,
+    Liberar,
+    Status,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Command {
+    pub verb: Verb,
+    pub contact_id: u64,
+}
+
+/// Whether a chat message looks like a command (so it is handled, not sent to the AI).
+pub fn looks_like_command(text: &str) -> bool {
+    text.trim_start().starts_with('/')
+}
+
+/// Parses `/assumir 12345` (case-insensitive; `#12345` accepted).
+pub fn parse(text: &str) -> Result<Command, ApiError> {
+    let unknown = || {
+        let mut e = ApiError::bad_field(
+            "message",
+            format!(
+                "unknown command {:?}; commands: {}",
+                text.trim(),
+                COMMANDS.join(", ")
+            ),
+        );
+        e.error = "unknown_command";
+        e
+    };
+    let mut words = text.split_whitespace();
+    let verb = match words.next().map(str::to_lowercase).as_deref() {
+        Some("/assumir") => Verb::Assumir,
+        Some("/liberar") => Verb::Liberar,
+        Some("/status") => Verb::Status,
+        _ => return Err(unknown()),
+    };
+    let contact_id = words
+        .next()
+        .map(|w| w.trim_start_matches('#'))
+        .and_then(|w| w.parse::<u64>().ok())
+        .filter(|id| *id > 0)
+        .ok_or_else(|| {
+            ApiError::bad_field(
+                "message",
+                format!(
+                    "{} needs a contact id, e.g. \"/assumir 12345\"",
+                    text.trim()
+                ),
+            )
+        })?;
+    if words.next().is_some() {
+        return Err(unknown());
+    }
+    Ok(Command { verb, contact_id })
+}
+
+/// The seller behind `contact_id` (their own WhatsApp contact), if registered and active.
+pub async fn commanding_seller(app: &AppState, contact_id: u64) -> Result<Seller, ApiError> {
+    let seller = app
+        .sellers()
+        .by_contact_id(contact_id)
+        .await
+        .map_err(ApiError::from)?;
+    match seller {
+        Some(s) if s.active => Ok(s),
+        _ => {
+            warn!(
+                contact_id,
+                "command from a contact that is not an active seller refused"
+            );
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_a_seller",
+                format!("contact {contact_id} is not a registered, active seller"),
+            ))
+        }
+    }
+}
+
+/// Carries out `command` for `seller`; the JSON answer says the phase after it.
+pub async fn execute(
+    app: &AppState,
+    seller: &Seller,
+    command: Command,
+    via: &str,
+) -> Result<serde_json::Value, ApiError> {
+    let key = app.contact(command.contact_id);
+    let me = SellerRef {
+        id: seller.id.clone(),
+        name: seller.name.clone(),
+    };
+    let by = format!("{} via {via}", seller.name);
+    let event = match command.verb {
+        Verb::Assumir => Some(Event::Assume { seller: me, by }),
+        Verb::Liberar => Some(Event::Release {
+            seller: Some(me),
+            by,
+        }),
+        Verb::Status => None,
+    };
+    let (phase, holder) = match event {
+        Some(event) => {
+            let applied = app.engine().apply(key, event).await?;
+            if let Err(rejection) = applied.outcome {
+                return Err(refused(rejection));
+            }
+            (applied.phase.name(), applied.phase.seller().cloned())
+        }
+        None => match app.engine().conversation(&key).await? {
+            Some((c, _)) => (c.phase.name(), c.phase.seller().cloned()),
+            None => ("idle", None),
+        },
+    };
+    info!(contact = %key, seller = %seller.id, command = ?command.verb, phase, "seller command");
+    Ok(json!({
+        "ok": true,
+        "command": command.verb,
+        "contact_id": command.contact_id,
+        "phase": phase,
+        "bot_active": !matches!(phase, "human_assigned" | "paused"),
+        "vendedor": seller,
+        "holder": holder,
+    }))
+}
+
+fn refused(rejection: Rejection) -> ApiError {
+    match rejection {
+        Rejection::HeldBy(holder) => {
+            let mut e = ApiError::new(
+                StatusCode::CONFLICT,
+                "held_by_another_seller",
+                format!("conversation is held by {} ({})", holder.name, holder.id),
+            );
+            e.field = None;
+            e.holder = Some(holder);
+            e
+        }
+        other => ApiError::new(StatusCode::CONFLICT, "conflict", other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_three_commands() {
+        assert_eq!(
+            parse("/assumir 12345").unwrap(),
+            Command {
+                verb: Verb::Assumir,
+                contact_id: 12345
+            }
+        );
+        assert_eq!(parse("  /LIBERAR #7 ").unwrap().verb, Verb::Liberar);
+        assert_eq!(parse("/status 9").unwrap().contact_id, 9);
+        assert_eq!(parse("/voar 1").unwrap_err().error, "unknown_command");
+        assert_eq!(
+            parse("/assumir").unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(parse("/assumir 1 2").unwrap_err().error, "unknown_command");
+        assert!(looks_like_command(" /assumir 1"));
+        assert!(!looks_like_command("olá /assumir"));
+    }
+}

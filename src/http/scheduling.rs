@@ -1,0 +1,139 @@
+//! `POST /agendamento/request` (the original path): someone asks for a meeting with the
+//! seller. Takes any of `contact_id`, `talk_id`, `lead_id` plus free-form details; identifies
+//! the seller (the conversation's, then the contact's, then the lead's responsible user), moves
+//! the conversation to `scheduling` and dispatches `scheduling` to n8n with the seller, the
+//! contact, the lead and the recent timeline. The outcome comes back through `/send-response`
+//! with `scheduling: {"status": ...}`; a timeout hands the conversation back to the bot.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use conversa_actors::{Effect, Event, Links, Rejection, SellerRef};
+use serde_json::{Map, Value, json};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::http::JsonBody;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/agendamento/request", post(request))
+}
+
+/// A positive id from a number or a string of digits, or a 400 naming the field.
+fn id_field(body: &Map<String, Value>, field: &str) -> Result<Option<u64>, ApiError> {
+    let bad = || ApiError::bad_field(field, format!("{field} must be a positive integer"));
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_u64().filter(|v| *v > 0).map(Some).ok_or_else(bad),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|v| *v > 0)
+            .map(Some)
+            .ok_or_else(bad),
+        Some(_) => Err(bad()),
+    }
+}
+
+async fn request(
+    State(app): State<AppState>,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let contact_id = id_field(&body, "contact_id")?;
+    let talk_id = id_field(&body, "talk_id")?;
+    let lead_id = id_field(&body, "lead_id")?;
+    if contact_id.is_none() && talk_id.is_none() && lead_id.is_none() {
+        return Err(ApiError::bad_field(
+            "contact_id",
+            "give at least one of contact_id, talk_id, lead_id",
+        ));
+    }
+    let sellers = app.sellers();
+    // The conversation is the contact's; a talk names its contact.
+    let contact_id = match (contact_id, talk_id) {
+        (Some(c), _) => Some(c),
+        (None, Some(t)) => sellers.talk_contact(t).await?,
+        (None, None) => None,
+    };
+    let contact_id = match (contact_id, lead_id) {
+        (Some(c), _) => c,
+        (None, Some(lead)) => app.lead_contact(lead).await?.ok_or_else(|| {
+            unprocessable(
+                "lead_id",
+                format!("lead {lead} has no contact to schedule with"),
+            )
+        })?,
+        (None, None) => {
+            return Err(unprocessable(
+                "talk_id",
+                "the talk's contact could not be found".into(),
+            ));
+        }
+    };
+    let key = app.contact(contact_id);
+    let conversation = app.engine().conversation(&key).await?;
+    let held_by = conversation
+        .as_ref()
+        .and_then(|(c, _)| c.phase.seller().map(|s| s.id.clone()));
+    let lead_id = lead_id.or_else(|| conversation.as_ref().and_then(|(c, _)| c.links.lead_id));
+    let found = sellers
+        .responsible(talk_id, Some(contact_id), lead_id, held_by.as_deref())
+        .await?;
+    let (seller, found_by) = match found {
+        Some((s, how)) => (Some(s), Some(how)),
+        None => (None, None),
+    };
+    if lead_id.is_some() || talk_id.is_some() {
+        let links = Links {
+            lead_id,
+            talk_id,
+            chat_id: None,
+        };
+        app.engine().apply(key, Event::LinksSeen(links)).await?;
+    }
+    let mut request = body.clone();
+    request.insert("contact_id".into(), json!(contact_id));
+    request.insert("lead_id".into(), json!(lead_id));
+    request.insert("seller".into(), json!(seller));
+    let event = Event::SchedulingRequest {
+        seller: seller.as_ref().map(|s| SellerRef {
+            id: s.id.clone(),
+            name: s.name.clone(),
+        }),
+        request: Value::Object(request),
+    };
+    let applied = app.engine().apply(key, event).await?;
+    let outcome = applied.outcome.map_err(|r| {
+        let code = match r {
+            Rejection::HumanAssigned => "human_assigned",
+            Rejection::Paused => "paused",
+            _ => "already_scheduling",
+        };
+        ApiError::new(StatusCode::CONFLICT, code, r.to_string())
+    })?;
+    let dispatch_id = outcome.effects.iter().find_map(|e| match e {
+        Effect::Dispatch(d) => Some(d.dispatch_id.clone()),
+        _ => None,
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "accepted": true,
+            "contact_id": contact_id,
+            "lead_id": lead_id,
+            "phase": applied.phase.name(),
+            "dispatch_id": dispatch_id,
+            "vendedor": seller,
+            "found_by": found_by,
+        })),
+    ))
+}
+
+fn unprocessable(field: &str, message: String) -> ApiError {
+    ApiError {
+        field: Some(field.to_owned()),
+        ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", message)
+    }
+}

@@ -1,0 +1,739 @@
+//! The Kommo client and token manager against the faithful fake Kommo (`support::fake_kommo`):
+//! OAuth rotation that survives a restart, single-flight refresh, a dead authorization that
+//! fails fast, long-lived tokens, the 7 req/s limit as measured by the fake itself, 429 backoff,
+//! the 403 circuit, 204 = nothing, typed problem+json errors, users pagination and the
+//! write calls (notes, lead patches, Salesbot runs).
+//!
+//! Only `limiter_200_calls_after_a_401_stay_under_7_per_second` is slow (~32 s: 200 calls at
+//! ≤ 7 req/s); it also covers a 401 storm through the client. The "100 concurrent callers hit
+//! a 401" check runs at the token-manager level, where all 100 really do hold the stale token at
+//! once (through the client, the limiter spaces calls 157 ms apart and the token is read after
+//! the permit, so later calls already carry the new token).
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use conversa::kommo::client::{KommoClient, KommoSettings, LeadPatch};
+use conversa::kommo::error::KommoError;
+use conversa::kommo::oauth::{OAuthSettings, TokenManager, TokenState, Tokens};
+use conversa::store::embedded::EmbeddedStore;
+use conversa::store::{IndexUpdate, MemoryStore, Store, StoreError, StoredSnapshot};
+use conversa_actors::{ContactKey, Millis};
+use serde_json::json;
+use support::fake_kommo::{
+    self, FakeContact, FakeKommo, FakeLead, FakeMessage, FakeTalk, FakeUser, wait_until,
+};
+
+const KEY: &str = "kommo:tokens:fakeconta";
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn oauth(fake: &FakeKommo, seed: Option<Tokens>) -> OAuthSettings {
+    OAuthSettings {
+        client_id: fake_kommo::CLIENT_ID.into(),
+        client_secret: fake_kommo::CLIENT_SECRET.into(),
+        redirect_uri: fake_kommo::REDIRECT_URI.into(),
+        base_url: fake.base_url(),
+        account_key: KEY.into(),
+        seed,
+    }
+}
+
+fn seed_pair(fake: &FakeKommo) -> Tokens {
+    let (access, refresh) = fake.issue_tokens();
+    Tokens {
+        access_token: access,
+        refresh_token: Some(refresh),
+        expires_at: Some(now_unix() + 86_400),
+    }
+}
+
+fn settings(fake: &FakeKommo) -> KommoSettings {
+    KommoSettings {
+        timeout: Duration::from_secs(5),
+        ..KommoSettings::new(fake.api_url())
+    }
+}
+
+fn manager(fake: &FakeKommo, store: Arc<dyn Store>, seed: Option<Tokens>) -> TokenManager {
+    TokenManager::new(
+        store,
+        conversa::kommo::client::http_client(),
+        oauth(fake, seed),
+    )
+}
+
+fn client_with(tokens: TokenManager, s: KommoSettings) -> KommoClient {
+    KommoClient::new(s, tokens).expect("client")
+}
+
+/// A client on a fresh in-memory store, seeded with a valid pair.
+fn client(fake: &FakeKommo) -> KommoClient {
+    let tokens = manager(fake, Arc::new(MemoryStore::new()), Some(seed_pair(fake)));
+    client_with(tokens, settings(fake))
+}
+
+#[tokio::test]
+async fn oauth_rotation_survives_a_restart() {
+    let fake = FakeKommo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let old_seed = seed_pair(&fake);
+    {
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let tokens = manager(&fake, store, Some(old_seed.clone()));
+        assert_eq!(tokens.load().await.unwrap(), TokenState::Ok);
+        let client = client_with(tokens.clone(), settings(&fake));
+        assert_eq!(client.account().await.unwrap().id, fake_kommo::ACCOUNT_ID);
+        // Force a refresh: the seed's refresh token is now dead at the fake.
+        fake.expire_access_token();
+        client.account().await.unwrap();
+        assert_eq!(fake.refresh_count(), 1);
+        assert_eq!(client.refresh_count(), 1);
+    } // client, manager and store dropped: the redb file is closed.
+
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let tokens = manager(&fake, store, Some(old_seed.clone()));
+    let client = client_with(tokens.clone(), settings(&fake));
+    // The stored, rotated access token is used (not the stale seed's).
+    client.account().await.unwrap();
+    let last = fake.api_requests().pop().unwrap();
+    assert_eq!(last.status, 200);
+    assert_ne!(last.bearer.as_deref(), Some(old_seed.access_token.as_str()));
+    // And the stored, rotated refresh token works where the seed's would be rejected.
+    fake.expire_access_token();
+    client.account().await.unwrap();
+    assert_eq!(fake.refresh_count(), 2);
+    assert!(
+        fake.token_requests().iter().all(|r| r.status == 200),
+        "the dead seed refresh token was never tried"
+    );
+    assert_eq!(tokens.state(), TokenState::Ok);
+}
+
+#[tokio::test]
+async fn hundred_concurrent_401s_cause_one_refresh() {
+    let fake = FakeKommo::start().await;
+    let seed = seed_pair(&fake);
+    let stale = seed.access_token.clone();
+    let tokens = manager(&fake, Arc::new(MemoryStore::new()), Some(seed));
+    assert_eq!(tokens.access_token().await.unwrap(), stale);
+    fake.expire_access_token();
+    // 100 callers all got 401 for the same token at once.
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let tokens = tokens.clone();
+        let stale = stale.clone();
+        tasks.push(tokio::spawn(async move {
+            tokens.refresh_after_401(&stale).await?;
+            tokens.access_token().await
+        }));
+    }
+    let mut fresh = Vec::new();
+    for t in tasks {
+        fresh.push(t.await.unwrap().expect("refreshed token"));
+    }
+    assert!(fresh.iter().all(|t| *t == fresh[0] && *t != stale));
+    assert_eq!(fake.refresh_count(), 1);
+    assert_eq!(fake.token_requests().len(), 1);
+    assert_eq!(tokens.refresh_count(), 1);
+
+    // Through the client: concurrent calls after the token went stale, one refresh.
+    let client = client_with(tokens.clone(), settings(&fake));
+    fake.expire_access_token();
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let c = client.clone();
+            tokio::spawn(async move { c.account().await })
+        })
+        .collect();
+    for c in calls {
+        c.await.unwrap().expect("call succeeds after the refresh");
+    }
+    assert_eq!(fake.refresh_count(), 2);
+    assert_eq!(fake.token_requests().len(), 2);
+    let statuses: Vec<u16> = fake.api_requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 1);
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 10);
+}
+
+#[tokio::test]
+async fn revoked_refresh_token_needs_reauthorization_without_a_loop() {
+    let fake = FakeKommo::start().await;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let seed = seed_pair(&fake);
+    let tokens = manager(&fake, store.clone(), Some(seed.clone()));
+    let client = client_with(tokens.clone(), settings(&fake));
+    client.account().await.unwrap();
+
+    fake.revoke_refresh_token();
+    fake.expire_access_token();
+    let err = client.account().await.unwrap_err();
+    assert!(
+        matches!(&err, KommoError::ReauthorizeNeeded { reason } if reason.contains("Token has been revoked")),
+        "{err:?}"
+    );
+    assert!(!err.is_retryable());
+    assert!(matches!(
+        tokens.state(),
+        TokenState::ReauthorizeNeeded { .. }
+    ));
+    let (api_before, token_before) = (fake.api_requests().len(), fake.token_requests().len());
+    assert_eq!(token_before, 1);
+    for _ in 0..20 {
+        assert!(matches!(
+            client.account().await,
+            Err(KommoError::ReauthorizeNeeded { .. })
+        ));
+    }
+    assert_eq!(fake.api_requests().len(), api_before, "calls fail fast");
+    assert_eq!(fake.token_requests().len(), token_before, "no refresh loop");
+
+    // The state is stored: a restart with the same seed does not try again.
+    let restarted = manager(&fake, store.clone(), Some(seed));
+    assert!(matches!(
+        restarted.load().await.unwrap(),
+        TokenState::ReauthorizeNeeded { .. }
+    ));
+    assert!(matches!(
+        restarted.access_token().await,
+        Err(KommoError::ReauthorizeNeeded { .. })
+    ));
+    assert_eq!(fake.token_requests().len(), token_before);
+
+    // A bad or expired code does not help; a fresh one does.
+    assert!(matches!(
+        tokens.exchange_code("nonsense").await,
+        Err(KommoError::OAuth { status: 400, ref hint, .. }) if hint == "Cannot decrypt the authorization code"
+    ));
+    assert!(matches!(
+        tokens.exchange_code(&fake.issue_expired_code()).await,
+        Err(KommoError::OAuth { status: 400, ref hint, .. }) if hint == "Authorization code has expired"
+    ));
+    assert!(matches!(
+        tokens.state(),
+        TokenState::ReauthorizeNeeded { .. }
+    ));
+    let code = fake.issue_code();
+    tokens.exchange_code(&code).await.unwrap();
+    assert_eq!(tokens.state(), TokenState::Ok);
+    client.account().await.unwrap();
+    // Codes are single use.
+    assert!(matches!(
+        tokens.exchange_code(&code).await,
+        Err(KommoError::OAuth { status: 400, .. })
+    ));
+    // The new pair is stored: a restart uses it.
+    let again = manager(&fake, store, None);
+    assert_eq!(again.load().await.unwrap(), TokenState::Ok);
+}
+
+#[tokio::test]
+async fn long_lived_token_works_and_its_rejection_needs_a_new_one() {
+    let fake = FakeKommo::start().await;
+    let token = fake.issue_long_lived_token(Duration::from_secs(365 * 86_400));
+    let tokens = manager(
+        &fake,
+        Arc::new(MemoryStore::new()),
+        Some(Tokens {
+            access_token: token,
+            refresh_token: None,
+            expires_at: None,
+        }),
+    );
+    let client = client_with(tokens.clone(), settings(&fake));
+    assert_eq!(client.account().await.unwrap().subdomain, "fakeconta");
+    assert_eq!(tokens.state(), TokenState::Ok);
+
+    fake.expire_access_token();
+    assert!(matches!(
+        client.account().await,
+        Err(KommoError::ReauthorizeNeeded { .. })
+    ));
+    assert!(fake.token_requests().is_empty(), "nothing to refresh with");
+    assert!(matches!(
+        tokens.state(),
+        TokenState::ReauthorizeNeeded { .. }
+    ));
+}
+
+#[tokio::test]
+async fn refreshes_ahead_of_expiry() {
+    let fake = FakeKommo::start().await;
+    let (access, refresh) = fake.issue_tokens();
+    let tokens = manager(
+        &fake,
+        Arc::new(MemoryStore::new()),
+        Some(Tokens {
+            access_token: access.clone(),
+            refresh_token: Some(refresh),
+            expires_at: Some(now_unix() + 120), // inside the 5-minute margin
+        }),
+    );
+    assert_eq!(tokens.state(), TokenState::Expiring);
+    let client = client_with(tokens.clone(), settings(&fake));
+    client.account().await.unwrap();
+    assert_eq!(fake.refresh_count(), 1);
+    let req = fake.api_requests().pop().unwrap();
+    assert_eq!(req.status, 200, "no 401 needed");
+    assert_ne!(req.bearer.as_deref(), Some(access.as_str()));
+    assert_eq!(tokens.state(), TokenState::Ok);
+}
+
+/// A store whose `put_value` can be made to fail.
+struct FlakyStore {
+    inner: MemoryStore,
+    fail_puts: AtomicBool,
+}
+
+#[async_trait]
+impl Store for FlakyStore {
+    fn backend(&self) -> &'static str {
+        "flaky"
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn load(&self, key: &ContactKey) -> Result<Option<StoredSnapshot>, StoreError> {
+        self.inner.load(key).await
+    }
+    async fn save(
+        &self,
+        key: &ContactKey,
+        expected: u64,
+        data: &[u8],
+        index: &IndexUpdate,
+    ) -> Result<u64, StoreError> {
+        self.inner.save(key, expected, data, index).await
+    }
+    async fn due(
+        &self,
+        upto: Millis,
+        limit: usize,
+    ) -> Result<Vec<(ContactKey, Millis)>, StoreError> {
+        self.inner.due(upto, limit).await
+    }
+    async fn pending_outbox(&self, limit: usize) -> Result<Vec<ContactKey>, StoreError> {
+        self.inner.pending_outbox(limit).await
+    }
+    async fn phases(&self, limit: usize) -> Result<Vec<(ContactKey, String)>, StoreError> {
+        self.inner.phases(limit).await
+    }
+    async fn get_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get_value(name).await
+    }
+    async fn put_value(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        if self.fail_puts.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("injected".into()));
+        }
+        self.inner.put_value(name, data).await
+    }
+}
+
+#[tokio::test]
+async fn rotated_pair_is_persisted_before_use_and_never_lost() {
+    let fake = FakeKommo::start().await;
+    let store = Arc::new(FlakyStore {
+        inner: MemoryStore::new(),
+        fail_puts: AtomicBool::new(false),
+    });
+    let seed = seed_pair(&fake);
+    let tokens = manager(&fake, store.clone(), Some(seed.clone()));
+    let client = client_with(tokens.clone(), settings(&fake));
+    client.account().await.unwrap();
+
+    store.fail_puts.store(true, Ordering::SeqCst);
+    fake.expire_access_token();
+    let err = client.account().await.unwrap_err();
+    assert!(matches!(err, KommoError::TokenStore(_)), "{err:?}");
+    assert!(err.is_retryable());
+    assert_eq!(fake.refresh_count(), 1);
+    // Not durable yet: not used, and no second refresh (the old refresh token is dead).
+    assert!(matches!(
+        client.account().await,
+        Err(KommoError::TokenStore(_))
+    ));
+    assert_eq!(fake.token_requests().len(), 1);
+    let stored: serde_json::Value =
+        serde_json::from_slice(&store.inner.get_value(KEY).await.unwrap().unwrap()).unwrap();
+    assert_eq!(stored["tokens"]["access_token"], json!(seed.access_token));
+
+    // The store heals: the background task stores the pending pair, which then works.
+    store.fail_puts.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.account().await {
+            Ok(_) => break,
+            Err(KommoError::TokenStore(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    let stored: serde_json::Value =
+        serde_json::from_slice(&store.inner.get_value(KEY).await.unwrap().unwrap()).unwrap();
+    let last = fake.api_requests().pop().unwrap();
+    assert_eq!(
+        stored["tokens"]["access_token"],
+        json!(last.bearer.unwrap())
+    );
+    assert_eq!(fake.token_requests().len(), 1, "still one refresh");
+}
+
+#[tokio::test]
+async fn limiter_200_calls_after_a_401_stay_under_7_per_second() {
+    let fake = FakeKommo::start().await;
+    let client = client(&fake);
+    fake.expire_access_token();
+    let started = Instant::now();
+    let calls: Vec<_> = (0..200)
+        .map(|_| {
+            let c = client.clone();
+            tokio::spawn(async move { c.account().await })
+        })
+        .collect();
+    for c in calls {
+        c.await.unwrap().expect("every call succeeds");
+    }
+    let elapsed = started.elapsed();
+    let max = fake.max_requests_in_any_second();
+    assert!(max <= 7, "the fake saw {max} requests within one second");
+    let requests = fake.api_requests();
+    assert!(requests.iter().all(|r| r.status != 429), "no 429");
+    assert_eq!(requests.iter().filter(|r| r.status == 200).count(), 200);
+    assert_eq!(fake.refresh_count(), 1, "one refresh for the whole burst");
+    assert!(client.limiter_waits() > 150, "{}", client.limiter_waits());
+    // 201 requests at ≤ 7/s take at least 28 s.
+    assert!(elapsed >= Duration::from_secs(28), "{elapsed:?}");
+    let calls = client.calls_snapshot();
+    assert!(
+        calls.contains(&(("GET /api/v4/account".to_owned(), 200), 200)),
+        "{calls:?}"
+    );
+}
+
+#[tokio::test]
+async fn rate_limited_429_backs_off_and_succeeds() {
+    let fake = FakeKommo::start().await;
+    let client = client(&fake);
+    fake.fail_next("/api/v4/account", 429, 2);
+    client.account().await.unwrap();
+    let reqs = fake.api_requests();
+    let statuses: Vec<u16> = reqs.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![429, 429, 200]);
+    let gap1 = reqs[1].at.duration_since(reqs[0].at);
+    let gap2 = reqs[2].at.duration_since(reqs[1].at);
+    assert!(gap1 >= Duration::from_millis(500), "{gap1:?}");
+    assert!(gap2 >= Duration::from_millis(1000), "{gap2:?}");
+    assert!(gap1 <= Duration::from_secs(8) + Duration::from_millis(500));
+
+    // 429 on every attempt: a typed, retryable error after the configured attempts.
+    let quick = client_with(
+        client.tokens().clone(),
+        KommoSettings {
+            max_attempts_429: 3,
+            backoff_base: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(100),
+            ..settings(&fake)
+        },
+    );
+    fake.fail_next("/api/v4/leads", 429, 10);
+    let err = quick.lead(1, false).await.unwrap_err();
+    assert!(
+        matches!(err, KommoError::RateLimited { attempts: 3 }),
+        "{err:?}"
+    );
+    assert!(err.is_retryable());
+    assert_eq!(
+        fake.api_requests()
+            .iter()
+            .filter(|r| r.path.starts_with("/api/v4/leads"))
+            .count(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn blocked_403_opens_the_circuit() {
+    let fake = FakeKommo::start().await;
+    let cooldown = Duration::from_millis(1500);
+    let client = client_with(
+        manager(&fake, Arc::new(MemoryStore::new()), Some(seed_pair(&fake))),
+        KommoSettings {
+            block_cooldown: cooldown,
+            ..settings(&fake)
+        },
+    );
+    fake.set_blocked(true);
+    let err = client.account().await.unwrap_err();
+    assert!(matches!(err, KommoError::Blocked { .. }), "{err:?}");
+    assert!(err.is_retryable(), "the outbox keeps it for later");
+    assert!(client.circuit_open());
+    assert_eq!(fake.api_requests().len(), 1);
+    for _ in 0..10 {
+        let e = client.lead(1, false).await.unwrap_err();
+        assert!(e.retry_after().unwrap() <= cooldown);
+    }
+    assert_eq!(fake.api_requests().len(), 1, "fails fast while open");
+
+    fake.set_blocked(false);
+    // Keep calling: nothing reaches the fake until the cooldown is over, then a probe succeeds.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.account().await {
+            Ok(_) => break,
+            Err(KommoError::Blocked { .. }) if Instant::now() < deadline => {
+                assert_eq!(fake.api_requests().len(), 1);
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    let reqs = fake.api_requests();
+    assert_eq!(reqs.len(), 2);
+    assert!(reqs[1].at.duration_since(reqs[0].at) >= cooldown);
+    assert!(!client.circuit_open());
+}
+
+#[tokio::test]
+async fn no_content_is_none() {
+    let fake = FakeKommo::start().await;
+    let client = client(&fake);
+    assert_eq!(client.lead(404_404, true).await.unwrap(), None);
+    assert_eq!(client.contact(404_404).await.unwrap(), None);
+    assert_eq!(client.talk(404_404).await.unwrap(), None);
+    let statuses: Vec<u16> = fake.api_requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![204, 204, 404]);
+}
+
+#[tokio::test]
+async fn problem_json_400_is_typed_with_validation_errors() {
+    let fake = FakeKommo::start().await;
+    let client = client(&fake);
+    fake.add_lead(FakeLead::new(10));
+    let patch = LeadPatch {
+        custom_fields: vec![(999_999, json!("x"))],
+        ..LeadPatch::default()
+    };
+    let err = client.patch_lead(10, &patch).await.unwrap_err();
+    match &err {
+        KommoError::Api {
+            status,
+            title,
+            detail,
+            validation_errors,
+        } => {
+            assert_eq!(*status, 400);
+            assert_eq!(title, "Bad Request");
+            assert_eq!(detail, "Request validation failed");
+            assert_eq!(validation_errors.len(), 1);
+            assert_eq!(validation_errors[0].code, "NotSupportedChoice");
+            assert_eq!(validation_errors[0].path, "custom_fields_values.0.field_id");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!err.is_retryable());
+    assert!(fake.patches().is_empty());
+}
+
+#[tokio::test]
+async fn users_come_from_every_page() {
+    let fake = FakeKommo::start().await;
+    for id in 1..=600 {
+        let mut u = FakeUser::new(id, &format!("Vendedor {id}"));
+        u.is_active = id % 10 != 0;
+        fake.add_user(u);
+    }
+    let client = client(&fake);
+    let users = client.users().await.unwrap();
+    assert_eq!(users.len(), 600);
+    assert_eq!(users.iter().filter(|u| !u.is_active).count(), 60);
+    let u7 = users.iter().find(|u| u.id == 7).unwrap();
+    assert_eq!(u7.name, "Vendedor 7");
+    assert_eq!(u7.email, "user7@example.com");
+    assert_eq!(u7.phone.as_deref(), Some("+5511900000007"));
+    assert!(u7.amojo_id.is_some());
+    let pages: Vec<String> = fake
+        .api_requests()
+        .iter()
+        .filter(|r| r.path == "/api/v4/users")
+        .map(|r| r.query.clone())
+        .collect();
+    assert_eq!(pages.len(), 3, "{pages:?}");
+    assert!(pages[2].contains("page=3") && pages[2].contains("limit=250"));
+}
+
+#[tokio::test]
+async fn reads_and_writes_entities() {
+    let fake = FakeKommo::start().await;
+    let client = client(&fake);
+    let account = client.account().await.unwrap();
+    assert_eq!(
+        (
+            account.id,
+            account.name.as_str(),
+            account.subdomain.as_str()
+        ),
+        (
+            fake_kommo::ACCOUNT_ID,
+            fake_kommo::ACCOUNT_NAME,
+            "fakeconta"
+        )
+    );
+
+    let mut lead = FakeLead::new(878_244);
+    lead.responsible_user_id = 504_141;
+    lead.contact_ids = vec![1_298_200];
+    fake.add_lead(lead);
+    fake.add_lead_field(3);
+    let mut contact = FakeContact::new(1_298_200, "Douglas Augusto");
+    contact.phones = vec!["+5511999990000".into()];
+    fake.add_contact(contact);
+    fake.add_talk(FakeTalk::new(109, 1_298_200, Some(878_244)));
+
+    let lead = client.lead(878_244, true).await.unwrap().unwrap();
+    assert_eq!(lead.contact_ids, vec![1_298_200]);
+    assert_eq!(lead.responsible_user_id, 504_141);
+    assert!(lead.custom_fields.is_null());
+    let no_contacts = client.lead(878_244, false).await.unwrap().unwrap();
+    assert!(no_contacts.contact_ids.is_empty());
+
+    let contact = client.contact(1_298_200).await.unwrap().unwrap();
+    assert_eq!(contact.phones, vec!["+5511999990000".to_owned()]);
+    let talk = client.talk(109).await.unwrap().unwrap();
+    assert_eq!(
+        (talk.id, talk.contact_id, talk.lead_id, talk.is_in_work),
+        (109, 1_298_200, Some(878_244), true)
+    );
+
+    let note_id = client.add_note(878_244, "IA pausada").await.unwrap();
+    assert_eq!(fake.notes().len(), 1);
+    assert_eq!(fake.notes()[0].id, note_id);
+    assert_eq!(fake.notes()[0].text, "IA pausada");
+    assert_eq!(fake.notes()[0].note_type, "common");
+
+    let patch = LeadPatch {
+        custom_fields: vec![(3, json!("resposta da IA"))],
+        tags_to_add: vec!["ia-off".into()],
+        tags_to_delete: vec![],
+    };
+    client.patch_lead(878_244, &patch).await.unwrap();
+    let lead = client.lead(878_244, false).await.unwrap().unwrap();
+    assert_eq!(
+        lead.custom_fields[0]["values"][0]["value"],
+        json!("resposta da IA")
+    );
+    assert_eq!(lead.tags, vec!["ia-off".to_owned()]);
+    assert_eq!(fake.patches().len(), 1);
+
+    client.run_salesbot(84_562, 878_244).await.unwrap();
+    let runs = fake.salesbot_runs();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(
+        (runs[0].bot_id, runs[0].entity_id, runs[0].entity_type),
+        (84_562, 878_244, 2)
+    );
+
+    // A 5xx is not retried by the client (the bot may have run already).
+    fake.set_server_error_on_salesbot(1);
+    let err = client.run_salesbot(84_562, 878_244).await.unwrap_err();
+    assert!(
+        matches!(err, KommoError::Server { status: 500, .. }),
+        "{err:?}"
+    );
+    assert!(err.is_retryable(), "the caller decides");
+    let runs = fake.salesbot_runs();
+    assert_eq!(runs.len(), 2, "exactly one attempt");
+    assert_eq!(runs[1].status, 500);
+
+    let calls = client.calls_snapshot();
+    assert!(calls.contains(&(("POST /api/v2/salesbot/run".to_owned(), 500), 1)));
+    assert!(calls.contains(&(("GET /api/v4/leads/{id}".to_owned(), 200), 3)));
+}
+
+#[tokio::test]
+async fn emits_webhooks_like_kommo() {
+    use axum::extract::State;
+    use axum::http::HeaderMap;
+    use std::sync::Mutex;
+
+    type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(
+                |State(seen): State<Seen>, headers: HeaderMap, body: String| async move {
+                    let h = |n: &str| {
+                        headers
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned()
+                    };
+                    seen.lock()
+                        .unwrap()
+                        .push((h("content-type"), h("user-agent"), body));
+                    "ok"
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let fake = FakeKommo::start().await;
+    let items = [
+        FakeMessage::incoming(
+            "c0925911-ce8f-4994-b117-542b5f28d036",
+            1_298_200,
+            878_244,
+            109,
+            "Oi, tudo bem?",
+        ),
+        FakeMessage::incoming(
+            "55dd912f-0000-4000-8000-000000000001",
+            1_298_200,
+            878_244,
+            109,
+            "",
+        )
+        .with_voice("https://drive-c.kommo.com/download/x/data.m4a"),
+    ];
+    let body = fake_kommo::message_add_form(33_981_183, "adrianocamposadvogado", &items);
+    assert!(
+        body.starts_with("account%5Bsubdomain%5D=adrianocamposadvogado&account%5Bid%5D=33981183&")
+    );
+    assert!(body.contains("message%5Badd%5D%5B0%5D%5Bid%5D=c0925911-ce8f-4994-b117-542b5f28d036"));
+    assert!(body.contains("message%5Badd%5D%5B0%5D%5Btext%5D=Oi%2C+tudo+bem%3F"));
+    assert!(body.contains("message%5Badd%5D%5B1%5D%5Battachment%5D%5Btype%5D=voice"));
+    assert!(body.contains("message%5Badd%5D%5B0%5D%5Bauthor%5D%5Btype%5D=external"));
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    assert!(pairs.contains(&("message[add][1][text]".into(), String::new())));
+    assert!(pairs.contains(&("message[add][0][talk_id]".into(), "109".into())));
+
+    let resp = fake
+        .send_webhook(&format!("http://{addr}/hook"), &body)
+        .await;
+    assert_eq!(resp.status(), 200);
+    wait_until(Duration::from_secs(5), "the webhook", || {
+        !seen.lock().unwrap().is_empty()
+    })
+    .await;
+    let (ct, ua, got) = seen.lock().unwrap()[0].clone();
+    assert_eq!(ct, "application/x-www-form-urlencoded");
+    assert_eq!(ua, "amoCRM-WebHook-client/1.0");
+    assert_eq!(got, body);
+    server.abort();
+}
