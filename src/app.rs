@@ -10,6 +10,7 @@ use conversa_actors::{ContactKey, Engine};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::http;
+use crate::kommo::client::KommoClient;
 use crate::sellers::SellerDirectory;
 use crate::text::fold;
 
@@ -17,6 +18,7 @@ use crate::text::fold;
 #[derive(Clone)]
 pub struct AppState(pub Arc<Inner>);
 
+#[derive(Clone)]
 pub struct Inner {
     pub engine: Engine,
     /// The Kommo account conversations belong to (0 when not configured).
@@ -35,6 +37,11 @@ pub struct Inner {
     pub sellers: Arc<SellerDirectory>,
     /// `ELIGIBLE_AREAS`, folded (lowercase, no accents); empty = every area.
     pub eligible_areas: Vec<String>,
+    /// The Kommo connection, when `KOMMO_API_URL` is set.
+    pub kommo: Option<Arc<KommoClient>>,
+    /// For reachability checks (n8n).
+    pub http: reqwest::Client,
+    pub n8n_webhook_url: Option<String>,
     /// Renders `/metrics` (installed by the server; absent in some tests).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub started: Instant,
@@ -52,6 +59,12 @@ impl AppState {
             api_key: config.api_key.clone().filter(|s| !s.is_empty()),
             configured: config.summary(engine.store().backend()),
             metrics: crate::server::metrics_handle(),
+            kommo: None,
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(3))
+                .build()
+                .unwrap_or_default(),
+            n8n_webhook_url: config.n8n_webhook_url.clone(),
             sellers,
             eligible_areas: config
                 .eligible_areas
@@ -71,6 +84,17 @@ impl AppState {
         ContactKey::new(self.0.account_id, contact_id)
     }
 
+    /// The same state with a Kommo connection.
+    pub fn with_kommo(self, kommo: Option<Arc<KommoClient>>) -> Self {
+        let mut inner = Arc::try_unwrap(self.0).unwrap_or_else(|shared| (*shared).clone());
+        inner.kommo = kommo;
+        Self(Arc::new(inner))
+    }
+
+    pub fn kommo(&self) -> Option<&Arc<KommoClient>> {
+        self.0.kommo.as_ref()
+    }
+
     pub fn sellers(&self) -> &Arc<SellerDirectory> {
         &self.0.sellers
     }
@@ -82,8 +106,18 @@ impl AppState {
     }
 
     /// The first contact of a lead, asked of Kommo (`None` without a Kommo connection).
-    pub async fn lead_contact(&self, _lead_id: u64) -> Result<Option<u64>, ApiError> {
-        Ok(None)
+    pub async fn lead_contact(&self, lead_id: u64) -> Result<Option<u64>, ApiError> {
+        let Some(kommo) = self.kommo() else {
+            return Ok(None);
+        };
+        match kommo.lead(lead_id, true).await {
+            Ok(lead) => Ok(lead.and_then(|l| l.contact_ids.first().copied())),
+            Err(e) => Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "kommo_unavailable",
+                e.to_string(),
+            )),
+        }
     }
 }
 
@@ -111,5 +145,6 @@ pub fn routes() -> Router<AppState> {
         .merge(http::commands::routes())
         .merge(http::proactive::routes())
         .merge(http::scheduling::routes())
+        .merge(http::kommo::routes())
         .fallback(http::not_found)
 }

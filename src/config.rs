@@ -65,6 +65,50 @@ pub struct Config {
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
 
+    /// Kommo's API base, e.g. `https://sua-conta.kommo.com/api/v4/`. Unset: no Kommo calls
+    /// (replies and notes wait in the outbox).
+    #[arg(long, env = "KOMMO_API_URL")]
+    pub kommo_api_url: Option<String>,
+
+    /// OAuth client of the Kommo integration.
+    #[arg(long, env = "KOMMO_CLIENT_ID")]
+    pub kommo_client_id: Option<String>,
+
+    #[arg(long, env = "KOMMO_CLIENT_SECRET", hide_env_values = true)]
+    pub kommo_client_secret: Option<String>,
+
+    /// Where Kommo sends the user back after authorising (this service's `/oauth/callback`).
+    #[arg(long, env = "KOMMO_REDIRECT_URI")]
+    pub kommo_redirect_uri: Option<String>,
+
+    /// Seeds the stored tokens (a long-lived token works too); the store wins afterwards.
+    #[arg(long, env = "KOMMO_ACCESS_TOKEN", hide_env_values = true)]
+    pub kommo_access_token: Option<String>,
+
+    #[arg(long, env = "KOMMO_REFRESH_TOKEN", hide_env_values = true)]
+    pub kommo_refresh_token: Option<String>,
+
+    /// Kommo calls per second for this account (at most 7, Kommo's limit).
+    #[arg(long, env = "KOMMO_MAX_RPS", default_value_t = 7)]
+    pub kommo_max_rps: u32,
+
+    /// How replies reach the customer: `salesbot` (lead field + Salesbot run, needs the two
+    /// ids below) or `note` (a note on the lead only: a dry run).
+    #[arg(long, env = "REPLY_CHANNEL", value_enum, default_value = "salesbot")]
+    pub reply_channel: crate::reply::Strategy,
+
+    /// The lead text field the Salesbot prints.
+    #[arg(long, env = "KOMMO_REPLY_FIELD_ID")]
+    pub kommo_reply_field_id: Option<u64>,
+
+    /// The Salesbot whose one step sends that field to the customer.
+    #[arg(long, env = "KOMMO_REPLY_BOT_ID")]
+    pub kommo_reply_bot_id: Option<u64>,
+
+    /// Leave notes on the lead for decisions a seller should see (takeover, release, ...).
+    #[arg(long, env = "LEAD_NOTES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub lead_notes: bool,
+
     /// The Kommo account's subdomain; when set, webhooks from another account are refused.
     #[arg(long, env = "KOMMO_SUBDOMAIN")]
     pub kommo_subdomain: Option<String>,
@@ -206,6 +250,8 @@ impl Config {
             "kommo_account_id": self.kommo_account_id,
             "kommo_subdomain": self.kommo_subdomain,
             "n8n_webhook_url": self.n8n_webhook_url,
+            "kommo_api_url": self.kommo_api_url,
+            "reply_channel": if self.kommo_api_url.is_some() { serde_json::json!(self.reply_channel) } else { serde_json::json!("not configured") },
             "public_url": self.public_url,
             "api_key": set(&self.api_key),
             "webhook_secret": set(&self.webhook_secret),
@@ -223,6 +269,7 @@ impl Config {
             human_lease_ms: (self.human_lease_minutes > 0.0)
                 .then_some((self.human_lease_minutes * 60_000.0) as u64),
             lease_nudge_ms: (self.lease_nudge_minutes.max(0.0) * 60_000.0) as u64,
+            notes: self.lead_notes,
             dead_letter_after_ms: self.dead_letter_after_minutes * 60_000,
             ..Policy::default()
         }

@@ -12,8 +12,10 @@ use tracing::info;
 use crate::app::{AppState, app};
 use crate::config::{Config, LogFormat};
 use crate::http::layers::Limits;
+use crate::kommo::client::KommoClient;
 use crate::n8n::{N8nClient, N8nSettings};
-use crate::sellers::{DirectorySettings, SellerDirectory};
+use crate::reply::{LeadNotes, ReplyChannel};
+use crate::sellers::{DirectorySettings, LeadSource, SellerDirectory, UserSource};
 
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -67,7 +69,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ),
         })?;
     let backend = store.backend();
-    let executors = executors(&config)?;
+    let kommo = crate::kommo::setup::connect(&config, store.clone()).await?;
+    let executors = executors(&config, kommo.as_ref())?;
     let n8n = match &config.n8n_webhook_url {
         Some(url) => format!("dispatching to {url}"),
         None => "not configured (N8N_WEBHOOK_URL): dispatches wait in the outbox".to_owned(),
@@ -75,17 +78,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let engine = Engine::start(store, executors, config.engine())
         .await
         .context("engine start")?;
+    let (users, leads): (Option<Arc<dyn UserSource>>, Option<Arc<dyn LeadSource>>) = match &kommo {
+        Some(k) => (Some(k.clone()), Some(k.clone())),
+        None => (None, None),
+    };
     let sellers = Arc::new(SellerDirectory::new(
         engine.store().clone(),
-        None,
-        None,
+        users,
+        leads,
         DirectorySettings {
             ttl: Duration::from_secs(config.sellers_ttl_secs.max(1)),
             fictitious: config.fictitious()?,
             ..DirectorySettings::default()
         },
     ));
-    let state = AppState::new(engine.clone(), &config, sellers);
+    let kommo_state = match &kommo {
+        Some(k) => format!(
+            "{:?}, replies via {:?}",
+            k.tokens().state(),
+            config.reply_channel
+        ),
+        None => "not configured (KOMMO_API_URL): replies and notes wait in the outbox".to_owned(),
+    };
+    let state = AppState::new(engine.clone(), &config, sellers).with_kommo(kommo);
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -95,7 +110,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         debounce_ms = config.debounce_ms,
         human_lease_minutes = config.human_lease_minutes,
         n8n = %n8n,
-        kommo = "not configured: replies and notes wait in the outbox",
+        kommo = %kommo_state,
         "conversa listening"
     );
     let limits = Limits {
@@ -111,8 +126,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// The effect executors the configuration provides; the others leave effects in the outbox.
-fn executors(config: &Config) -> anyhow::Result<Executors> {
+fn executors(config: &Config, kommo: Option<&Arc<KommoClient>>) -> anyhow::Result<Executors> {
     let mut executors = Executors::default();
+    if let Some(kommo) = kommo {
+        executors.reply = Some(Arc::new(ReplyChannel::new(
+            kommo.clone(),
+            config.reply_channel,
+            config.kommo_reply_field_id,
+            config.kommo_reply_bot_id,
+        )));
+        executors.note = Some(Arc::new(LeadNotes::new(kommo.clone())));
+    }
     if let Some(url) = &config.n8n_webhook_url {
         let client = N8nClient::new(N8nSettings {
             webhook_url: url.clone(),

@@ -23,11 +23,16 @@ pub fn routes() -> Router<AppState> {
         .route("/stats", get(stats))
 }
 
-/// The process is up and serving.
+/// The process is up and serving; also says whether Kommo needs a new authorisation.
 async fn health(State(app): State<AppState>) -> Json<Value> {
+    let kommo = match app.kommo() {
+        Some(k) => json!(k.tokens().state()),
+        None => json!({"state": "not_configured"}),
+    };
     Json(json!({
         "status": "ok",
         "uptime_seconds": app.0.started.elapsed().as_secs(),
+        "kommo": kommo,
     }))
 }
 
@@ -46,9 +51,15 @@ async fn ready(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
             json!({"status": "unavailable", "backend": app.engine().store().backend(), "error": e.to_string()}),
         ),
     };
+    let kommo = match app.kommo() {
+        Some(k) => json!(k.tokens().state()),
+        None => json!({"state": "not_configured"}),
+    };
     let body = json!({
         "ready": status == StatusCode::OK,
         "store": store_json,
+        "kommo": kommo,
+        "n8n": crate::http::kommo::n8n_check(&app).await,
         "configured": app.0.configured,
     });
     (status, Json(body))

@@ -5,6 +5,7 @@ pub mod bot_control;
 pub mod commands;
 pub mod conversations;
 pub mod health;
+pub mod kommo;
 pub mod layers;
 pub mod metrics;
 pub mod proactive;

@@ -810,9 +810,11 @@ impl KommoClient {
             self.check_circuit(call)?;
             let token = match self.inner.tokens.access_token().await {
                 Ok(t) => t,
-                Err(e @ KommoError::Blocked { .. }) => {
+                Err(KommoError::Blocked { .. }) => {
                     self.open_circuit("/oauth2/access_token");
-                    return Err(e);
+                    return Err(KommoError::Blocked {
+                        retry_in: self.inner.settings.block_cooldown,
+                    });
                 }
                 Err(e) => return Err(e),
             };

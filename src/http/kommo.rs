@@ -1,0 +1,240 @@
+//! Kommo connection endpoints (original paths where the original had them):
+//!
+//! * `GET /oauth/authorize` — redirects the admin to Kommo to authorise the integration;
+//! * `GET /oauth/callback` — Kommo sends the admin back with a code; it is exchanged for
+//!   tokens, which are stored (public: Kommo calls it; the `state` parameter, an HMAC made by
+//!   `/oauth/authorize` and valid 20 minutes, is what protects it);
+//! * `GET /test-kommo-connectivity` — token state, account, latency;
+//! * `GET /test-integration` — Kommo, store and n8n reachability in one JSON;
+//! * `POST /create-test-note/{lead_id}` — writes a note on a lead.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::http::auth::secret_matches;
+use crate::kommo::client::KommoClient;
+
+/// How long an authorisation started by `/oauth/authorize` may take (Kommo's codes live 20 min).
+const STATE_TTL_SECS: u64 = 20 * 60;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/oauth/authorize", get(authorize))
+        .route("/oauth/callback", get(callback))
+        .route("/test-kommo-connectivity", get(connectivity))
+        .route("/test-integration", get(integration))
+        .route("/create-test-note/{lead_id}", post(test_note))
+}
+
+fn not_configured() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "kommo_not_configured",
+        "Kommo is not configured (KOMMO_API_URL)",
+    )
+}
+
+fn kommo(app: &AppState) -> Result<&KommoClient, ApiError> {
+    app.kommo().map(|k| k.as_ref()).ok_or_else(not_configured)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `<unix seconds>.<hex HMAC-SHA256(client_secret, unix seconds)>`: verifiable without storage.
+fn make_state(secret: &str, at: u64) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(at.to_string().as_bytes());
+    format!("{at}.{}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn state_is_valid(secret: &str, state: &str, now: u64) -> bool {
+    let Some((at, _)) = state.split_once('.') else {
+        return false;
+    };
+    let Ok(at) = at.parse::<u64>() else {
+        return false;
+    };
+    now.saturating_sub(at) <= STATE_TTL_SECS && secret_matches(&make_state(secret, at), state)
+}
+
+async fn authorize(State(app): State<AppState>) -> Result<Redirect, ApiError> {
+    let kommo = kommo(&app)?;
+    let secret = &kommo.tokens().settings().client_secret;
+    if kommo.tokens().settings().client_id.is_empty() || secret.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "oauth_not_configured",
+            "set KOMMO_CLIENT_ID, KOMMO_CLIENT_SECRET and KOMMO_REDIRECT_URI",
+        ));
+    }
+    let state = make_state(secret, now_secs());
+    Ok(Redirect::to(&kommo.tokens().authorize_url(&state)))
+}
+
+#[derive(Deserialize)]
+struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+async fn callback(
+    State(app): State<AppState>,
+    Query(q): Query<CallbackQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let kommo = kommo(&app)?;
+    if let Some(error) = q.error {
+        return Err(ApiError::bad_field("error", format!("Kommo said: {error}")));
+    }
+    let secret = &kommo.tokens().settings().client_secret;
+    if !q
+        .state
+        .as_deref()
+        .is_some_and(|s| state_is_valid(secret, s, now_secs()))
+    {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing, forged or expired `state`: start again at /oauth/authorize",
+        ));
+    }
+    let code = q
+        .code
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| ApiError::bad_field("code", "missing `code`"))?;
+    kommo
+        .tokens()
+        .exchange_code(&code)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "oauth_failed", e.to_string()))?;
+    Ok(Json(json!({
+        "ok": true,
+        "token_state": kommo.tokens().state(),
+    })))
+}
+
+/// Token state, the account Kommo says we are, and how long it took.
+async fn connectivity(State(app): State<AppState>) -> Json<Value> {
+    Json(kommo_check(&app).await)
+}
+
+async fn kommo_check(app: &AppState) -> Value {
+    let Some(kommo) = app.kommo() else {
+        return json!({"configured": false, "ok": false, "token_state": {"state": "not_configured"}});
+    };
+    let started = Instant::now();
+    let account = kommo.account().await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match account {
+        Ok(a) => json!({
+            "configured": true,
+            "ok": true,
+            "token_state": kommo.tokens().state(),
+            "account": a,
+            "latency_ms": latency_ms,
+        }),
+        Err(e) => json!({
+            "configured": true,
+            "ok": false,
+            "token_state": kommo.tokens().state(),
+            "error": e.to_string(),
+            "latency_ms": latency_ms,
+        }),
+    }
+}
+
+/// Kommo, the store and n8n in one answer.
+async fn integration(State(app): State<AppState>) -> Json<Value> {
+    let kommo = kommo_check(&app).await;
+    let started = Instant::now();
+    let store = match app.engine().store().ping().await {
+        Ok(()) => json!({"ok": true, "backend": app.engine().store().backend(),
+                         "latency_ms": started.elapsed().as_secs_f64() * 1000.0}),
+        Err(e) => {
+            json!({"ok": false, "backend": app.engine().store().backend(), "error": e.to_string()})
+        }
+    };
+    let n8n = n8n_check(&app).await;
+    let ok = [&kommo, &store, &n8n]
+        .iter()
+        .all(|c| c["ok"].as_bool().unwrap_or(false));
+    Json(json!({"ok": ok, "kommo": kommo, "store": store, "n8n": n8n}))
+}
+
+/// Whether n8n answers: its `/healthz` on the webhook URL's host.
+pub async fn n8n_check(app: &AppState) -> Value {
+    let Some(url) = app.0.n8n_webhook_url.as_deref() else {
+        return json!({"configured": false, "ok": false});
+    };
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return json!({"configured": true, "ok": false, "error": "N8N_WEBHOOK_URL is not a URL"});
+    };
+    let health = format!("{}://{}/healthz", parsed.scheme(), parsed.authority());
+    let started = Instant::now();
+    match app.0.http.get(&health).send().await {
+        Ok(r) => json!({
+            "configured": true,
+            "ok": true,
+            "status": r.status().as_u16(),
+            "latency_ms": started.elapsed().as_secs_f64() * 1000.0,
+        }),
+        Err(e) => json!({"configured": true, "ok": false, "error": e.to_string()}),
+    }
+}
+
+async fn test_note(
+    State(app): State<AppState>,
+    Path(lead_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let lead_id: u64 = lead_id
+        .parse()
+        .ok()
+        .filter(|l| *l > 0)
+        .ok_or_else(|| ApiError::bad_field("lead_id", "lead_id must be a positive integer"))?;
+    let kommo = kommo(&app)?;
+    let note_id = kommo
+        .add_note(
+            lead_id,
+            "Nota de teste do conversa: a integração com o Kommo funciona.",
+        )
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "kommo_error", e.to_string()))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"ok": true, "lead_id": lead_id, "note_id": note_id})),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oauth_state_is_verifiable_and_expires() {
+        let s = make_state("secret", 1_000);
+        assert!(state_is_valid("secret", &s, 1_000 + 60));
+        assert!(!state_is_valid("other", &s, 1_000 + 60), "forged");
+        assert!(
+            !state_is_valid("secret", &s, 1_000 + STATE_TTL_SECS + 1),
+            "expired"
+        );
+        assert!(!state_is_valid("secret", "1000.deadbeef", 1_001));
+        assert!(!state_is_valid("secret", "garbage", 1_001));
+    }
+}
