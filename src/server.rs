@@ -78,10 +78,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let engine = Engine::start(store, executors, config.engine())
         .await
         .context("engine start")?;
-    let (users, leads): (Option<Arc<dyn UserSource>>, Option<Arc<dyn LeadSource>>) = match &kommo {
-        Some(k) => (Some(k.clone()), Some(k.clone())),
-        None => (None, None),
-    };
+    let users = kommo.clone().map(|k| k as Arc<dyn UserSource>);
+    let leads = kommo.clone().map(|k| k as Arc<dyn LeadSource>);
     let sellers = Arc::new(SellerDirectory::new(
         engine.store().clone(),
         users,

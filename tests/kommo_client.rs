@@ -162,7 +162,7 @@ async fn hundred_concurrent_401s_cause_one_refresh() {
     assert_eq!(fake.token_requests().len(), 2);
     let statuses: Vec<u16> = fake.api_requests().iter().map(|r| r.status).collect();
     // Usually one 401: calls are spaced by the limiter and read the token after their permit.
-    assert!(statuses.iter().any(|s| *s == 401));
+    assert!(statuses.contains(&401));
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 10);
 }
 
