@@ -152,6 +152,15 @@ pub struct Config {
     #[arg(long, env = "LEASE_NUDGE_MINUTES", default_value_t = 10.0)]
     pub lease_nudge_minutes: f64,
 
+    /// A seller writing in the customer's chat (not an echo of a bot reply) takes the
+    /// conversation over by itself.
+    #[arg(long, env = "AUTO_TAKEOVER_ON_HUMAN_REPLY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_takeover_on_human_reply: bool,
+
+    /// How long n8n may take to settle a scheduling request before the bot takes over again.
+    #[arg(long, env = "SCHEDULING_TIMEOUT_MINUTES", default_value_t = 30.0)]
+    pub scheduling_timeout_minutes: f64,
+
     /// How often the store's timer index is swept (start-up recovery, other nodes' timers).
     #[arg(long, env = "TIMER_SWEEP_MS", default_value_t = 2000)]
     pub timer_sweep_ms: u64,
@@ -270,6 +279,8 @@ impl Config {
                 .then_some((self.human_lease_minutes * 60_000.0) as u64),
             lease_nudge_ms: (self.lease_nudge_minutes.max(0.0) * 60_000.0) as u64,
             notes: self.lead_notes,
+            auto_takeover_on_human_reply: self.auto_takeover_on_human_reply,
+            scheduling_timeout_ms: (self.scheduling_timeout_minutes.max(0.0) * 60_000.0) as u64,
             dead_letter_after_ms: self.dead_letter_after_minutes * 60_000,
             ..Policy::default()
         }

@@ -5,8 +5,13 @@ use conversa::config::Config;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // An optional `.env` in the working directory; real environment variables win.
+    let dotenv = dotenvy::dotenv();
     let config = Config::parse();
     conversa::server::init_logging(config.log_format);
+    if let Ok(path) = dotenv {
+        tracing::info!(path = %path.display(), "read settings from .env");
+    }
     match conversa::server::run(config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

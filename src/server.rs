@@ -47,6 +47,8 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
                 "conversa_actor_passivations_total",
                 "conversa_actor_restarts_total",
                 "conversa_store_cas_conflicts_total",
+                "kommo_limiter_waits_total",
+                "kommo_token_refreshes_total",
             ] {
                 metrics::counter!(name).increment(0);
             }

@@ -844,6 +844,7 @@ impl KommoClient {
     async fn acquire(&self) {
         if self.inner.limiter.check().is_err() {
             self.inner.limiter_waits.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("kommo_limiter_waits_total").increment(1);
             self.inner.limiter.until_ready().await;
         }
     }
@@ -886,6 +887,10 @@ impl KommoClient {
         let latency_ms = started.elapsed().as_millis() as u64;
         match result {
             Ok((status, json, body)) => {
+                metrics::counter!("kommo_calls_total", "endpoint" => label.clone(), "status" => status.to_string())
+                    .increment(1);
+                metrics::histogram!("kommo_call_seconds", "endpoint" => label.clone())
+                    .record(started.elapsed().as_secs_f64());
                 *self.inner.calls.entry((label, status)).or_insert(0) += 1;
                 info!(
                     method = %request.method,
@@ -897,6 +902,8 @@ impl KommoClient {
                 Ok((Answer { status, body }, !json))
             }
             Err(e) => {
+                metrics::counter!("kommo_calls_total", "endpoint" => label.clone(), "status" => "network_error")
+                    .increment(1);
                 *self.inner.calls.entry((label, 0)).or_insert(0) += 1;
                 let error = e.without_url().to_string();
                 warn!(
