@@ -6,11 +6,13 @@ use std::time::Instant;
 use axum::Router;
 use axum::extract::FromRef;
 use conversa_actors::{ContactKey, Engine};
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::http;
 use crate::kommo::client::KommoClient;
+use crate::openapi;
 use crate::sellers::SellerDirectory;
 use crate::text::fold;
 
@@ -132,9 +134,18 @@ pub fn app(state: AppState, limits: http::layers::Limits) -> Router {
     http::layers::wrap(routes(), state, limits)
 }
 
-/// Every route, without middleware or state.
+/// Every route, without middleware or state: the documented routes, `/docs` (Swagger UI) and
+/// the JSON 404 fallback.
 pub fn routes() -> Router<AppState> {
-    Router::new()
+    let (router, _) = router_and_doc();
+    router.merge(openapi::docs_ui()).fallback(http::not_found)
+}
+
+/// The routes and the OpenAPI document, from the same registrations: each module's
+/// `routes()` is an `OpenApiRouter` whose `routes!(handler)` calls add the route and its
+/// documented operation together, so the document lists exactly the routes the router has.
+pub fn router_and_doc() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, doc) = OpenApiRouter::with_openapi(openapi::base())
         .merge(http::health::routes())
         .merge(http::conversations::routes())
         .merge(http::bot_control::routes())
@@ -146,5 +157,7 @@ pub fn routes() -> Router<AppState> {
         .merge(http::proactive::routes())
         .merge(http::scheduling::routes())
         .merge(http::kommo::routes())
-        .fallback(http::not_found)
+        .merge(openapi::routes())
+        .split_for_parts();
+    (router, openapi::finish(doc))
 }

@@ -1,5 +1,7 @@
 //! The one error type of the HTTP API: every failure answers JSON
 //! `{"error": "<code>", "message": "...", "field": "<bad key>"?}` with a fitting status.
+//!
+//! The same shape is the `ApiError` schema of the OpenAPI document (`/openapi.json`).
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -7,17 +9,27 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use conversa_actors::EngineError;
 use serde::Serialize;
+use utoipa::ToSchema;
 
-#[derive(Debug, Clone, Serialize)]
+/// Every error of the API: a stable machine-readable `error` code, a human `message`, and, when
+/// one key of the request is to blame, that key in `field`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({"error": "bad_request", "message": "unknown command \"stop\"; expected one of [\"pause\", \"resume\", \"status\"]", "field": "command"}))]
 pub struct ApiError {
     #[serde(skip)]
     pub status: StatusCode,
+    /// The error code, e.g. `bad_request`, `unauthorized`, `not_found`, `store_unavailable`.
+    #[schema(value_type = String, example = "bad_request")]
     pub error: &'static str,
+    /// What went wrong, for a human.
     pub message: String,
+    /// The request key (JSON path or form key) to blame, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub field: Option<String>,
     /// For a conversation held by another seller: who holds it.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::openapi::schemas::SellerRef>, nullable = false)]
     pub holder: Option<conversa_actors::SellerRef>,
 }
 

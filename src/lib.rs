@@ -5,6 +5,7 @@
 //! actors); this crate is the edge around it:
 //! * [`config`] — settings from environment variables and CLI flags;
 //! * [`app`] and [`http`] — the axum router and its handlers; [`error`] — the JSON error type;
+//!   [`openapi`] — the OpenAPI document (`/openapi.json`) and Swagger UI (`/docs`);
 //! * [`store`] — the Redis and embedded (redb) backends;
 //! * [`server`] — start-up, logging and graceful shutdown.
 
@@ -15,6 +16,7 @@ pub mod error;
 pub mod http;
 pub mod kommo;
 pub mod n8n;
+pub mod openapi;
 pub mod reply;
 pub mod sellers;
 pub mod server;

@@ -9,21 +9,27 @@ use serde_json::{Value, json};
 use support::redis_server::RedisServer;
 use support::service::Service;
 
-/// Operator and control endpoints (everything but probes, docs, and endpoints with their own
-/// secret), with a body that would be valid.
-fn protected() -> Vec<(&'static str, &'static str, Option<Value>)> {
-    vec![
-        ("GET", "/stats", None),
-        ("GET", "/conversations/1", None),
-        ("GET", "/conversations/active", None),
-        ("GET", "/debug/conversations", None),
-        (
-            "POST",
-            "/bot-control",
-            Some(json!({"contact_id": 1, "command": "status"})),
-        ),
-        ("GET", "/no-such-route", None),
-    ]
+/// Every operation of the OpenAPI document — which lists every route the router has (see
+/// `tests/openapi.rs`) — as (method, concrete path, body): path parameters become `1`,
+/// operations with a request body get `{}`. A new route is in this list without anyone
+/// having to remember to add it.
+fn documented_operations() -> Vec<(String, String, Option<Value>)> {
+    let doc = serde_json::to_value(conversa::openapi::openapi()).unwrap();
+    let mut ops = Vec::new();
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if !["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
+                continue;
+            }
+            let body = op.get("requestBody").map(|_| json!({}));
+            ops.push((
+                method.to_uppercase(),
+                conversa::openapi::concrete(template),
+                body,
+            ));
+        }
+    }
+    ops
 }
 
 async fn call(
@@ -33,10 +39,8 @@ async fn call(
     body: &Option<Value>,
     key: Option<&str>,
 ) -> (u16, Value) {
-    let mut req = match method {
-        "GET" => s.client.get(s.url(path)),
-        _ => s.client.post(s.url(path)),
-    };
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut req = s.client.request(method, s.url(path));
     if let Some(b) = body {
         req = req.json(b);
     }
@@ -56,16 +60,31 @@ async fn operator_endpoints_need_the_api_key_and_public_ones_do_not() {
         ("API_KEY", "k3y"),
     ])
     .await;
-    for (method, path, body) in protected() {
+    let ops = documented_operations();
+    let (public, protected): (Vec<_>, Vec<_>) = ops
+        .into_iter()
+        .partition(|(_, path, _)| conversa::http::layers::is_public(path));
+    assert!(protected.len() >= 20, "{protected:?}");
+    assert!(public.len() >= 8, "{public:?}");
+    // Unknown paths are behind the key too (the fallback is protected).
+    let unknown = ("GET".to_owned(), "/no-such-route".to_owned(), None);
+    for (method, path, body) in protected.iter().chain([&unknown]) {
         for key in [None, Some("wrong")] {
-            let (status, err) = call(&s, method, path, &body, key).await;
+            let (status, err) = call(&s, method, path, body, key).await;
             assert_eq!(status, 401, "{method} {path} with {key:?}: {err}");
-            assert_eq!(err["error"], "unauthorized", "JSON 401 body");
+            assert_eq!(
+                err["error"], "unauthorized",
+                "JSON 401 body: {method} {path}"
+            );
         }
-        let (status, _) = call(&s, method, path, &body, Some("k3y")).await;
-        assert_ne!(status, 401, "{method} {path} with the key");
+        let (status, err) = call(&s, method, path, body, Some("k3y")).await;
+        assert_ne!(status, 401, "{method} {path} with the key: {err}");
     }
-    for path in ["/health", "/ready", "/version"] {
+    for (method, path, body) in &public {
+        let (status, err) = call(&s, method, path, body, None).await;
+        assert_ne!(status, 401, "{method} {path} is public: {err}");
+    }
+    for path in ["/health", "/ready", "/version", "/openapi.json", "/docs"] {
         let (status, _) = call(&s, "GET", path, &None, None).await;
         assert_eq!(status, 200, "{path} is public");
     }

@@ -2,28 +2,95 @@
 //! `{"message": "/assumir 12345", "contact_id": 99999}`, where `contact_id` is the seller's own
 //! WhatsApp contact. See [`crate::commands`] for the rules.
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::post;
-use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::commands;
 use crate::error::ApiError;
 use crate::http::{JsonBody, KommoId};
+use crate::openapi::schemas::{Phase, Seller, SellerRef};
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/vendedor/comandos", post(command))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(command))
 }
 
-#[derive(Deserialize)]
-struct CommandBody {
+/// A seller's command.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"message": "/assumir 1298200", "contact_id": 99999}))]
+pub struct CommandBody {
+    /// `/assumir <contact_id>`, `/liberar <contact_id>` or `/status <contact_id>`
+    /// (case-insensitive; `#12345` accepted; `mensagem` also accepted as the key).
     #[serde(alias = "mensagem")]
     message: String,
+    /// The seller's own WhatsApp contact id (identifies the seller).
     contact_id: KommoId,
 }
 
+/// The conversation after the command.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"ok": true, "command": "assumir", "contact_id": 1298200,
+    "phase": "human_assigned", "bot_active": false,
+    "vendedor": {"id": "custom-1", "name": "Ana Souza", "kommo_user_id": null,
+        "contact_id": 99999, "phone": null, "areas": ["Previdenciário"], "active": true,
+        "source": "custom"},
+    "holder": {"id": "custom-1", "name": "Ana Souza"}}))]
+pub struct CommandAnswer {
+    pub ok: bool,
+    pub command: CommandVerb,
+    /// The customer's contact the command is about.
+    pub contact_id: u64,
+    pub phase: Phase,
+    pub bot_active: bool,
+    /// The seller who gave the command.
+    pub vendedor: Seller,
+    /// Who holds the conversation now, if anyone.
+    pub holder: Option<SellerRef>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandVerb {
+    /// Take the conversation over (the bot goes silent).
+    Assumir,
+    /// Hand it back to the bot.
+    Liberar,
+    /// Only say the phase.
+    Status,
+}
+
+/// Seller command
+///
+/// A seller's `/assumir`, `/liberar` or `/status` (the same text typed by the seller in their
+/// WhatsApp chat works too, through the Kommo webhook, and never reaches n8n). A hold is a
+/// lease: it returns to the bot `HUMAN_LEASE_MINUTES` after the seller's last message.
+#[utoipa::path(
+    post,
+    path = "/vendedor/comandos",
+    tag = "sellers",
+    request_body(content = CommandBody, examples(
+        ("assumir" = (summary = "Take over", value = json!({"message": "/assumir 1298200", "contact_id": 99999}))),
+        ("liberar" = (summary = "Hand back to the bot", value = json!({"message": "/liberar 1298200", "contact_id": 99999}))),
+    )),
+    responses(
+        (status = 200, description = "Done; the phase after it", body = CommandAnswer),
+        (status = 400, description = "Unknown command (the message lists them) or no contact id", body = ApiError,
+         example = json!({"error": "unknown_command", "field": "message",
+            "message": "unknown command \"/voar 1\"; commands: /assumir <contact_id>, /liberar <contact_id>, /status <contact_id>"})),
+        (status = 403, description = "`contact_id` is not a registered, active seller", body = ApiError,
+         example = json!({"error": "not_a_seller", "message": "contact 99999 is not a registered, active seller"})),
+        (status = 409, description = "Another seller holds the conversation (`holder` names them)", body = ApiError,
+         example = json!({"error": "held_by_another_seller",
+            "message": "conversation is held by Bruno Lima (custom-2)",
+            "holder": {"id": "custom-2", "name": "Bruno Lima"}})),
+        (status = 503, response = crate::openapi::StoreUnavailable),
+    ),
+)]
 async fn command(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<CommandBody>,

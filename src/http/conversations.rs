@@ -3,33 +3,112 @@
 //! Reads go to the store, not to actors, so they are current on every node and never activate
 //! an actor.
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::view::ConversationView;
+use crate::openapi::schemas::{Phase, SellerRef, TimelineEntry};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/conversations/active", get(active))
-        .route("/conversations/{contact_id}", get(one))
-        .route("/debug/conversations", get(debug))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(active))
+        .routes(routes!(one))
+        .routes(routes!(debug))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Listing {
+    /// At most this many conversations (`/conversations/active`: default 1000, at most
+    /// 100000; `/debug/conversations`: default 50, at most 1000).
     limit: Option<usize>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Account {
+    /// Another Kommo account than the configured one.
     account_id: Option<u64>,
 }
 
+/// `GET /conversations/active`.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"count": 2, "conversations": [
+    {"account_id": 0, "contact_id": 1298200, "phase": "bot_active"},
+    {"account_id": 0, "contact_id": 12345, "phase": "paused"}]}))]
+pub struct ActiveConversations {
+    pub count: u64,
+    pub conversations: Vec<ActiveConversation>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ActiveConversation {
+    pub account_id: u64,
+    pub contact_id: u64,
+    pub phase: Phase,
+}
+
+/// `GET /debug/conversations`.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"node_id": "node-a1b2", "active_actors": 1, "count": 1,
+    "conversations": [{"account_id": 0, "contact_id": 1298200, "phase": "bot_active",
+        "seller": null, "version": 3, "epoch": 0, "pending_messages": 0, "outbox": 0,
+        "timers": 0, "last": {"at": 1767225603000u64, "what": "dispatch_sent",
+        "dispatch_id": "0-1298200-1"}}]}))]
+pub struct DebugConversations {
+    /// This engine node.
+    pub node_id: String,
+    pub active_actors: u64,
+    pub count: u64,
+    pub conversations: Vec<DebugConversation>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DebugConversation {
+    pub account_id: u64,
+    pub contact_id: u64,
+    pub phase: Phase,
+    pub seller: Option<SellerRef>,
+    pub version: u64,
+    pub epoch: u64,
+    /// How many customer messages wait for the debounce.
+    pub pending_messages: u64,
+    /// How many effects wait in the outbox.
+    pub outbox: u64,
+    /// How many timers are armed.
+    pub timers: u64,
+    /// The last timeline entry.
+    pub last: Option<TimelineEntry>,
+}
+
+/// One conversation
+///
+/// The phase, the seller, the pending work and the timeline: each entry names the Kommo
+/// message id or `dispatch_id` it concerns, and a dropped reply says why.
+#[utoipa::path(
+    get,
+    path = "/conversations/{contact_id}",
+    tag = "conversations",
+    params(
+        ("contact_id" = u64, Path, description = "The customer's Kommo contact id", example = 1298200),
+        Account,
+    ),
+    responses(
+        (status = 200, description = "The conversation", body = ConversationView),
+        (status = 400, description = "`contact_id` is not a positive integer", body = ApiError,
+         example = json!({"error": "bad_request", "message": "contact_id must be a positive integer", "field": "contact_id"})),
+        (status = 404, description = "No conversation for this contact", body = ApiError,
+         example = json!({"error": "not_found", "message": "no conversation for contact 1298200"})),
+        (status = 503, response = crate::openapi::StoreUnavailable),
+    ),
+)]
 async fn one(
     State(app): State<AppState>,
     Path(contact_id): Path<String>,
@@ -55,7 +134,19 @@ async fn one(
     ))
 }
 
+/// Live conversations
+///
 /// Conversations in any phase but `idle`.
+#[utoipa::path(
+    get,
+    path = "/conversations/active",
+    tag = "conversations",
+    params(Listing),
+    responses(
+        (status = 200, description = "Live conversations", body = ActiveConversations),
+        (status = 503, response = crate::openapi::StoreUnavailable),
+    ),
+)]
 async fn active(
     State(app): State<AppState>,
     Query(q): Query<Listing>,
@@ -71,7 +162,19 @@ async fn active(
     Ok(Json(json!({ "count": live.len(), "conversations": live })))
 }
 
+/// Debug listing
+///
 /// Stored conversations with their pending work, for debugging (bounded by `limit`).
+#[utoipa::path(
+    get,
+    path = "/debug/conversations",
+    tag = "conversations",
+    params(Listing),
+    responses(
+        (status = 200, description = "Stored conversations", body = DebugConversations),
+        (status = 503, response = crate::openapi::StoreUnavailable),
+    ),
+)]
 async fn debug(
     State(app): State<AppState>,
     Query(q): Query<Listing>,

@@ -10,31 +10,125 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::Sha256;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::auth::secret_matches;
 use crate::kommo::client::KommoClient;
+use crate::openapi::schemas::TokenState;
 
 /// How long an authorisation started by `/oauth/authorize` may take (Kommo's codes live 20 min).
 const STATE_TTL_SECS: u64 = 20 * 60;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/oauth/authorize", get(authorize))
-        .route("/oauth/callback", get(callback))
-        .route("/test-kommo-connectivity", get(connectivity))
-        .route("/test-integration", get(integration))
-        .route("/create-test-note/{lead_id}", post(test_note))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(authorize))
+        .routes(routes!(callback))
+        .routes(routes!(connectivity))
+        .routes(routes!(integration))
+        .routes(routes!(test_note))
+}
+
+/// `GET /oauth/callback`: the tokens are stored.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"ok": true, "token_state": {"state": "ok"}}))]
+pub struct OAuthDone {
+    pub ok: bool,
+    pub token_state: TokenState,
+}
+
+/// Kommo's reachability: token state, the account Kommo says we are, latency.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"configured": true, "ok": true, "token_state": {"state": "ok"},
+    "account": {"id": 29876543, "name": "Minha Empresa", "subdomain": "minhaempresa"},
+    "latency_ms": 182.4}))]
+pub struct KommoCheck {
+    pub configured: bool,
+    pub ok: bool,
+    pub token_state: TokenState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub account: Option<KommoAccount>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub latency_ms: Option<f64>,
+}
+
+/// The Kommo account.
+#[derive(Serialize, ToSchema)]
+pub struct KommoAccount {
+    pub id: u64,
+    pub name: String,
+    pub subdomain: String,
+}
+
+/// n8n's reachability (its `/healthz` on the `N8N_WEBHOOK_URL` host).
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"configured": true, "ok": true, "status": 200, "latency_ms": 3.1}))]
+pub struct N8nCheck {
+    pub configured: bool,
+    pub ok: bool,
+    /// The HTTP status n8n answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub latency_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub error: Option<String>,
+}
+
+/// The store's reachability.
+#[derive(Serialize, ToSchema)]
+pub struct StorePing {
+    pub ok: bool,
+    /// `redis` or `embedded`.
+    pub backend: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub latency_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub error: Option<String>,
+}
+
+/// Kommo, the store and n8n in one answer.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"ok": false,
+    "kommo": {"configured": false, "ok": false, "token_state": {"state": "not_configured"}},
+    "store": {"ok": true, "backend": "embedded", "latency_ms": 0.04},
+    "n8n": {"configured": false, "ok": false}}))]
+pub struct IntegrationCheck {
+    /// All three are reachable.
+    pub ok: bool,
+    pub kommo: KommoCheck,
+    pub store: StorePing,
+    pub n8n: N8nCheck,
+}
+
+/// The test note was written.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"ok": true, "lead_id": 878244, "note_id": 4242}))]
+pub struct TestNote {
+    pub ok: bool,
+    pub lead_id: u64,
+    pub note_id: u64,
 }
 
 fn not_configured() -> ApiError {
@@ -72,6 +166,23 @@ fn state_is_valid(secret: &str, state: &str, now: u64) -> bool {
     now.saturating_sub(at) <= STATE_TTL_SECS && secret_matches(&make_state(secret, at), state)
 }
 
+/// Start the Kommo authorization
+///
+/// Redirects the admin to Kommo to authorise the integration (OAuth authorization code flow);
+/// Kommo sends them back to `/oauth/callback`.
+#[utoipa::path(
+    get,
+    path = "/oauth/authorize",
+    tag = "kommo",
+    responses(
+        (status = 303, description = "Redirect to Kommo's authorization page",
+         headers(("location" = String, description = "Kommo's authorization URL"))),
+        (status = 503, description = "Kommo or OAuth is not configured", body = ApiError, examples(
+            ("kommo_not_configured" = (value = json!({"error": "kommo_not_configured", "message": "Kommo is not configured (KOMMO_API_URL)"}))),
+            ("oauth_not_configured" = (value = json!({"error": "oauth_not_configured", "message": "set KOMMO_CLIENT_ID, KOMMO_CLIENT_SECRET and KOMMO_REDIRECT_URI"}))),
+        )),
+    ),
+)]
 async fn authorize(State(app): State<AppState>) -> Result<Redirect, ApiError> {
     let kommo = kommo(&app)?;
     let secret = &kommo.tokens().settings().client_secret;
@@ -86,13 +197,38 @@ async fn authorize(State(app): State<AppState>) -> Result<Redirect, ApiError> {
     Ok(Redirect::to(&kommo.tokens().authorize_url(&state)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct CallbackQuery {
+    /// The authorization code to exchange for tokens.
     code: Option<String>,
+    /// The `state` made by `/oauth/authorize` (an HMAC, valid 20 minutes).
     state: Option<String>,
+    /// Set by Kommo when the admin refused.
     error: Option<String>,
 }
 
+/// OAuth callback
+///
+/// Kommo sends the admin back here with a code; it is exchanged for tokens, which are stored.
+/// Public (Kommo calls it): the `state` parameter, made by `/oauth/authorize`, protects it.
+#[utoipa::path(
+    get,
+    path = "/oauth/callback",
+    tag = "kommo",
+    params(CallbackQuery),
+    responses(
+        (status = 200, description = "Tokens stored", body = OAuthDone),
+        (status = 400, description = "Kommo reported an error, or no `code`", body = ApiError,
+         example = json!({"error": "bad_request", "message": "missing `code`", "field": "code"})),
+        (status = 401, description = "Missing, forged or expired `state`", body = ApiError,
+         example = json!({"error": "unauthorized", "message": "missing, forged or expired `state`: start again at /oauth/authorize"})),
+        (status = 502, description = "Kommo refused the code", body = ApiError,
+         example = json!({"error": "oauth_failed", "message": "token endpoint answered 400: invalid_grant"})),
+        (status = 503, description = "Kommo is not configured", body = ApiError,
+         example = json!({"error": "kommo_not_configured", "message": "Kommo is not configured (KOMMO_API_URL)"})),
+    ),
+)]
 async fn callback(
     State(app): State<AppState>,
     Query(q): Query<CallbackQuery>,
@@ -128,7 +264,16 @@ async fn callback(
     })))
 }
 
-/// Token state, the account Kommo says we are, and how long it took.
+/// Kommo connectivity
+///
+/// Token state, the account Kommo says we are, and how long it took. Always 200: `ok` says
+/// whether Kommo answered.
+#[utoipa::path(
+    get,
+    path = "/test-kommo-connectivity",
+    tag = "kommo",
+    responses((status = 200, description = "Kommo's reachability", body = KommoCheck)),
+)]
 async fn connectivity(State(app): State<AppState>) -> Json<Value> {
     Json(kommo_check(&app).await)
 }
@@ -158,7 +303,15 @@ async fn kommo_check(app: &AppState) -> Value {
     }
 }
 
-/// Kommo, the store and n8n in one answer.
+/// Integration check
+///
+/// Kommo, the store and n8n in one answer. Always 200: `ok` says whether all three answered.
+#[utoipa::path(
+    get,
+    path = "/test-integration",
+    tag = "kommo",
+    responses((status = 200, description = "Reachability of Kommo, the store and n8n", body = IntegrationCheck)),
+)]
 async fn integration(State(app): State<AppState>) -> Json<Value> {
     let kommo = kommo_check(&app).await;
     let started = Instant::now();
@@ -197,6 +350,24 @@ pub async fn n8n_check(app: &AppState) -> Value {
     }
 }
 
+/// Write a test note
+///
+/// Writes a note on a lead, to check the Kommo connection end to end.
+#[utoipa::path(
+    post,
+    path = "/create-test-note/{lead_id}",
+    tag = "kommo",
+    params(("lead_id" = u64, Path, description = "A Kommo lead id", example = 878244)),
+    responses(
+        (status = 201, description = "The note was written", body = TestNote),
+        (status = 400, description = "`lead_id` is not a positive integer", body = ApiError,
+         example = json!({"error": "bad_request", "message": "lead_id must be a positive integer", "field": "lead_id"})),
+        (status = 502, description = "Kommo refused or failed", body = ApiError,
+         example = json!({"error": "kommo_error", "message": "Kommo answered 404 for leads/878244/notes"})),
+        (status = 503, description = "Kommo is not configured", body = ApiError,
+         example = json!({"error": "kommo_not_configured", "message": "Kommo is not configured (KOMMO_API_URL)"})),
+    ),
+)]
 async fn test_note(
     State(app): State<AppState>,
     Path(lead_id): Path<String>,

@@ -6,19 +6,35 @@
 
 use std::time::Instant;
 
-use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/metrics", get(metrics))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(metrics))
 }
 
+/// Prometheus metrics
+///
+/// The Prometheus text format: HTTP requests by route and status, actors, events, effects,
+/// replies, outbox, store and Kommo calls.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "probes",
+    responses(
+        (status = 200, description = "Prometheus text format",
+         content_type = "text/plain; version=0.0.4", body = String,
+         example = "# TYPE http_requests_total counter\nhttp_requests_total{route=\"/health\",method=\"GET\",status=\"200\"} 12\n"),
+        (status = 503, description = "The metrics recorder is not installed", body = crate::error::ApiError,
+         example = json!({"error": "internal", "message": "internal error"})),
+    ),
+)]
 async fn metrics(State(app): State<AppState>) -> Response {
     let Some(handle) = &app.0.metrics else {
         return (

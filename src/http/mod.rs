@@ -18,6 +18,8 @@ pub mod webhook;
 use axum::extract::FromRequest;
 use axum::http::Uri;
 use serde::{Deserialize, Deserializer};
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+use utoipa::openapi::{RefOr, Schema};
 
 use crate::error::ApiError;
 
@@ -33,6 +35,31 @@ pub async fn not_found(uri: Uri) -> ApiError {
 /// A Kommo id as the original API took it: a positive integer, or a string of digits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KommoId(pub u64);
+
+/// In the OpenAPI document: an integer ≥ 1, or a string of digits.
+impl utoipa::PartialSchema for KommoId {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                    .minimum(Some(1)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^\s*[0-9]*[1-9][0-9]*\s*$")),
+            )
+            .description(Some(
+                "A Kommo id: a positive integer, or a string of digits (as the original API took it)",
+            ))
+            .examples([serde_json::json!(12345)])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for KommoId {}
 
 impl<'de> Deserialize<'de> for KommoId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

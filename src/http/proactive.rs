@@ -7,49 +7,103 @@
 //! is already live (never over a seller's); 422 for an area outside `ELIGIBLE_AREAS` (compared
 //! ignoring case and accents) or an unknown seller.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::{Json, Router};
 use conversa_actors::{Effect, Event, Links, Rejection, SellerRef};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::{JsonBody, KommoId};
+use crate::openapi::schemas::Phase;
 use crate::sellers::Seller;
 use crate::text::fold;
 
 pub const TRIGGERS: [&str; 3] = ["formulario_preenchido", "material_baixado", "agendamento"];
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/start-proactive", post(start_proactive))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(start_proactive))
 }
 
-#[derive(Deserialize)]
-struct StartProactive {
+/// A marketing event that opens a conversation.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"contact_id": 1298200, "lead_id": 878244, "vendedor": "Ana Souza",
+    "area_atuacao": "Previdenciário", "trigger_type": "formulario_preenchido",
+    "lead_data": {"nome": "Maria"}}))]
+pub struct StartProactive {
+    /// The customer's Kommo contact id.
     contact_id: KommoId,
+    /// The customer's lead, if known.
     #[serde(default)]
+    #[schema(nullable = false)]
     lead_id: Option<KommoId>,
     /// The seller: their id or name, or an object with `id` / `name` / `nome`.
     vendedor: SellerName,
+    /// The practice area; must be in `ELIGIBLE_AREAS` when that is set (compared ignoring
+    /// case and accents).
     area_atuacao: String,
+    #[schema(value_type = Trigger)]
     trigger_type: String,
+    /// Anything n8n should know about the lead (passed through).
     #[serde(default)]
+    #[schema(value_type = Object)]
     lead_data: Value,
 }
 
-#[derive(Deserialize)]
+/// What happened.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    FormularioPreenchido,
+    MaterialBaixado,
+    Agendamento,
+}
+
+/// A seller's id or name, or an object with `id` and/or `name` (`nome`).
+#[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
-enum SellerName {
+pub enum SellerName {
     Text(String),
     Object {
         #[serde(default)]
+        #[schema(nullable = false)]
         id: Option<String>,
         #[serde(default, alias = "nome")]
+        #[schema(nullable = false)]
         name: Option<String>,
     },
+}
+
+/// The conversation was opened (201), or not (200 `created: false` with a `reason`).
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"created": true, "contact_id": 1298200, "phase": "proactive",
+    "dispatch_id": "0-1298200-2", "trigger_type": "formulario_preenchido",
+    "vendedor": {"id": "custom-1", "name": "Ana Souza", "kommo_user_id": null,
+        "contact_id": 99999, "phone": null, "areas": ["Previdenciário"], "active": true,
+        "source": "custom"}}))]
+pub struct ProactiveAnswer {
+    pub created: bool,
+    pub contact_id: u64,
+    pub phase: Phase,
+    /// The n8n dispatch (201).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dispatch_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Trigger>, nullable = false)]
+    pub trigger_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub vendedor: Option<crate::openapi::schemas::Seller>,
+    /// Why nothing was created (200): `duplicate` (a conversation is already live),
+    /// `human_assigned`, `paused`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub reason: Option<String>,
 }
 
 fn unprocessable(field: &str, error: &'static str, message: String) -> ApiError {
@@ -89,6 +143,35 @@ async fn find_seller(app: &AppState, wanted: &SellerName) -> Result<Seller, ApiE
     ))
 }
 
+/// Start a proactive conversation
+///
+/// A marketing event (a form filled, a material downloaded, a meeting booked) opens a
+/// conversation personalised with the seller: n8n is called with `event: "proactive"`. Never
+/// over a live conversation or a seller's.
+#[utoipa::path(
+    post,
+    path = "/start-proactive",
+    tag = "flows",
+    request_body = StartProactive,
+    responses(
+        (status = 201, description = "Opened: the dispatch to n8n", body = ProactiveAnswer),
+        (status = 200, description = "Not opened: a conversation is already live", body = ProactiveAnswer,
+         example = json!({"created": false, "reason": "duplicate", "contact_id": 1298200, "phase": "bot_active"})),
+        (status = 400, description = "A missing or malformed field", body = ApiError,
+         example = json!({"error": "bad_request",
+            "message": "Failed to deserialize the JSON body into the target type: missing field `trigger_type` at line 1 column 134"})),
+        (status = 422, description = "Unknown trigger, area outside `ELIGIBLE_AREAS`, or unknown seller", body = ApiError,
+         examples(
+            ("unknown_trigger" = (value = json!({"error": "unknown_trigger", "field": "trigger_type",
+                "message": "trigger_type must be one of [\"formulario_preenchido\", \"material_baixado\", \"agendamento\"]"}))),
+            ("area_not_eligible" = (value = json!({"error": "area_not_eligible", "field": "area_atuacao",
+                "message": "area \"Trabalhista\" is not in ELIGIBLE_AREAS"}))),
+            ("unknown_seller" = (value = json!({"error": "unknown_seller", "field": "vendedor",
+                "message": "no active seller \"Ana Souza\""}))),
+         )),
+        (status = 503, response = crate::openapi::StoreUnavailable),
+    ),
+)]
 async fn start_proactive(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<StartProactive>,

@@ -21,33 +21,73 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::{FromRef, Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::{JsonBody, KommoId};
 use crate::sellers::{DirectoryError, NewSeller, Seller, SellerDirectory};
 
-pub fn routes<S>() -> Router<S>
+pub fn routes<S>() -> OpenApiRouter<S>
 where
     S: Clone + Send + Sync + 'static,
     Arc<SellerDirectory>: FromRef<S>,
     AppState: FromRef<S>,
 {
-    Router::new()
-        .route("/vendedores", get(all))
-        .route("/vendedores/reais", get(real))
-        .route("/vendedores/dinamicos", get(dynamic))
-        .route("/vendedores/adicionar", post(add))
-        .route("/vendedores/sincronizar", post(sync))
-        .route("/vendedor/conversa/{talk_id}", get(for_talk))
-        .route("/vendedor/contato/{contact_id}", get(for_contact))
-        .route("/vendedor/lead/{lead_id}", get(for_lead))
+    OpenApiRouter::new()
+        .routes(routes!(all))
+        .routes(routes!(real))
+        .routes(routes!(dynamic))
+        .routes(routes!(add))
+        .routes(routes!(sync))
+        .routes(routes!(for_talk))
+        .routes(routes!(for_contact))
+        .routes(routes!(for_lead))
+}
+
+/// A list of sellers.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"total": 1, "vendedores": [{"id": "custom-1", "name": "Ana Souza",
+    "kommo_user_id": null, "contact_id": 99999, "phone": null, "areas": ["Previdenciário"],
+    "active": true, "source": "custom"}]}))]
+pub struct SellerList {
+    pub total: u64,
+    pub vendedores: Vec<crate::openapi::schemas::Seller>,
+}
+
+/// Who is responsible, and how it was found.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"vendedor": {"id": "kommo-5551", "name": "Ana Souza",
+    "kommo_user_id": 5551, "contact_id": 99999, "phone": null, "areas": ["Previdenciário"],
+    "active": true, "source": "real"}, "found_by": "lead"}))]
+pub struct Responsible {
+    pub vendedor: crate::openapi::schemas::Seller,
+    pub found_by: FoundBy,
+}
+
+/// How the responsible seller was found: the seller holding the conversation, the contact's
+/// assignment, or the lead's responsible Kommo user.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FoundBy {
+    Conversation,
+    Contact,
+    Lead,
+}
+
+/// `POST /vendedores/sincronizar`.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"synced": 4}))]
+pub struct Synced {
+    /// How many real sellers (active Kommo users) there are now.
+    pub synced: u64,
 }
 
 impl From<DirectoryError> for ApiError {
@@ -82,14 +122,62 @@ fn listing(sellers: Vec<Seller>) -> Json<Value> {
     Json(json!({ "total": sellers.len(), "vendedores": sellers }))
 }
 
+/// All sellers
+///
+/// Every seller: real (Kommo users), then fictitious (configuration), then custom (API).
+#[utoipa::path(
+    get,
+    path = "/vendedores",
+    tag = "sellers",
+    responses(
+        (status = 200, description = "The sellers", body = SellerList),
+        (status = 503, description = "The store (or Kommo, for the real sellers) cannot be reached",
+         body = ApiError, examples(
+            ("store_unavailable" = (value = json!({"error": "store_unavailable", "message": "store unavailable: connection refused"}))),
+            ("kommo_unavailable" = (value = json!({"error": "kommo_unavailable", "message": "Kommo unavailable: users: timed out"}))),
+         )),
+    ),
+)]
 async fn all(State(dir): State<Arc<SellerDirectory>>) -> Result<Json<Value>, ApiError> {
     Ok(listing(dir.all().await?))
 }
 
+/// Real sellers
+///
+/// The active Kommo users.
+#[utoipa::path(
+    get,
+    path = "/vendedores/reais",
+    tag = "sellers",
+    responses(
+        (status = 200, description = "The active Kommo users", body = SellerList),
+        (status = 503, description = "The store or Kommo cannot be reached",
+         body = ApiError, examples(
+            ("store_unavailable" = (value = json!({"error": "store_unavailable", "message": "store unavailable: connection refused"}))),
+            ("kommo_unavailable" = (value = json!({"error": "kommo_unavailable", "message": "Kommo unavailable: users: timed out"}))),
+         )),
+    ),
+)]
 async fn real(State(dir): State<Arc<SellerDirectory>>) -> Result<Json<Value>, ApiError> {
     Ok(listing(dir.real().await?))
 }
 
+/// Real and custom sellers
+///
+/// The "dinâmicos": active Kommo users and the sellers added through the API.
+#[utoipa::path(
+    get,
+    path = "/vendedores/dinamicos",
+    tag = "sellers",
+    responses(
+        (status = 200, description = "Real and custom sellers", body = SellerList),
+        (status = 503, description = "The store or Kommo cannot be reached",
+         body = ApiError, examples(
+            ("store_unavailable" = (value = json!({"error": "store_unavailable", "message": "store unavailable: connection refused"}))),
+            ("kommo_unavailable" = (value = json!({"error": "kommo_unavailable", "message": "Kommo unavailable: users: timed out"}))),
+         )),
+    ),
+)]
 async fn dynamic(State(dir): State<Arc<SellerDirectory>>) -> Result<Json<Value>, ApiError> {
     Ok(listing(dir.dynamic().await?))
 }
@@ -108,6 +196,57 @@ struct AddBody {
     areas: Option<Areas>,
     #[serde(default)]
     kommo_user_id: Option<KommoId>,
+}
+
+/// A custom seller. `name` (or `nome`) is required; the aliases of the original API are
+/// accepted (one of each pair).
+#[derive(ToSchema)]
+#[schema(example = json!({"nome": "Ana Souza", "contact_id": 99999, "areas": ["Previdenciário"]}))]
+#[allow(dead_code)]
+pub struct AddSeller {
+    /// The seller's name.
+    #[schema(nullable = false)]
+    name: Option<String>,
+    /// The seller's name (alias of `name`).
+    #[schema(nullable = false)]
+    nome: Option<String>,
+    /// The seller's own WhatsApp contact in Kommo (so their commands are recognised).
+    #[schema(nullable = false)]
+    contact_id: Option<KommoId>,
+    /// Phone: digits, or a number.
+    #[schema(nullable = false)]
+    phone: Option<PhoneText>,
+    /// Alias of `phone`.
+    #[schema(nullable = false)]
+    telefone: Option<PhoneText>,
+    /// Practice areas: a list, or one string separated by commas or semicolons.
+    #[schema(nullable = false)]
+    areas: Option<AreasInput>,
+    /// Alias of `areas`.
+    #[schema(nullable = false)]
+    areas_atuacao: Option<AreasInput>,
+    /// Alias of `areas`.
+    #[schema(nullable = false)]
+    area_atuacao: Option<AreasInput>,
+    /// The seller's Kommo user, if any.
+    #[schema(nullable = false)]
+    kommo_user_id: Option<KommoId>,
+}
+
+/// A phone: a string, or a number taken as its digits.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum PhoneText {
+    Text(String),
+    Number(u64),
+}
+
+/// Areas: a list of strings, or one string of comma- or semicolon-separated areas.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum AreasInput {
+    Many(Vec<String>),
+    One(String),
 }
 
 /// A string, or a number taken as its digits.
@@ -150,6 +289,24 @@ impl<'de> Deserialize<'de> for Areas {
     }
 }
 
+/// Add a seller
+///
+/// Adds a custom seller. Portuguese or English keys, areas as a list or a comma-separated
+/// string, ids and phone as numbers or strings.
+#[utoipa::path(
+    post,
+    path = "/vendedores/adicionar",
+    tag = "sellers",
+    request_body = AddSeller,
+    responses(
+        (status = 201, description = "The new seller", body = crate::openapi::schemas::Seller),
+        (status = 400, description = "A missing name, or an invalid field", body = ApiError,
+         example = json!({"error": "bad_request", "message": "name (or nome) is required", "field": "name"})),
+        (status = 409, description = "The contact or Kommo user already belongs to a seller", body = ApiError,
+         example = json!({"error": "conflict", "message": "contact_id 99999 already belongs to seller custom-1", "field": "contact_id"})),
+        (status = 503, response = crate::openapi::StoreUnavailable),
+    ),
+)]
 async fn add(
     State(dir): State<Arc<SellerDirectory>>,
     JsonBody(body): JsonBody<AddBody>,
@@ -169,6 +326,23 @@ async fn add(
     Ok((StatusCode::CREATED, Json(seller)))
 }
 
+/// Sync Kommo users
+///
+/// Re-reads the Kommo users now (the previous list stays in use if Kommo fails).
+#[utoipa::path(
+    post,
+    path = "/vendedores/sincronizar",
+    tag = "sellers",
+    responses(
+        (status = 200, description = "How many real sellers there are now", body = Synced),
+        (status = 503, description = "Kommo is not configured or cannot be reached", body = ApiError,
+         examples(
+            ("kommo_not_configured" = (value = json!({"error": "kommo_not_configured", "message": "Kommo is not configured: real sellers and lead owners cannot be read"}))),
+            ("kommo_unavailable" = (value = json!({"error": "kommo_unavailable", "message": "Kommo unavailable: users: timed out"}))),
+            ("store_unavailable" = (value = json!({"error": "store_unavailable", "message": "store unavailable: connection refused"}))),
+         )),
+    ),
+)]
 async fn sync(State(dir): State<Arc<SellerDirectory>>) -> Result<Json<Value>, ApiError> {
     let synced = dir.sync().await?;
     Ok(Json(json!({ "synced": synced })))
@@ -201,6 +375,29 @@ fn found(hit: Option<(Seller, &'static str)>, what: String) -> Result<Json<Value
     Ok(Json(json!({ "vendedor": seller, "found_by": how })))
 }
 
+/// Seller of a talk
+///
+/// Who is responsible: the seller holding the contact's conversation, then the contact's
+/// assignment, then the lead's responsible Kommo user.
+#[utoipa::path(
+    get,
+    path = "/vendedor/conversa/{talk_id}",
+    tag = "sellers",
+    params(("talk_id" = u64, Path, description = "A Kommo talk id", example = 109)),
+    responses(
+        (status = 200, description = "The responsible seller", body = Responsible),
+        (status = 400, description = "The id is not a positive integer", body = ApiError,
+         example = json!({"error": "bad_request", "message": "talk_id must be a positive integer", "field": "talk_id"})),
+        (status = 404, description = "No seller found", body = ApiError,
+         example = json!({"error": "not_found", "message": "talk 109 not found in Kommo"})),
+        (status = 503, description = "The store or Kommo cannot be reached (or Kommo is needed and not configured)",
+         body = ApiError, examples(
+            ("store_unavailable" = (value = json!({"error": "store_unavailable", "message": "store unavailable: connection refused"}))),
+            ("kommo_not_configured" = (value = json!({"error": "kommo_not_configured", "message": "Kommo is not configured: real sellers and lead owners cannot be read"}))),
+            ("kommo_unavailable" = (value = json!({"error": "kommo_unavailable", "message": "Kommo unavailable: lead: timed out"}))),
+         )),
+    ),
+)]
 async fn for_talk(
     State(app): State<AppState>,
     State(dir): State<Arc<SellerDirectory>>,
@@ -223,6 +420,29 @@ async fn for_talk(
     found(hit, format!("talk {talk_id}"))
 }
 
+/// Seller of a contact
+///
+/// Who is responsible: the seller holding the contact's conversation, then the contact's
+/// assignment, then the lead's responsible Kommo user.
+#[utoipa::path(
+    get,
+    path = "/vendedor/contato/{contact_id}",
+    tag = "sellers",
+    params(("contact_id" = u64, Path, description = "A customer's Kommo contact id", example = 1298200)),
+    responses(
+        (status = 200, description = "The responsible seller", body = Responsible),
+        (status = 400, description = "The id is not a positive integer", body = ApiError,
+         example = json!({"error": "bad_request", "message": "contact_id must be a positive integer", "field": "contact_id"})),
+        (status = 404, description = "No seller found", body = ApiError,
+         example = json!({"error": "not_found", "message": "no seller found for contact 1298200"})),
+        (status = 503, description = "The store or Kommo cannot be reached (or Kommo is needed and not configured)",
+         body = ApiError, examples(
+            ("store_unavailable" = (value = json!({"error": "store_unavailable", "message": "store unavailable: connection refused"}))),
+            ("kommo_not_configured" = (value = json!({"error": "kommo_not_configured", "message": "Kommo is not configured: real sellers and lead owners cannot be read"}))),
+            ("kommo_unavailable" = (value = json!({"error": "kommo_unavailable", "message": "Kommo unavailable: lead: timed out"}))),
+         )),
+    ),
+)]
 async fn for_contact(
     State(app): State<AppState>,
     State(dir): State<Arc<SellerDirectory>>,
@@ -236,6 +456,29 @@ async fn for_contact(
     found(hit, format!("contact {contact_id}"))
 }
 
+/// Seller of a lead
+///
+/// Who is responsible: the seller holding the contact's conversation, then the contact's
+/// assignment, then the lead's responsible Kommo user.
+#[utoipa::path(
+    get,
+    path = "/vendedor/lead/{lead_id}",
+    tag = "sellers",
+    params(("lead_id" = u64, Path, description = "A Kommo lead id", example = 878244)),
+    responses(
+        (status = 200, description = "The responsible seller", body = Responsible),
+        (status = 400, description = "The id is not a positive integer", body = ApiError,
+         example = json!({"error": "bad_request", "message": "lead_id must be a positive integer", "field": "lead_id"})),
+        (status = 404, description = "No seller found", body = ApiError,
+         example = json!({"error": "not_found", "message": "no seller found for lead 878244"})),
+        (status = 503, description = "The store or Kommo cannot be reached (or Kommo is needed and not configured)",
+         body = ApiError, examples(
+            ("store_unavailable" = (value = json!({"error": "store_unavailable", "message": "store unavailable: connection refused"}))),
+            ("kommo_not_configured" = (value = json!({"error": "kommo_not_configured", "message": "Kommo is not configured: real sellers and lead owners cannot be read"}))),
+            ("kommo_unavailable" = (value = json!({"error": "kommo_unavailable", "message": "Kommo unavailable: lead: timed out"}))),
+         )),
+    ),
+)]
 async fn for_lead(
     State(dir): State<Arc<SellerDirectory>>,
     Path(raw): Path<String>,

@@ -10,33 +10,73 @@ use conversa_actors::effect::Effect;
 use conversa_actors::timeline::Entry;
 use conversa_actors::{Conversation, Links, Millis, Phase, SellerRef};
 use serde::Serialize;
+use utoipa::ToSchema;
 
-#[derive(Serialize)]
+use crate::openapi::schemas;
+
+/// A conversation: phase, seller, pending work, timers, outbox and the timeline of its last
+/// decisions (times are Unix milliseconds).
+#[derive(Serialize, ToSchema)]
+#[schema(as = Conversation, example = json!({
+    "account_id": 0, "contact_id": 1298200, "phase": "human_assigned",
+    "seller": {"id": "custom-1", "name": "Ana Souza"},
+    "phase_since": 1767225660000u64, "assigned_by": "Ana Souza via api",
+    "lease_expires_at": 1767227460000u64, "epoch": 1, "version": 5,
+    "links": {"lead_id": 878244, "talk_id": 109},
+    "pending_messages": [], "in_flight": null,
+    "timers": {"lease_expiry": 1767227460000u64},
+    "outbox": [], "created_at": 1767225600000u64, "updated_at": 1767225660000u64,
+    "timeline": [
+        {"at": 1767225600000u64, "what": "message_in",
+         "message_id": "c0925911-ce8f-4994-b117-542b5f28d036"},
+        {"at": 1767225603000u64, "what": "dispatch_sent", "dispatch_id": "0-1298200-1"},
+        {"at": 1767225660000u64, "what": "takeover", "detail": "Ana Souza via api"},
+        {"at": 1767225661000u64, "what": "reply_dropped", "dispatch_id": "0-1298200-1",
+         "detail": "human_assigned"}
+    ]}))]
 pub struct ConversationView<'a> {
     pub account_id: u64,
     pub contact_id: u64,
+    #[schema(value_type = schemas::Phase)]
     pub phase: &'static str,
+    /// The seller holding the conversation (or who asked for a schedule/proactive start).
+    #[schema(value_type = Option<schemas::SellerRef>)]
     pub seller: Option<&'a SellerRef>,
-    pub phase_since: Option<Millis>,
+    pub phase_since: Option<u64>,
     pub assigned_by: Option<&'a str>,
-    pub lease_expires_at: Option<Millis>,
+    /// When a seller's hold returns to the bot.
+    pub lease_expires_at: Option<u64>,
+    /// Bumped on every change of who may speak.
     pub epoch: u64,
+    /// The snapshot's version (compare-and-set).
     pub version: u64,
+    #[schema(value_type = schemas::Links)]
     pub links: &'a Links,
+    /// Ids of customer messages waiting for the debounce.
     pub pending_messages: Vec<&'a str>,
+    #[schema(value_type = Option<schemas::InFlight>)]
     pub in_flight: Option<&'a InFlight>,
+    /// Armed timers: `debounce`, `lease_nudge`, `lease_expiry`, `scheduling_timeout` → when.
+    #[schema(value_type = BTreeMap<String, u64>)]
     pub timers: BTreeMap<String, Millis>,
     pub outbox: Vec<OutboxView<'a>>,
+    #[schema(value_type = u64)]
     pub created_at: Millis,
+    #[schema(value_type = u64)]
     pub updated_at: Millis,
+    #[schema(value_type = Vec<schemas::TimelineEntry>)]
     pub timeline: Vec<&'a Entry>,
 }
 
-#[derive(Serialize)]
+/// An effect waiting to run (or being retried).
+#[derive(Serialize, ToSchema)]
+#[schema(as = OutboxEntry)]
 pub struct OutboxView<'a> {
     pub id: &'a str,
+    /// `dispatch`, `deliver_reply`, `add_note`, `set_timer`, `cancel_timer`.
     pub kind: &'static str,
     pub attempts: u32,
+    #[schema(value_type = u64)]
     pub not_before: Millis,
     pub claimed_by: Option<&'a str>,
     pub last_error: Option<&'a str>,

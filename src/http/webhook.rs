@@ -9,18 +9,20 @@
 
 use std::collections::HashMap;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::routing::post;
-use axum::{Json, Router};
 use conversa_actors::{
     Attachment, ContactKey, EngineError, Event, InboundMessage, Links, SellerRef,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::commands;
@@ -29,10 +31,10 @@ use crate::http::auth::secret_matches;
 use crate::kommo::webhook::{self, Direction, MessageItem, Webhook, WebhookEvent};
 use crate::sellers::Seller;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/webhooks/kommo", post(with_query_token))
-        .route("/webhooks/kommo/{secret}", post(with_path_secret))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(with_query_token))
+        .routes(routes!(with_path_secret))
 }
 
 #[derive(Deserialize)]
@@ -40,6 +42,73 @@ struct TokenQuery {
     token: Option<String>,
 }
 
+/// Kommo's body as it sends it: `application/x-www-form-urlencoded` with PHP bracket keys
+/// (`message[add][0][contact_id]=1298200`, brackets usually percent-encoded), several entities
+/// and items per POST. Understood: `message[add]`, `outgoing_message[add]`, `talk[add|update]`,
+/// `leads[add|update|status|responsible|...]`, `unsorted[add]`; others are listed in `unknown`.
+#[derive(ToSchema)]
+#[schema(value_type = String, example = "message[add][0][id]=c0925911-ce8f-4994-b117-542b5f28d036&message[add][0][contact_id]=1298200&message[add][0][talk_id]=109&message[add][0][entity_id]=878244&message[add][0][entity_type]=lead&message[add][0][text]=Oi&message[add][0][type]=incoming&account[id]=29876543&account[subdomain]=minhaempresa")]
+pub struct KommoWebhookForm(pub String);
+
+/// The same tree as JSON (items as an array or as an object keyed `"0"`, `"1"`...; scalars as
+/// strings or numbers), as proxies and tests deliver it.
+#[derive(ToSchema)]
+#[schema(value_type = Object, example = json!({"message": {"add": [{
+    "id": "c0925911-ce8f-4994-b117-542b5f28d036", "contact_id": 1298200, "talk_id": 109,
+    "entity_id": 878244, "entity_type": "lead", "text": "Oi", "type": "incoming"}]}}))]
+pub struct KommoWebhookJson(pub Value);
+
+/// What the webhook did.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"changed": 1, "commands": [], "items": 1, "ok": true,
+    "unchanged": 0, "unknown": []}))]
+pub struct WebhookAnswer {
+    pub ok: bool,
+    /// Events applied to conversations.
+    pub items: u64,
+    /// Events that changed something.
+    pub changed: u64,
+    /// Events that changed nothing (e.g. a redelivered message).
+    pub unchanged: u64,
+    /// `entity[action]` keys not understood (accepted and ignored), e.g. `task[add]`.
+    pub unknown: Vec<String>,
+    /// Seller commands typed in WhatsApp (`/assumir 12345`...) and their answers, or
+    /// `{"ok": false, "error": ApiError}` for a refused one.
+    #[schema(value_type = Vec<Object>)]
+    pub commands: Vec<Value>,
+}
+
+/// Kommo webhook (?token=)
+///
+/// Kommo's webhooks in. Everything is parsed first (a malformed body gets a 400 naming the bad
+/// key and changes nothing), then applied, and the answer is 2xx only once every item is
+/// durable. Redelivery is harmless (message ids are deduplicated). With `WEBHOOK_SECRET` set,
+/// the URL must carry it as `?token=` (or use `/webhooks/kommo/{secret}`).
+#[utoipa::path(
+    post,
+    path = "/webhooks/kommo",
+    tag = "webhooks",
+    request_body(
+        description = "Kommo's webhook: form-encoded bracket keys (as Kommo sends it) or JSON",
+        content(
+            (KommoWebhookForm = "application/x-www-form-urlencoded"),
+            (KommoWebhookJson = "application/json"),
+        ),
+    ),
+    security(("webhook_token" = [])),
+    responses(
+        (status = 200, description = "Every item is durable", body = WebhookAnswer),
+        (status = 400, description = "Malformed body: `field` is the bad key (bracket form); nothing changed",
+         body = ApiError, example = json!({"error": "bad_request",
+            "message": "malformed webhook: message[add][0][contact_id]: expected an unsigned integer, got \"abc\"",
+            "field": "message[add][0][contact_id]"})),
+        (status = 401, description = "Missing or wrong webhook secret", body = ApiError,
+         example = json!({"error": "unauthorized", "message": "missing or wrong webhook secret"})),
+        (status = 403, description = "The body comes from another Kommo account", body = ApiError,
+         example = json!({"error": "wrong_account", "message": "this webhook comes from another Kommo account"})),
+        (status = 503, response = crate::openapi::StoreUnavailable),
+    ),
+)]
 async fn with_query_token(
     State(app): State<AppState>,
     Query(q): Query<TokenQuery>,
@@ -50,6 +119,36 @@ async fn with_query_token(
     ingest(app, &headers, &body).await
 }
 
+/// Kommo webhook (secret in the path)
+///
+/// The same as `POST /webhooks/kommo`, with `WEBHOOK_SECRET` as the last path segment (for
+/// webhook settings that cannot carry a query string).
+#[utoipa::path(
+    post,
+    path = "/webhooks/kommo/{secret}",
+    tag = "webhooks",
+    params(("secret" = String, Path, description = "`WEBHOOK_SECRET`")),
+    request_body(
+        description = "Kommo's webhook: form-encoded bracket keys (as Kommo sends it) or JSON",
+        content(
+            (KommoWebhookForm = "application/x-www-form-urlencoded"),
+            (KommoWebhookJson = "application/json"),
+        ),
+    ),
+    security(()),
+    responses(
+        (status = 200, description = "Every item is durable", body = WebhookAnswer),
+        (status = 400, description = "Malformed body: `field` is the bad key (bracket form); nothing changed",
+         body = ApiError, example = json!({"error": "bad_request",
+            "message": "malformed webhook: message[add][0][contact_id]: expected an unsigned integer, got \"abc\"",
+            "field": "message[add][0][contact_id]"})),
+        (status = 401, description = "Wrong webhook secret", body = ApiError,
+         example = json!({"error": "unauthorized", "message": "missing or wrong webhook secret"})),
+        (status = 403, description = "The body comes from another Kommo account", body = ApiError,
+         example = json!({"error": "wrong_account", "message": "this webhook comes from another Kommo account"})),
+        (status = 503, response = crate::openapi::StoreUnavailable),
+    ),
+)]
 async fn with_path_secret(
     State(app): State<AppState>,
     Path(secret): Path<String>,

@@ -1,0 +1,497 @@
+//! The OpenAPI document, generated from the code.
+//!
+//! Every handler carries a `#[utoipa::path(...)]` annotation and is registered with
+//! `OpenApiRouter::routes(routes!(handler))`, which adds the route to the axum router *and* the
+//! operation to the document in one call: the router and the document cannot disagree (see
+//! [`crate::app::router_and_doc`]). On top of the annotations, [`finish`] applies what is true of
+//! every operation by construction of the middleware:
+//!
+//! * the `api_key` bearer scheme and a `401` on every path [`is_public`] does not list — the
+//!   same function the middleware asks, so the document says exactly what is enforced;
+//! * `413 payload_too_large` on every operation with a body, `415 unsupported_media_type` on
+//!   every JSON-only body, and a `default` error response (408, 500...) with the `ApiError`
+//!   shape everywhere.
+//!
+//! Served at `GET /openapi.json`; `GET /docs` is Swagger UI from assets compiled into the
+//! binary (`utoipa-swagger-ui` with `vendored`: nothing is fetched at build or run time).
+
+use std::sync::LazyLock;
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::{HttpMethod, Operation, OperationBuilder, PathItem};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder, SecurityRequirement};
+use utoipa::{Modify, OpenApi, ToResponse};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::{Config, SwaggerUi};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::http::layers::is_public;
+
+/// The operator API key (`API_KEY`), as `Authorization: Bearer <key>`.
+pub const API_KEY: &str = "api_key";
+/// n8n's callback token (`N8N_CALLBACK_TOKEN`), as `Authorization: Bearer <token>`.
+pub const N8N_CALLBACK: &str = "n8n_callback";
+/// The Kommo webhook secret (`WEBHOOK_SECRET`) as the `token` query parameter.
+pub const WEBHOOK_TOKEN: &str = "webhook_token";
+
+/// Where the document and the UI are served.
+pub const OPENAPI_PATH: &str = "/openapi.json";
+pub const DOCS_PATH: &str = "/docs";
+
+const DESCRIPTION: &str = "\
+The stateful engine between **Kommo CRM** (WhatsApp conversations), **n8n** (the AI workflows) \
+and the **sellers**. Every contact's conversation is one serialized, durable state machine.
+
+The flows, with curl, configuration and guarantees are in the project's README.md \
+(section *HTTP API*); this document is generated from the code and lists every route the \
+service has.
+
+**Authentication.** With `API_KEY` set, every operation marked with the `api_key` scheme needs \
+`Authorization: Bearer $API_KEY`; a missing or wrong key answers `401` \
+`{\"error\": \"unauthorized\"}`. The probes, these docs, the Kommo webhook (`webhook_token`: \
+`?token=$WEBHOOK_SECRET`, or the secret as the last path segment), n8n's callback \
+(`n8n_callback`: `Authorization: Bearer $N8N_CALLBACK_TOKEN`) and the OAuth callback have \
+their own secrets or none.
+
+**Errors** are always JSON, the `ApiError` schema: \
+`{\"error\": \"bad_request\", \"message\": \"...\", \"field\": \"command\"}`. \
+`503 {\"error\": \"store_unavailable\"}` when the store cannot be reached (nothing was changed; \
+retry); `413 payload_too_large`, `415 unsupported_media_type`, `408 timeout`, `405 \
+method_not_allowed`, `500 internal` come from the middleware with the same shape.";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "conversa", description = DESCRIPTION),
+    modifiers(&SecuritySchemes),
+    components(schemas(ApiError), responses(StoreUnavailable)),
+    tags(
+        (name = "probes", description = "Liveness, readiness, version, statistics, metrics"),
+        (name = "webhooks", description = "Kommo webhooks in, and n8n's callback with the AI's reply"),
+        (name = "conversations", description = "Conversations, their phase and timeline; pausing the bot"),
+        (name = "sellers", description = "Seller commands and the sellers directory"),
+        (name = "flows", description = "Proactive conversations and scheduling requests"),
+        (name = "kommo", description = "The Kommo connection: OAuth, connectivity checks, test note"),
+        (name = "docs", description = "This document and its interactive UI"),
+    )
+)]
+struct ApiDoc;
+
+/// The store cannot be reached (or a contact is too contended): nothing was changed; retry.
+#[derive(ToResponse)]
+#[response(
+    description = "The store cannot be reached (or the contact is too contended): nothing was \
+                   changed; retry",
+    content_type = "application/json",
+    example = json!({"error": "store_unavailable", "message": "store unavailable: connection refused"})
+)]
+pub struct StoreUnavailable(pub ApiError);
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        let bearer = |description: &str| {
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(description))
+                    .build(),
+            )
+        };
+        components.add_security_scheme(
+            API_KEY,
+            bearer("`API_KEY`: every operator endpoint, when the key is set"),
+        );
+        components.add_security_scheme(
+            N8N_CALLBACK,
+            bearer("`N8N_CALLBACK_TOKEN`: n8n's callback `/send-response`, when the token is set"),
+        );
+        components.add_security_scheme(
+            WEBHOOK_TOKEN,
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+                "token",
+                "`WEBHOOK_SECRET` as `?token=`, when the secret is set (or use \
+                 `/webhooks/kommo/{secret}`)",
+            ))),
+        );
+    }
+}
+
+/// The document before the routes are added: info, tags, security schemes.
+pub fn base() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// `GET /openapi.json` (registered like every other route, so it is in the document too).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(openapi_json))
+}
+
+/// `GET /docs`: Swagger UI, from the assets compiled into the binary, reading `/openapi.json`.
+/// (`/docs` redirects to `/docs/`; the assets are under `/docs/`.)
+pub fn docs_ui() -> Router<AppState> {
+    let config = Config::new([OPENAPI_PATH])
+        // The public validator badge would call validator.swagger.io: the UI stays offline.
+        .validator_url("none")
+        .persist_authorization(true)
+        .display_request_duration(true)
+        .filter(true)
+        .try_it_out_enabled(false);
+    Router::from(SwaggerUi::new(DOCS_PATH).config(config))
+}
+
+/// The full document: every route of the router, with security and the common responses.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    DOC.0.clone()
+}
+
+static DOC: LazyLock<(utoipa::openapi::OpenApi, String)> = LazyLock::new(|| {
+    let (_, doc) = crate::app::router_and_doc();
+    let json = doc
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes");
+    (doc, json)
+});
+
+/// The OpenAPI 3.1 document of this service (what `/docs` shows).
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "docs",
+    responses(
+        (status = 200, description = "The OpenAPI document", content_type = "application/json",
+         body = Object),
+    )
+)]
+pub async fn openapi_json() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], DOC.1.as_str())
+}
+
+/// `GET /docs`, served by Swagger UI's own router (not `routes!`), described here.
+fn docs_operation() -> PathItem {
+    let html = ContentBuilder::new()
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .content_media_type("text/html"),
+        ))
+        .build();
+    let operation = OperationBuilder::new()
+        .tag("docs")
+        .operation_id(Some("docs"))
+        .summary(Some("Interactive documentation"))
+        .description(Some(
+            "This page: Swagger UI, from assets compiled into the binary (nothing is loaded \
+             from the internet). `/docs` redirects to `/docs/`; it reads `/openapi.json`.",
+        ))
+        .response(
+            "303",
+            ResponseBuilder::new()
+                .description("Redirect to `/docs/`")
+                .header(
+                    "location",
+                    HeaderBuilder::new()
+                        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                        .description(Some("`/docs/`"))
+                        .build(),
+                ),
+        )
+        .response(
+            "200",
+            ResponseBuilder::new()
+                .description("`/docs/`: the Swagger UI page")
+                .content("text/html", html),
+        )
+        .build();
+    PathItem::new(HttpMethod::Get, operation)
+}
+
+/// Applies what holds for every operation by construction (see the module docs).
+pub fn finish(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    doc.paths
+        .paths
+        .entry(DOCS_PATH.to_owned())
+        .or_insert_with(docs_operation);
+    let mut used = Vec::new();
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let public = is_public(&concrete(path));
+        for (_, op) in operations_mut(item) {
+            let responses = &mut op.responses.responses;
+            let mut add = |status: &str, name: &'static str| {
+                if !responses.contains_key(status) {
+                    responses.insert(status.to_owned(), RefOr::Ref(Ref::from_response_name(name)));
+                    used.push(name);
+                }
+            };
+            if !public {
+                add("401", "Unauthorized");
+            }
+            if let Some(body) = &op.request_body {
+                add("413", "PayloadTooLarge");
+                let json_only = match body {
+                    RefOr::T(body) => {
+                        body.content.len() == 1 && body.content.contains_key("application/json")
+                    }
+                    RefOr::Ref(_) => false,
+                };
+                if json_only {
+                    add("415", "UnsupportedMediaType");
+                }
+            }
+            add("default", "OtherError");
+            if !public {
+                op.security = Some(vec![SecurityRequirement::new(
+                    API_KEY,
+                    Vec::<String>::new(),
+                )]);
+            }
+        }
+    }
+    let components = doc.components.get_or_insert_with(Default::default);
+    for name in used {
+        components
+            .responses
+            .entry(name.to_owned())
+            .or_insert_with(|| RefOr::T(common_response(name)));
+    }
+    doc
+}
+
+/// The path with every `{param}` replaced by `1`: what a request to it looks like.
+pub fn concrete(template: &str) -> String {
+    template
+        .split('/')
+        .map(|seg| {
+            if seg.starts_with('{') && seg.ends_with('}') {
+                "1"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Every operation of a path item with its method, in a fixed order.
+pub fn operations_mut(item: &mut PathItem) -> Vec<(HttpMethod, &mut Operation)> {
+    [
+        (HttpMethod::Get, item.get.as_mut()),
+        (HttpMethod::Put, item.put.as_mut()),
+        (HttpMethod::Post, item.post.as_mut()),
+        (HttpMethod::Delete, item.delete.as_mut()),
+        (HttpMethod::Options, item.options.as_mut()),
+        (HttpMethod::Head, item.head.as_mut()),
+        (HttpMethod::Patch, item.patch.as_mut()),
+        (HttpMethod::Trace, item.trace.as_mut()),
+    ]
+    .into_iter()
+    .filter_map(|(method, op)| op.map(|op| (method, op)))
+    .collect()
+}
+
+fn error_response(description: &str, example: serde_json::Value) -> Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ApiError")))
+                .example(Some(example))
+                .build(),
+        )
+        .build()
+}
+
+fn common_response(name: &str) -> Response {
+    match name {
+        "Unauthorized" => error_response(
+            "Missing or wrong `Authorization: Bearer $API_KEY`",
+            serde_json::json!({"error": "unauthorized", "message": "missing `Authorization: Bearer <token>`"}),
+        ),
+        "PayloadTooLarge" => error_response(
+            "The body is larger than `MAX_BODY_BYTES`",
+            serde_json::json!({"error": "payload_too_large", "message": "request body too large"}),
+        ),
+        "UnsupportedMediaType" => error_response(
+            "The body is not `content-type: application/json`",
+            serde_json::json!({"error": "unsupported_media_type", "message": "Expected request with `Content-Type: application/json`"}),
+        ),
+        _ => error_response(
+            "Any other error, with the same JSON shape: `408 timeout`, `500 internal` (e.g. the \
+             contact's actor failed; other contacts are unaffected)...",
+            serde_json::json!({"error": "internal", "message": "internal error"}),
+        ),
+    }
+}
+
+/// Schemas of types the API returns that are defined outside this crate's HTTP layer (the
+/// actors crate, the sellers directory): mirrors of their JSON shape, checked against the real
+/// types' serialization by `tests/openapi.rs`.
+pub mod schemas {
+    use serde::Serialize;
+    use utoipa::ToSchema;
+
+    /// A seller as a conversation names them.
+    #[derive(Serialize, ToSchema)]
+    #[schema(example = json!({"id": "custom-1", "name": "Ana Souza"}))]
+    pub struct SellerRef {
+        pub id: String,
+        pub name: String,
+    }
+
+    /// A seller of the directory.
+    #[derive(Serialize, ToSchema)]
+    #[schema(example = json!({"id": "custom-1", "name": "Ana Souza", "kommo_user_id": null,
+        "contact_id": 99999, "phone": null, "areas": ["Previdenciário"], "active": true,
+        "source": "custom"}))]
+    pub struct Seller {
+        /// `kommo-<user id>`, `ficticio-<n>` or `custom-<n>`.
+        pub id: String,
+        pub name: String,
+        /// The seller's Kommo user, when they have one.
+        pub kommo_user_id: Option<u64>,
+        /// The seller's own WhatsApp contact in Kommo (their commands are recognised by it).
+        pub contact_id: Option<u64>,
+        /// Digits only.
+        pub phone: Option<String>,
+        /// Practice areas ("áreas de atuação").
+        pub areas: Vec<String>,
+        pub active: bool,
+        pub source: SellerSource,
+    }
+
+    /// Where a seller comes from: an active Kommo user, configuration, or the API.
+    #[derive(Serialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum SellerSource {
+        Real,
+        Ficticio,
+        Custom,
+    }
+
+    /// A conversation's phase.
+    #[derive(Serialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Phase {
+        Idle,
+        Proactive,
+        BotActive,
+        Paused,
+        HumanAssigned,
+        Scheduling,
+    }
+
+    /// The Kommo authorization: `reauthorize_needed` (with a `reason`) when a human must
+    /// authorize the integration again at `/oauth/authorize`.
+    #[derive(Serialize, ToSchema)]
+    #[schema(example = json!({"state": "not_configured"}))]
+    pub struct TokenState {
+        pub state: TokenStateName,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        pub reason: Option<String>,
+    }
+
+    #[derive(Serialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum TokenStateName {
+        Ok,
+        Expiring,
+        ReauthorizeNeeded,
+        NotConfigured,
+    }
+
+    /// The Kommo objects a conversation is attached to.
+    #[derive(Serialize, ToSchema)]
+    #[schema(example = json!({"lead_id": 878244, "talk_id": 109}))]
+    pub struct Links {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        pub lead_id: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        pub talk_id: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        pub chat_id: Option<String>,
+    }
+
+    /// The n8n dispatch whose answer is awaited.
+    #[derive(Serialize, ToSchema)]
+    pub struct InFlight {
+        pub dispatch_id: String,
+        pub kind: DispatchKind,
+        /// A newer customer message came in: the reply to this dispatch will be dropped.
+        pub superseded: bool,
+    }
+
+    /// Why n8n is called.
+    #[derive(Serialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum DispatchKind {
+        Message,
+        Proactive,
+        Scheduling,
+        Released,
+    }
+
+    /// One decision of a conversation's timeline (the last 100 are kept).
+    #[derive(Serialize, ToSchema)]
+    #[schema(example = json!({"at": 1767225600000u64, "what": "reply_dropped",
+        "dispatch_id": "0-1298200-1", "detail": "human_assigned"}))]
+    pub struct TimelineEntry {
+        /// Unix milliseconds.
+        pub at: u64,
+        pub what: What,
+        /// The Kommo message id it concerns.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        pub message_id: Option<String>,
+        /// The n8n dispatch it concerns.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        pub dispatch_id: Option<String>,
+        /// Why (e.g. the reason a reply was dropped).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        pub detail: Option<String>,
+    }
+
+    /// What happened.
+    #[derive(Serialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum What {
+        MessageIn,
+        AttachmentMerged,
+        MessageHeld,
+        DispatchQueued,
+        DispatchSent,
+        DispatchSuperseded,
+        DispatchRetry,
+        DeadLettered,
+        ReplyAccepted,
+        ReplyDropped,
+        ReplySent,
+        EchoSeen,
+        EffectCancelled,
+        NoteAdded,
+        Takeover,
+        LeaseExtended,
+        Released,
+        LeaseExpired,
+        Paused,
+        Resumed,
+        ProactiveStarted,
+        SchedulingStarted,
+        SchedulingDone,
+        SchedulingTimeout,
+    }
+}
