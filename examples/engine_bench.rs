@@ -5,6 +5,7 @@
 //! cargo run --release --example engine_bench -- activations 20000 [redis://127.0.0.1:PORT]
 //! cargo run --release --example engine_bench -- memory 100000
 //! cargo run --release --example engine_bench -- writes 10000 redis://127.0.0.1:PORT
+//! cargo run --release --example engine_bench -- cold 5000 redis://127.0.0.1:PORT
 //! ```
 //! Without a Redis URL the in-memory store is used for `activations` and `memory` (so the
 //! figure is the engine's own cost); `writes` needs a URL or uses the embedded store in a temp
@@ -147,6 +148,40 @@ async fn main() {
             println!(
                 "writes: {writes} snapshot writes ({backend}, 64 concurrent) in {took:.2?} = {:.0}/s",
                 writes as f64 / took.as_secs_f64()
+            );
+        }
+        "cold" => {
+            // Store n contacts, drop the engine (no actor left), then time the first event of
+            // each contact on a fresh engine: activation = snapshot load + apply + write.
+            drive(&engine, n, 64, message).await;
+            drop(engine);
+            let store2 = self::store(url, dir.path()).await;
+            let fresh = Engine::start(store2, Executors::default(), EngineConfig::default())
+                .await
+                .unwrap();
+            let mut samples = Vec::with_capacity(n as usize);
+            for i in 0..n {
+                let started = Instant::now();
+                fresh
+                    .apply(
+                        ContactKey::new(1, i + 1),
+                        Event::BotControl {
+                            command: BotCommand::Pause,
+                            by: "bench".into(),
+                        },
+                    )
+                    .await
+                    .expect("apply");
+                samples.push(started.elapsed());
+            }
+            samples.sort();
+            let pct =
+                |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+            println!(
+                "cold activation ({backend}, sequential, load + apply + write): p50 {:?} p99 {:?} max {:?} over {n} contacts",
+                pct(0.50),
+                pct(0.99),
+                samples[samples.len() - 1]
             );
         }
         other => panic!("unknown mode {other}"),
