@@ -237,6 +237,23 @@ async fn decisions_leave_notes_and_the_connection_can_be_checked() {
     let (_, health) = s.get("/health").await;
     assert_eq!(health["kommo"]["state"], "ok");
     let _ = &w.n8n;
+    // Kommo calls are in /metrics by endpoint and status.
+    let metrics = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for family in [
+        "kommo_calls_total{endpoint=\"GET /api/v4/users\",status=\"200\"}",
+        "kommo_call_seconds_bucket",
+        "kommo_limiter_waits_total",
+    ] {
+        assert!(metrics.contains(family), "missing {family}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

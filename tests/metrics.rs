@@ -66,6 +66,9 @@ async fn metrics_cover_http_actors_events_effects_replies_outbox_and_store() {
         "conversa_store_seconds_bucket{op=\"save\"",
         "conversa_store_seconds_bucket{op=\"load\"",
         "conversa_store_cas_conflicts_total",
+        "kommo_webhook_events_total{event=\"message:incoming\"}",
+        "kommo_limiter_waits_total",
+        "kommo_token_refreshes_total",
     ] {
         assert!(text.contains(family), "missing {family} in:\n{text}");
     }

@@ -183,6 +183,13 @@ async fn ingest(app: AppState, headers: &HeaderMap, body: &[u8]) -> Result<Json<
     if !hook.unknown.is_empty() {
         info!(unknown = ?hook.unknown, "Kommo webhook carried events conversa does not handle");
     }
+    for event in &hook.events {
+        metrics::counter!("kommo_webhook_events_total", "event" => event_label(event)).increment(1);
+    }
+    for key in &hook.unknown {
+        metrics::counter!("kommo_webhook_events_total", "event" => format!("unknown:{key}"))
+            .increment(1);
+    }
     let (hook, seller_commands) = split_seller_commands(&app, hook).await?;
     let plan = plan(&app, &hook);
     let items = plan.iter().map(|(_, events)| events.len()).sum::<usize>();
@@ -236,6 +243,19 @@ async fn split_seller_commands(
     }
     hook.events = kept;
     Ok((hook, found))
+}
+
+/// The metric label of a webhook item.
+fn event_label(event: &WebhookEvent) -> String {
+    match event {
+        WebhookEvent::Message(m) => match m.direction {
+            Direction::Incoming => "message:incoming".into(),
+            Direction::Outgoing => "message:outgoing".into(),
+        },
+        WebhookEvent::Talk { action, .. } => format!("talk:{action}"),
+        WebhookEvent::Lead { action, .. } => format!("leads:{action}"),
+        WebhookEvent::Unsorted { action, .. } => format!("unsorted:{action}"),
+    }
 }
 
 /// Refuses a body from another Kommo account than the configured one.
