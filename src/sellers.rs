@@ -325,6 +325,23 @@ impl TtlMap {
     }
 }
 
+/// A Kommo id looked up through `cache` (a 0 or missing answer is cached as `None` too).
+async fn cached<F>(
+    cache: &TtlMap,
+    key: u64,
+    ask: impl FnOnce() -> F,
+) -> Result<Option<u64>, DirectoryError>
+where
+    F: std::future::Future<Output = Result<Option<u64>, DirectoryError>>,
+{
+    if let Some(hit) = cache.get(key) {
+        return Ok(hit);
+    }
+    let found = ask().await?.filter(|id| *id > 0);
+    cache.insert(key, found);
+    Ok(found)
+}
+
 async fn call<T>(
     what: &str,
     fut: impl std::future::Future<Output = Result<T, String>>,
@@ -731,36 +748,27 @@ impl SellerDirectory {
 
     /// The contact a Kommo talk belongs to (cached).
     pub async fn talk_contact(&self, talk_id: u64) -> Result<Option<u64>, DirectoryError> {
-        if let Some(hit) = self.inner.talk_contacts.get(talk_id) {
-            return Ok(hit);
-        }
-        let leads = self
-            .inner
-            .leads
-            .as_ref()
-            .ok_or(DirectoryError::NotConfigured)?;
-        let contact = call("talk", leads.talk_contact(talk_id))
-            .await?
-            .filter(|c| *c > 0);
-        self.inner.talk_contacts.insert(talk_id, contact);
-        Ok(contact)
+        let leads = self.lead_source()?;
+        cached(&self.inner.talk_contacts, talk_id, || {
+            call("talk", leads.talk_contact(talk_id))
+        })
+        .await
     }
 
     /// The Kommo user responsible for a lead (cached).
     pub async fn lead_user(&self, lead_id: u64) -> Result<Option<u64>, DirectoryError> {
-        if let Some(hit) = self.inner.lead_users.get(lead_id) {
-            return Ok(hit);
-        }
-        let leads = self
-            .inner
+        let leads = self.lead_source()?;
+        cached(&self.inner.lead_users, lead_id, || {
+            call("lead", leads.responsible_user(lead_id))
+        })
+        .await
+    }
+
+    fn lead_source(&self) -> Result<&Arc<dyn LeadSource>, DirectoryError> {
+        self.inner
             .leads
             .as_ref()
-            .ok_or(DirectoryError::NotConfigured)?;
-        let user = call("lead", leads.responsible_user(lead_id))
-            .await?
-            .filter(|u| *u > 0);
-        self.inner.lead_users.insert(lead_id, user);
-        Ok(user)
+            .ok_or(DirectoryError::NotConfigured)
     }
 
     /// Who is responsible for a conversation, and how that was found:

@@ -343,6 +343,10 @@ impl ContactState {
         if let Some(at) = index.wake_at {
             core.timers.arm(self.key, at);
         }
+        if claimed.is_empty() {
+            // The common case: nothing to run, so no history to copy on this hot path.
+            return Ok(Vec::new());
+        }
         let history: Vec<_> = {
             let t = &conversation.timeline;
             t.entries()
