@@ -10,6 +10,12 @@
 //! Without a Redis URL the in-memory store is used for `activations` and `memory` (so the
 //! figure is the engine's own cost); `writes` needs a URL or uses the embedded store in a temp
 //! dir. Each mode prints one line.
+//!
+//! It uses the service binary's allocator (mimalloc), so memory figures are what `conversa`
+//! itself would show.
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -95,7 +95,7 @@ impl Actor for ContactActor {
             conversation: None,
             version: 0,
         };
-        state.load().await?;
+        Box::pin(state.load()).await?;
         state.core.stats.activation();
         Ok(state)
     }
@@ -115,13 +115,18 @@ impl Actor for ContactActor {
         msg: ContactMsg,
         state: &mut ContactState,
     ) -> Result<(), ActorProcessingErr> {
+        // The work futures are boxed: ractor keeps this handler's future inside every actor's
+        // long-lived processing loop, so anything inlined here (the store write, the event) would
+        // cost its size in every idle actor. Boxed, it is one short allocation per message.
         match msg {
             ContactMsg::Apply { event, reply } => {
-                let result = state.apply(event).await;
+                let result = Box::pin(state.apply(event)).await;
                 let _ = reply.send(result);
             }
-            ContactMsg::Wake => state.wake().await,
-            ContactMsg::Executed { id, result } => state.executed(&myself, id, result).await,
+            ContactMsg::Wake => Box::pin(state.wake()).await,
+            ContactMsg::Executed { id, result } => {
+                Box::pin(state.executed(&myself, id, result)).await;
+            }
             ContactMsg::Passivate { idle_ms } => {
                 let idle = now_millis().saturating_sub(state.slot.idle_since()) >= idle_ms;
                 let busy = state.slot.executing.load(Ordering::Relaxed) > 0;

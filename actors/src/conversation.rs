@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::compact::PushCompact;
 use crate::contact::{ContactKey, Millis};
 use crate::effect::{Dispatch, DispatchKind, Effect, Outbox, OutboxEntry, TimerKind};
 use crate::event::{BotCommand, Event};
@@ -378,7 +379,7 @@ impl Step<'_> {
         if self.c.seen.len() == SEEN_CAPACITY {
             self.c.seen.pop_front();
         }
-        self.c.seen.push_back(SeenMessage {
+        self.c.seen.push_compact(SeenMessage {
             id: msg.id.clone(),
             attachment: msg.attachment.is_some(),
         });
@@ -392,7 +393,7 @@ impl Step<'_> {
             Phase::Idle | Phase::Proactive { .. } | Phase::BotActive => {
                 self.c.phase = Phase::BotActive;
                 self.log(What::MessageIn, Some(&msg.id), None, None);
-                self.c.pending.push(msg);
+                self.c.pending.push_compact(msg);
                 self.burst();
             }
         }
@@ -537,7 +538,7 @@ impl Step<'_> {
         if self.c.seen.len() == SEEN_CAPACITY {
             self.c.seen.pop_front();
         }
-        self.c.seen.push_back(SeenMessage {
+        self.c.seen.push_compact(SeenMessage {
             id: message_id.clone(),
             attachment: false,
         });
@@ -566,7 +567,7 @@ impl Step<'_> {
             if self.c.seen.len() == SEEN_CAPACITY {
                 self.c.seen.pop_front();
             }
-            self.c.seen.push_back(SeenMessage {
+            self.c.seen.push_compact(SeenMessage {
                 id: message_id.clone(),
                 attachment: false,
             });
@@ -835,7 +836,7 @@ impl Step<'_> {
         if self.c.recent_dispatches.len() == RECENT_DISPATCHES {
             self.c.recent_dispatches.pop_front();
         }
-        self.c.recent_dispatches.push_back(DispatchRecord {
+        self.c.recent_dispatches.push_compact(DispatchRecord {
             dispatch_id: dispatch_id.clone(),
             epoch: self.c.epoch,
             kind,

@@ -8,6 +8,7 @@
 
 pub mod actor;
 pub mod clock;
+mod compact;
 pub mod contact;
 pub mod conversation;
 pub mod effect;

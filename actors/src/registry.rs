@@ -7,10 +7,10 @@
 //! That keeps one contact's messages in arrival order across passivation and restarts.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use ractor::ActorRef;
-use tokio::sync::{OnceCell, watch};
+use tokio::sync::{Notify, OnceCell};
 
 use crate::actor::ContactMsg;
 use crate::clock::now_millis;
@@ -20,8 +20,10 @@ pub(crate) struct Slot {
     pub actor: OnceCell<ActorRef<ContactMsg>>,
     /// Set (under the lock) when the actor will take no more messages.
     closing: Mutex<bool>,
-    /// Becomes true once the actor has stopped.
-    stopped: watch::Sender<bool>,
+    /// Becomes true once the actor has stopped; `stop_notify` wakes whoever waits for it.
+    /// (Both inline: a slot lives as long as its actor, so every byte here is per contact.)
+    stopped: AtomicBool,
+    stop_notify: Notify,
     pub last_active: AtomicU64,
     /// Outbox entries of this contact being executed right now (passivation waits for them).
     pub executing: AtomicU32,
@@ -42,7 +44,8 @@ impl Slot {
         Self {
             actor: OnceCell::new(),
             closing: Mutex::new(false),
-            stopped: watch::channel(false).0,
+            stopped: AtomicBool::new(false),
+            stop_notify: Notify::new(),
             last_active: AtomicU64::new(now_millis()),
             executing: AtomicU32::new(0),
         }
@@ -70,12 +73,21 @@ impl Slot {
 
     pub fn mark_stopped(&self) {
         self.close();
-        self.stopped.send_replace(true);
+        self.stopped.store(true, Ordering::Release);
+        self.stop_notify.notify_waiters();
     }
 
     pub async fn wait_stopped(&self) {
-        let mut rx = self.stopped.subscribe();
-        let _ = rx.wait_for(|s| *s).await;
+        loop {
+            // Register before checking, so a `mark_stopped` in between is not missed.
+            let notified = self.stop_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     pub fn idle_since(&self) -> Millis {

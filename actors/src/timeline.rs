@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use crate::compact::PushCompact;
 use crate::contact::Millis;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +66,7 @@ impl Timeline {
         if self.0.len() == Self::CAPACITY {
             self.0.pop_front();
         }
-        self.0.push_back(entry);
+        self.0.push_compact(entry);
     }
 
     pub fn entries(&self) -> impl DoubleEndedIterator<Item = &Entry> + ExactSizeIterator {
