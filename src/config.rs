@@ -177,6 +177,15 @@ pub struct Config {
     #[arg(long, env = "DEAD_LETTER_AFTER_MINUTES", default_value_t = 1440)]
     pub dead_letter_after_minutes: u64,
 
+    /// First retry delay of a failed effect; it doubles per attempt up to `RETRY_MAX_SECS`.
+    #[arg(long, env = "RETRY_BASE_MS", default_value_t = 1000)]
+    pub retry_base_ms: u64,
+
+    /// Longest delay between two attempts of a failing effect: after an outage of n8n or Kommo,
+    /// the longest wait for delivery once it is back.
+    #[arg(long, env = "RETRY_MAX_SECS", default_value_t = 300)]
+    pub retry_max_secs: u64,
+
     /// The n8n workflow's production webhook URL. Unset: dispatches wait in the outbox.
     #[arg(long, env = "N8N_WEBHOOK_URL")]
     pub n8n_webhook_url: Option<String>,
@@ -282,6 +291,8 @@ impl Config {
             auto_takeover_on_human_reply: self.auto_takeover_on_human_reply,
             scheduling_timeout_ms: (self.scheduling_timeout_minutes.max(0.0) * 60_000.0) as u64,
             dead_letter_after_ms: self.dead_letter_after_minutes * 60_000,
+            retry_base_ms: self.retry_base_ms.max(1),
+            retry_max_ms: (self.retry_max_secs * 1000).max(self.retry_base_ms.max(1)),
             ..Policy::default()
         }
     }

@@ -43,9 +43,12 @@
 //!   so the workflow can reject forged dispatches; see [`sign`].
 //! * **Retry what can heal, dead-letter what cannot.** 2xx is done; 408, 429, 5xx, connection
 //!   failures and timeouts are [`ExecError::Retry`] (n8n restarting, overloaded, or a proxy in
-//!   front of it); every other answer (4xx: webhook not registered, bad request; or a redirect,
-//!   which would turn the POST into a GET) is [`ExecError::Permanent`]: retrying the same bytes
-//!   cannot help.
+//!   front of it). So is 404: n8n answers "webhook … is not registered" while it starts (before
+//!   it has activated its workflows) and while the workflow is switched off to be edited, and
+//!   a dispatch dead-lettered then would be a customer never answered; a wrong URL shows as
+//!   failing attempts in the logs and metrics until the dead-letter deadline. Every other
+//!   answer (400, 401, 403, …; or a redirect, which would turn the POST into a GET) is
+//!   [`ExecError::Permanent`]: retrying the same bytes cannot help.
 //! * **Bounded.** One shared [`reqwest::Client`] (connection pool) with a whole-request timeout,
 //!   so a hung n8n costs one attempt's time, never a stuck actor.
 //! * **Testable.** [`payload`] and [`sign`] are pure functions; the HTTP part is exercised
@@ -212,10 +215,11 @@ impl Executor for N8nClient {
     }
 }
 
-/// Retry for answers that may heal (timeout, rate limit, server trouble), else permanent.
+/// Retry for answers that may heal (timeout, rate limit, server trouble, a webhook not
+/// registered yet), else permanent.
 fn classify(status: reqwest::StatusCode, message: String) -> ExecError {
     let code = status.as_u16();
-    if code == 408 || code == 429 || status.is_server_error() {
+    if code == 404 || code == 408 || code == 429 || status.is_server_error() {
         ExecError::Retry(message)
     } else {
         ExecError::Permanent(message)
@@ -341,6 +345,7 @@ mod tests {
                 dispatch_id: None,
                 detail: None,
             }],
+            committed: Default::default(),
         }
     }
 
@@ -460,6 +465,7 @@ mod tests {
     fn statuses_are_classified() {
         use reqwest::StatusCode as S;
         for s in [
+            S::NOT_FOUND,
             S::REQUEST_TIMEOUT,
             S::TOO_MANY_REQUESTS,
             S::INTERNAL_SERVER_ERROR,
@@ -470,12 +476,7 @@ mod tests {
                 "{s}"
             );
         }
-        for s in [
-            S::BAD_REQUEST,
-            S::UNAUTHORIZED,
-            S::NOT_FOUND,
-            S::MOVED_PERMANENTLY,
-        ] {
+        for s in [S::BAD_REQUEST, S::UNAUTHORIZED, S::MOVED_PERMANENTLY] {
             assert!(
                 matches!(classify(s, String::new()), ExecError::Permanent(_)),
                 "{s}"

@@ -131,7 +131,9 @@ impl Executor for ReplyChannel {
                     .patch_lead(lead, &patch)
                     .await
                     .map_err(classify)?;
-                match self.kommo.run_salesbot(bot, lead).await {
+                // While a run request is out, a timeout may leave the bot run done: the client
+                // marks `committed` then, and the engine never retries blindly.
+                match self.kommo.run_salesbot(bot, lead, &job.committed).await {
                     Ok(()) => {}
                     Err(e @ (KommoError::Server { .. } | KommoError::Network(_))) => {
                         // The run may have happened: do not send it again.

@@ -138,9 +138,15 @@ async fn middleware_errors_are_json_and_requests_carry_an_id() {
     assert_eq!(body["error"], "payload_too_large");
     let r = s.client.delete(s.url("/bot-control")).send().await.unwrap();
     assert_eq!(r.status(), 405);
-    assert!(r.headers().get("x-request-id").is_some(), "an id is made");
+    let made = r.headers()["x-request-id"].to_str().unwrap().to_owned();
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "method_not_allowed");
+    let again = s.client.get(s.url("/health")).send().await.unwrap();
+    let other = again.headers()["x-request-id"].to_str().unwrap();
+    assert!(
+        made.len() >= 18 && other != made,
+        "ids are made, each its own: {made} {other}"
+    );
     let r = s
         .client
         .get(s.url("/health"))

@@ -22,6 +22,7 @@ use conversa::kommo::error::KommoError;
 use conversa::kommo::oauth::{OAuthSettings, TokenManager, TokenState, Tokens};
 use conversa::store::embedded::EmbeddedStore;
 use conversa::store::{IndexUpdate, MemoryStore, Store, StoreError, StoredSnapshot};
+use conversa_actors::Commitment;
 use conversa_actors::{ContactKey, Millis};
 use serde_json::json;
 use support::fake_kommo::{
@@ -647,7 +648,10 @@ async fn reads_and_writes_entities() {
     assert_eq!(lead.tags, vec!["ia-off".to_owned()]);
     assert_eq!(fake.patches().len(), 1);
 
-    client.run_salesbot(84_562, 878_244).await.unwrap();
+    client
+        .run_salesbot(84_562, 878_244, &Commitment::default())
+        .await
+        .unwrap();
     let runs = fake.salesbot_runs();
     assert_eq!(runs.len(), 1);
     assert_eq!(
@@ -655,17 +659,34 @@ async fn reads_and_writes_entities() {
         (84_562, 878_244, 2)
     );
 
-    // A 5xx is not retried by the client (the bot may have run already).
+    // A 5xx is not retried by the client (the bot may have run already), and the caller is
+    // told the run is in doubt.
     fake.set_server_error_on_salesbot(1);
-    let err = client.run_salesbot(84_562, 878_244).await.unwrap_err();
+    let in_doubt = Commitment::default();
+    let err = client
+        .run_salesbot(84_562, 878_244, &in_doubt)
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, KommoError::Server { status: 500, .. }),
         "{err:?}"
     );
     assert!(err.is_retryable(), "the caller decides");
+    assert!(in_doubt.is_marked(), "a 5xx leaves the run in doubt");
     let runs = fake.salesbot_runs();
     assert_eq!(runs.len(), 2, "exactly one attempt");
     assert_eq!(runs[1].status, 500);
+
+    // 429s prove the bot did not run: once the client gives up on them, nothing is in doubt.
+    fake.fail_next("/api/v2/salesbot/run", 429, 10);
+    let in_doubt = Commitment::default();
+    let err = client
+        .run_salesbot(84_562, 878_244, &in_doubt)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, KommoError::RateLimited { .. }), "{err:?}");
+    assert!(!in_doubt.is_marked(), "refused runs are safe to retry");
+    assert_eq!(fake.salesbot_runs().len(), 2, "no run was carried out");
 
     let calls = client.calls_snapshot();
     assert!(calls.contains(&(("POST /api/v2/salesbot/run".to_owned(), 500), 1)));

@@ -26,6 +26,10 @@ struct World {
 }
 
 async fn world(channel: &str) -> World {
+    world_with(channel, &[]).await
+}
+
+async fn world_with(channel: &str, extra: &[(&str, &str)]) -> World {
     let kommo = FakeKommo::start().await;
     let mut lead = FakeLead::new(LEAD);
     lead.contact_ids = vec![CONTACT];
@@ -42,7 +46,7 @@ async fn world(channel: &str) -> World {
     let hook = n8n.url();
     let field = FIELD.to_string();
     let bot = BOT.to_string();
-    let service = Service::start(&[
+    let mut env = vec![
         ("DATA_DIR", dir.path().to_str().unwrap()),
         ("DEBOUNCE_MS", "0"),
         ("N8N_WEBHOOK_URL", &hook),
@@ -61,8 +65,9 @@ async fn world(channel: &str) -> World {
         ("KOMMO_REPLY_BOT_ID", &bot),
         ("KOMMO_ACCOUNT_ID", "33981183"),
         ("OUTBOX_CLAIM_SECS", "2"),
-    ])
-    .await;
+    ];
+    env.extend_from_slice(extra);
+    let service = Service::start(&env).await;
     World {
         kommo,
         n8n,
@@ -180,6 +185,45 @@ async fn a_5xx_from_the_salesbot_run_is_never_retried_and_is_reported() {
             .contains("outcome unknown"),
         "{c}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_salesbot_run_answered_after_the_effect_timeout_is_never_run_again() {
+    // The bot runs at once but Kommo answers after the engine's overall effect timeout: the
+    // timeout must count as "outcome unknown", not as a retry that would run the bot again.
+    let w = world_with("salesbot", &[("EFFECT_TIMEOUT_SECS", "1")]).await;
+    w.kommo.set_salesbot_delay(Some(Duration::from_secs(3)));
+    customer_message(&w, "slow-1", "Oi").await;
+    until(15, "the unknown-outcome note", || {
+        w.kommo
+            .notes()
+            .iter()
+            .any(|n| n.text.contains("pode não ter chegado"))
+    })
+    .await;
+    let (_, c) = w.service.get(&format!("/conversations/{CONTACT}")).await;
+    let timeline = c["timeline"].as_array().unwrap();
+    let dead = timeline
+        .iter()
+        .find(|e| e["what"] == "dead_lettered")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        dead["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("outcome unknown"),
+        "{c}"
+    );
+    // Past the retry delay and the claim expiry (2 s): a retry would have run by now.
+    let settled = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < settled {
+        assert_eq!(w.kommo.salesbot_runs().len(), 1, "the bot ran twice: {c}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, c) = w.service.get(&format!("/conversations/{CONTACT}")).await;
+    let outbox = c["outbox"].as_array().expect("the outbox list");
+    assert!(outbox.is_empty(), "nothing left to run: {c}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

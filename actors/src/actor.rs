@@ -372,6 +372,7 @@ impl ContactState {
                     phase: conversation.phase.name(),
                     seller: conversation.phase.seller().cloned(),
                     history: history.clone(),
+                    committed: Default::default(),
                 })
             })
             .collect())
@@ -401,7 +402,7 @@ impl ContactState {
                 .await
                 {
                     Ok(r) => r,
-                    Err(_) => Err(ExecError::Retry("timed out".into())),
+                    Err(_) => Err(job.committed.timeout_outcome()),
                 };
                 let kind = crate::engine::effect_label(&job.effect);
                 core.stats.count_execution(kind, &result, started.elapsed());

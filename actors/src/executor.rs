@@ -6,6 +6,7 @@
 //! nothing is dropped.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 
@@ -29,6 +30,46 @@ pub struct Job {
     pub seller: Option<SellerRef>,
     /// The latest timeline entries, oldest first (context for n8n).
     pub history: Vec<Entry>,
+    /// Marked while a step that must not be repeated (a Salesbot run) may have happened.
+    pub committed: Commitment,
+}
+
+/// Whether an execution may have passed its point of no return.
+///
+/// The engine bounds every execution with an overall timeout and drops the executor's future
+/// when it fires. While unmarked that is a plain retry; while marked, the unrepeatable request
+/// may have reached the other side, so the timeout counts as [`ExecError::Uncertain`]
+/// (recorded, never retried) — the same answer the executor itself gives when that request
+/// fails with a 5xx or a network error. The executor marks it as the request goes out and
+/// clears it when an answer proves nothing happened (a 429 or a 401 before a retry).
+#[derive(Clone, Debug, Default)]
+pub struct Commitment(Arc<AtomicBool>);
+
+impl Commitment {
+    /// The unrepeatable request is about to leave.
+    pub fn mark(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// An answer proved that the request was not carried out.
+    pub fn clear(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+
+    pub fn is_marked(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// What an overall timeout means for this execution.
+    pub fn timeout_outcome(&self) -> ExecError {
+        if self.is_marked() {
+            ExecError::Uncertain(
+                "timed out while the request that must not be repeated was out".into(),
+            )
+        } else {
+            ExecError::Retry("timed out".into())
+        }
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

@@ -30,7 +30,7 @@ pub use conversation::{Conversation, DropReason, Outcome, Rejection};
 pub use effect::{Dispatch, DispatchKind, Effect, OutboxEntry, TimerKind};
 pub use engine::{Engine, EngineConfig, EngineError, EngineStats};
 pub use event::{BotCommand, Event};
-pub use executor::{ExecError, Executor, Executors, Job};
+pub use executor::{Commitment, ExecError, Executor, Executors, Job};
 pub use message::{Attachment, InboundMessage, Links, SellerRef};
 pub use phase::Phase;
 pub use policy::Policy;

@@ -377,22 +377,16 @@ fn message_event(m: &MessageItem) -> Event {
 /// Applies the plan; returns (events that changed something, events that changed nothing).
 async fn apply(
     app: &AppState,
-    plan: Vec<(ContactKey, Vec<Event>)>,
+    mut plan: Vec<(ContactKey, Vec<Event>)>,
 ) -> Result<(usize, usize), ApiError> {
+    if plan.len() == 1 {
+        // The common body (one contact): no task to spawn and join.
+        let (key, events) = plan.pop().expect("one entry");
+        return Ok(apply_in_order(app.engine().clone(), key, events).await?);
+    }
     let mut tasks = JoinSet::new();
     for (key, events) in plan {
-        let engine = app.engine().clone();
-        tasks.spawn(async move {
-            let (mut changed, mut unchanged) = (0, 0);
-            for event in events {
-                let applied = engine.apply(key, event).await?;
-                match applied.outcome {
-                    Ok(o) if o.changed => changed += 1,
-                    _ => unchanged += 1,
-                }
-            }
-            Ok::<_, EngineError>((changed, unchanged))
-        });
+        tasks.spawn(apply_in_order(app.engine().clone(), key, events));
     }
     let (mut changed, mut unchanged) = (0, 0);
     let mut failure = None;
@@ -411,4 +405,21 @@ async fn apply(
         Some(e) => Err(e),
         None => Ok((changed, unchanged)),
     }
+}
+
+/// Applies one contact's events in body order; counts (changed, unchanged).
+async fn apply_in_order(
+    engine: conversa_actors::Engine,
+    key: ContactKey,
+    events: Vec<Event>,
+) -> Result<(usize, usize), EngineError> {
+    let (mut changed, mut unchanged) = (0, 0);
+    for event in events {
+        let applied = engine.apply(key, event).await?;
+        match applied.outcome {
+            Ok(o) if o.changed => changed += 1,
+            _ => unchanged += 1,
+        }
+    }
+    Ok((changed, unchanged))
 }

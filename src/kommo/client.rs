@@ -57,6 +57,7 @@ use tracing::{error, info, warn};
 
 use super::error::{KommoError, ValidationError};
 use super::oauth::{TokenManager, excerpt};
+use conversa_actors::Commitment;
 
 /// Kommo's documented limit (kommo-api.md §5).
 pub const MAX_RPS: u32 = 7;
@@ -515,6 +516,8 @@ struct Request {
     method: Method,
     url: Url,
     body: Option<Value>,
+    /// For a request that must not be repeated: marked while it may have been carried out.
+    in_doubt: Option<Commitment>,
 }
 
 /// Per-call bookkeeping shared by its attempts.
@@ -732,14 +735,28 @@ impl KommoClient {
 
     /// Starts Salesbot `bot_id` on a lead (`POST /api/v2/salesbot/run`, 202). A 5xx or a
     /// timeout leaves it unknown whether the bot ran: not retried here (see the module docs).
-    pub async fn run_salesbot(&self, bot_id: u64, lead_id: u64) -> Result<(), KommoError> {
+    /// `in_doubt` is marked whenever a run request is out and cleared when Kommo's answer
+    /// proves the bot did not run (429, 401), so a caller that gives up midway (a timeout)
+    /// knows whether trying again could run the bot twice.
+    pub async fn run_salesbot(
+        &self,
+        bot_id: u64,
+        lead_id: u64,
+        in_doubt: &Commitment,
+    ) -> Result<(), KommoError> {
         let url = self
             .inner
             .base
             .join("api/v2/salesbot/run")
             .map_err(|e| KommoError::Config(e.to_string()))?;
         let body = json!([{ "bot_id": bot_id, "entity_id": lead_id, "entity_type": 2 }]);
-        self.send(Method::POST, url, Some(body)).await?;
+        let request = Request {
+            method: Method::POST,
+            url,
+            body: Some(body),
+            in_doubt: Some(in_doubt.clone()),
+        };
+        self.send_request(request).await?;
         Ok(())
     }
 
@@ -778,7 +795,16 @@ impl KommoClient {
         url: Url,
         body: Option<Value>,
     ) -> Result<Answer, KommoError> {
-        let request = Request { method, url, body };
+        self.send_request(Request {
+            method,
+            url,
+            body,
+            in_doubt: None,
+        })
+        .await
+    }
+
+    async fn send_request(&self, request: Request) -> Result<Answer, KommoError> {
         let s = &self.inner.settings;
         let cap = s.backoff_max;
         let backoff = ExponentialBuilder::default()
@@ -819,7 +845,16 @@ impl KommoClient {
                 Err(e) => return Err(e),
             };
             let n = call.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+            if let Some(in_doubt) = &request.in_doubt {
+                in_doubt.mark();
+            }
             let (answer, html) = self.send_once(request, &token).await?;
+            if let Some(in_doubt) = &request.in_doubt
+                && (matches!(answer.status, 401 | 429) || (answer.status == 403 && html))
+            {
+                // Refused before anything ran: trying again is safe.
+                in_doubt.clear();
+            }
             if answer.status == 403 && html {
                 self.open_circuit(request.url.path());
                 return Err(KommoError::Blocked {

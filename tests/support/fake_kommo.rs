@@ -365,6 +365,7 @@ struct Account {
     fail_rules: Vec<FailRule>,
     blocked: bool,
     salesbot_errors: usize,
+    salesbot_delay: Option<Duration>,
 }
 
 impl Account {
@@ -606,6 +607,11 @@ impl FakeKommo {
         self.state().salesbot_errors = n;
     }
 
+    /// Salesbot runs happen at once but their answer comes `delay` later (a slow Kommo).
+    pub fn set_salesbot_delay(&self, delay: Option<Duration>) {
+        self.state().salesbot_delay = delay;
+    }
+
     // ---- webhooks out ----
 
     /// POSTs a form body to `url` as Kommo's webhook client does. Panics if nothing answers.
@@ -778,27 +784,39 @@ async fn handle(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
     let body_text = String::from_utf8_lossy(&body).into_owned();
-    let mut st = shared.state.lock().unwrap();
-    let resp = respond(
-        &mut st,
-        &shared.origin,
-        &method,
-        &path,
-        &query,
-        bearer.as_deref(),
-        &body,
-        at,
-    );
-    st.requests.push(FakeRequest {
-        method: method.to_string(),
-        path,
-        query,
-        at,
-        status: resp.status().as_u16(),
-        bearer,
-        body: body_text,
-    });
+    let salesbot_run = path_is_salesbot_run(&uri);
+    let (resp, delay) = {
+        let mut st = shared.state.lock().unwrap();
+        let resp = respond(
+            &mut st,
+            &shared.origin,
+            &method,
+            &path,
+            &query,
+            bearer.as_deref(),
+            &body,
+            at,
+        );
+        st.requests.push(FakeRequest {
+            method: method.to_string(),
+            path,
+            query,
+            at,
+            status: resp.status().as_u16(),
+            bearer,
+            body: body_text,
+        });
+        (resp, salesbot_run.then_some(st.salesbot_delay).flatten())
+    };
+    if let Some(delay) = delay {
+        // The run is recorded (the bot ran); only the answer is late.
+        tokio::time::sleep(delay).await;
+    }
     resp
+}
+
+fn path_is_salesbot_run(uri: &Uri) -> bool {
+    uri.path() == "/api/v2/salesbot/run"
 }
 
 #[allow(clippy::too_many_arguments)]

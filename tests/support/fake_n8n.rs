@@ -9,7 +9,9 @@
 //! Knobs: [`FakeN8n::set_down`] (503 until switched back up), [`FakeN8n::fail_next`] (500 for
 //! the next N requests; [`FakeN8n::fail_next_with`] for another status), [`FakeN8n::set_delay`] (answer late, to exercise client timeouts) and
 //! [`FakeN8n::set_auto_reply`] (after answering, POST `{"contact_id","dispatch_id","text"}` to
-//! the request's `callback_url`, like a workflow's HTTP Request node would).
+//! the request's `callback_url`, like a workflow's HTTP Request node would;
+//! [`FakeN8n::set_auto_reply_tagged`] appends the `dispatch_id` to the text, and each
+//! [`Callback`] keeps the callee's JSON answer).
 //!
 //! Synchronise with [`FakeN8n::wait_for`], which polls until enough requests arrived or a
 //! deadline passes: never with fixed sleeps.
@@ -68,6 +70,8 @@ pub struct Callback {
     pub body: Value,
     /// The callee's status, or `None` when the call failed.
     pub status: Option<u16>,
+    /// The callee's answer parsed as JSON (`None` when the call failed or it was not JSON).
+    pub answer: Option<Value>,
 }
 
 #[derive(Default)]
@@ -77,6 +81,8 @@ struct Knobs {
     fail_status: u16,
     delay: Duration,
     auto_reply: Option<String>,
+    /// Append ` [<dispatch_id>]` to each auto-reply text.
+    tag_replies: bool,
 }
 
 #[derive(Default)]
@@ -131,6 +137,16 @@ impl FakeN8n {
         self.inner.received.lock().unwrap().clone()
     }
 
+    /// The requests received from index `from` on (arrival order), for callers that process
+    /// a long run of requests incrementally instead of copying all of them on every poll.
+    pub fn received_from(&self, from: usize) -> Vec<Received> {
+        let received = self.inner.received.lock().unwrap();
+        received
+            .get(from..)
+            .map(<[Received]>::to_vec)
+            .unwrap_or_default()
+    }
+
     /// The requests answered with 2xx.
     pub fn accepted(&self) -> Vec<Received> {
         self.received()
@@ -178,7 +194,17 @@ impl FakeN8n {
     /// callback POST of `{"contact_id", "dispatch_id", "text"}`; failures are recorded, not
     /// retried (n8n's HTTP Request node does not retry by default).
     pub fn set_auto_reply(&self, text: Option<String>) {
-        self.inner.knobs.lock().unwrap().auto_reply = text;
+        let mut knobs = self.inner.knobs.lock().unwrap();
+        knobs.tag_replies = false;
+        knobs.auto_reply = text;
+    }
+
+    /// Like [`FakeN8n::set_auto_reply`], but each reply's text is `"<text> [<dispatch_id>]"`, so
+    /// a test can follow every reply to where it was delivered.
+    pub fn set_auto_reply_tagged(&self, text: Option<String>) {
+        let mut knobs = self.inner.knobs.lock().unwrap();
+        knobs.tag_replies = text.is_some();
+        knobs.auto_reply = text;
     }
 
     /// Polls until at least `count` requests arrived and returns them all; panics, listing what
@@ -262,7 +288,7 @@ async fn handle(
         );
     }
 
-    let (status, delay, auto_reply) = {
+    let (status, delay, auto_reply, tag_replies) = {
         let mut knobs = inner.knobs.lock().unwrap();
         let status = if knobs.down {
             StatusCode::SERVICE_UNAVAILABLE
@@ -272,7 +298,12 @@ async fn handle(
         } else {
             StatusCode::OK
         };
-        (status, knobs.delay, knobs.auto_reply.clone())
+        (
+            status,
+            knobs.delay,
+            knobs.auto_reply.clone(),
+            knobs.tag_replies,
+        )
     };
 
     let parsed = serde_json::from_slice::<Value>(&body)
@@ -315,9 +346,14 @@ async fn handle(
         auto_reply,
         parsed.get("callback_url").and_then(Value::as_str),
     ) {
+        let dispatch_id = parsed.get("dispatch_id").cloned().unwrap_or(Value::Null);
+        let text = match (tag_replies, dispatch_id.as_str()) {
+            (true, Some(id)) => format!("{text} [{id}]"),
+            _ => text,
+        };
         let callback = json!({
             "contact_id": parsed.get("contact_id").cloned().unwrap_or(Value::Null),
-            "dispatch_id": parsed.get("dispatch_id").cloned().unwrap_or(Value::Null),
+            "dispatch_id": dispatch_id,
             "text": text,
         });
         tokio::spawn(call_back(inner.clone(), url.to_owned(), callback));
@@ -332,16 +368,17 @@ async fn call_back(inner: Arc<Inner>, url: String, body: Value) {
         .user_agent("axios/1.12.0")
         .build()
         .expect("callback client");
-    let status = client
-        .post(&url)
-        .json(&body)
-        .send()
-        .await
-        .ok()
-        .map(|r| r.status().as_u16());
-    inner
-        .callbacks
-        .lock()
-        .unwrap()
-        .push(Callback { url, body, status });
+    let (status, answer) = match client.post(&url).json(&body).send().await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            (Some(status), r.json::<Value>().await.ok())
+        }
+        Err(_) => (None, None),
+    };
+    inner.callbacks.lock().unwrap().push(Callback {
+        url,
+        body,
+        status,
+        answer,
+    });
 }
