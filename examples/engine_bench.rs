@@ -6,6 +6,7 @@
 //! cargo run --release --example engine_bench -- memory 100000
 //! cargo run --release --example engine_bench -- writes 10000 redis://127.0.0.1:PORT
 //! cargo run --release --example engine_bench -- cold 5000 redis://127.0.0.1:PORT
+//! cargo run --release --example engine_bench -- passivation 20000 redis://127.0.0.1:PORT
 //! ```
 //! Without a Redis URL the in-memory store is used for `activations` and `memory` (so the
 //! figure is the engine's own cost); `writes` needs a URL or uses the embedded store in a temp
@@ -64,9 +65,10 @@ fn message(id: u64) -> Event {
     })
 }
 
-/// Applies `make(i)` to contact `i` for every i in 0..n with `concurrency` tasks.
+/// Applies `make(i)` to contact `first + i + 1` for every i in 0..n with `concurrency` tasks.
 async fn drive(
     engine: &Engine,
+    first: u64,
     n: u64,
     concurrency: u64,
     make: impl Fn(u64) -> Event + Send + Sync + 'static + Clone,
@@ -80,7 +82,7 @@ async fn drive(
             let mut i = w;
             while i < n {
                 engine
-                    .apply(ContactKey::new(1, i + 1), make(i))
+                    .apply(ContactKey::new(1, first + i + 1), make(i))
                     .await
                     .expect("apply");
                 i += concurrency;
@@ -110,12 +112,12 @@ async fn main() {
         idle_timeout: Duration::from_secs(3600),
         ..EngineConfig::default()
     };
-    let engine = Engine::start(store, Executors::default(), config)
+    let engine = Engine::start(store.clone(), Executors::default(), config)
         .await
         .unwrap();
     match mode {
         "activations" => {
-            let took = drive(&engine, n, 64, message).await;
+            let took = drive(&engine, 0, n, 64, message).await;
             println!(
                 "activations: {n} contacts activated and written ({backend}) in {took:.2?} = {:.0}/s",
                 n as f64 / took.as_secs_f64()
@@ -123,7 +125,7 @@ async fn main() {
         }
         "memory" => {
             let before = rss_kib();
-            let took = drive(&engine, n, 64, message).await;
+            let took = drive(&engine, 0, n, 64, message).await;
             let after = rss_kib();
             assert_eq!(engine.active_actors() as u64, n);
             println!(
@@ -134,7 +136,7 @@ async fn main() {
         "writes" => {
             // Activate first, then measure writes alone: pause/resume flips on warm actors.
             let contacts = n.min(1000);
-            drive(&engine, contacts, 64, message).await;
+            drive(&engine, 0, contacts, 64, message).await;
             let started = Instant::now();
             let rounds = n.div_ceil(contacts);
             for r in 0..rounds {
@@ -143,7 +145,7 @@ async fn main() {
                 } else {
                     BotCommand::Resume
                 };
-                drive(&engine, contacts, 64, move |_| Event::BotControl {
+                drive(&engine, 0, contacts, 64, move |_| Event::BotControl {
                     command,
                     by: "bench".into(),
                 })
@@ -159,7 +161,7 @@ async fn main() {
         "cold" => {
             // Store n contacts, drop the engine (no actor left), then time the first event of
             // each contact on a fresh engine: activation = snapshot load + apply + write.
-            drive(&engine, n, 64, message).await;
+            drive(&engine, 0, n, 64, message).await;
             drop(engine);
             let store2 = self::store(url, dir.path()).await;
             let fresh = Engine::start(store2, Executors::default(), EngineConfig::default())
@@ -188,6 +190,57 @@ async fn main() {
                 pct(0.50),
                 pct(0.99),
                 samples[samples.len() - 1]
+            );
+        }
+        "passivation" => {
+            // Waves of `n` new contacts each, 10 waves: every wave is activated, then left idle
+            // until the engine has passivated it. Stored contacts grow tenfold; RSS should not.
+            drop(engine);
+            let config = EngineConfig {
+                policy: Policy {
+                    debounce_ms: 60_000,
+                    ..Policy::default()
+                },
+                idle_timeout: Duration::from_millis(500),
+                ..EngineConfig::default()
+            };
+            let engine = Engine::start(store, Executors::default(), config)
+                .await
+                .unwrap();
+            const WAVES: u64 = 10;
+            let base = rss_kib();
+            let mut peaks = Vec::new();
+            let mut after = Vec::new();
+            for wave in 0..WAVES {
+                let first = wave * n;
+                drive(&engine, first, n, 64, move |i| message(first + i)).await;
+                // `drive` numbers contacts 1..=n; shift each wave to fresh contacts.
+                peaks.push(rss_kib());
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while engine.active_actors() > 0 {
+                    assert!(Instant::now() < deadline, "wave {wave} never passivated");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                after.push(rss_kib());
+            }
+            let stats = engine.stats();
+            println!(
+                "passivation: 10 waves of {n} contacts ({backend}), {} activations, {} passivations; \
+                 RSS above the idle process with a wave active: wave 1 {} KiB, wave 10 {} KiB \
+                 (max {} KiB); after each wave passivated: wave 1 {} KiB, wave 10 {} KiB",
+                stats.activations,
+                stats.passivations,
+                peaks[0] - base,
+                peaks[9] - base,
+                peaks.iter().max().unwrap() - base,
+                after[0] - base,
+                after[9] - base,
+            );
+            let above = |v: &[u64]| v.iter().map(|r| r - base).collect::<Vec<_>>();
+            println!(
+                "  KiB with each wave active {:?}\n  KiB after each wave passivated {:?}",
+                above(&peaks),
+                above(&after)
             );
         }
         other => panic!("unknown mode {other}"),

@@ -5,6 +5,12 @@
 //! has been told about (by actors as they write, and by a periodic sweep of the index, which
 //! also serves as start-up recovery and picks up timers another node armed before dying). When
 //! one comes due it wakes the contact, which runs whatever is due and re-arms itself.
+//!
+//! Only the near future is kept in memory: a wake-up more than one sweep interval away is left
+//! to the index, and the sweep (which reads two intervals ahead) brings it in at least one
+//! interval before it is due. So memory follows the timers about to fire, not every contact
+//! with a lease, a nudge or a scheduling timeout hours away — a passivated contact costs
+//! nothing here.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -64,7 +70,7 @@ pub(crate) async fn run(
         }
         if Instant::now() >= next_sweep {
             let Some(c) = core.upgrade() else { return };
-            let horizon = now + sweep_every.as_millis() as Millis;
+            let horizon = now + 2 * sweep_every.as_millis() as Millis;
             match c.store.due(horizon, SWEEP_BATCH).await {
                 Ok(due) => {
                     for (key, at) in due {
@@ -84,9 +90,10 @@ pub(crate) async fn run(
         tokio::select! {
             msg = rx.recv() => match msg {
                 Some((key, at)) => {
-                    arm(&mut heap, &mut armed, key, at, false);
+                    let near = now_millis() + sweep_every.as_millis() as Millis;
+                    arm_near(&mut heap, &mut armed, key, at, near);
                     while let Ok((key, at)) = rx.try_recv() {
-                        arm(&mut heap, &mut armed, key, at, false);
+                        arm_near(&mut heap, &mut armed, key, at, near);
                     }
                 }
                 None => return,
@@ -94,6 +101,22 @@ pub(crate) async fn run(
             _ = sleep_until(deadline) => {}
         }
     }
+}
+
+/// An actor's arming: kept if due before `near`, else left to the sweep (and whatever this
+/// node knew for the contact is forgotten: the actor's arming replaces it).
+fn arm_near(
+    heap: &mut BinaryHeap<Reverse<(Millis, ContactKey)>>,
+    armed: &mut HashMap<ContactKey, Millis>,
+    key: ContactKey,
+    at: Millis,
+    near: Millis,
+) {
+    if at > near {
+        armed.remove(&key);
+        return;
+    }
+    arm(heap, armed, key, at, false);
 }
 
 /// An actor's own arming is exact and replaces; a sweep only ever brings a wake-up earlier.
