@@ -76,6 +76,8 @@ pub(crate) struct ContactState {
     /// `None` after a failed write: reload before the next event.
     conversation: Option<Conversation>,
     version: u64,
+    /// The version this actor last wrote and the index entries it wrote with it.
+    indexed: Option<(u64, IndexUpdate)>,
 }
 
 impl Actor for ContactActor {
@@ -94,6 +96,7 @@ impl Actor for ContactActor {
             slot: args.slot,
             conversation: None,
             version: 0,
+            indexed: None,
         };
         Box::pin(state.load()).await?;
         state.core.stats.activation();
@@ -331,11 +334,17 @@ impl ContactState {
             now + core.claim_lease_ms,
             executable,
         );
-        let index = IndexUpdate {
+        let mut index = IndexUpdate {
             wake_at: wake_at(conversation, &core),
             outbox_pending: !conversation.outbox.is_empty(),
             phase: conversation.phase.name().to_owned(),
+            unchanged: false,
         };
+        // Our own previous write of the version we replace put exactly these entries.
+        index.unchanged = self
+            .indexed
+            .as_ref()
+            .is_some_and(|(v, prev)| *v == self.version && prev.same_entries(&index));
         let data =
             serde_json::to_vec(conversation).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let started = std::time::Instant::now();
@@ -348,6 +357,7 @@ impl ContactState {
         if let Some(at) = index.wake_at {
             core.timers.arm(self.key, at);
         }
+        self.indexed = Some((version, index));
         if claimed.is_empty() {
             // The common case: nothing to run, so no history to copy on this hot path.
             return Ok(Vec::new());

@@ -40,6 +40,19 @@ pub struct IndexUpdate {
     pub outbox_pending: bool,
     /// The conversation's phase name (`idle`, `bot_active`, ...).
     pub phase: String,
+    /// The writer's own previous save (the version this one replaces) wrote these very entries,
+    /// so they are exact already: a store that writes indexes apart from the snapshot may skip
+    /// rewriting them. False when in doubt (first save after a load, a conflict, an error).
+    pub unchanged: bool,
+}
+
+impl IndexUpdate {
+    /// Whether `other` asks for the same index entries (ignoring `unchanged`).
+    pub fn same_entries(&self, other: &IndexUpdate) -> bool {
+        self.wake_at == other.wake_at
+            && self.outbox_pending == other.outbox_pending
+            && self.phase == other.phase
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -233,6 +246,7 @@ pub mod conformance {
             wake_at,
             outbox_pending,
             phase: phase.to_owned(),
+            unchanged: false,
         }
     }
 
@@ -419,6 +433,43 @@ pub mod conformance {
             .await
             .unwrap();
         assert_eq!(mine(store.pending_outbox(1000).await.unwrap()), vec![]);
+
+        // A writer repeating the entries of its own previous save may say so (`unchanged`):
+        // the indexes still say exactly what the newest snapshot needs.
+        let b = ContactKey::new(5, 2);
+        let pending = index(Some(7_000), true, "bot_active");
+        store.save(&b, 0, b"b", &pending).await.unwrap();
+        let again = IndexUpdate {
+            unchanged: true,
+            ..pending.clone()
+        };
+        store.save(&b, 1, b"b2", &again).await.unwrap();
+        store.save(&b, 2, b"b3", &again).await.unwrap();
+        assert_eq!(mine(store.pending_outbox(1000).await.unwrap()), vec![b]);
+        let due: Vec<_> = store
+            .due(7_000, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| *k == b)
+            .collect();
+        assert_eq!(due, vec![(b, 7_000)]);
+        let phase = store.phases(10_000).await.unwrap();
+        assert!(phase.contains(&(b, "bot_active".to_owned())), "{phase:?}");
+        // Then a change (unchanged = false) is made exact as before.
+        store
+            .save(&b, 3, b"b4", &index(None, false, "bot_active"))
+            .await
+            .unwrap();
+        assert_eq!(mine(store.pending_outbox(1000).await.unwrap()), vec![]);
+        assert!(
+            !store
+                .due(u64::MAX, 1000)
+                .await
+                .unwrap()
+                .iter()
+                .any(|(k, _)| *k == b)
+        );
     }
 
     async fn phase_index(store: &dyn Store) {

@@ -31,6 +31,11 @@
 //!    woken for nothing, never a timer forgotten.
 //! 2. after a successful CAS only, one pipeline making the indexes *exact* (`ZADD`/`ZREM`,
 //!    `SADD`/`SREM`, `HSET` of the phase) followed by an `HMGET` of the snapshot's version.
+//!    Skipped when [`IndexUpdate::unchanged`]: the writer's own previous save (the version this
+//!    CAS replaced) wrote the same entries, so they are exact already — the usual case for a
+//!    contact receiving messages in one phase.
+//!
+//! [`IndexUpdate::unchanged`]: conversa_actors::store::IndexUpdate::unchanged
 //!
 //! If that version is no longer ours, another writer committed while our exact writes were in
 //! flight, and our `ZREM`/`SREM`/raised `ZADD` may have landed after its own and erased its
@@ -575,6 +580,11 @@ impl Store for RedisStore {
             return Err(StoreError::Conflict { current: version });
         }
 
+        if index.unchanged {
+            // Our previous save of this contact made exactly these entries exact, and the
+            // pre-writes above re-asserted them: nothing to correct.
+            return Ok(version);
+        }
         // Round trip 2: the snapshot is durable; make the indexes exact.
         match self
             .make_indexes_exact(key, &snap_key, version, index)
