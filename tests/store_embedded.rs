@@ -19,7 +19,7 @@ fn index(wake_at: Option<u64>, outbox_pending: bool, phase: &str) -> IndexUpdate
         wake_at,
         outbox_pending,
         phase: phase.to_owned(),
-        unchanged: false,
+        previous: None,
     }
 }
 

@@ -334,17 +334,17 @@ impl ContactState {
             now + core.claim_lease_ms,
             executable,
         );
-        let mut index = IndexUpdate {
+        let index = IndexUpdate {
             wake_at: wake_at(conversation, &core),
             outbox_pending: !conversation.outbox.is_empty(),
             phase: conversation.phase.name().to_owned(),
-            unchanged: false,
+            // What our own write of the version we replace put in the indexes.
+            previous: self
+                .indexed
+                .take()
+                .filter(|(v, _)| *v == self.version)
+                .map(|(_, prev)| Box::new(prev)),
         };
-        // Our own previous write of the version we replace put exactly these entries.
-        index.unchanged = self
-            .indexed
-            .as_ref()
-            .is_some_and(|(v, prev)| *v == self.version && prev.same_entries(&index));
         let data =
             serde_json::to_vec(conversation).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let started = std::time::Instant::now();
@@ -357,7 +357,13 @@ impl ContactState {
         if let Some(at) = index.wake_at {
             core.timers.arm(self.key, at);
         }
-        self.indexed = Some((version, index));
+        self.indexed = Some((
+            version,
+            IndexUpdate {
+                previous: None,
+                ..index
+            },
+        ));
         if claimed.is_empty() {
             // The common case: nothing to run, so no history to copy on this hot path.
             return Ok(Vec::new());

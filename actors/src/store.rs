@@ -40,19 +40,11 @@ pub struct IndexUpdate {
     pub outbox_pending: bool,
     /// The conversation's phase name (`idle`, `bot_active`, ...).
     pub phase: String,
-    /// The writer's own previous save (the version this one replaces) wrote these very entries,
-    /// so they are exact already: a store that writes indexes apart from the snapshot may skip
-    /// rewriting them. False when in doubt (first save after a load, a conflict, an error).
-    pub unchanged: bool,
-}
-
-impl IndexUpdate {
-    /// Whether `other` asks for the same index entries (ignoring `unchanged`).
-    pub fn same_entries(&self, other: &IndexUpdate) -> bool {
-        self.wake_at == other.wake_at
-            && self.outbox_pending == other.outbox_pending
-            && self.phase == other.phase
-    }
+    /// The entries the writer's own previous save wrote for the version this save replaces,
+    /// when it knows them (it wrote that version itself). A store that writes indexes apart from
+    /// the snapshot may use them to skip corrections that cannot change anything. `None` when
+    /// in doubt (first save after a load, after a conflict or an error).
+    pub previous: Option<Box<IndexUpdate>>,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -246,7 +238,7 @@ pub mod conformance {
             wake_at,
             outbox_pending,
             phase: phase.to_owned(),
-            unchanged: false,
+            previous: None,
         }
     }
 
@@ -434,42 +426,51 @@ pub mod conformance {
             .unwrap();
         assert_eq!(mine(store.pending_outbox(1000).await.unwrap()), vec![]);
 
-        // A writer repeating the entries of its own previous save may say so (`unchanged`):
-        // the indexes still say exactly what the newest snapshot needs.
+        // A writer that names the entries of its own previous save (`previous`) gets indexes
+        // that say exactly what the newest snapshot needs, whatever the store skips.
         let b = ContactKey::new(5, 2);
-        let pending = index(Some(7_000), true, "bot_active");
-        store.save(&b, 0, b"b", &pending).await.unwrap();
-        let again = IndexUpdate {
-            unchanged: true,
-            ..pending.clone()
+        let wake_of = |due: Vec<(ContactKey, Millis)>| -> Vec<Millis> {
+            due.into_iter()
+                .filter(|(k, _)| *k == b)
+                .map(|(_, at)| at)
+                .collect()
         };
-        store.save(&b, 1, b"b2", &again).await.unwrap();
-        store.save(&b, 2, b"b3", &again).await.unwrap();
-        assert_eq!(mine(store.pending_outbox(1000).await.unwrap()), vec![b]);
-        let due: Vec<_> = store
-            .due(7_000, 1000)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|(k, _)| *k == b)
-            .collect();
-        assert_eq!(due, vec![(b, 7_000)]);
-        let phase = store.phases(10_000).await.unwrap();
-        assert!(phase.contains(&(b, "bot_active".to_owned())), "{phase:?}");
-        // Then a change (unchanged = false) is made exact as before.
-        store
-            .save(&b, 3, b"b4", &index(None, false, "bot_active"))
-            .await
-            .unwrap();
-        assert_eq!(mine(store.pending_outbox(1000).await.unwrap()), vec![]);
-        assert!(
-            !store
-                .due(u64::MAX, 1000)
-                .await
-                .unwrap()
-                .iter()
-                .any(|(k, _)| *k == b)
-        );
+        let after = |prev: &IndexUpdate, next: IndexUpdate| IndexUpdate {
+            previous: Some(Box::new(prev.clone())),
+            ..next
+        };
+        let idle = index(None, false, "bot_active");
+        store.save(&b, 0, b"b", &idle).await.unwrap();
+        // Work appears (wake + outbox), stays, moves earlier, moves later, then is done.
+        let steps = [
+            (Some(9_000), true),
+            (Some(9_000), true),
+            (Some(7_000), true),
+            (Some(8_000), true),
+            (None, true),
+            (None, false),
+            (Some(6_000), false),
+        ];
+        let mut prev = idle;
+        for (n, (wake, pending)) in steps.into_iter().enumerate() {
+            let next = after(&prev, index(wake, pending, "bot_active"));
+            store.save(&b, n as u64 + 1, b"b", &next).await.unwrap();
+            assert_eq!(
+                wake_of(store.due(u64::MAX, 1000).await.unwrap()),
+                wake.into_iter().collect::<Vec<_>>(),
+                "wake index after step {n}"
+            );
+            let marked = mine(store.pending_outbox(1000).await.unwrap()).contains(&b);
+            assert_eq!(marked, pending, "outbox index after step {n}");
+            prev = IndexUpdate {
+                previous: None,
+                ..next
+            };
+        }
+        let phase_change = after(&prev, index(Some(6_000), false, "paused"));
+        store.save(&b, 8, b"b", &phase_change).await.unwrap();
+        let phases = store.phases(10_000).await.unwrap();
+        assert!(phases.contains(&(b, "paused".to_owned())), "{phases:?}");
     }
 
     async fn phase_index(store: &dyn Store) {

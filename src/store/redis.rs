@@ -31,11 +31,14 @@
 //!    woken for nothing, never a timer forgotten.
 //! 2. after a successful CAS only, one pipeline making the indexes *exact* (`ZADD`/`ZREM`,
 //!    `SADD`/`SREM`, `HSET` of the phase) followed by an `HMGET` of the snapshot's version.
-//!    Skipped when [`IndexUpdate::unchanged`]: the writer's own previous save (the version this
-//!    CAS replaced) wrote the same entries, so they are exact already — the usual case for a
-//!    contact receiving messages in one phase.
-//!
-//! [`IndexUpdate::unchanged`]: conversa_actors::store::IndexUpdate::unchanged
+//!    Skipped when step 1 alone leaves them exact: the writer names, in
+//!    [`IndexUpdate::previous`], the entries its own previous save made exact for the version
+//!    this CAS replaced, and going from those to the new ones only adds or lowers (a wake-up
+//!    added or brought earlier, an outbox mark added or kept, the same phase) — see
+//!    [`prewrites_are_exact`]. That is the usual case: a message on a quiet contact, or a
+//!    contact receiving messages in one phase. Removals (timer gone or later, outbox drained)
+//!    and phase changes still take step 2. A contact whose step 2 failed is remembered and
+//!    gets step 2 on its next save, whatever it names.
 //!
 //! If that version is no longer ours, another writer committed while our exact writes were in
 //! flight, and our `ZREM`/`SREM`/raised `ZADD` may have landed after its own and erased its
@@ -76,6 +79,7 @@ use ::redis::{
 };
 use async_trait::async_trait;
 use conversa_actors::contact::{ContactKey, Millis};
+use dashmap::DashMap;
 
 use super::{IndexUpdate, Store, StoreError, StoredSnapshot};
 
@@ -141,6 +145,8 @@ pub struct RedisStore {
     epoch: Instant,
     settings: RedisSettings,
     cas: Script,
+    /// Contacts whose last exact index step failed: their next save makes them exact.
+    inexact: DashMap<ContactKey, ()>,
     wake_key: String,
     outbox_key: String,
     phases_key: String,
@@ -236,6 +242,7 @@ impl RedisStore {
             outbox_key: format!("{prefix}:outbox"),
             phases_key: format!("{prefix}:phases"),
             cas: Script::new(CAS_SCRIPT),
+            inexact: DashMap::new(),
             settings,
         };
         // Load the CAS script now so the first save does not pay for NOSCRIPT. It doubles as a
@@ -452,6 +459,19 @@ impl RedisStore {
     }
 }
 
+/// Whether step 1 of a save (`ZADD LT` of the wake-up, `SADD` of the outbox mark) leaves the
+/// indexes exact, given the exact entries of the version it replaces: only if nothing has to be
+/// removed or raised and the phase stays.
+fn prewrites_are_exact(previous: &IndexUpdate, next: &IndexUpdate) -> bool {
+    let wake = match (previous.wake_at, next.wake_at) {
+        (None, None) | (None, Some(_)) => true,
+        (Some(before), Some(after)) => after <= before,
+        (Some(_), None) => false,
+    };
+    let outbox = next.outbox_pending || !previous.outbox_pending;
+    wake && outbox && previous.phase == next.phase
+}
+
 #[async_trait]
 impl Store for RedisStore {
     fn backend(&self) -> &'static str {
@@ -580,9 +600,12 @@ impl Store for RedisStore {
             return Err(StoreError::Conflict { current: version });
         }
 
-        if index.unchanged {
-            // Our previous save of this contact made exactly these entries exact, and the
-            // pre-writes above re-asserted them: nothing to correct.
+        let known_exact = !self.inexact.contains_key(key);
+        if known_exact
+            && let Some(previous) = &index.previous
+            && prewrites_are_exact(previous, index)
+        {
+            // Step 1 wrote exactly what this snapshot needs: nothing to correct.
             return Ok(version);
         }
         // Round trip 2: the snapshot is durable; make the indexes exact.
@@ -590,12 +613,18 @@ impl Store for RedisStore {
             .make_indexes_exact(key, &snap_key, version, index)
             .await
         {
-            Ok(()) => Ok(version),
+            Ok(()) => {
+                if !known_exact {
+                    self.inexact.remove(key);
+                }
+                Ok(version)
+            }
             Err(e) => match pre_write_error {
                 // The over-approximating writes landed: the indexes cover the new snapshot (an
                 // extra wake-up or outbox mark, a stale phase name) until the next save.
                 None => {
                     tracing::warn!(%key, version, error = %e, "saved, but index update failed");
+                    self.inexact.insert(*key, ());
                     Ok(version)
                 }
                 // Neither step reached the indexes: report it, so the caller retries (reloading
