@@ -74,10 +74,21 @@ pub(crate) struct ContactState {
     core: Arc<Core>,
     slot: Arc<Slot>,
     /// `None` after a failed write: reload before the next event.
-    conversation: Option<Conversation>,
+    /// Boxed: this state lives inside ractor's processing-loop future, allocated per actor in
+    /// size classes, and the conversation is most of it.
+    conversation: Option<Box<Conversation>>,
     version: u64,
     /// The version this actor last wrote and the index entries it wrote with it.
-    indexed: Option<(u64, IndexUpdate)>,
+    indexed: Option<Indexed>,
+}
+
+/// What one save put in the store's indexes (kept per active contact: no heap, no `String`).
+#[derive(Clone, Copy)]
+struct Indexed {
+    version: u64,
+    wake_at: Option<Millis>,
+    outbox_pending: bool,
+    phase: &'static str,
 }
 
 impl Actor for ContactActor {
@@ -159,7 +170,7 @@ impl ContactState {
         conversation
             .outbox
             .release_orphans(&core.node_id, |id| core.executing.contains_key(id));
-        self.conversation = Some(conversation);
+        self.conversation = Some(Box::new(conversation));
         self.version = version;
         Ok(())
     }
@@ -342,8 +353,15 @@ impl ContactState {
             previous: self
                 .indexed
                 .take()
-                .filter(|(v, _)| *v == self.version)
-                .map(|(_, prev)| Box::new(prev)),
+                .filter(|i| i.version == self.version)
+                .map(|i| {
+                    Box::new(IndexUpdate {
+                        wake_at: i.wake_at,
+                        outbox_pending: i.outbox_pending,
+                        phase: i.phase.to_owned(),
+                        previous: None,
+                    })
+                }),
         };
         let data =
             serde_json::to_vec(conversation).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -357,13 +375,12 @@ impl ContactState {
         if let Some(at) = index.wake_at {
             core.timers.arm(self.key, at);
         }
-        self.indexed = Some((
+        self.indexed = Some(Indexed {
             version,
-            IndexUpdate {
-                previous: None,
-                ..index
-            },
-        ));
+            wake_at: index.wake_at,
+            outbox_pending: index.outbox_pending,
+            phase: conversation.phase.name(),
+        });
         if claimed.is_empty() {
             // The common case: nothing to run, so no history to copy on this hot path.
             return Ok(Vec::new());
