@@ -326,6 +326,9 @@ impl Store for FlakyStore {
     async fn pending_outbox(&self, limit: usize) -> Result<Vec<ContactKey>, StoreError> {
         self.inner.pending_outbox(limit).await
     }
+    async fn pending_outbox_count(&self) -> Result<u64, StoreError> {
+        self.inner.pending_outbox_count().await
+    }
     async fn phases(&self, limit: usize) -> Result<Vec<(ContactKey, String)>, StoreError> {
         self.inner.phases(limit).await
     }

@@ -103,6 +103,10 @@ pub trait Store: Send + Sync + 'static {
     /// Contacts marked as having outbox entries, at most `limit`.
     async fn pending_outbox(&self, limit: usize) -> Result<Vec<ContactKey>, StoreError>;
 
+    /// How many contacts are marked as having outbox entries (a gauge read at every metrics
+    /// scrape: backends answer it without listing them).
+    async fn pending_outbox_count(&self) -> Result<u64, StoreError>;
+
     /// Contacts with their phase, at most `limit`, in no particular order.
     async fn phases(&self, limit: usize) -> Result<Vec<(ContactKey, String)>, StoreError>;
 
@@ -200,6 +204,10 @@ impl Store for MemoryStore {
     async fn pending_outbox(&self, limit: usize) -> Result<Vec<ContactKey>, StoreError> {
         let inner = self.inner.lock().unwrap();
         Ok(inner.outbox.iter().take(limit).copied().collect())
+    }
+
+    async fn pending_outbox_count(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.lock().unwrap().outbox.len() as u64)
     }
 
     async fn phases(&self, limit: usize) -> Result<Vec<(ContactKey, String)>, StoreError> {
@@ -415,6 +423,8 @@ pub mod conformance {
             .await
             .unwrap();
         assert_eq!(mine(store.pending_outbox(1000).await.unwrap()), vec![a]);
+        let listed = store.pending_outbox(usize::MAX).await.unwrap().len() as u64;
+        assert_eq!(store.pending_outbox_count().await.unwrap(), listed);
         // A failed write never clears the mark.
         let _ = store
             .save(&a, 42, b"x", &index(None, false, "bot_active"))

@@ -265,6 +265,9 @@ impl Store for PanickyStore {
     async fn pending_outbox(&self, limit: usize) -> Result<Vec<ContactKey>, StoreError> {
         self.inner.pending_outbox(limit).await
     }
+    async fn pending_outbox_count(&self) -> Result<u64, StoreError> {
+        self.inner.pending_outbox_count().await
+    }
     async fn phases(&self, limit: usize) -> Result<Vec<(ContactKey, String)>, StoreError> {
         self.inner.phases(limit).await
     }

@@ -238,7 +238,7 @@ async fn stats(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
             *n += 1;
         }
     }
-    let pending = store.pending_outbox(STATS_SCAN_LIMIT).await?.len();
+    let pending = store.pending_outbox_count().await?;
     let stats = engine.stats();
     let done = stats.effects_executed;
     let tried = done + stats.effects_failed + stats.effects_retried;

@@ -46,8 +46,8 @@ async fn metrics(State(app): State<AppState>) -> Response {
     let stats = app.engine().stats();
     metrics::gauge!("conversa_actors_active").set(stats.active_actors as f64);
     metrics::gauge!("conversa_effects_running").set(stats.effects_running as f64);
-    if let Ok(pending) = app.engine().store().pending_outbox(1_000_000).await {
-        metrics::gauge!("conversa_outbox_pending_contacts").set(pending.len() as f64);
+    if let Ok(pending) = app.engine().store().pending_outbox_count().await {
+        metrics::gauge!("conversa_outbox_pending_contacts").set(pending as f64);
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

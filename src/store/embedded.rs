@@ -45,7 +45,7 @@ use async_trait::async_trait;
 use conversa_actors::contact::{ContactKey, Millis};
 use redb::{
     Database, DatabaseError, Durability, ReadTransaction, ReadableDatabase, ReadableTable,
-    TableDefinition, WriteTransaction,
+    ReadableTableMetadata, TableDefinition, WriteTransaction,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -514,6 +514,14 @@ impl Store for EmbeddedStore {
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn pending_outbox_count(&self) -> Result<u64, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(OUTBOX).map_err(map_err)?;
+            table.len().map_err(map_err)
         })
         .await
     }

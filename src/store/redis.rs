@@ -669,6 +669,15 @@ impl Store for RedisStore {
             .collect())
     }
 
+    async fn pending_outbox_count(&self) -> Result<u64, StoreError> {
+        let cmd = ::redis::cmd("SCARD").arg(&self.outbox_key).to_owned();
+        self.call(
+            "SCARD",
+            |mut c| async move { cmd.query_async(&mut c).await },
+        )
+        .await
+    }
+
     async fn pending_outbox(&self, limit: usize) -> Result<Vec<ContactKey>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
