@@ -79,7 +79,7 @@ use ::redis::{
 };
 use async_trait::async_trait;
 use conversa_actors::contact::{ContactKey, Millis};
-use dashmap::DashMap;
+use dashmap::DashSet;
 
 use super::{IndexUpdate, Store, StoreError, StoredSnapshot};
 
@@ -146,7 +146,7 @@ pub struct RedisStore {
     settings: RedisSettings,
     cas: Script,
     /// Contacts whose last exact index step failed: their next save makes them exact.
-    inexact: DashMap<ContactKey, ()>,
+    inexact: DashSet<ContactKey>,
     wake_key: String,
     outbox_key: String,
     phases_key: String,
@@ -242,7 +242,7 @@ impl RedisStore {
             outbox_key: format!("{prefix}:outbox"),
             phases_key: format!("{prefix}:phases"),
             cas: Script::new(CAS_SCRIPT),
-            inexact: DashMap::new(),
+            inexact: DashSet::new(),
             settings,
         };
         // Load the CAS script now so the first save does not pay for NOSCRIPT. It doubles as a
@@ -600,7 +600,7 @@ impl Store for RedisStore {
             return Err(StoreError::Conflict { current: version });
         }
 
-        let known_exact = !self.inexact.contains_key(key);
+        let known_exact = !self.inexact.contains(key);
         if known_exact
             && let Some(previous) = &index.previous
             && prewrites_are_exact(previous, index)
@@ -624,7 +624,7 @@ impl Store for RedisStore {
                 // extra wake-up or outbox mark, a stale phase name) until the next save.
                 None => {
                     tracing::warn!(%key, version, error = %e, "saved, but index update failed");
-                    self.inexact.insert(*key, ());
+                    self.inexact.insert(*key);
                     Ok(version)
                 }
                 // Neither step reached the indexes: report it, so the caller retries (reloading
