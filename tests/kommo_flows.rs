@@ -101,6 +101,34 @@ async fn until(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Waits for the "may not have arrived" note on the lead and checks that the timeline records
+/// the reply as dead-lettered with an unknown outcome; returns the conversation.
+async fn reported_as_unknown(w: &World) -> serde_json::Value {
+    until(15, "the unknown-outcome note", || {
+        w.kommo
+            .notes()
+            .iter()
+            .any(|n| n.text.contains("pode não ter chegado"))
+    })
+    .await;
+    let (_, c) = w.service.get(&format!("/conversations/{CONTACT}")).await;
+    let dead = c["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["what"] == "dead_lettered")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        dead["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("outcome unknown"),
+        "{c}"
+    );
+    c
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_reaches_whatsapp_through_the_lead_field_and_the_salesbot() {
     let w = world("salesbot").await;
@@ -158,32 +186,11 @@ async fn a_5xx_from_the_salesbot_run_is_never_retried_and_is_reported() {
     let w = world("salesbot").await;
     w.kommo.set_server_error_on_salesbot(5);
     customer_message(&w, "x-1", "Oi").await;
-    until(15, "the unknown-outcome note", || {
-        w.kommo
-            .notes()
-            .iter()
-            .any(|n| n.text.contains("pode não ter chegado"))
-    })
-    .await;
+    let c = reported_as_unknown(&w).await;
     assert_eq!(
         w.kommo.salesbot_runs().len(),
         1,
-        "no second run: it could send twice"
-    );
-    let (_, c) = w.service.get(&format!("/conversations/{CONTACT}")).await;
-    let dead = c["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["what"] == "dead_lettered")
-        .cloned()
-        .unwrap_or_default();
-    assert!(
-        dead["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("outcome unknown"),
-        "{c}"
+        "no second run: it could send twice: {c}"
     );
 }
 
@@ -194,27 +201,7 @@ async fn a_salesbot_run_answered_after_the_effect_timeout_is_never_run_again() {
     let w = world_with("salesbot", &[("EFFECT_TIMEOUT_SECS", "1")]).await;
     w.kommo.set_salesbot_delay(Some(Duration::from_secs(3)));
     customer_message(&w, "slow-1", "Oi").await;
-    until(15, "the unknown-outcome note", || {
-        w.kommo
-            .notes()
-            .iter()
-            .any(|n| n.text.contains("pode não ter chegado"))
-    })
-    .await;
-    let (_, c) = w.service.get(&format!("/conversations/{CONTACT}")).await;
-    let timeline = c["timeline"].as_array().unwrap();
-    let dead = timeline
-        .iter()
-        .find(|e| e["what"] == "dead_lettered")
-        .cloned()
-        .unwrap_or_default();
-    assert!(
-        dead["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("outcome unknown"),
-        "{c}"
-    );
+    let c = reported_as_unknown(&w).await;
     // Past the retry delay and the claim expiry (2 s): a retry would have run by now.
     let settled = tokio::time::Instant::now() + Duration::from_secs(4);
     while tokio::time::Instant::now() < settled {
