@@ -37,6 +37,8 @@ pub struct Inner {
     pub configured: serde_json::Value,
     /// The sellers: real (Kommo users), fictitious (configuration), custom (API).
     pub sellers: Arc<SellerDirectory>,
+    /// Webhook items that could not be read, for an operator (`GET /dead-letters`).
+    pub dead_letters: Arc<crate::dead_letters::DeadLetters>,
     /// `ELIGIBLE_AREAS`, folded (lowercase, no accents); empty = every area.
     pub eligible_areas: Vec<String>,
     /// The Kommo connection, when `KOMMO_API_URL` is set.
@@ -44,6 +46,10 @@ pub struct Inner {
     /// For reachability checks (n8n).
     pub http: reqwest::Client,
     pub n8n_webhook_url: Option<String>,
+    /// The reply channel in use (`None` without Kommo: replies cannot be delivered).
+    pub reply_channel: Option<crate::reply::Strategy>,
+    /// How long `/send-response` waits for the reply channel before answering `queued`.
+    pub reply_wait: std::time::Duration,
     /// Renders `/metrics` (installed by the server; absent in some tests).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub started: Instant,
@@ -67,7 +73,12 @@ impl AppState {
                 .build()
                 .unwrap_or_default(),
             n8n_webhook_url: config.n8n_webhook_url.clone(),
+            reply_channel: config.reply_strategy(),
+            reply_wait: std::time::Duration::from_millis(config.reply_wait_ms),
             sellers,
+            dead_letters: Arc::new(crate::dead_letters::DeadLetters::new(
+                engine.store().clone(),
+            )),
             eligible_areas: config
                 .eligible_areas
                 .iter()
@@ -148,6 +159,7 @@ pub fn router_and_doc() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, doc) = OpenApiRouter::with_openapi(openapi::base())
         .merge(http::health::routes())
         .merge(http::conversations::routes())
+        .merge(http::dead_letters::routes())
         .merge(http::bot_control::routes())
         .merge(http::webhook::routes())
         .merge(http::send_response::routes())

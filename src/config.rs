@@ -93,9 +93,10 @@ pub struct Config {
     pub kommo_max_rps: u32,
 
     /// How replies reach the customer: `salesbot` (lead field + Salesbot run, needs the two
-    /// ids below) or `note` (a note on the lead only: a dry run).
-    #[arg(long, env = "REPLY_CHANNEL", value_enum, default_value = "salesbot")]
-    pub reply_channel: crate::reply::Strategy,
+    /// ids below) or `note` (a note on the lead only: a dry run). Unset: `salesbot` when both
+    /// ids are set, `note` otherwise.
+    #[arg(long, env = "REPLY_CHANNEL", value_enum)]
+    pub reply_channel: Option<crate::reply::Strategy>,
 
     /// The lead text field the Salesbot prints.
     #[arg(long, env = "KOMMO_REPLY_FIELD_ID")]
@@ -157,6 +158,30 @@ pub struct Config {
     #[arg(long, env = "AUTO_TAKEOVER_ON_HUMAN_REPLY", default_value_t = true, action = clap::ArgAction::Set)]
     pub auto_takeover_on_human_reply: bool,
 
+    /// A bot conversation with no customer message and no pending work ends after this many
+    /// hours (back to `idle`); 0 = never. Fractions are allowed.
+    #[arg(long, env = "CONVERSATION_IDLE_HOURS", default_value_t = 24.0)]
+    pub conversation_idle_hours: f64,
+
+    /// A dispatch or reply still waiting in the outbox this many minutes after it was queued is
+    /// dropped with a note instead of reaching n8n or the customer late; 0 = no limit.
+    #[arg(long, env = "MAX_EFFECT_AGE_MINUTES", default_value_t = 60.0)]
+    pub max_effect_age_minutes: f64,
+
+    /// Pause between the parts of a multi-part reply, in milliseconds (the Salesbot must send
+    /// one part before the next overwrites the reply field).
+    #[arg(long, env = "REPLY_PART_DELAY_MS", default_value_t = 1500)]
+    pub reply_part_delay_ms: u64,
+
+    /// How long `POST /send-response` waits for the reply channel before answering
+    /// `delivered: false, reason: "queued"` (the reply stays in the outbox).
+    #[arg(long, env = "REPLY_WAIT_MS", default_value_t = 5000)]
+    pub reply_wait_ms: u64,
+
+    /// The most customer messages a conversation keeps unanswered; older ones fall off.
+    #[arg(long, env = "MAX_PENDING_MESSAGES", default_value_t = 50)]
+    pub max_pending_messages: usize,
+
     /// How long n8n may take to settle a scheduling request before the bot takes over again.
     #[arg(long, env = "SCHEDULING_TIMEOUT_MINUTES", default_value_t = 30.0)]
     pub scheduling_timeout_minutes: f64,
@@ -217,6 +242,59 @@ impl Config {
         Ok(SocketAddr::new(ip, self.port))
     }
 
+    /// The reply channel really in use: `REPLY_CHANNEL` when set, else `salesbot` when both
+    /// ids are set and `note` otherwise; `None` without Kommo.
+    pub fn reply_strategy(&self) -> Option<crate::reply::Strategy> {
+        use crate::reply::Strategy;
+        self.kommo_api_url.as_ref()?;
+        Some(match self.reply_channel {
+            Some(s) => s,
+            None if self.kommo_reply_field_id.is_some() && self.kommo_reply_bot_id.is_some() => {
+                Strategy::Salesbot
+            }
+            None => Strategy::Note,
+        })
+    }
+
+    /// Refuses a configuration that cannot work, naming the variable.
+    pub fn check_consistency(&self) -> anyhow::Result<()> {
+        if self.reply_strategy() == Some(crate::reply::Strategy::Salesbot) {
+            for (name, value) in [
+                ("KOMMO_REPLY_FIELD_ID", self.kommo_reply_field_id),
+                ("KOMMO_REPLY_BOT_ID", self.kommo_reply_bot_id),
+            ] {
+                if value.is_none() {
+                    anyhow::bail!(
+                        "REPLY_CHANNEL=salesbot needs {name}: set it (see `.env.example`) or set REPLY_CHANNEL=note"
+                    );
+                }
+            }
+        }
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
+        if set(&self.n8n_webhook_url) && !set(&self.public_url) {
+            anyhow::bail!(
+                "N8N_WEBHOOK_URL needs PUBLIC_URL: n8n calls back PUBLIC_URL/send-response with the reply"
+            );
+        }
+        Ok(())
+    }
+
+    /// Public routes that answer without a credential although `API_KEY` protects the others.
+    pub fn unauthenticated_public_routes(&self) -> Vec<&'static str> {
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+        if !set(&self.api_key) {
+            return Vec::new();
+        }
+        let mut open = Vec::new();
+        if !set(&self.webhook_secret) {
+            open.push("/webhooks/kommo (WEBHOOK_SECRET unset)");
+        }
+        if !set(&self.n8n_callback_token) {
+            open.push("/send-response (N8N_CALLBACK_TOKEN unset)");
+        }
+        open
+    }
+
     /// Refuses to expose the API beyond loopback without a key, unless explicitly allowed.
     pub fn check_exposure(&self) -> anyhow::Result<()> {
         let addr = self.listen_addr()?;
@@ -269,7 +347,8 @@ impl Config {
             "kommo_subdomain": self.kommo_subdomain,
             "n8n_webhook_url": self.n8n_webhook_url,
             "kommo_api_url": self.kommo_api_url,
-            "reply_channel": if self.kommo_api_url.is_some() { serde_json::json!(self.reply_channel) } else { serde_json::json!("not configured") },
+            "reply_channel": match self.reply_strategy() { Some(s) => serde_json::json!(s), None => serde_json::json!("not configured") },
+            "unauthenticated_routes": self.unauthenticated_public_routes(),
             "public_url": self.public_url,
             "api_key": set(&self.api_key),
             "webhook_secret": set(&self.webhook_secret),
@@ -293,6 +372,12 @@ impl Config {
             dead_letter_after_ms: self.dead_letter_after_minutes * 60_000,
             retry_base_ms: self.retry_base_ms.max(1),
             retry_max_ms: (self.retry_max_secs * 1000).max(self.retry_base_ms.max(1)),
+            conversation_idle_ms: (self.conversation_idle_hours > 0.0)
+                .then_some((self.conversation_idle_hours * 3_600_000.0) as u64),
+            max_effect_age_ms: (self.max_effect_age_minutes > 0.0)
+                .then_some((self.max_effect_age_minutes * 60_000.0) as u64),
+            reply_part_delay_ms: self.reply_part_delay_ms,
+            max_pending_messages: self.max_pending_messages.max(1),
             ..Policy::default()
         }
     }

@@ -95,29 +95,91 @@ impl From<conversa_actors::store::StoreError> for ApiError {
 }
 
 impl From<JsonRejection> for ApiError {
+    /// Says what a person can act on: a missing field is named as missing, a wrong value by
+    /// its field and what was expected, never a Rust type name or axum's wording.
     fn from(r: JsonRejection) -> Self {
-        let status = match r {
-            JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        let code = match status {
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-            _ => "bad_request",
-        };
-        let text = r.body_text();
-        Self {
-            field: bad_key(&text),
-            ..Self::new(status, code, text)
+        match r {
+            JsonRejection::MissingJsonContentType(_) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with `Content-Type: application/json`",
+            ),
+            JsonRejection::BytesRejection(_) => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the body is too large or could not be read",
+            ),
+            JsonRejection::JsonSyntaxError(e) => {
+                let detail = serde_detail(&e.body_text());
+                Self::bad_request(format!("the body is not valid JSON: {}", humane(&detail)))
+            }
+            JsonRejection::JsonDataError(e) => data_error(&serde_detail(&e.body_text())),
+            other => Self::bad_request(other.body_text()),
         }
     }
 }
 
-/// The JSON path serde names in "...target type: <path>: <problem>", when there is one.
-fn bad_key(text: &str) -> Option<String> {
-    let rest = text.split_once("target type: ")?.1;
-    let (path, _) = rest.split_once(": ")?;
-    let plausible = !path.is_empty() && !path.contains(' ');
-    plausible.then(|| path.to_owned())
+/// The part of axum's rejection text that serde wrote (after the last "type: " / "JSON: ").
+fn serde_detail(text: &str) -> String {
+    for marker in ["into the target type: ", "as JSON: "] {
+        if let Some((_, rest)) = text.split_once(marker) {
+            return rest.to_owned();
+        }
+    }
+    text.to_owned()
+}
+
+/// A data error (`path: problem`, or a bare problem at the top level) as field + message.
+fn data_error(detail: &str) -> ApiError {
+    let (path, problem) = match detail.split_once(": ") {
+        Some((path, problem)) if !path.is_empty() && !path.contains(' ') && path != "." => {
+            (Some(path.to_owned()), problem.to_owned())
+        }
+        _ => (None, detail.to_owned()),
+    };
+    let problem = humane(&problem);
+    if let Some(rest) = problem.strip_prefix("missing field `")
+        && let Some((name, _)) = rest.split_once('`')
+    {
+        let field = match &path {
+            Some(p) => format!("{p}.{name}"),
+            None => name.to_owned(),
+        };
+        return ApiError::bad_field(&field, format!("`{field}` is missing"));
+    }
+    match path {
+        Some(field) => ApiError::bad_field(&field, format!("`{field}`: {problem}")),
+        None if problem.starts_with("invalid type") => {
+            ApiError::bad_request(format!("the body must be a JSON object ({problem})"))
+        }
+        None => ApiError::bad_request(problem),
+    }
+}
+
+/// serde's wording without positions and Rust type names.
+fn humane(problem: &str) -> String {
+    let mut text = problem.to_owned();
+    if let Some(i) = text.find(" at line ") {
+        text.truncate(i);
+    }
+    let mut out = Vec::new();
+    let mut words = text.split(' ').peekable();
+    while let Some(w) = words.next() {
+        match w {
+            "struct" | "enum" if words.peek().is_some() => {
+                words.next();
+                out.push(if w == "struct" {
+                    "an object"
+                } else {
+                    "one of the known values"
+                });
+            }
+            "u8" | "u16" | "u32" | "u64" | "i8" | "i16" | "i32" | "i64" | "usize" | "f64"
+            | "u64," | "i64," => out.push("a number"),
+            "map" => out.push("an object"),
+            "sequence" => out.push("a list"),
+            other => out.push(other),
+        }
+    }
+    out.join(" ").replace("a a ", "a ").replace("a an ", "an ")
 }

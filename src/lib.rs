@@ -12,6 +12,7 @@
 pub mod app;
 pub mod commands;
 pub mod config;
+pub mod dead_letters;
 pub mod error;
 pub mod http;
 pub mod kommo;

@@ -346,6 +346,7 @@ mod tests {
                 detail: None,
             }],
             committed: Default::default(),
+            found: Default::default(),
         }
     }
 

@@ -493,5 +493,9 @@ pub mod schemas {
         SchedulingStarted,
         SchedulingDone,
         SchedulingTimeout,
+        PartSent,
+        EffectExpired,
+        MessageDropped,
+        ConversationEnded,
     }
 }

@@ -4,7 +4,8 @@
 //! §4), so the `salesbot` strategy writes the text into a lead field (`KOMMO_REPLY_FIELD_ID`)
 //! and runs the bot `KOMMO_REPLY_BOT_ID`, whose single "send message" step prints that field.
 //! The `note` strategy only leaves the reply as a note on the lead: a safe dry run, and the
-//! default when no bot is configured.
+//! default when no bot is configured. A reply in parts is one WhatsApp message per part, sent
+//! in order, one part per execution (the conversation keeps which parts went out).
 //!
 //! Two rules keep a customer from getting a message twice or a wrong one:
 //! * one reply in flight per lead (the field is shared: a second write before the bot read the
@@ -16,12 +17,12 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use conversa_actors::{Effect, ExecError, Executor, Job};
+use conversa_actors::{Effect, ExecError, Executor, Job, Links};
 use dashmap::DashMap;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::kommo::client::{KommoClient, LeadPatch};
+use crate::kommo::client::{KommoClient, LeadPatch, Talk};
 use crate::kommo::error::KommoError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -33,65 +34,89 @@ pub enum Strategy {
     Note,
 }
 
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Salesbot => "salesbot",
+            Strategy::Note => "note",
+        }
+    }
+}
+
+/// The reply channel with what it needs: the configuration is checked at start
+/// ([`crate::config::Config::check_consistency`]), so a Salesbot channel always has its ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel {
+    Salesbot { field: u64, bot: u64 },
+    Note,
+}
+
+impl Channel {
+    pub fn strategy(self) -> Strategy {
+        match self {
+            Channel::Salesbot { .. } => Strategy::Salesbot,
+            Channel::Note => Strategy::Note,
+        }
+    }
+}
+
 pub struct ReplyChannel {
     kommo: Arc<KommoClient>,
-    strategy: Strategy,
-    field_id: Option<u64>,
-    bot_id: Option<u64>,
+    channel: Channel,
     in_flight: DashMap<u64, Arc<Mutex<()>>>,
 }
 
 impl ReplyChannel {
-    /// `salesbot` needs both ids; without them the channel falls back to `note`.
-    pub fn new(
-        kommo: Arc<KommoClient>,
-        strategy: Strategy,
-        field_id: Option<u64>,
-        bot_id: Option<u64>,
-    ) -> Self {
-        let strategy = match (strategy, field_id, bot_id) {
-            (Strategy::Salesbot, Some(_), Some(_)) => Strategy::Salesbot,
-            (Strategy::Salesbot, _, _) => {
-                warn!(
-                    "REPLY_CHANNEL=salesbot needs KOMMO_REPLY_FIELD_ID and KOMMO_REPLY_BOT_ID; using notes"
-                );
-                Strategy::Note
-            }
-            (s, _, _) => s,
-        };
+    pub fn new(kommo: Arc<KommoClient>, channel: Channel) -> Self {
         Self {
             kommo,
-            strategy,
-            field_id,
-            bot_id,
+            channel,
             in_flight: DashMap::new(),
         }
     }
 
     pub fn strategy(&self) -> Strategy {
-        self.strategy
+        self.channel.strategy()
     }
 }
 
-/// The lead a job concerns: from the conversation's links, else through its talk.
+/// The lead a job concerns: the conversation's link, else the talk's lead, else the newest
+/// lead Kommo lists for the contact (`GET /api/v4/contacts/{id}?with=leads`). A lead found
+/// this way is handed back in `job.found`, so the conversation links it and the next job asks
+/// no one.
 pub async fn lead_of(kommo: &KommoClient, job: &Job) -> Result<u64, ExecError> {
     if let Some(lead) = job.links.lead_id {
         return Ok(lead);
     }
+    let found = |lead: u64| {
+        job.found.set(Links {
+            lead_id: Some(lead),
+            ..Links::default()
+        });
+        Ok(lead)
+    };
     if let Some(talk_id) = job.links.talk_id {
         match kommo.talk(talk_id).await {
-            Ok(Some(talk)) => {
-                if let Some(lead) = talk.lead_id {
-                    return Ok(lead);
-                }
-            }
-            Ok(None) => {}
+            Ok(Some(Talk {
+                lead_id: Some(lead),
+                ..
+            })) => return found(lead),
+            Ok(_) => {}
             Err(e) => return Err(classify(e)),
         }
     }
-    Err(ExecError::Permanent(format!(
-        "contact {} has no lead linked: nowhere to deliver",
-        job.key
+    match kommo.contact(job.key.contact_id).await {
+        Ok(Some(contact)) => {
+            if let Some(lead) = contact.lead_ids.iter().copied().max() {
+                return found(lead);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => return Err(classify(e)),
+    }
+    Err(ExecError::NoLead(format!(
+        "contact {} has no lead in Kommo: nowhere to deliver",
+        job.key.contact_id
     )))
 }
 
@@ -106,25 +131,25 @@ pub fn classify(e: KommoError) -> ExecError {
 
 #[async_trait]
 impl Executor for ReplyChannel {
+    /// Sends the reply's next part (one WhatsApp message per part; the conversation moves on
+    /// to the following part when this one is done).
     async fn execute(&self, job: &Job) -> Result<(), ExecError> {
-        let Effect::DeliverReply { texts, .. } = &job.effect else {
-            return Err(ExecError::Permanent("not a reply".into()));
+        let Some(text) = job.effect.next_part() else {
+            return Err(ExecError::Permanent(
+                "not a reply, or nothing left to send".into(),
+            ));
         };
-        let text = texts.join("\n\n");
         let lead = lead_of(&self.kommo, job).await?;
         let slot = self.in_flight.entry(lead).or_default().clone();
         let _one_at_a_time = slot.lock().await;
-        match self.strategy {
-            Strategy::Note => {
+        match self.channel {
+            Channel::Note => {
                 let note = format!("Resposta da IA (modo nota, não enviada ao WhatsApp):\n{text}");
                 self.kommo.add_note(lead, &note).await.map_err(classify)?;
             }
-            Strategy::Salesbot => {
-                let (Some(field), Some(bot)) = (self.field_id, self.bot_id) else {
-                    unreachable!("checked in new")
-                };
+            Channel::Salesbot { field, bot } => {
                 let patch = LeadPatch {
-                    custom_fields: vec![(field, serde_json::Value::String(text.clone()))],
+                    custom_fields: vec![(field, serde_json::Value::String(text.to_owned()))],
                     ..LeadPatch::default()
                 };
                 self.kommo
@@ -144,7 +169,7 @@ impl Executor for ReplyChannel {
                 }
             }
         }
-        info!(contact = %job.key, dispatch_id = %job.id, lead, strategy = ?self.strategy, "reply delivered");
+        info!(contact = %job.key, dispatch_id = %job.id, lead, channel = self.strategy().as_str(), "reply delivered");
         Ok(())
     }
 }

@@ -1009,7 +1009,20 @@ fn check_duplicates<'a>(
     custom: &[Seller],
     everyone: impl Iterator<Item = &'a Seller>,
 ) -> Result<(), DirectoryError> {
+    let name = crate::text::fold(&seller.name);
     for other in everyone {
+        // Names are how people (and the original's `"vendedor": "Asaf"`) pick a seller: unique
+        // among active sellers, ignoring case and accents. A custom entry enriching a Kommo
+        // user (same `kommo_user_id`) is the same person.
+        let same_person =
+            seller.kommo_user_id.is_some() && seller.kommo_user_id == other.kommo_user_id;
+        if other.active && !same_person && crate::text::fold(&other.name) == name {
+            return Err(DirectoryError::Duplicate {
+                field: "nome",
+                value: seller.name.clone(),
+                seller_id: other.id.clone(),
+            });
+        }
         if let Some(contact) = seller.contact_id.filter(|c| other.contact_id == Some(*c)) {
             return Err(DirectoryError::Duplicate {
                 field: "contact_id",

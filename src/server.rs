@@ -7,14 +7,14 @@ use anyhow::Context;
 use conversa_actors::{Engine, Executors};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::app::{AppState, app};
 use crate::config::{Config, LogFormat};
 use crate::http::layers::Limits;
 use crate::kommo::client::KommoClient;
 use crate::n8n::{N8nClient, N8nSettings};
-use crate::reply::{LeadNotes, ReplyChannel};
+use crate::reply::{Channel, LeadNotes, ReplyChannel, Strategy};
 use crate::sellers::{DirectorySettings, LeadSource, SellerDirectory, UserSource};
 
 pub fn init_logging(format: LogFormat) {
@@ -77,6 +77,7 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let addr = config.listen_addr()?;
     config.check_exposure()?;
+    config.check_consistency()?;
     let store = crate::store::open(&config)
         .await
         .with_context(|| match &config.redis_url {
@@ -108,14 +109,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ..DirectorySettings::default()
         },
     ));
-    let kommo_state = match &kommo {
-        Some(k) => format!(
-            "{:?}, replies via {:?}",
+    let kommo_state = match (&kommo, config.reply_strategy()) {
+        (Some(k), Some(channel)) => format!(
+            "{:?}, replies via {}",
             k.tokens().state(),
-            config.reply_channel
+            channel.as_str()
         ),
-        None => "not configured (KOMMO_API_URL): replies and notes wait in the outbox".to_owned(),
+        _ => "not configured (KOMMO_API_URL): replies are reported undeliverable and wait in the outbox".to_owned(),
     };
+    let open_routes = config.unauthenticated_public_routes();
     let state = AppState::new(engine.clone(), &config, sellers).with_kommo(kommo);
     let listener = TcpListener::bind(addr)
         .await
@@ -127,8 +129,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         human_lease_minutes = config.human_lease_minutes,
         n8n = %n8n,
         kommo = %kommo_state,
+        unauthenticated = ?open_routes,
         "conversa listening"
     );
+    if !open_routes.is_empty() {
+        warn!(routes = ?open_routes, "API_KEY is set but these public routes take no credential");
+    }
     let limits = Limits {
         max_body_bytes: config.max_body_bytes,
         request_timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
@@ -145,12 +151,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 fn executors(config: &Config, kommo: Option<&Arc<KommoClient>>) -> anyhow::Result<Executors> {
     let mut executors = Executors::default();
     if let Some(kommo) = kommo {
-        executors.reply = Some(Arc::new(ReplyChannel::new(
-            kommo.clone(),
-            config.reply_channel,
+        let channel = match (
+            config.reply_strategy(),
             config.kommo_reply_field_id,
             config.kommo_reply_bot_id,
-        )));
+        ) {
+            (Some(Strategy::Salesbot), Some(field), Some(bot)) => Channel::Salesbot { field, bot },
+            _ => Channel::Note,
+        };
+        executors.reply = Some(Arc::new(ReplyChannel::new(kommo.clone(), channel)));
         executors.note = Some(Arc::new(LeadNotes::new(kommo.clone())));
     }
     if let Some(url) = &config.n8n_webhook_url {

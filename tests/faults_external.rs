@@ -508,7 +508,8 @@ fn tag_of(text: &str) -> Option<&str> {
 /// Where the replies stand, from what the fakes recorded.
 #[derive(Debug, Default)]
 struct Replies {
-    /// Dispatch ids whose reply the engine accepted (`"delivered": true` to n8n).
+    /// Dispatch ids whose reply the engine accepted: `"delivered": true` to n8n, or
+    /// `"reason": "queued"` (accepted, still in the outbox: owed all the same).
     promised: BTreeSet<String>,
     /// Dispatch id → Salesbot runs (202) that followed a field write with its text.
     runs: BTreeMap<String, usize>,
@@ -531,7 +532,7 @@ fn replies(kommo: &FakeKommo, n8n: &FakeN8n, acked: &[String]) -> Replies {
             continue;
         }
         let answer = cb.answer.unwrap_or(Value::Null);
-        if answer["delivered"] == true {
+        if answer["delivered"] == true || answer["reason"] == "queued" {
             out.promised.insert(id);
         } else {
             let reason = answer["reason"].as_str().unwrap_or("?").to_owned();

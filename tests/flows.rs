@@ -312,7 +312,9 @@ async fn a_scheduling_request_goes_to_n8n_and_its_outcome_ends_the_phase() {
         )
         .await;
     assert_eq!(status, 200, "{done}");
-    assert_eq!(done["delivered"], true);
+    // Accepted by the conversation, but with no Kommo here nothing can deliver it: said so.
+    assert_eq!(done["delivered"], false, "{done}");
+    assert_eq!(done["reason"], "kommo_not_configured", "{done}");
     assert_eq!(done["scheduling"], "confirmed");
     assert_eq!(phase(s, 60).await, "bot_active");
     let (status, err) = s

@@ -164,8 +164,29 @@ fn form_owned(pairs: &[(String, String)]) -> String {
     form(&refs)
 }
 
+/// The error of a refused JSON body, or else of its first rejected item.
+fn first_error(parsed: Result<Webhook, ParseError>) -> ParseError {
+    match parsed {
+        Err(e) => e,
+        Ok(w) => w
+            .rejected
+            .into_iter()
+            .next()
+            .expect("expected a parse error or a rejected item"),
+    }
+}
+
+/// The error of a refused body, or else of its first rejected item (a bad item no longer
+/// refuses the whole body: the others apply).
 fn err_form(body: &str) -> ParseError {
-    parse_form(body.as_bytes()).expect_err("expected a parse error")
+    match parse_form(body.as_bytes()) {
+        Err(e) => e,
+        Ok(w) => w
+            .rejected
+            .into_iter()
+            .next()
+            .expect("expected a parse error or a rejected item"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -181,6 +202,7 @@ fn capture_b_text_as_form() {
             account: capture_account(),
             events: vec![WebhookEvent::Message(capture_text_message())],
             unknown: vec![],
+            rejected: vec![],
         }
     );
 }
@@ -208,6 +230,7 @@ fn capture_b_as_json() {
                 WebhookEvent::Message(capture_voice_message()),
             ],
             unknown: vec![],
+            rejected: vec![],
         }
     );
 }
@@ -684,6 +707,7 @@ fn empty_and_account_only_bodies() {
             }),
             events: vec![],
             unknown: vec![],
+            rejected: vec![],
         }
     );
     let w = parse_json(br#"{"account":{"id":1,"subdomain":"acme"}}"#).unwrap();
@@ -738,7 +762,7 @@ fn missing_required_fields_name_the_key() {
     let e = err_form("outgoing_message[add][0][id]=a");
     assert_eq!(e.key, "outgoing_message[add][0][contact_id]");
 
-    let e = parse_json(br#"{"message":{"add":[{"contact_id":"1"}]}}"#).unwrap_err();
+    let e = first_error(parse_json(br#"{"message":{"add":[{"contact_id":"1"}]}}"#));
     assert_eq!(e.key, "message[add][0][id]");
 }
 
@@ -762,9 +786,13 @@ fn non_numeric_fields_name_the_key() {
     assert_eq!(e.key, "message[add][0][entity_id]");
     let e = err_form("account[id]=acme");
     assert_eq!(e.key, "account[id]");
-    let e = parse_json(br#"{"message":{"add":{"0":{"id":"a","contact_id":1.5}}}}"#).unwrap_err();
+    let e = first_error(parse_json(
+        br#"{"message":{"add":{"0":{"id":"a","contact_id":1.5}}}}"#,
+    ));
     assert_eq!(e.key, "message[add][0][contact_id]");
-    let e = parse_json(br#"{"message":{"add":[{"id":"a","contact_id":{"x":1}}]}}"#).unwrap_err();
+    let e = first_error(parse_json(
+        br#"{"message":{"add":[{"id":"a","contact_id":{"x":1}}]}}"#,
+    ));
     assert_eq!(e.key, "message[add][0][contact_id]");
 }
 
@@ -778,7 +806,7 @@ fn bad_item_shapes_name_the_key() {
     assert_eq!(e.key, "message[add][first]");
     let e = err_form("message[add][][id]=a");
     assert_eq!(e.key, "message[add][]");
-    let e = parse_json(br#"{"message":{"add":"x"}}"#).unwrap_err();
+    let e = first_error(parse_json(br#"{"message":{"add":"x"}}"#));
     assert_eq!(e.key, "message[add]");
     // Unknown things are never errors.
     let w = parse_form(b"message=1&message[update][0]=x&foo[bar][baz]=1&task=").unwrap();
@@ -799,7 +827,7 @@ fn item_index_too_large() {
         .map(|i| json!({"id": format!("m{i}"), "contact_id": 1}))
         .collect();
     let body = json!({"message": {"add": items}}).to_string();
-    let e = parse_json(body.as_bytes()).unwrap_err();
+    let e = first_error(parse_json(body.as_bytes()));
     assert_eq!(e.key, "message[add][1000]");
 }
 
@@ -1081,6 +1109,7 @@ proptest! {
             account: account.map(|id| AccountRef { id: Some(id), subdomain: Some("acme".to_owned()) }),
             events: items.iter().cloned().map(WebhookEvent::Message).collect(),
             unknown: vec![],
+            rejected: vec![],
         };
         let form_body = encode_form(&items, account);
         let json_body = encode_json(&items, account, numbers, as_object);

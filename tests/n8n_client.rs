@@ -71,6 +71,7 @@ fn job(d: &Dispatch) -> Job {
             },
         ],
         committed: Default::default(),
+        found: Default::default(),
     }
 }
 

@@ -665,7 +665,7 @@ async fn answers_match_the_document() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(
         body,
-        json!({"changed":1,"commands":[],"items":1,"ok":true,"unchanged":0,"unknown":[]}),
+        json!({"changed":1,"commands":[],"items":1,"ok":true,"rejected":[],"unchanged":0,"unknown":[]}),
         "the README's webhook answer"
     );
     check_answer(&doc, "POST", "/webhooks/kommo", status, &body, &mut errs);

@@ -123,19 +123,55 @@ async fn a_real_kommo_message_reaches_n8n_once_however_often_it_is_redelivered()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_bodies_get_a_400_naming_the_key_and_change_nothing() {
+async fn one_bad_item_never_blocks_the_others_and_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let service = Service::start(&[("DATA_DIR", dir.path().to_str().unwrap())]).await;
+    // A body Kommo would resend whole: one good message, one without a usable contact_id,
+    // one with contact_id 0.
     let body = form(&[
-        ("message[add][0][id]", "abc"),
-        ("message[add][0][contact_id]", "not-a-number"),
+        ("message[add][0][id]", "good-1"),
+        ("message[add][0][contact_id]", "5001"),
         ("message[add][0][text]", "Oi"),
+        ("message[add][1][id]", "bad-1"),
+        ("message[add][1][contact_id]", "not-a-number"),
+        ("message[add][1][text]", "Oi"),
+        ("message[add][2][id]", "bad-2"),
+        ("message[add][2][contact_id]", "0"),
     ]);
-    let (status, err) = post_form(&service, "/webhooks/kommo", body).await;
-    assert_eq!(status, 400, "{err}");
-    assert_eq!(err["field"], "message[add][0][contact_id]", "{err}");
+    let (status, answer) = post_form(&service, "/webhooks/kommo", body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["items"], 1, "{answer}");
+    assert_eq!(answer["changed"], 1, "{answer}");
+    let rejected = answer["rejected"].as_array().unwrap();
+    let keys: Vec<&str> = rejected
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        ["message[add][1][contact_id]", "message[add][2][contact_id]"],
+        "{answer}"
+    );
     let (_, stats) = service.get("/stats").await;
-    assert_eq!(stats["contacts"], 0, "nothing stored");
+    assert_eq!(stats["contacts"], 1, "the good item is stored: {stats}");
+    // An operator can list what was rejected.
+    let (status, dead) = service.get("/dead-letters?kind=webhook_item").await;
+    assert_eq!(status, 200, "{dead}");
+    assert_eq!(dead["count"], 2, "{dead}");
+    assert_eq!(
+        dead["dead_letters"][0]["key"],
+        "message[add][2][contact_id]"
+    );
+    assert!(
+        service.log().contains("Kommo webhook item rejected"),
+        "logged at WARN"
+    );
+    // A body with nothing usable is still refused, and changes nothing.
+    let (status, err) = post_form(&service, "/webhooks/kommo", "account[id]=acme".into()).await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["field"], "account[id]", "{err}");
+    let (_, stats) = service.get("/stats").await;
+    assert_eq!(stats["contacts"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

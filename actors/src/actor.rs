@@ -39,10 +39,11 @@ pub enum ContactMsg {
     },
     /// Run whatever is due: timers, outbox retries, expired claims.
     Wake,
-    /// An outbox entry finished.
+    /// An outbox entry finished; `found` are links the executor discovered.
     Executed {
         id: String,
         result: Result<(), ExecError>,
+        found: Option<crate::message::Links>,
     },
     /// Stop if still idle (sent by the engine's passivation sweep).
     Passivate { idle_ms: u64 },
@@ -138,8 +139,8 @@ impl Actor for ContactActor {
                 let _ = reply.send(result);
             }
             ContactMsg::Wake => Box::pin(state.wake()).await,
-            ContactMsg::Executed { id, result } => {
-                Box::pin(state.executed(&myself, id, result)).await;
+            ContactMsg::Executed { id, result, found } => {
+                Box::pin(state.executed(&myself, id, result, found)).await;
             }
             ContactMsg::Passivate { idle_ms } => {
                 let idle = now_millis().saturating_sub(state.slot.idle_since()) >= idle_ms;
@@ -183,8 +184,9 @@ impl ContactState {
             }
             let now = now_millis();
             let conversation = self.conversation.as_mut().expect("loaded above");
+            let expired = conversation.expire_effects(now, &self.core.policy).changed;
             let outcome = conversation.handle(event.clone(), now, &self.core.policy);
-            let changed = outcome.as_ref().is_ok_and(|o| o.changed);
+            let changed = expired || outcome.as_ref().is_ok_and(|o| o.changed);
             if !changed {
                 // Nothing to write, so no compare-and-set catches a stale copy: confirm that
                 // no other node wrote since we loaded before answering from it.
@@ -247,7 +249,7 @@ impl ContactState {
             let now = now_millis();
             let policy = self.core.policy.clone();
             let conversation = self.conversation.as_mut().expect("loaded");
-            let mut changed = false;
+            let mut changed = conversation.expire_effects(now, &policy).changed;
             for timer in conversation.due_timers(now) {
                 let event = Event::TimerFired { timer };
                 if let Ok(o) = conversation.handle(event, now, &policy) {
@@ -294,9 +296,15 @@ impl ContactState {
         myself: &ActorRef<ContactMsg>,
         id: String,
         result: Result<(), ExecError>,
+        found: Option<crate::message::Links>,
     ) {
         self.core.executing.remove(&id);
         self.slot.executing.fetch_sub(1, Ordering::Relaxed);
+        if let Some(links) = found.clone()
+            && let Err(e) = self.apply(Event::LinksSeen(links)).await
+        {
+            debug!(contact = %self.key, error = %e, "found links not recorded yet");
+        }
         let event = match &result {
             Ok(()) => Event::EffectDone { id: id.clone() },
             Err(e) => Event::EffectFailed {
@@ -313,14 +321,19 @@ impl ContactState {
             .map_or("unknown", |e| crate::engine::effect_label(&e.effect));
         let failed = result.is_err();
         let applied = self.apply(event).await;
-        if failed && applied.is_ok() {
+        if applied.is_ok() {
             let gone = self
                 .conversation
                 .as_ref()
                 .is_some_and(|c| c.outbox.get(&id).is_none());
-            if gone {
+            if failed && gone {
                 self.core.stats.count_dead_letter(kind);
             }
+            self.core.reports.record(crate::engine::Report {
+                id: id.clone(),
+                result: result.clone(),
+                finished: gone,
+            });
         }
         if let Err(e) = applied {
             // Done but not recorded: keep it in memory and try again shortly. A crash now
@@ -328,7 +341,7 @@ impl ContactState {
             warn!(contact = %self.key, dispatch_id = %id, error = %e, "outcome not recorded yet");
             self.core.executing.insert(id.clone(), ());
             self.slot.executing.fetch_add(1, Ordering::Relaxed);
-            let msg = ContactMsg::Executed { id, result };
+            let msg = ContactMsg::Executed { id, result, found };
             ractor::time::send_after(self.core.retry_delay, myself.get_cell(), move || msg);
         }
     }
@@ -406,6 +419,7 @@ impl ContactState {
                     seller: conversation.phase.seller().cloned(),
                     history: history.clone(),
                     committed: Default::default(),
+                    found: Default::default(),
                 })
             })
             .collect())
@@ -439,7 +453,8 @@ impl ContactState {
                 };
                 let kind = crate::engine::effect_label(&job.effect);
                 core.stats.count_execution(kind, &result, started.elapsed());
-                core.deliver_result(job.key, job.id, result).await;
+                let found = job.found.take();
+                core.deliver_result(job.key, job.id, result, found).await;
             });
         }
     }

@@ -80,6 +80,19 @@ pub struct Conversation {
     pub updated_at: Millis,
     #[serde(default)]
     pub timeline: Timeline,
+    /// Who opened the conversation proactively, and about what; kept until it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proactive: Option<ProactiveOrigin>,
+}
+
+/// The marketing event that opened a conversation, with its seller and practice area.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProactiveOrigin {
+    pub trigger: String,
+    pub seller: SellerRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub area: Option<String>,
+    pub at: Millis,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +165,8 @@ pub struct Outcome {
     /// Whether the conversation changed (a redelivered message changes nothing and need not be
     /// written).
     pub changed: bool,
+    /// The ids of the outbox entries this event queued (a reply's entry, to follow it).
+    pub queued: Vec<String>,
 }
 
 impl Conversation {
@@ -174,6 +189,7 @@ impl Conversation {
             created_at: now,
             updated_at: now,
             timeline: Timeline::default(),
+            proactive: None,
         }
     }
 
@@ -275,6 +291,37 @@ impl Conversation {
         }
     }
 
+    /// Drops the dispatches and replies that waited in the outbox longer than
+    /// `policy.max_effect_age_ms` (an n8n or Kommo that was down or not configured): answering a
+    /// customer hours late is worse than not answering. Each is recorded in the timeline and
+    /// reported on the lead. Entries being executed (a live claim) are left alone.
+    pub fn expire_effects(&mut self, now: Millis, policy: &Policy) -> Outcome {
+        let mut out = Outcome::default();
+        let Some(max_age) = policy.max_effect_age_ms else {
+            return out;
+        };
+        let expired = self.outbox.remove_where(|e| {
+            let executing = e.claim.as_ref().is_some_and(|c| c.until > now);
+            let late = now.saturating_sub(e.created_at) >= max_age;
+            late && !executing
+                && matches!(e.effect, Effect::Dispatch(_) | Effect::DeliverReply { .. })
+        });
+        if expired.is_empty() {
+            return out;
+        }
+        let mut step = Step {
+            c: self,
+            now,
+            policy,
+            out: &mut out,
+        };
+        for entry in expired {
+            step.expired(entry);
+        }
+        self.updated_at = now;
+        out
+    }
+
     /// Timers due at `now`, earliest first.
     pub fn due_timers(&self, now: Millis) -> Vec<TimerKind> {
         let mut due: Vec<_> = self
@@ -332,8 +379,9 @@ impl Step<'_> {
             Event::ProactiveStart {
                 trigger,
                 seller,
+                area,
                 details,
-            } => self.proactive(trigger, seller, details),
+            } => self.proactive(trigger, seller, area, details),
             Event::SchedulingRequest { seller, request } => self.scheduling(seller, request),
             Event::SchedulingOutcome {
                 dispatch_id,
@@ -385,17 +433,49 @@ impl Step<'_> {
         });
         self.c.links.update(&msg.links);
         self.c.last_customer_at = Some(self.now);
+        self.touch();
         match self.c.phase {
-            Phase::HumanAssigned { .. } | Phase::Paused { .. } | Phase::Scheduling { .. } => {
+            Phase::HumanAssigned { .. } | Phase::Paused { .. } => {
+                // Kept for the bot, should the conversation come back to it unanswered.
+                let phase = self.c.phase.name();
+                self.log(What::MessageHeld, Some(&msg.id), None, Some(phase));
+                self.keep_pending(msg);
+            }
+            Phase::Scheduling { .. } => {
                 let phase = self.c.phase.name();
                 self.log(What::MessageHeld, Some(&msg.id), None, Some(phase));
             }
             Phase::Idle | Phase::Proactive { .. } | Phase::BotActive => {
                 self.c.phase = Phase::BotActive;
                 self.log(What::MessageIn, Some(&msg.id), None, None);
-                self.c.pending.push_compact(msg);
+                self.keep_pending(msg);
                 self.burst();
             }
+        }
+    }
+
+    /// Adds a message to the unanswered ones, dropping the oldest beyond the policy's bound.
+    fn keep_pending(&mut self, msg: InboundMessage) {
+        let max = self.policy.max_pending_messages.max(1);
+        while self.c.pending.len() >= max {
+            let dropped = self.c.pending.remove(0);
+            self.log(
+                What::MessageDropped,
+                Some(&dropped.id),
+                None,
+                Some("too many unanswered messages"),
+            );
+        }
+        self.c.pending.push_compact(msg);
+    }
+
+    /// Something happened: the conversation's idle end moves away.
+    /// Like every timer it is persisted in `timers` (the actor's wake-up follows it), but it
+    /// is housekeeping, not a decision, so no `SetTimer` effect is reported for it.
+    fn touch(&mut self) {
+        if let Some(idle) = self.policy.conversation_idle_ms {
+            self.c.timers.insert(TimerKind::IdleEnd, self.now + idle);
+            self.out.changed = true;
         }
     }
 
@@ -474,7 +554,15 @@ impl Step<'_> {
                     }
                     self.c.recent_replies.push_back(echo_key(text));
                 }
-                self.queue(Effect::DeliverReply { dispatch_id, texts }, 'r');
+                self.touch();
+                self.queue(
+                    Effect::DeliverReply {
+                        dispatch_id,
+                        texts,
+                        sent: 0,
+                    },
+                    'r',
+                );
             }
         }
     }
@@ -544,6 +632,8 @@ impl Step<'_> {
         });
         self.out.changed = true;
         if self.c.phase.is_human() {
+            // The seller answered what the customer said so far.
+            self.c.pending.clear();
             self.extend_lease(Some(&message_id));
         } else if self.policy.auto_takeover_on_human_reply {
             let by = format!("chat message {message_id}");
@@ -647,16 +737,39 @@ impl Step<'_> {
     }
 
     /// Hands the conversation (back) to the bot and tells n8n.
+    ///
+    /// The `released` dispatch carries the customer's messages nobody answered during the hold
+    /// (those after the seller's last message) and a short account of the hold, so the AI can
+    /// answer them; a reply to it is then delivered like any other.
     fn back_to_bot(&mut self, what: What, by: String) {
         let previous = self.c.phase.seller().cloned();
+        let (held_since, held_by) = match &self.c.phase {
+            Phase::HumanAssigned { since, by, .. } | Phase::Paused { since, by } => {
+                (Some(*since), Some(by.clone()))
+            }
+            _ => (None, None),
+        };
+        let from = self.c.phase.name();
         self.c.epoch += 1;
         self.c.phase = Phase::BotActive;
         self.c.in_flight = None;
         self.cancel_timer(TimerKind::LeaseExpiry);
         self.cancel_timer(TimerKind::LeaseNudge);
         self.log(what, None, None, Some(&by));
-        let details = serde_json::json!({ "reason": what, "by": by });
-        self.dispatch(DispatchKind::Released, Vec::new(), previous, details);
+        let unanswered = std::mem::take(&mut self.c.pending);
+        let details = serde_json::json!({
+            "reason": what,
+            "by": by,
+            "hold": {
+                "phase": from,
+                "since": held_since,
+                "by": held_by,
+                "seller": previous.as_ref().map(|s| &s.name),
+                "unanswered": unanswered.len(),
+            },
+        });
+        self.touch();
+        self.dispatch(DispatchKind::Released, unanswered, previous, details);
         let note = match what {
             What::LeaseExpired => "Tempo de atendimento humano esgotado: a IA voltou a responder.",
             _ => "A IA voltou a responder nesta conversa.",
@@ -666,7 +779,20 @@ impl Step<'_> {
 
     // ---- proactive and scheduling ----------------------------------------------------------
 
-    fn proactive(&mut self, trigger: String, seller: SellerRef, details: serde_json::Value) {
+    fn proactive(
+        &mut self,
+        trigger: String,
+        seller: SellerRef,
+        area: Option<String>,
+        details: serde_json::Value,
+    ) {
+        self.c.proactive = Some(ProactiveOrigin {
+            trigger: trigger.clone(),
+            seller: seller.clone(),
+            area,
+            at: self.now,
+        });
+        self.touch();
         self.c.pending.clear();
         self.c.burst_started_at = None;
         self.cancel_timer(TimerKind::Debounce);
@@ -683,7 +809,28 @@ impl Step<'_> {
         self.note(note);
     }
 
-    fn scheduling(&mut self, seller: Option<SellerRef>, request: serde_json::Value) {
+    fn scheduling(&mut self, seller: Option<SellerRef>, mut request: serde_json::Value) {
+        // A proactive conversation knows its seller and area even when the request does not.
+        let origin = self.c.proactive.clone();
+        let seller = seller.or_else(|| origin.as_ref().map(|o| o.seller.clone()));
+        if let (Some(o), serde_json::Value::Object(map)) = (&origin, &mut request) {
+            let missing = |v: Option<&serde_json::Value>| v.is_none_or(serde_json::Value::is_null);
+            if missing(map.get("area_atuacao"))
+                && let Some(area) = &o.area
+            {
+                map.insert("area_atuacao".into(), area.clone().into());
+            }
+            if missing(map.get("seller"))
+                && let Some(s) = &seller
+            {
+                map.insert(
+                    "seller".into(),
+                    serde_json::json!({ "id": s.id, "name": s.name }),
+                );
+            }
+            map.insert("trigger_type".into(), o.trigger.clone().into());
+        }
+        self.touch();
         // The customer's unanswered messages go to the scheduling dispatch instead of a
         // message dispatch of their own.
         let messages = std::mem::take(&mut self.c.pending);
@@ -729,9 +876,9 @@ impl Step<'_> {
             Some(status),
         );
         let note = if confirmed {
-            format!("Agendamento confirmado. {}", compact(&details))
+            format!("Agendamento confirmado{}.", words(&details))
         } else {
-            format!("Agendamento não concluído. {}", compact(&details))
+            format!("Agendamento não concluído{}.", words(&details))
         };
         self.note(note);
     }
@@ -748,9 +895,11 @@ impl Step<'_> {
         match (timer, &self.c.phase) {
             (TimerKind::Debounce, _) => self.flush(),
             (TimerKind::LeaseNudge, Phase::HumanAssigned { expires_at, .. }) => {
-                let minutes = expires_at.map_or(0, |e| e.saturating_sub(self.now) / 60_000);
+                // Rounded up: a nudge never says "0 minutes".
+                let minutes = expires_at.map_or(0, |e| e.saturating_sub(self.now).div_ceil(60_000));
                 self.note(format!(
-                    "A conversa volta para a IA em {minutes} min se ninguém responder."
+                    "A conversa volta para a IA em {} se ninguém responder.",
+                    duration_words(minutes)
                 ));
             }
             (
@@ -760,6 +909,7 @@ impl Step<'_> {
                     ..
                 },
             ) if *e <= self.now => self.back_to_bot(What::LeaseExpired, "lease".to_owned()),
+            (TimerKind::IdleEnd, _) => self.idle_end(),
             (TimerKind::SchedulingTimeout, Phase::Scheduling { .. }) => {
                 self.c.phase = Phase::BotActive;
                 self.c.in_flight = None;
@@ -771,6 +921,21 @@ impl Step<'_> {
     }
 
     fn effect_done(&mut self, id: String) {
+        let next_part_at = self.now + self.policy.reply_part_delay_ms;
+        if let Some(entry) = self.c.outbox.get_mut(&id)
+            && let Effect::DeliverReply { texts, sent, .. } = &mut entry.effect
+            && *sent + 1 < texts.len()
+        {
+            // One part out; the next after the pause, under the same id.
+            *sent += 1;
+            let detail = format!("part {} of {}", *sent, texts.len());
+            entry.claim = None;
+            entry.attempts = 0;
+            entry.last_error = None;
+            entry.not_before = next_part_at;
+            self.log(What::PartSent, None, Some(&id), Some(&detail));
+            return;
+        }
         let Some(entry) = self.c.outbox.remove(&id) else {
             return; // cancelled meanwhile, or a duplicate report
         };
@@ -811,11 +976,68 @@ impl Step<'_> {
         self.log(What::DeadLettered, None, Some(&id), Some(&error));
         match entry.effect {
             Effect::Dispatch(_) => self.note(format!("Falha ao enviar para a IA ({id}): {error}")),
-            Effect::DeliverReply { texts, .. } => self.note(format!(
+            Effect::DeliverReply { texts, sent, .. } => self.note(format!(
                 "A resposta da IA pode não ter chegado ao cliente ({error}): {}",
-                texts.join(" / ")
+                texts[sent.min(texts.len())..].join(" / ")
             )),
             // A failed note is not reported with another note.
+            _ => {}
+        }
+    }
+
+    /// The idle time passed with nothing going on: the conversation ends, so the next customer
+    /// message or proactive start begins a new one. Work still waiting (a dispatch or a reply in
+    /// the outbox) postpones the end; a seller's hold or a pause is not ended by idleness.
+    fn idle_end(&mut self) {
+        if !matches!(
+            self.c.phase,
+            Phase::BotActive | Phase::Proactive { .. } | Phase::Scheduling { .. }
+        ) {
+            return;
+        }
+        let busy = self
+            .c
+            .outbox
+            .entries()
+            .any(|e| matches!(e.effect, Effect::Dispatch(_) | Effect::DeliverReply { .. }));
+        if busy {
+            self.touch();
+            return;
+        }
+        let from = self.c.phase.name();
+        self.c.phase = Phase::Idle;
+        self.c.in_flight = None;
+        self.c.pending.clear();
+        self.c.burst_started_at = None;
+        self.c.proactive = None;
+        self.cancel_timer(TimerKind::Debounce);
+        self.cancel_timer(TimerKind::SchedulingTimeout);
+        self.log(What::ConversationEnded, None, None, Some(from));
+    }
+
+    /// An outbox entry that waited too long (see [`Conversation::expire_effects`]).
+    fn expired(&mut self, entry: OutboxEntry) {
+        let minutes = self.now.saturating_sub(entry.created_at) / 60_000;
+        let waited = format!("waited {minutes} min in the outbox");
+        self.log(What::EffectExpired, None, Some(&entry.id), Some(&waited));
+        if self
+            .c
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| f.dispatch_id == entry.id)
+        {
+            self.c.in_flight = None;
+        }
+        match entry.effect {
+            Effect::Dispatch(d) if d.kind == DispatchKind::Message => self.note(format!(
+                "A mensagem do cliente não chegou à IA a tempo (ficou {} na fila): responda pelo chat.",
+                duration_words(minutes)
+            )),
+            Effect::DeliverReply { texts, sent, .. } => self.note(format!(
+                "A resposta da IA não foi enviada porque ficou {} na fila: {}",
+                duration_words(minutes),
+                texts[sent.min(texts.len())..].join(" / ")
+            )),
             _ => {}
         }
     }
@@ -841,7 +1063,8 @@ impl Step<'_> {
             epoch: self.c.epoch,
             kind,
         });
-        if kind != DispatchKind::Released {
+        // A `released` dispatch awaits a reply only when it carries messages to answer.
+        if kind != DispatchKind::Released || !messages.is_empty() {
             self.c.in_flight = Some(InFlight {
                 dispatch_id: dispatch_id.clone(),
                 kind,
@@ -885,6 +1108,7 @@ impl Step<'_> {
                 self.c.key.account_id, self.c.key.contact_id
             ),
         };
+        self.out.queued.push(id.clone());
         self.c.outbox.push(
             seq,
             OutboxEntry {
@@ -958,11 +1182,39 @@ pub fn echo_key(text: &str) -> String {
         .collect()
 }
 
-/// A JSON value as a short one-line text for a note.
-fn compact(v: &serde_json::Value) -> String {
+/// A number of minutes as words for a note ("45 minutos", "3 horas").
+fn duration_words(minutes: u64) -> String {
+    match minutes {
+        0 | 1 => "1 minuto".to_owned(),
+        m if m < 120 => format!("{m} minutos"),
+        m => format!("{} horas", m / 60),
+    }
+}
+
+/// The details of a scheduling outcome as words for a note: `": amanhã 10h"` for a text,
+/// `" (when: amanhã 10h, sala: 2)"` for an object's fields (its `status` left out), nothing
+/// for anything else. Never raw JSON.
+fn words(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    let scalar = |v: &Value| match v {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(if *b { "sim" } else { "não" }.to_owned()),
+        _ => None,
+    };
     match v {
-        serde_json::Value::Null => String::new(),
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
+        Value::Object(map) => {
+            let parts: Vec<String> = map
+                .iter()
+                .filter(|(k, _)| k.as_str() != "status")
+                .filter_map(|(k, v)| scalar(v).map(|v| format!("{}: {v}", k.replace('_', " "))))
+                .collect();
+            if parts.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", parts.join(", "))
+            }
+        }
+        other => scalar(other).map_or(String::new(), |s| format!(": {s}")),
     }
 }

@@ -51,10 +51,14 @@ pub struct Dispatch {
 pub enum Effect {
     /// Call n8n.
     Dispatch(Dispatch),
-    /// Send the AI's reply to the customer through Kommo.
+    /// Send the AI's reply to the customer through Kommo: one message per part, in order.
+    /// `sent` parts already went out; the executor sends `texts[sent]`, and the conversation
+    /// moves `sent` on when it is done, so a retry never repeats a part.
     DeliverReply {
         dispatch_id: Option<String>,
         texts: Vec<String>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        sent: usize,
     },
     /// Leave a note on the lead for the seller.
     AddNote {
@@ -70,7 +74,20 @@ pub enum Effect {
     },
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 impl Effect {
+    /// The part of a reply the executor sends next (`None` for other effects or when every
+    /// part went out).
+    pub fn next_part(&self) -> Option<&str> {
+        match self {
+            Effect::DeliverReply { texts, sent, .. } => texts.get(*sent).map(String::as_str),
+            _ => None,
+        }
+    }
+
     /// Whether the effect leaves the process (and so goes through the outbox).
     pub fn is_external(&self) -> bool {
         matches!(
@@ -91,6 +108,8 @@ pub enum TimerKind {
     LeaseExpiry,
     /// n8n did not settle the scheduling request in time.
     SchedulingTimeout,
+    /// Nothing happened for `conversation_idle_ms`: the conversation ends.
+    IdleEnd,
 }
 
 /// Which node is executing an entry, until when. Past `until` anyone may take it over.

@@ -6,15 +6,15 @@
 //! re-arms due timers and resumes pending outbox entries from the store's indexes, so its cost
 //! does not grow with the number of stored contacts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use ractor::{Actor, ActorCell, ActorId};
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -123,6 +123,7 @@ impl Stats {
             Err(ExecError::Retry(_)) => (&self.executed_retry, "retry"),
             Err(ExecError::Permanent(_)) => (&self.executed_failed, "failed"),
             Err(ExecError::Uncertain(_)) => (&self.executed_failed, "unknown"),
+            Err(ExecError::NoLead(_)) => (&self.executed_failed, "no_lead"),
         };
         counter.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("conversa_effects_total", "kind" => kind, "result" => label).increment(1);
@@ -228,7 +229,56 @@ pub(crate) struct Core {
     pub by_actor: DashMap<ActorId, (ContactKey, Arc<Slot>)>,
     pub timers: TimerHandle,
     pub stats: Stats,
+    /// The latest results of reply deliveries, for callers following one ([`Engine::follow`]).
+    pub reports: Reports,
     supervisor: OnceLock<ActorCell>,
+}
+
+/// How many delivery results are remembered for callers following them.
+const REPORTS_KEPT: usize = 1024;
+
+/// What became of one execution of an outbox entry, as recorded by its conversation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub id: String,
+    pub result: Result<(), ExecError>,
+    /// The entry left the outbox (done, or dead-lettered); otherwise it waits for a retry or,
+    /// for a reply in parts, for its next part.
+    pub finished: bool,
+}
+
+/// A bounded ring of recent [`Report`]s and a signal for each new one.
+#[derive(Default)]
+pub(crate) struct Reports {
+    ring: Mutex<VecDeque<Report>>,
+    changed: Notify,
+}
+
+impl Reports {
+    pub fn record(&self, report: Report) {
+        {
+            let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+            if ring.len() == REPORTS_KEPT {
+                ring.pop_front();
+            }
+            ring.push_back(report);
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn latest(&self, id: &str) -> Option<Report> {
+        let ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        ring.iter().rev().find(|r| r.id == id).cloned()
+    }
+}
+
+/// How far an outbox entry got while a caller followed it ([`Engine::follow`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// It left the outbox: done (`Ok`) or dead-lettered (`Err`).
+    Finished(Result<(), ExecError>),
+    /// Still in the outbox when the wait ended; `last` is its latest execution, if any.
+    Waiting { last: Option<Result<(), ExecError>> },
 }
 
 impl Core {
@@ -341,11 +391,13 @@ impl Core {
         key: ContactKey,
         id: String,
         result: Result<(), ExecError>,
+        found: Option<crate::message::Links>,
     ) {
         loop {
             let msg = ContactMsg::Executed {
                 id: id.clone(),
                 result: result.clone(),
+                found: found.clone(),
             };
             match self.send(key, msg).await {
                 Ok(()) => return,
@@ -389,6 +441,7 @@ impl Engine {
             by_actor: DashMap::new(),
             timers,
             stats: Stats::default(),
+            reports: Reports::default(),
             supervisor: OnceLock::new(),
         });
         let (supervisor, _) = Actor::spawn(None, Supervisor, Arc::downgrade(&core))
@@ -432,6 +485,29 @@ impl Engine {
                 "the contact's actor stopped while handling the request".into(),
             ))
         })
+    }
+
+    /// Follows the outbox entry `id` (e.g. a reply [`Engine::apply`] just queued, named in
+    /// [`crate::Outcome::queued`]) until it leaves the outbox or `budget` runs out. Only
+    /// executions of this process are seen: the node that queues an entry runs it.
+    pub async fn follow(&self, id: &str, budget: Duration) -> Progress {
+        let deadline = tokio::time::Instant::now() + budget;
+        loop {
+            let changed = self.core.reports.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let latest = self.core.reports.latest(id);
+            if let Some(r) = &latest
+                && r.finished
+            {
+                return Progress::Finished(r.result.clone());
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Progress::Waiting {
+                    last: latest.map(|r| r.result),
+                };
+            }
+        }
     }
 
     /// Wakes the contact now (runs due timers and outbox entries).

@@ -44,6 +44,9 @@ pub enum Event {
     ProactiveStart {
         trigger: String,
         seller: SellerRef,
+        /// The practice area (`area_atuacao`) the conversation is about.
+        #[serde(default)]
+        area: Option<String>,
         details: serde_json::Value,
     },
     /// Someone asked for a meeting with the seller (`POST /agendamento/request`).

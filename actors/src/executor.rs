@@ -5,8 +5,8 @@
 //! effect kind without an executor stays in the outbox (and is counted) until one is configured:
 //! nothing is dropped.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 
@@ -32,6 +32,23 @@ pub struct Job {
     pub history: Vec<Entry>,
     /// Marked while a step that must not be repeated (a Salesbot run) may have happened.
     pub committed: Commitment,
+    /// Links the executor found while running (e.g. the lead Kommo names for the contact):
+    /// applied to the conversation with the result, so the next job need not look again.
+    pub found: FoundLinks,
+}
+
+/// Links an executor discovered, handed back to the conversation with the job's result.
+#[derive(Clone, Debug, Default)]
+pub struct FoundLinks(Arc<Mutex<Option<Links>>>);
+
+impl FoundLinks {
+    pub fn set(&self, links: Links) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(links);
+    }
+
+    pub fn take(&self) -> Option<Links> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
 }
 
 /// Whether an execution may have passed its point of no return.
@@ -84,6 +101,9 @@ pub enum ExecError {
     /// and trying again could do it twice: recorded as unknown, never retried.
     #[error("outcome unknown: {0}")]
     Uncertain(String),
+    /// The conversation has no lead to deliver to (none linked, none found in Kommo).
+    #[error("no lead: {0}")]
+    NoLead(String),
 }
 
 #[async_trait]

@@ -29,6 +29,26 @@ pub struct Policy {
     pub notes: bool,
     /// Whether a seller writing in the chat takes the conversation over by itself.
     pub auto_takeover_on_human_reply: bool,
+    /// A bot conversation with no customer message and no pending work for this long ends
+    /// (back to `idle`); `None` = never.
+    #[serde(default)]
+    pub conversation_idle_ms: Option<u64>,
+    /// A dispatch or reply still waiting in the outbox this long after it was queued is
+    /// dead-lettered instead of reaching n8n or the customer late; `None` = no limit.
+    #[serde(default)]
+    pub max_effect_age_ms: Option<u64>,
+    /// Pause between the parts of a multi-part reply (the Salesbot must read the field before
+    /// the next part overwrites it).
+    #[serde(default)]
+    pub reply_part_delay_ms: u64,
+    /// The most customer messages a conversation keeps waiting for an answer; older ones fall
+    /// off (recorded in the timeline).
+    #[serde(default = "default_max_pending")]
+    pub max_pending_messages: usize,
+}
+
+fn default_max_pending() -> usize {
+    50
 }
 
 impl Default for Policy {
@@ -45,6 +65,10 @@ impl Default for Policy {
             dead_letter_after_ms: 24 * 3_600_000,
             notes: true,
             auto_takeover_on_human_reply: true,
+            conversation_idle_ms: Some(24 * 3_600_000),
+            max_effect_age_ms: Some(60 * 60_000),
+            reply_part_delay_ms: 1_500,
+            max_pending_messages: default_max_pending(),
         }
     }
 }

@@ -41,6 +41,14 @@ pub enum What {
     SchedulingStarted,
     SchedulingDone,
     SchedulingTimeout,
+    /// One part of a multi-part reply went out; the next follows after the part delay.
+    PartSent,
+    /// A dispatch or reply waited in the outbox longer than the policy allows: dropped.
+    EffectExpired,
+    /// A customer message fell off the bounded list of unanswered messages.
+    MessageDropped,
+    /// Nothing happened for the idle time: back to `idle`.
+    ConversationEnded,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

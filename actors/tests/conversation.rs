@@ -116,6 +116,17 @@ impl Sim {
         self.c.outbox.get(id).is_some()
     }
 
+    /// The timers that are decisions (debounce, lease, scheduling), without the idle end that
+    /// every activity moves.
+    fn decision_timers(&self) -> Vec<TimerKind> {
+        self.c
+            .timers
+            .keys()
+            .copied()
+            .filter(|t| *t != TimerKind::IdleEnd)
+            .collect()
+    }
+
     fn pending_ids(&self) -> Vec<&str> {
         self.c.pending.iter().map(|m| m.id.as_str()).collect()
     }
@@ -219,6 +230,7 @@ fn proactive(by: &str) -> Event {
     Event::ProactiveStart {
         trigger: "form_filled".into(),
         seller: seller(by),
+        area: None,
         details: serde_json::json!({ "form": "contato", "lead_id": 991 }),
     }
 }
@@ -278,9 +290,9 @@ fn deliveries(out: &Outcome) -> Vec<(Option<String>, Vec<String>)> {
     out.effects
         .iter()
         .filter_map(|e| match e {
-            Effect::DeliverReply { dispatch_id, texts } => {
-                Some((dispatch_id.clone(), texts.clone()))
-            }
+            Effect::DeliverReply {
+                dispatch_id, texts, ..
+            } => Some((dispatch_id.clone(), texts.clone())),
             _ => None,
         })
         .collect()
@@ -442,7 +454,7 @@ fn the_debounce_timer_dispatches_every_pending_message_once() {
 
     let d = the_dispatch(&out, DispatchKind::Message);
     assert_eq!(ids(&d), ["m1", "m2", "m3"]);
-    assert!(s.c.timers.is_empty());
+    assert!(s.decision_timers().is_empty());
     assert_eq!(s.c.burst_started_at, None);
     assert_eq!(s.c.in_flight.as_ref().unwrap().dispatch_id, d.dispatch_id);
     assert_eq!(s.outbox_ids(), std::slice::from_ref(&d.dispatch_id));
@@ -611,6 +623,7 @@ fn a_reply_for_the_dispatch_in_flight_is_delivered_and_clears_pending() {
         vec![Effect::DeliverReply {
             dispatch_id: Some(d1.clone()),
             texts: vec!["Olá!".into(), "Como posso ajudar?".into()],
+            sent: 0,
         }]
     );
     assert!(s.c.pending.is_empty());
@@ -727,7 +740,7 @@ fn pausing_silences_the_bot_and_bumps_the_epoch() {
     assert_eq!(timers_cancelled(&out), [TimerKind::Debounce]);
     assert!(s.c.pending.is_empty());
     assert_eq!(s.c.in_flight, None);
-    assert!(s.c.timers.is_empty());
+    assert!(s.decision_timers().is_empty());
     assert!(s.c.outbox.is_empty(), "{:?}", s.outbox_ids());
     assert_eq!(s.last_what(), What::Paused);
     // The reply to the old dispatch arrives while paused.
@@ -787,18 +800,18 @@ fn customer_messages_while_paused_are_held_and_never_dispatched() {
     s.ok(pause());
     let out = s.advance(1_000).ok(customer("m1"));
     assert!(out.effects.is_empty());
-    assert!(s.c.pending.is_empty());
+    // Kept for the bot (see the release tests), never dispatched while paused.
+    assert_eq!(s.pending_ids(), ["m1"]);
     let held = s.c.timeline.last().unwrap();
     assert_eq!(held.what, What::MessageHeld);
     assert_eq!(held.message_id.as_deref(), Some("m1"));
     assert_eq!(held.detail.as_deref(), Some("paused"));
     assert_eq!(s.c.last_customer_at, Some(s.now));
     let out = s.advance(1_000).ok(resume());
-    assert!(
-        the_dispatch(&out, DispatchKind::Released)
-            .messages
-            .is_empty()
-    );
+    // The resume hands the unanswered message to the bot, in the released dispatch...
+    let released = the_dispatch(&out, DispatchKind::Released);
+    assert_eq!(released.messages.len(), 1);
+    assert_eq!(released.messages[0].id, "m1");
     // ...and the held id is not news afterwards.
     s.no_op(customer("m1"));
 }
@@ -913,7 +926,7 @@ fn release_by_the_holder_hands_the_conversation_back_to_the_bot() {
 
     assert_eq!(s.c.phase, Phase::BotActive);
     assert_eq!(s.c.epoch, 2);
-    assert!(s.c.timers.is_empty());
+    assert!(s.decision_timers().is_empty());
     assert_eq!(
         timers_cancelled(&out),
         [TimerKind::LeaseExpiry, TimerKind::LeaseNudge]
@@ -992,7 +1005,7 @@ fn lease_expiry_returns_the_conversation_to_the_bot() {
         notes(&out),
         ["Tempo de atendimento humano esgotado: a IA voltou a responder."]
     );
-    assert!(s.c.timers.is_empty(), "the nudge went with it");
+    assert!(s.decision_timers().is_empty(), "the nudge went with it");
     assert!(s.whats().contains(&What::LeaseExpired));
 }
 
@@ -1005,7 +1018,7 @@ fn the_lease_nudge_reminds_the_seller_with_a_note() {
     let out = s.ok(fire(TimerKind::LeaseNudge));
     assert_eq!(
         notes(&out),
-        ["A conversa volta para a IA em 10 min se ninguém responder."]
+        ["A conversa volta para a IA em 10 minutos se ninguém responder."]
     );
     assert!(s.c.phase.is_human());
     assert!(!s.c.timers.contains_key(&TimerKind::LeaseNudge));
@@ -1053,16 +1066,19 @@ fn customer_messages_while_a_seller_holds_the_conversation_are_held() {
         assert_eq!(held.message_id.as_deref(), Some(id));
         assert_eq!(held.detail.as_deref(), Some("human_assigned"));
     }
-    // An attachment re-sent for a held message is recorded, nothing more.
+    // An attachment re-sent for a held message is merged into it, nothing more.
     let out = s.ok(customer_voice("m1"));
     assert!(out.effects.is_empty());
-    assert!(s.c.pending.is_empty());
+    assert_eq!(s.pending_ids(), ["m1", "m2"]);
+    assert!(s.c.pending[0].attachment.is_some());
+    // Nobody answered them: the bot gets them back with the release.
     let out = s.advance(1_000).ok(release("ana"));
-    assert!(
-        the_dispatch(&out, DispatchKind::Released)
-            .messages
-            .is_empty()
-    );
+    let ids: Vec<_> = the_dispatch(&out, DispatchKind::Released)
+        .messages
+        .iter()
+        .map(|m| m.id.clone())
+        .collect();
+    assert_eq!(ids, ["m1", "m2"]);
 }
 
 #[test]
@@ -1294,7 +1310,7 @@ fn a_confirmed_scheduling_outcome_returns_to_the_bot_with_a_note() {
     assert_eq!(s.c.phase, Phase::BotActive);
     assert_eq!(s.c.in_flight, None);
     assert_eq!(timers_cancelled(&out), [TimerKind::SchedulingTimeout]);
-    assert_eq!(notes(&out), ["Agendamento confirmado. terça 10h"]);
+    assert_eq!(notes(&out), ["Agendamento confirmado: terça 10h."]);
     let entry =
         s.c.timeline
             .entries()
@@ -1310,7 +1326,7 @@ fn a_failed_scheduling_outcome_returns_to_the_bot_with_a_note() {
     s.ok(scheduling("ana"));
     let out = s.advance(60_000).ok(outcome(None, false));
     assert_eq!(s.c.phase, Phase::BotActive);
-    assert_eq!(notes(&out), ["Agendamento não concluído. terça 10h"]);
+    assert_eq!(notes(&out), ["Agendamento não concluído: terça 10h."]);
     assert!(s.whats().contains(&What::SchedulingDone));
 }
 
@@ -1829,4 +1845,210 @@ fn links_seen_update_the_conversation_only_when_they_say_something_new() {
     }));
     assert_eq!(s.c.links.lead_id, Some(878244));
     assert_eq!(s.c.links.chat_id.as_deref(), Some("7df3cc9c"));
+}
+
+// ---- a real day: holds, parts, idle ends, late effects ------------------------------------------
+
+#[test]
+fn the_released_dispatch_carries_what_the_customer_said_after_the_sellers_last_message() {
+    let mut s = Sim::immediate();
+    s.ok(assume("ana"));
+    s.advance(1_000).ok(customer("m1"));
+    // The seller answers m1 in the chat...
+    s.advance(1_000).ok(spoke("ana", "chat-1"));
+    assert!(s.c.pending.is_empty(), "the seller answered m1");
+    // ...then the customer asks again and the seller hands back without answering.
+    s.advance(1_000).ok(customer("m2"));
+    let out = s.advance(1_000).ok(release("ana"));
+    let released = the_dispatch(&out, DispatchKind::Released);
+    let ids: Vec<_> = released.messages.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["m2"]);
+    assert_eq!(released.details["hold"]["phase"], "human_assigned");
+    assert_eq!(released.details["hold"]["unanswered"], 1);
+    // The AI's answer to it reaches the customer (it is the dispatch in flight).
+    let out = s.advance(1_000).ok(reply(&released.dispatch_id));
+    assert_eq!(out.dropped, None);
+    assert_eq!(deliveries(&out).len(), 1);
+    assert!(s.c.pending.is_empty());
+}
+
+#[test]
+fn a_release_with_nothing_unanswered_awaits_no_reply() {
+    let mut s = Sim::immediate();
+    s.ok(assume("ana"));
+    let out = s.advance(1_000).ok(release("ana"));
+    let released = the_dispatch(&out, DispatchKind::Released);
+    assert!(released.messages.is_empty());
+    assert_eq!(s.c.in_flight, None);
+}
+
+#[test]
+fn unanswered_messages_are_bounded_and_what_falls_off_is_recorded() {
+    let mut s = Sim::with(Policy {
+        max_pending_messages: 3,
+        ..Policy::default()
+    });
+    for id in ["m1", "m2", "m3", "m4", "m5"] {
+        s.advance(100).ok(customer(id));
+    }
+    assert_eq!(s.pending_ids(), ["m3", "m4", "m5"]);
+    let dropped: Vec<_> =
+        s.c.timeline
+            .entries()
+            .filter(|e| e.what == What::MessageDropped)
+            .map(|e| e.message_id.clone().unwrap())
+            .collect();
+    assert_eq!(dropped, ["m1", "m2"]);
+}
+
+#[test]
+fn a_reply_in_parts_goes_out_one_part_at_a_time_under_one_entry() {
+    let mut s = Sim::immediate();
+    let d = s.dispatched("m1");
+    s.ok(done(&d));
+    let out = s.advance(1_000).ok(Event::Reply {
+        dispatch_id: Some(d.clone()),
+        texts: vec!["Parte 1".into(), "Parte 2".into(), "Parte 3".into()],
+    });
+    assert_eq!(out.queued.len(), 1, "one outbox entry for the whole reply");
+    let id = out.queued[0].clone();
+    assert_eq!(
+        s.c.outbox.get(&id).unwrap().effect.next_part(),
+        Some("Parte 1")
+    );
+    s.claim(&id);
+    s.advance(500).ok(done(&id));
+    let entry = s.c.outbox.get(&id).expect("two parts still to go");
+    assert_eq!(entry.effect.next_part(), Some("Parte 2"));
+    assert_eq!(entry.claim, None);
+    assert_eq!(entry.not_before, s.now + s.p.reply_part_delay_ms);
+    assert_eq!(s.last_what(), What::PartSent);
+    // A failure of part 2 is retried as part 2, never part 1 again.
+    s.claim(&id);
+    s.advance(2_000).ok(failed(&id, true));
+    assert_eq!(
+        s.c.outbox.get(&id).unwrap().effect.next_part(),
+        Some("Parte 2")
+    );
+    s.claim(&id);
+    s.advance(2_000).ok(done(&id));
+    s.claim(&id);
+    s.advance(2_000).ok(done(&id));
+    assert!(!s.outbox_has(&id));
+    assert_eq!(s.last_what(), What::ReplySent);
+}
+
+#[test]
+fn a_takeover_between_parts_stops_the_later_parts() {
+    let mut s = Sim::immediate();
+    let d = s.dispatched("m1");
+    s.ok(done(&d));
+    let out = s.advance(1_000).ok(Event::Reply {
+        dispatch_id: Some(d),
+        texts: vec!["Parte 1".into(), "Parte 2".into()],
+    });
+    let id = out.queued[0].clone();
+    s.claim(&id);
+    s.advance(500).ok(done(&id));
+    assert!(s.outbox_has(&id));
+    s.advance(100).ok(assume("ana"));
+    assert!(!s.outbox_has(&id), "part 2 is never sent over the seller");
+}
+
+#[test]
+fn a_quiet_bot_conversation_ends_after_the_idle_time() {
+    let idle = 24 * 3_600_000;
+    let mut s = Sim::immediate();
+    let out = s.ok(proactive("ana"));
+    let opening = the_dispatch(&out, DispatchKind::Proactive).dispatch_id;
+    s.ok(done(&opening));
+    assert_eq!(s.c.proactive.as_ref().unwrap().seller, seller("ana"));
+    // Not early.
+    s.advance(idle - 1).ok(fire(TimerKind::IdleEnd));
+    assert!(matches!(s.c.phase, Phase::Proactive { .. }));
+    s.advance(1).ok(fire(TimerKind::IdleEnd));
+    assert_eq!(s.c.phase, Phase::Idle);
+    assert_eq!(s.last_what(), What::ConversationEnded);
+    assert_eq!(s.c.proactive, None);
+    // A new proactive start is no duplicate.
+    let out = s.advance(1_000).ok(proactive("bia"));
+    the_dispatch(&out, DispatchKind::Proactive);
+}
+
+#[test]
+fn work_in_the_outbox_postpones_the_idle_end_and_a_hold_is_never_ended_by_it() {
+    let idle = 24 * 3_600_000;
+    let mut s = Sim::immediate();
+    s.dispatched("m1"); // never acknowledged by n8n's executor
+    s.advance(idle).ok(fire(TimerKind::IdleEnd));
+    assert_eq!(s.c.phase, Phase::BotActive);
+    assert!(s.c.timers[&TimerKind::IdleEnd] > s.now, "re-armed");
+
+    let mut s = Sim::with(Policy {
+        human_lease_ms: None,
+        ..Policy::default()
+    });
+    s.ok(assume("ana"));
+    s.advance(1_000).ok(customer("m1"));
+    s.advance(idle).ok(fire(TimerKind::IdleEnd));
+    assert!(s.c.phase.is_human());
+}
+
+#[test]
+fn the_scheduling_dispatch_of_a_proactive_conversation_carries_its_seller_and_area() {
+    let mut s = Sim::immediate();
+    s.ok(Event::ProactiveStart {
+        trigger: "formulario_preenchido".into(),
+        seller: seller("ana"),
+        area: Some("Previdenciário".into()),
+        details: serde_json::json!({}),
+    });
+    let out = s.advance(1_000).ok(Event::SchedulingRequest {
+        seller: None,
+        request: serde_json::json!({ "preferencia": "amanhã" }),
+    });
+    let d = the_dispatch(&out, DispatchKind::Scheduling);
+    assert_eq!(d.seller, Some(seller("ana")));
+    assert_eq!(d.details["area_atuacao"], "Previdenciário");
+    assert_eq!(d.details["seller"]["id"], "ana");
+}
+
+#[test]
+fn dispatches_and_replies_that_waited_too_long_are_dropped_with_a_note() {
+    let mut s = Sim::immediate();
+    let d = s.dispatched("m1");
+    let max = s.p.max_effect_age_ms.unwrap();
+    s.advance(max - 1);
+    assert!(
+        !s.c.expire_effects(s.now, &s.p).changed,
+        "not before the age"
+    );
+    s.advance(1);
+    let out = s.c.expire_effects(s.now, &s.p);
+    assert!(out.changed);
+    assert!(!s.outbox_has(&d));
+    assert_eq!(s.c.in_flight, None);
+    let expired =
+        s.c.timeline
+            .entries()
+            .find(|e| e.what == What::EffectExpired)
+            .unwrap();
+    assert_eq!(expired.dispatch_id.as_deref(), Some(d.as_str()));
+    let note = notes(&out);
+    assert_eq!(note.len(), 1);
+    assert!(note[0].contains("60 minutos"), "{note:?}");
+    // One being executed right now is left to finish.
+    let mut s = Sim::immediate();
+    let d = s.dispatched("m1");
+    s.claim(&d);
+    s.advance(max);
+    s.c.outbox
+        .get_mut(&d)
+        .unwrap()
+        .claim
+        .as_mut()
+        .unwrap()
+        .until = s.now + 1_000;
+    assert!(!s.c.expire_effects(s.now, &s.p).changed);
+    assert!(s.outbox_has(&d));
 }

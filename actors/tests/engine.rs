@@ -204,8 +204,10 @@ async fn effects_without_an_executor_wait_in_the_outbox() {
     let (c, _) = engine.conversation(&key).await.unwrap().unwrap();
     assert_eq!(c.outbox.len(), 1);
     assert_eq!(store.pending_outbox(10).await.unwrap(), vec![key]);
+    // The only wake-up is the conversation's idle end, a day away.
+    let an_hour = conversa_actors::clock::now_millis() + 3_600_000;
     assert_eq!(
-        store.due(u64::MAX, 10).await.unwrap(),
+        store.due(an_hour, 10).await.unwrap(),
         vec![],
         "no busy wake-up for work nobody can do"
     );

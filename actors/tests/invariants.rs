@@ -74,6 +74,8 @@ enum Op {
     Reply {
         pick: Option<Pick>,
         empty: bool,
+        /// How many parts a non-empty reply has.
+        parts: u8,
     },
     Proactive {
         seller: u8,
@@ -121,6 +123,12 @@ fn policy() -> impl Strategy<Value = Policy> {
             any::<bool>(),
             any::<bool>(),
         ),
+        (
+            prop_oneof![Just(None), Just(Some(60_000u64)), Just(Some(86_400_000))],
+            prop_oneof![Just(None), Just(Some(600_000u64)), Just(Some(3_600_000))],
+            prop_oneof![Just(0u64), Just(1_500)],
+            prop_oneof![Just(3usize), Just(50)],
+        ),
     )
         .prop_map(
             |(
@@ -132,6 +140,12 @@ fn policy() -> impl Strategy<Value = Policy> {
                     scheduling_timeout_ms,
                 ),
                 (live_window_ms, retry_base_ms, dead_letter_after_ms, notes, auto_takeover),
+                (
+                    conversation_idle_ms,
+                    max_effect_age_ms,
+                    reply_part_delay_ms,
+                    max_pending_messages,
+                ),
             )| Policy {
                 debounce_ms,
                 debounce_max_ms,
@@ -144,6 +158,10 @@ fn policy() -> impl Strategy<Value = Policy> {
                 dead_letter_after_ms,
                 notes,
                 auto_takeover_on_human_reply: auto_takeover,
+                conversation_idle_ms,
+                max_effect_age_ms,
+                reply_part_delay_ms,
+                max_pending_messages,
             },
         )
 }
@@ -163,6 +181,7 @@ fn timer_kind() -> impl Strategy<Value = TimerKind> {
         Just(TimerKind::LeaseNudge),
         Just(TimerKind::LeaseExpiry),
         Just(TimerKind::SchedulingTimeout),
+        Just(TimerKind::IdleEnd),
     ]
 }
 
@@ -178,8 +197,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Resume),
         3 => (0..SELLERS).prop_map(|seller| Op::Assume { seller }),
         3 => prop::option::weighted(0.8, 0..SELLERS).prop_map(|seller| Op::Release { seller }),
-        8 => (prop::option::weighted(0.85, pick()), prop::bool::weighted(0.05))
-            .prop_map(|(pick, empty)| Op::Reply { pick, empty }),
+        8 => (prop::option::weighted(0.85, pick()), prop::bool::weighted(0.05), 1..3u8)
+            .prop_map(|(pick, empty, parts)| Op::Reply { pick, empty, parts }),
         3 => (0..SELLERS).prop_map(|seller| Op::Proactive { seller }),
         2 => prop::option::of(0..SELLERS).prop_map(|seller| Op::Scheduling { seller }),
         2 => (prop::option::of(pick()), any::<bool>())
@@ -302,17 +321,26 @@ fn concrete(step: &Step, c: &Conversation, now: Millis, seen: &[String]) -> (Mil
             seller: s.map(seller),
             by: "/liberar".into(),
         },
-        Op::Reply { pick, empty } => Event::Reply {
+        Op::Reply { pick, empty, parts } => Event::Reply {
             dispatch_id: pick.as_ref().map(|p| resolve(p, c, seen)),
             texts: if *empty {
                 vec![" ".into()]
             } else {
-                vec!["an answer".into()]
+                (0..*parts)
+                    .map(|i| {
+                        if i == 0 {
+                            "an answer".into()
+                        } else {
+                            format!("part {i}")
+                        }
+                    })
+                    .collect()
             },
         },
         Op::Proactive { seller: s } => Event::ProactiveStart {
             trigger: "form_filled".into(),
             seller: seller(*s),
+            area: None,
             details: serde_json::json!({ "lead_id": 991 }),
         },
         Op::Scheduling { seller: s } => Event::SchedulingRequest {
@@ -720,7 +748,9 @@ fn the_generated_sequences_reach_every_rule() {
         }
     }
     assert_eq!(phases.len(), Phase::NAMES.len(), "{phases:?}");
-    assert_eq!(whats.len(), 24, "{whats:?}");
+    // Every entry but `EffectExpired`, which comes from `Conversation::expire_effects` (not an
+    // event; its own unit tests cover it).
+    assert_eq!(whats.len(), 27, "{whats:?}");
     assert_eq!(drops.len(), 5, "{drops:?}");
     assert_eq!(rejections.len(), 6, "{rejections:?}");
     for what in [

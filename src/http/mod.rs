@@ -4,6 +4,7 @@ pub mod auth;
 pub mod bot_control;
 pub mod commands;
 pub mod conversations;
+pub mod dead_letters;
 pub mod health;
 pub mod kommo;
 pub mod layers;

@@ -113,7 +113,9 @@ fn unprocessable(field: &str, error: &'static str, message: String) -> ApiError 
     }
 }
 
-/// Finds the seller by id, else by name (ignoring case and accents).
+/// Finds the seller by id, else by name: the one active seller whose name is the given one
+/// (ignoring case and accents). An ambiguous or unknown name is a 422 listing the candidates
+/// (the sellers of that name, or those whose name contains it).
 async fn find_seller(app: &AppState, wanted: &SellerName) -> Result<Seller, ApiError> {
     let (id, name) = match wanted {
         SellerName::Text(t) => (Some(t.trim()), Some(t.trim())),
@@ -121,26 +123,102 @@ async fn find_seller(app: &AppState, wanted: &SellerName) -> Result<Seller, ApiE
     };
     if let Some(id) = id.filter(|i| !i.is_empty())
         && let Some(s) = app.sellers().by_id(id).await?
+        && s.active
     {
         return Ok(s);
     }
-    if let Some(name) = name.filter(|n| !n.is_empty()) {
-        let folded = fold(name);
-        if let Some(s) = app
-            .sellers()
-            .all()
-            .await?
-            .into_iter()
-            .find(|s| s.active && fold(&s.name) == folded)
-        {
-            return Ok(s);
-        }
+    let Some(name) = name.filter(|n| !n.is_empty()) else {
+        return Err(unprocessable(
+            "vendedor",
+            "unknown_seller",
+            format!("no active seller {:?}", id.unwrap_or_default()),
+        ));
+    };
+    let folded = fold(name);
+    let active: Vec<Seller> = app
+        .sellers()
+        .all()
+        .await?
+        .into_iter()
+        .filter(|s| s.active)
+        .collect();
+    let mut same: Vec<&Seller> = active.iter().filter(|s| fold(&s.name) == folded).collect();
+    if same.len() == 1 {
+        return Ok(same.remove(0).clone());
     }
-    Err(unprocessable(
-        "vendedor",
-        "unknown_seller",
-        format!("no active seller {:?}", name.or(id).unwrap_or_default()),
-    ))
+    let listed = |sellers: Vec<&Seller>| {
+        sellers
+            .iter()
+            .take(10)
+            .map(|s| format!("{} ({})", s.name, s.id))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if same.len() > 1 {
+        return Err(unprocessable(
+            "vendedor",
+            "ambiguous_seller",
+            format!(
+                "{} active sellers are named {name:?}: {}; give the seller's id",
+                same.len(),
+                listed(same)
+            ),
+        ));
+    }
+    let similar: Vec<&Seller> = active
+        .iter()
+        .filter(|s| {
+            fold(&s.name).split(' ').any(|w| w == folded) || fold(&s.name).contains(&folded)
+        })
+        .collect();
+    let message = if similar.is_empty() {
+        format!("no active seller {name:?}")
+    } else {
+        format!(
+            "no active seller {name:?}; did you mean: {}?",
+            listed(similar)
+        )
+    };
+    Err(unprocessable("vendedor", "unknown_seller", message))
+}
+
+/// The lead to open the conversation on: the one given, the conversation's, or the newest lead
+/// Kommo lists for the contact. `None` only without Kommo (the reply will then be reported as
+/// undeliverable); a contact Kommo knows no lead of is a 422 `no_lead`, before n8n is called.
+async fn lead_for(
+    app: &AppState,
+    contact_id: u64,
+    given: Option<u64>,
+) -> Result<Option<u64>, ApiError> {
+    if given.is_some() {
+        return Ok(given);
+    }
+    let key = app.contact(contact_id);
+    if let Some((c, _)) = app.engine().conversation(&key).await?
+        && let Some(lead) = c.links.lead_id
+    {
+        return Ok(Some(lead));
+    }
+    let Some(kommo) = app.kommo() else {
+        return Ok(None);
+    };
+    let contact = kommo.contact(contact_id).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kommo_unavailable",
+            e.to_string(),
+        )
+    })?;
+    match contact.and_then(|c| c.lead_ids.iter().copied().max()) {
+        Some(lead) => Ok(Some(lead)),
+        None => Err(unprocessable(
+            "lead_id",
+            "no_lead",
+            format!(
+                "contact {contact_id} has no lead in Kommo: give lead_id, or create a lead for the contact"
+            ),
+        )),
+    }
 }
 
 /// Start a proactive conversation
@@ -193,9 +271,10 @@ async fn start_proactive(
     }
     let seller = find_seller(&app, &body.vendedor).await?;
     let key = app.contact(body.contact_id.0);
-    if let Some(lead) = body.lead_id {
+    let lead_id = lead_for(&app, key.contact_id, body.lead_id.map(|l| l.0)).await?;
+    if let Some(lead) = lead_id {
         let links = Links {
-            lead_id: Some(lead.0),
+            lead_id: Some(lead),
             ..Links::default()
         };
         app.engine().apply(key, Event::LinksSeen(links)).await?;
@@ -204,10 +283,12 @@ async fn start_proactive(
         "area_atuacao": body.area_atuacao,
         "trigger_type": trigger,
         "lead_data": body.lead_data,
-        "lead_id": body.lead_id.map(|l| l.0),
+        "lead_id": lead_id,
+        "seller": {"id": seller.id, "name": seller.name},
     });
     let event = Event::ProactiveStart {
         trigger: trigger.clone(),
+        area: Some(body.area_atuacao.trim().to_owned()).filter(|a| !a.is_empty()),
         seller: SellerRef {
             id: seller.id.clone(),
             name: seller.name.clone(),

@@ -9,7 +9,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use conversa_actors::{Event, Rejection};
+use conversa_actors::{ContactKey, Effect, Event, ExecError, Progress, Rejection};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -76,15 +76,32 @@ pub enum SchedulingStatus {
 pub struct CallbackAnswer {
     pub contact_id: u64,
     pub dispatch_id: Option<String>,
-    /// Whether the reply goes to the customer (present when there was a reply).
+    /// Whether the reply channel accepted the reply (every part of it) before this answer
+    /// (present when there was a reply). With `channel: "note"` it became a note on the lead,
+    /// not a WhatsApp message.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub delivered: Option<bool>,
-    /// Why it was dropped: `human_assigned`, `paused`, `stale_dispatch`, `superseded`,
-    /// `unknown_dispatch`.
+    /// The channel that took it: `salesbot` (WhatsApp) or `note` (a note on the lead only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub channel: Option<String>,
+    /// Why it was not delivered: `queued` (still in the outbox, being retried or waiting for
+    /// its next part), `no_lead` (nothing to deliver to), `kommo_not_configured`,
+    /// `outcome_unknown` (the Salesbot may have run; never sent again), `failed`, or the
+    /// fence reasons `human_assigned`, `paused`, `stale_dispatch`, `superseded`,
+    /// `unknown_dispatch` (dropped before any delivery).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub reason: Option<String>,
+    /// With `reason: "failed"` or `"queued"`: the channel's last error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub error: Option<String>,
+    /// How many parts of a multi-part reply went out before this answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub parts_sent: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub phase: Option<Phase>,
@@ -189,9 +206,23 @@ async fn send_response(
         };
         let applied = app.engine().apply(key, event).await?;
         let outcome = applied.outcome.map_err(rejection)?;
-        answer["delivered"] = json!(outcome.dropped.is_none());
-        if let Some(reason) = outcome.dropped {
-            answer["reason"] = json!(reason.as_str());
+        let delivery = match (outcome.dropped, outcome.queued.first()) {
+            (Some(reason), _) => Delivery::not(reason.as_str()),
+            (None, Some(id)) => follow(&app, key, id).await,
+            (None, None) => Delivery::not("failed"),
+        };
+        answer["delivered"] = json!(delivery.delivered);
+        for (field, value) in [
+            ("channel", delivery.channel),
+            ("reason", delivery.reason),
+            ("error", delivery.error.as_deref()),
+        ] {
+            if let Some(v) = value {
+                answer[field] = json!(v);
+            }
+        }
+        if let Some(n) = delivery.parts_sent {
+            answer["parts_sent"] = json!(n);
         }
         answer["phase"] = json!(applied.phase.name());
     }
@@ -223,6 +254,72 @@ async fn send_response(
         answer["phase"] = json!(applied.phase.name());
     }
     Ok(Json(answer))
+}
+
+/// What `/send-response` can truthfully say about a reply.
+struct Delivery {
+    delivered: bool,
+    channel: Option<&'static str>,
+    reason: Option<&'static str>,
+    error: Option<String>,
+    parts_sent: Option<usize>,
+}
+
+impl Delivery {
+    fn not(reason: &'static str) -> Self {
+        Delivery {
+            delivered: false,
+            channel: None,
+            reason: Some(reason),
+            error: None,
+            parts_sent: None,
+        }
+    }
+}
+
+/// Waits (up to `REPLY_WAIT_MS`) for the reply channel to take the reply queued under `id`.
+async fn follow(app: &AppState, key: ContactKey, id: &str) -> Delivery {
+    let Some(channel) = app.0.reply_channel else {
+        return Delivery::not("kommo_not_configured");
+    };
+    let progress = app.engine().follow(id, app.0.reply_wait).await;
+    let failed = |e: &ExecError| {
+        let reason = match e {
+            ExecError::NoLead(_) => "no_lead",
+            ExecError::Uncertain(_) => "outcome_unknown",
+            ExecError::Retry(_) => "queued",
+            ExecError::Permanent(_) => "failed",
+        };
+        Delivery {
+            error: Some(e.to_string()),
+            ..Delivery::not(reason)
+        }
+    };
+    match progress {
+        Progress::Finished(Ok(())) => Delivery {
+            delivered: true,
+            channel: Some(channel.as_str()),
+            reason: None,
+            error: None,
+            parts_sent: None,
+        },
+        Progress::Finished(Err(e)) => failed(&e),
+        Progress::Waiting { last } => {
+            let mut answer = match &last {
+                Some(Err(e)) => Delivery {
+                    reason: Some("queued"),
+                    ..failed(e)
+                },
+                _ => Delivery::not("queued"),
+            };
+            if let Ok(Some((c, _))) = app.engine().conversation(&key).await
+                && let Some(Effect::DeliverReply { sent, .. }) = c.outbox.get(id).map(|e| &e.effect)
+            {
+                answer.parts_sent = Some(*sent);
+            }
+            answer
+        }
+    }
 }
 
 fn rejection(r: Rejection) -> ApiError {

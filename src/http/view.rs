@@ -56,7 +56,7 @@ pub struct ConversationView<'a> {
     pub pending_messages: Vec<&'a str>,
     #[schema(value_type = Option<schemas::InFlight>)]
     pub in_flight: Option<&'a InFlight>,
-    /// Armed timers: `debounce`, `lease_nudge`, `lease_expiry`, `scheduling_timeout` → when.
+    /// Armed timers: `debounce`, `lease_nudge`, `lease_expiry`, `scheduling_timeout`, `idle_end` → when.
     #[schema(value_type = BTreeMap<String, u64>)]
     pub timers: BTreeMap<String, Millis>,
     pub outbox: Vec<OutboxView<'a>>,

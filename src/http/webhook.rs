@@ -61,7 +61,7 @@ pub struct KommoWebhookJson(pub Value);
 /// What the webhook did.
 #[derive(Serialize, ToSchema)]
 #[schema(example = json!({"changed": 1, "commands": [], "items": 1, "ok": true,
-    "unchanged": 0, "unknown": []}))]
+    "rejected": [], "unchanged": 0, "unknown": []}))]
 pub struct WebhookAnswer {
     pub ok: bool,
     /// Events applied to conversations.
@@ -72,10 +72,23 @@ pub struct WebhookAnswer {
     pub unchanged: u64,
     /// `entity[action]` keys not understood (accepted and ignored), e.g. `task[add]`.
     pub unknown: Vec<String>,
+    /// Items that could not be read, each with the key at fault; the other items were
+    /// applied. Also logged, counted (`kommo_webhook_items_rejected_total`) and listed in
+    /// `GET /dead-letters`.
+    pub rejected: Vec<RejectedItem>,
     /// Seller commands typed in WhatsApp (`/assumir 12345`...) and their answers, or
     /// `{"ok": false, "error": ApiError}` for a refused one.
     #[schema(value_type = Vec<Object>)]
     pub commands: Vec<Value>,
+}
+
+/// A webhook item that could not be read.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"key": "message[add][1][contact_id]", "error": "missing"}))]
+pub struct RejectedItem {
+    /// The bracket key at fault.
+    pub key: String,
+    pub error: String,
 }
 
 /// Kommo webhook (?token=)
@@ -180,6 +193,7 @@ async fn ingest(app: AppState, headers: &HeaderMap, body: &[u8]) -> Result<Json<
         ApiError::bad_field(&e.key, format!("malformed webhook: {e}"))
     })?;
     check_account(&app, &hook)?;
+    let rejected = reject_items(&app, &hook).await?;
     if !hook.unknown.is_empty() {
         info!(unknown = ?hook.unknown, "Kommo webhook carried events conversa does not handle");
     }
@@ -217,8 +231,41 @@ async fn ingest(app: AppState, headers: &HeaderMap, body: &[u8]) -> Result<Json<
         "changed": changed,
         "unchanged": duplicates,
         "unknown": hook.unknown,
+        "rejected": rejected,
         "commands": commands_done,
     })))
+}
+
+/// Records the items of `hook` that could not be read (log, metric, dead letters): they are
+/// answered 2xx with the rest, as a resent body would fail the same way.
+async fn reject_items(app: &AppState, hook: &Webhook) -> Result<Vec<RejectedItem>, ApiError> {
+    if hook.rejected.is_empty() {
+        return Ok(Vec::new());
+    }
+    let at = conversa_actors::clock::now_millis();
+    for e in &hook.rejected {
+        warn!(key = %e.key, error = %e.message, "Kommo webhook item rejected; the others apply");
+    }
+    metrics::counter!("kommo_webhook_items_rejected_total").increment(hook.rejected.len() as u64);
+    let records = hook
+        .rejected
+        .iter()
+        .map(|e| crate::dead_letters::DeadLetter {
+            at,
+            kind: "webhook_item".into(),
+            key: e.key.clone(),
+            error: e.message.clone(),
+        })
+        .collect();
+    app.0.dead_letters.record(records).await?;
+    Ok(hook
+        .rejected
+        .iter()
+        .map(|e| RejectedItem {
+            key: e.key.clone(),
+            error: e.message.clone(),
+        })
+        .collect())
 }
 
 /// Takes out the incoming messages that are commands typed by a registered seller in their

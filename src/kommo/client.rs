@@ -155,6 +155,8 @@ pub struct Contact {
     pub responsible_user_id: u64,
     /// Values of the `PHONE` field.
     pub phones: Vec<String>,
+    /// The contact's leads (`_embedded.leads`, present with `with=leads`), as Kommo lists them.
+    pub lead_ids: Vec<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -309,6 +311,8 @@ struct RawContact {
     responsible_user_id: Option<u64>,
     #[serde(default)]
     custom_fields_values: Option<Vec<RawField>>,
+    #[serde(default, rename = "_embedded")]
+    embedded: Option<TalkEmbedded>,
 }
 
 #[derive(Deserialize)]
@@ -424,6 +428,10 @@ fn contact_from(raw: RawContact) -> Contact {
         name: raw.name.unwrap_or_default(),
         responsible_user_id: raw.responsible_user_id.unwrap_or(0),
         phones,
+        lead_ids: raw
+            .embedded
+            .map(|e| e.leads.into_iter().map(|l| l.id).collect())
+            .unwrap_or_default(),
     }
 }
 
@@ -693,9 +701,10 @@ impl KommoClient {
         }
     }
 
-    /// One contact with its phones; `None` when Kommo answers 204.
+    /// One contact with its phones and leads (`with=leads`); `None` when Kommo answers 204.
     pub async fn contact(&self, id: u64) -> Result<Option<Contact>, KommoError> {
-        let url = self.v4(&format!("contacts/{id}"))?;
+        let mut url = self.v4(&format!("contacts/{id}"))?;
+        url.query_pairs_mut().append_pair("with", "leads");
         match self.get(url).await? {
             None => Ok(None),
             Some(body) => Ok(Some(contact_from(decode("contact", &body)?))),

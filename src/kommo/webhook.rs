@@ -92,6 +92,10 @@ pub struct Webhook {
     /// Top-level `entity[action]` keys that were not understood, e.g. `"task[add]"` (or a bare
     /// top-level name such as `"foo"` when it carried no action).
     pub unknown: Vec<String>,
+    /// Items that could not be read (a message without `contact_id`, a lead id that is not a
+    /// number…), each with the key at fault. The other items of the body still apply: Kommo
+    /// resends a refused body whole and disables a hook that keeps failing.
+    pub rejected: Vec<ParseError>,
 }
 
 /// `account[id]`, `account[subdomain]` (`account[_links][self]` is ignored).
@@ -524,10 +528,11 @@ fn extract_items(
             let mut list = Vec::with_capacity(map.len());
             for (index, item) in map {
                 let Some(i) = item_index(index) else {
-                    return Err(ParseError::new(
+                    webhook.rejected.push(ParseError::new(
                         format!("{entity}[{action}][{index}]"),
                         format!("item index must be a number from 0 to {MAX_ITEM_INDEX}"),
                     ));
+                    continue;
                 };
                 list.push((i, index.as_ref(), item));
             }
@@ -538,10 +543,11 @@ fn extract_items(
         Node::Leaf(_) => match kind {
             Kind::Lead => vec![("0", items)],
             Kind::Message { .. } => {
-                return Err(ParseError::new(
+                webhook.rejected.push(ParseError::new(
                     format!("{entity}[{action}]"),
                     "expected numbered items",
                 ));
+                return Ok(());
             }
             Kind::Talk | Kind::Unsorted => {
                 push_unknown(&mut webhook.unknown, format!("{entity}[{action}]"));
@@ -557,31 +563,37 @@ fn extract_items(
             index,
         };
         let event = match (kind, item) {
-            (Kind::Message { outgoing }, Node::Map(map)) => Some(WebhookEvent::Message(message(
-                &Item { map, path },
-                outgoing,
-            )?)),
-            (Kind::Lead, Node::Map(map)) => Some(lead(&Item { map, path })?),
-            (Kind::Lead, Node::Leaf(value)) => Some(WebhookEvent::Lead {
-                action: action.to_owned(),
-                lead_id: parse_u64_strict(value, || path.item_key())?,
-                responsible_user_id: None,
-                old_responsible_user_id: None,
-                status_id: None,
-                pipeline_id: None,
-                contact_ids: Vec::new(),
-            }),
-            (Kind::Talk, Node::Map(map)) => Some(talk(&Item { map, path })),
-            (Kind::Unsorted, Node::Map(map)) => Some(unsorted(&Item { map, path })),
+            (Kind::Message { outgoing }, Node::Map(map)) => {
+                message(&Item { map, path }, outgoing).map(|m| Some(WebhookEvent::Message(m)))
+            }
+            (Kind::Lead, Node::Map(map)) => lead(&Item { map, path }).map(Some),
+            (Kind::Lead, Node::Leaf(value)) => {
+                parse_u64_strict(value, || path.item_key()).map(|lead_id| {
+                    Some(WebhookEvent::Lead {
+                        action: action.to_owned(),
+                        lead_id,
+                        responsible_user_id: None,
+                        old_responsible_user_id: None,
+                        status_id: None,
+                        pipeline_id: None,
+                        contact_ids: Vec::new(),
+                    })
+                })
+            }
+            (Kind::Talk, Node::Map(map)) => Ok(Some(talk(&Item { map, path }))),
+            (Kind::Unsorted, Node::Map(map)) => Ok(Some(unsorted(&Item { map, path }))),
             (Kind::Message { .. }, Node::Leaf(_)) => {
-                return Err(ParseError::new(path.item_key(), "expected an object"));
+                Err(ParseError::new(path.item_key(), "expected an object"))
             }
             (Kind::Talk | Kind::Unsorted, Node::Leaf(_)) => {
                 unknown_items = true;
-                None
+                Ok(None)
             }
         };
-        webhook.events.extend(event);
+        match event {
+            Ok(event) => webhook.events.extend(event),
+            Err(e) => webhook.rejected.push(e),
+        }
     }
     if unknown_items {
         push_unknown(&mut webhook.unknown, format!("{entity}[{action}]"));
@@ -689,6 +701,12 @@ fn message(item: &Item<'_, '_>, outgoing_prefix: bool) -> Result<MessageItem, Pa
         _ => return Err(ParseError::new(item.path.key("id"), "missing")),
     };
     let contact_id = item.u64_required("contact_id")?;
+    if contact_id == 0 {
+        return Err(ParseError::new(
+            item.path.key("contact_id"),
+            "must be a positive id",
+        ));
+    }
     let talk_id = item.u64_strict("talk_id")?;
     let lead_id = match item.u64_strict("lead_id")? {
         Some(id) => Some(id),

@@ -911,7 +911,8 @@ fn respond(
         },
         ("GET", ["api", "v4", "contacts", cid]) => {
             match id(cid).and_then(|c| st.contacts.get(&c)) {
-                Some(c) => hal(200, contact_json(c, origin)),
+                // `_embedded.leads` only with `with=leads` (kommo-api.md §3.4).
+                Some(c) => hal(200, contact_json(c, origin, query.contains("leads"))),
                 None => no_content(),
             }
         }
@@ -1169,7 +1170,7 @@ fn lead_json(l: &FakeLead, origin: &str, with_contacts: bool) -> Value {
     })
 }
 
-fn contact_json(c: &FakeContact, origin: &str) -> Value {
+fn contact_json(c: &FakeContact, origin: &str, with_leads: bool) -> Value {
     let custom = if c.phones.is_empty() {
         Value::Null
     } else {
@@ -1200,7 +1201,11 @@ fn contact_json(c: &FakeContact, origin: &str) -> Value {
         "_links": {"self": {"href": format!("{origin}/api/v4/contacts/{}", c.id)}},
         "_embedded": {
             "tags": [],
-            "leads": c.lead_ids.iter().map(|l| json!({"id": l})).collect::<Vec<_>>(),
+            "leads": if with_leads {
+                c.lead_ids.iter().map(|l| json!({"id": l})).collect::<Vec<_>>()
+            } else {
+                Vec::new()
+            },
             "customers": [],
             "catalog_elements": [],
             "companies": [],

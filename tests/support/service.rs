@@ -33,13 +33,19 @@ impl Service {
     pub async fn start(env: &[(&str, &str)]) -> Service {
         let logdir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.replace("{port}", &port.to_string())))
+            .collect();
+        // n8n needs to know where to call back, as a real deployment must say.
+        let has = |name: &str, env: &[(String, String)]| env.iter().any(|(k, _)| k == name);
+        if has("N8N_WEBHOOK_URL", &env) && !has("PUBLIC_URL", &env) {
+            env.push(("PUBLIC_URL".into(), format!("http://127.0.0.1:{port}")));
+        }
         let mut service = Service {
             child: None,
             port,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.replace("{port}", &port.to_string())))
-                .collect(),
+            env,
             log: logdir.path().join("conversa.log"),
             _logdir: logdir,
             client: reqwest::Client::builder()

@@ -1,0 +1,67 @@
+//! `GET /dead-letters`: what conversa received and could not act on (see
+//! [`crate::dead_letters`]), newest first.
+
+use axum::Json;
+use axum::extract::{Query, State};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+use crate::dead_letters::DeadLetter;
+use crate::error::ApiError;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct Filter {
+    /// Only this kind (`webhook_item`).
+    kind: Option<String>,
+    /// At most this many (default 100, at most 500).
+    limit: Option<usize>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeadLetterList {
+    pub count: usize,
+    /// Newest first.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// Dead letters
+///
+/// Webhook items that could not be read (the rest of their body was applied), newest first.
+#[utoipa::path(
+    get,
+    path = "/dead-letters",
+    tag = "conversations",
+    params(Filter),
+    responses(
+        (status = 200, description = "The records kept (the newest 500)", body = DeadLetterList),
+        (status = 503, response = crate::openapi::StoreUnavailable),
+    ),
+)]
+async fn list(
+    State(app): State<AppState>,
+    Query(filter): Query<Filter>,
+) -> Result<Json<DeadLetterList>, ApiError> {
+    let limit = filter.limit.unwrap_or(100).min(crate::dead_letters::KEPT);
+    let dead_letters: Vec<DeadLetter> = app
+        .0
+        .dead_letters
+        .list()
+        .await?
+        .into_iter()
+        .rev()
+        .filter(|d| filter.kind.as_deref().is_none_or(|k| d.kind == k))
+        .take(limit)
+        .collect();
+    Ok(Json(DeadLetterList {
+        count: dead_letters.len(),
+        dead_letters,
+    }))
+}
