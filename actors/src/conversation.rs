@@ -1028,6 +1028,12 @@ impl Step<'_> {
         {
             self.c.in_flight = None;
         }
+        if let Effect::Dispatch(d) = &entry.effect {
+            // Its messages are handed to the seller by the note, not sent late with the next.
+            self.c
+                .pending
+                .retain(|m| !d.messages.iter().any(|x| x.id == m.id));
+        }
         match entry.effect {
             Effect::Dispatch(d) if d.kind == DispatchKind::Message => self.note(format!(
                 "A mensagem do cliente não chegou à IA a tempo (ficou {} na fila): responda pelo chat.",

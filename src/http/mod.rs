@@ -63,26 +63,42 @@ impl utoipa::PartialSchema for KommoId {
 impl utoipa::ToSchema for KommoId {}
 
 impl<'de> Deserialize<'de> for KommoId {
+    /// A visitor, not an untagged enum: serde's own errors (a missing field above all) pass
+    /// through, so the edge can name the field as missing.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
+        struct Id;
+        impl serde::de::Visitor<'_> for Id {
+            type Value = KommoId;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a positive integer (or a string of digits)")
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<KommoId, E> {
+                if n == 0 {
+                    return Err(E::custom("must be a positive integer, got 0"));
+                }
+                Ok(KommoId(n))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<KommoId, E> {
+                match u64::try_from(n) {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::custom(format!("must be a positive integer, got {n}"))),
+                }
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<KommoId, E> {
+                Err(E::custom(format!("must be a positive integer, got {n}")))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<KommoId, E> {
+                match s.trim().parse::<u64>() {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::custom(format!("must be a positive integer, got {s:?}"))),
+                }
+            }
         }
-        let id = match Raw::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("must be a positive integer (or a string of digits)")
-        })? {
-            Raw::Number(n) => n,
-            Raw::Text(s) => s.trim().parse().map_err(|_| {
-                serde::de::Error::custom(format!("must be a positive integer, got {s:?}"))
-            })?,
-        };
-        if id == 0 {
-            return Err(serde::de::Error::custom(
-                "must be a positive integer, got 0",
-            ));
-        }
-        Ok(KommoId(id))
+        d.deserialize_any(Id)
     }
 }

@@ -1,0 +1,441 @@
+//! A sales team's real day, end to end against the real binary and the fakes of Kommo and n8n
+//! (`tests/support/`, written from kommo-api.md): what `/send-response` says is what happened,
+//! leads are found when nobody gave one, a reply in parts is one WhatsApp message per part, what
+//! the customer said during a hold reaches the bot when it is back, conversations end, commands
+//! on unknown contacts behave, errors say what to fix, and a configuration that cannot work is
+//! refused at start with the variable named.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::fake_kommo::{FakeContact, FakeKommo, FakeLead, FakeMessage, message_add_form};
+use support::fake_n8n::FakeN8n;
+use support::service::Service;
+
+const ACCOUNT: u64 = 33981183;
+const LEAD: u64 = 878244;
+const CONTACT: u64 = 1298200;
+const FIELD: u64 = 555;
+const BOT: u64 = 84562;
+
+struct World {
+    kommo: FakeKommo,
+    n8n: FakeN8n,
+    service: Service,
+    _dir: tempfile::TempDir,
+}
+
+async fn world(extra: &[(&str, &str)]) -> World {
+    let kommo = FakeKommo::start().await;
+    let mut lead = FakeLead::new(LEAD);
+    lead.contact_ids = vec![CONTACT];
+    kommo.add_lead(lead);
+    kommo.add_lead_field(FIELD);
+    let (access, refresh) = kommo.issue_tokens();
+    let n8n = FakeN8n::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (api, hook) = (kommo.api_url(), n8n.url());
+    let (field, bot) = (FIELD.to_string(), BOT.to_string());
+    let mut env = vec![
+        ("DATA_DIR", dir.path().to_str().unwrap()),
+        ("DEBOUNCE_MS", "0"),
+        ("N8N_WEBHOOK_URL", &hook),
+        ("PUBLIC_URL", "http://127.0.0.1:{port}"),
+        ("KOMMO_API_URL", &api),
+        ("KOMMO_ACCESS_TOKEN", &access),
+        ("KOMMO_REFRESH_TOKEN", &refresh),
+        ("KOMMO_REPLY_FIELD_ID", &field),
+        ("KOMMO_REPLY_BOT_ID", &bot),
+        ("KOMMO_ACCOUNT_ID", "33981183"),
+        ("REPLY_PART_DELAY_MS", "100"),
+    ];
+    env.extend_from_slice(extra);
+    let service = Service::start(&env).await;
+    World {
+        kommo,
+        n8n,
+        service,
+        _dir: dir,
+    }
+}
+
+async fn until(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A customer message as Kommo sends it, on `LEAD`; returns the dispatch n8n got for it.
+async fn customer_says(w: &World, id: &str, text: &str) -> Value {
+    let body = message_add_form(
+        ACCOUNT,
+        "adrianocamposadvogado",
+        &[FakeMessage::incoming(id, CONTACT, LEAD, 109, text)],
+    );
+    let r = w
+        .kommo
+        .send_webhook(&w.service.url("/webhooks/kommo"), &body)
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    dispatch_carrying(w, id).await
+}
+
+async fn dispatch_carrying(w: &World, message_id: &str) -> Value {
+    let mut found = None;
+    until(10, "the dispatch", || {
+        found = w.n8n.accepted().into_iter().map(|r| r.body).find(|b| {
+            b["messages"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["id"] == message_id))
+        });
+        found.is_some()
+    })
+    .await;
+    found.unwrap()
+}
+
+async fn reply(w: &World, contact: u64, dispatch_id: &Value, body: Value) -> Value {
+    let mut body = body;
+    body["contact_id"] = json!(contact);
+    body["dispatch_id"] = dispatch_id.clone();
+    let (status, answer) = w.service.post("/send-response", body).await;
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+fn field_texts(w: &World) -> Vec<String> {
+    w.kommo
+        .patches()
+        .iter()
+        .filter_map(|p| {
+            p.body
+                .pointer("/custom_fields_values/0/values/0/value")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_means_the_salesbot_ran_and_a_reply_in_parts_is_one_message_per_part() {
+    let w = world(&[]).await;
+    let d = customer_says(&w, "m1", "Oi").await;
+    let answer = reply(&w, CONTACT, &d["dispatch_id"], json!({"text": "Olá!"})).await;
+    assert_eq!(answer["delivered"], true, "{answer}");
+    assert_eq!(answer["channel"], "salesbot", "{answer}");
+    // By the time n8n hears "delivered", Kommo ran the bot on the lead.
+    assert_eq!(w.kommo.salesbot_runs().len(), 1);
+    assert_eq!(w.kommo.salesbot_runs()[0].entity_id, LEAD);
+
+    let d = customer_says(&w, "m2", "Quanto custa?").await;
+    let answer = reply(
+        &w,
+        CONTACT,
+        &d["dispatch_id"],
+        json!({"messages": ["Parte 1", {"text": "Parte 2"}]}),
+    )
+    .await;
+    assert_eq!(answer["delivered"], true, "{answer}");
+    assert_eq!(w.kommo.salesbot_runs().len(), 3, "one run per part");
+    assert_eq!(field_texts(&w), ["Olá!", "Parte 1", "Parte 2"], "in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_note_mode_delivered_says_note_and_without_a_lead_it_says_no_lead() {
+    let w = world(&[("REPLY_CHANNEL", "note")]).await;
+    let d = customer_says(&w, "m1", "Oi").await;
+    let answer = reply(&w, CONTACT, &d["dispatch_id"], json!({"text": "Olá!"})).await;
+    assert_eq!(answer["delivered"], true, "{answer}");
+    assert_eq!(
+        answer["channel"], "note",
+        "nobody may believe WhatsApp got it: {answer}"
+    );
+    assert!(w.kommo.notes().iter().any(|n| n.text.contains("Olá!")));
+    assert!(w.kommo.salesbot_runs().is_empty());
+
+    // A contact Kommo knows no lead of, writing without a lead in the webhook.
+    let lonely = 4242;
+    w.kommo.add_contact(FakeContact::new(lonely, "Sem Lead"));
+    let body = format!(
+        "account%5Bid%5D={ACCOUNT}&message%5Badd%5D%5B0%5D%5Bid%5D=lonely-1\
+         &message%5Badd%5D%5B0%5D%5Bcontact_id%5D={lonely}&message%5Badd%5D%5B0%5D%5Btext%5D=Oi\
+         &message%5Badd%5D%5B0%5D%5Btype%5D=incoming"
+    );
+    let r = w
+        .kommo
+        .send_webhook(&w.service.url("/webhooks/kommo"), &body)
+        .await;
+    assert_eq!(r.status(), 200);
+    let d = dispatch_carrying(&w, "lonely-1").await;
+    let answer = reply(&w, lonely, &d["dispatch_id"], json!({"text": "Olá!"})).await;
+    assert_eq!(answer["delivered"], false, "{answer}");
+    assert_eq!(answer["reason"], "no_lead", "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leads_are_found_through_kommo_and_a_contact_without_one_is_refused_before_n8n() {
+    let w = world(&[]).await;
+    let (status, seller) = w
+        .service
+        .post(
+            "/vendedores/adicionar",
+            json!({"nome": "Asaf", "contact_id": 99999}),
+        )
+        .await;
+    assert_eq!(status, 201, "{seller}");
+    // Kommo knows this contact's lead; nobody tells conversa.
+    let (contact, lead) = (5150, 9090);
+    let mut c = FakeContact::new(contact, "Maria");
+    c.lead_ids = vec![lead];
+    w.kommo.add_contact(c);
+    let mut l = FakeLead::new(lead);
+    l.contact_ids = vec![contact];
+    w.kommo.add_lead(l);
+    let start = json!({"contact_id": contact, "vendedor": "Asaf", "area_atuacao": "Previdenciário",
+        "trigger_type": "formulario_preenchido"});
+    let (status, started) = w.service.post("/start-proactive", start).await;
+    assert_eq!(status, 201, "{started}");
+    let (_, conv) = w.service.get(&format!("/conversations/{contact}")).await;
+    assert_eq!(conv["links"]["lead_id"], lead, "{conv}");
+    let asked = w
+        .kommo
+        .api_requests()
+        .into_iter()
+        .any(|r| r.path == format!("/api/v4/contacts/{contact}") && r.query.contains("leads"));
+    assert!(asked, "asked Kommo with=leads");
+
+    // No lead anywhere: 422 before anything reaches n8n.
+    let before = w.n8n.received().len();
+    w.kommo.add_contact(FakeContact::new(5151, "Sem Lead"));
+    let start = json!({"contact_id": 5151, "vendedor": "Asaf", "area_atuacao": "Previdenciário",
+        "trigger_type": "formulario_preenchido"});
+    let (status, err) = w.service.post("/start-proactive", start).await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["error"], "no_lead", "{err}");
+    assert_eq!(err["field"], "lead_id", "{err}");
+    assert_eq!(w.n8n.received().len(), before, "n8n was not called");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_customer_said_during_a_hold_reaches_the_bot_when_it_is_released() {
+    let w = world(&[]).await;
+    let (status, _) = w
+        .service
+        .post(
+            "/vendedores/adicionar",
+            json!({"nome": "Ana Souza", "contact_id": 99999}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    customer_says(&w, "m1", "Oi").await;
+    let take = json!({"message": format!("/assumir {CONTACT}"), "contact_id": 99999});
+    let (status, taken) = w.service.post("/vendedor/comandos", take).await;
+    assert_eq!(status, 200, "{taken}");
+    // The customer asks while the seller holds the conversation; nobody answers.
+    let body = message_add_form(
+        ACCOUNT,
+        "adrianocamposadvogado",
+        &[FakeMessage::incoming("m2", CONTACT, LEAD, 109, "Ainda aí?")],
+    );
+    let r = w
+        .kommo
+        .send_webhook(&w.service.url("/webhooks/kommo"), &body)
+        .await;
+    assert_eq!(r.status(), 200);
+    let back = json!({"message": format!("/liberar {CONTACT}"), "contact_id": 99999});
+    let (status, released) = w.service.post("/vendedor/comandos", back).await;
+    assert_eq!(status, 200, "{released}");
+    let d = dispatch_carrying(&w, "m2").await;
+    assert_eq!(d["event"], "released", "{d}");
+    let answer = reply(
+        &w,
+        CONTACT,
+        &d["dispatch_id"],
+        json!({"text": "Estou aqui!"}),
+    )
+    .await;
+    assert_eq!(
+        answer["delivered"], true,
+        "the answer to it reaches the customer: {answer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_conversation_ends_and_a_new_proactive_start_is_no_duplicate() {
+    // 0.0005 h = 1.8 s.
+    let w = world(&[
+        ("CONVERSATION_IDLE_HOURS", "0.0005"),
+        ("TIMER_SWEEP_MS", "100"),
+    ])
+    .await;
+    let (status, _) = w
+        .service
+        .post("/vendedores/adicionar", json!({"nome": "Asaf"}))
+        .await;
+    assert_eq!(status, 201);
+    let start = json!({"contact_id": CONTACT, "lead_id": LEAD, "vendedor": "Asaf",
+        "area_atuacao": "Previdenciário", "trigger_type": "formulario_preenchido"});
+    let (status, first) = w.service.post("/start-proactive", start.clone()).await;
+    assert_eq!(status, 201, "{first}");
+    let (status, again) = w.service.post("/start-proactive", start.clone()).await;
+    assert_eq!((status, again["reason"].as_str()), (200, Some("duplicate")));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, c) = w.service.get(&format!("/conversations/{CONTACT}")).await;
+        if c["phase"] == "idle" {
+            let ended = c["timeline"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["what"] == "conversation_ended");
+            assert!(ended, "{c}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never ended: {c}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, later) = w.service.post("/start-proactive", start).await;
+    assert_eq!(status, 201, "a new conversation: {later}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_commands_on_unknown_contacts_and_errors_a_person_can_act_on() {
+    let w = world(&[]).await;
+    // Pausing before the customer ever wrote: a paused conversation, nothing to n8n.
+    let (status, paused) = w
+        .service
+        .post(
+            "/bot-control",
+            json!({"contact_id": 7070, "command": "pause"}),
+        )
+        .await;
+    assert_eq!((status, paused["phase"].as_str()), (200, Some("paused")));
+    // Resuming something never held sends no `released`; status creates nothing.
+    let (status, _) = w
+        .service
+        .post(
+            "/bot-control",
+            json!({"contact_id": 7071, "command": "resume"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = w
+        .service
+        .post(
+            "/bot-control",
+            json!({"contact_id": 7072, "command": "status"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = w.service.get("/conversations/7072").await;
+    assert_eq!(status, 404, "status created nothing");
+    assert!(w.n8n.received().is_empty(), "n8n heard nothing");
+
+    // A missing field is named as missing; no Rust type names.
+    let (status, err) = w
+        .service
+        .post("/bot-control", json!({"command": "pause"}))
+        .await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["field"], "contact_id", "{err}");
+    let message = err["message"].as_str().unwrap();
+    assert!(message.contains("missing"), "{err}");
+    for leak in ["struct", "deserialize", "Failed to", "BotControl", "u64"] {
+        assert!(!message.contains(leak), "{leak} in {err}");
+    }
+    // A JSON route without the JSON content type: 415, saying so.
+    let r = w
+        .service
+        .client
+        .post(w.service.url("/bot-control"))
+        .body(r#"{"contact_id": 1, "command": "pause"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let err: Value = r.json().await.unwrap();
+    assert!(
+        err["message"].as_str().unwrap().contains("Content-Type"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seller_names_are_unique_and_a_name_picks_that_seller_only() {
+    let w = world(&[]).await;
+    for (name, contact) in [("Asaf", 91), ("Asaf Lima", 92)] {
+        let (status, s) = w
+            .service
+            .post(
+                "/vendedores/adicionar",
+                json!({"nome": name, "contact_id": contact}),
+            )
+            .await;
+        assert_eq!(status, 201, "{s}");
+    }
+    let (status, err) = w
+        .service
+        .post("/vendedores/adicionar", json!({"nome": "ásaf"}))
+        .await;
+    assert_eq!(
+        status, 409,
+        "case and accents do not make another name: {err}"
+    );
+    let start = |vendedor: &str| {
+        json!({"contact_id": CONTACT, "lead_id": LEAD, "vendedor": vendedor,
+            "area_atuacao": "Previdenciário", "trigger_type": "formulario_preenchido"})
+    };
+    let (status, err) = w.service.post("/start-proactive", start("Lima")).await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["field"], "vendedor");
+    assert!(
+        err["message"].as_str().unwrap().contains("Asaf Lima"),
+        "candidates: {err}"
+    );
+    let (status, started) = w.service.post("/start-proactive", start("Asaf")).await;
+    assert_eq!(status, 201, "{started}");
+    assert_eq!(started["vendedor"]["name"], "Asaf", "{started}");
+}
+
+/// Runs the binary with `env` and returns its exit status and output (it must not start).
+fn refused(env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_conversa"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("DATA_DIR", dir.path())
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run conversa");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, text)
+}
+
+#[test]
+fn a_configuration_that_cannot_work_is_refused_at_start_naming_the_variable() {
+    let (status, out) = refused(&[
+        ("KOMMO_API_URL", "http://127.0.0.1:9/api/v4/"),
+        ("KOMMO_ACCESS_TOKEN", "t"),
+        ("REPLY_CHANNEL", "salesbot"),
+        ("KOMMO_REPLY_BOT_ID", "1"),
+    ]);
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("KOMMO_REPLY_FIELD_ID"), "{out}");
+    let (status, out) = refused(&[("N8N_WEBHOOK_URL", "http://127.0.0.1:9/webhook/x")]);
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("PUBLIC_URL"), "{out}");
+}
