@@ -258,7 +258,9 @@ impl Config {
 
     /// Refuses a configuration that cannot work, naming the variable.
     pub fn check_consistency(&self) -> anyhow::Result<()> {
-        if self.reply_strategy() == Some(crate::reply::Strategy::Salesbot) {
+        let salesbot = self.reply_strategy() == Some(crate::reply::Strategy::Salesbot)
+            || self.reply_channel == Some(crate::reply::Strategy::Salesbot);
+        if salesbot {
             for (name, value) in [
                 ("KOMMO_REPLY_FIELD_ID", self.kommo_reply_field_id),
                 ("KOMMO_REPLY_BOT_ID", self.kommo_reply_bot_id),

@@ -164,7 +164,7 @@ fn form_owned(pairs: &[(String, String)]) -> String {
     form(&refs)
 }
 
-/// The error of a refused JSON body, or else of its first rejected item.
+/// The error of a refused body, or else of its first rejected item.
 fn first_error(parsed: Result<Webhook, ParseError>) -> ParseError {
     match parsed {
         Err(e) => e,
@@ -179,14 +179,7 @@ fn first_error(parsed: Result<Webhook, ParseError>) -> ParseError {
 /// The error of a refused body, or else of its first rejected item (a bad item no longer
 /// refuses the whole body: the others apply).
 fn err_form(body: &str) -> ParseError {
-    match parse_form(body.as_bytes()) {
-        Err(e) => e,
-        Ok(w) => w
-            .rejected
-            .into_iter()
-            .next()
-            .expect("expected a parse error or a rejected item"),
-    }
+    first_error(parse_form(body.as_bytes()))
 }
 
 // ---------------------------------------------------------------------------------------------

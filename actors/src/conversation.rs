@@ -489,9 +489,13 @@ impl Step<'_> {
         if let Some(f) = self.c.in_flight.as_mut().filter(|f| !f.superseded) {
             f.superseded = true;
             let id = f.dispatch_id.clone();
+            let released = f.kind == DispatchKind::Released;
             self.log(What::DispatchSuperseded, None, Some(&id), None);
-            // Not sent yet: no need to send it at all.
-            self.cancel_outbox(|e| e.id == id && e.claim.is_none());
+            // Not sent yet: no need to send it at all. A `released` dispatch still goes: n8n
+            // must learn that the bot is back.
+            if !released {
+                self.cancel_outbox(|e| e.id == id && e.claim.is_none());
+            }
         }
         if self.policy.debounce_ms == 0 {
             self.flush();
@@ -513,12 +517,15 @@ impl Step<'_> {
             return;
         }
         let messages = self.c.pending.clone();
-        self.dispatch(
-            DispatchKind::Message,
-            messages,
-            None,
-            serde_json::Value::Null,
-        );
+        // A proactive conversation keeps telling n8n who opened it, and about what.
+        let (seller, details) = match &self.c.proactive {
+            Some(o) => (
+                Some(o.seller.clone()),
+                serde_json::json!({ "area_atuacao": o.area, "trigger_type": o.trigger }),
+            ),
+            None => (None, serde_json::Value::Null),
+        };
+        self.dispatch(DispatchKind::Message, messages, seller, details);
     }
 
     fn reply(&mut self, dispatch_id: Option<String>, texts: Vec<String>) {
@@ -756,7 +763,8 @@ impl Step<'_> {
         self.cancel_timer(TimerKind::LeaseExpiry);
         self.cancel_timer(TimerKind::LeaseNudge);
         self.log(what, None, None, Some(&by));
-        let unanswered = std::mem::take(&mut self.c.pending);
+        // Still pending until a reply answers them (a newer message re-dispatches them all).
+        let unanswered = self.c.pending.clone();
         let details = serde_json::json!({
             "reason": what,
             "by": by,

@@ -2052,3 +2052,43 @@ fn dispatches_and_replies_that_waited_too_long_are_dropped_with_a_note() {
     assert!(!s.c.expire_effects(s.now, &s.p).changed);
     assert!(s.outbox_has(&d));
 }
+
+#[test]
+fn a_message_right_after_the_release_keeps_the_released_dispatch_and_every_unanswered_message() {
+    let mut s = Sim::immediate();
+    s.ok(assume("ana"));
+    s.advance(1_000).ok(customer("m1"));
+    let out = s.advance(1_000).ok(release("ana"));
+    let released = the_dispatch(&out, DispatchKind::Released).dispatch_id;
+    // The customer writes again before n8n got the release.
+    let out = s.advance(100).ok(customer("m2"));
+    assert!(
+        s.outbox_has(&released),
+        "n8n still learns that the bot is back"
+    );
+    let ids: Vec<_> = the_dispatch(&out, DispatchKind::Message)
+        .messages
+        .iter()
+        .map(|m| m.id.clone())
+        .collect();
+    assert_eq!(
+        ids,
+        ["m1", "m2"],
+        "m1 is not lost with the superseded release"
+    );
+}
+
+#[test]
+fn message_dispatches_of_a_proactive_conversation_name_its_seller_and_area() {
+    let mut s = Sim::immediate();
+    s.ok(Event::ProactiveStart {
+        trigger: "material_baixado".into(),
+        seller: seller("ana"),
+        area: Some("Trabalhista".into()),
+        details: serde_json::json!({}),
+    });
+    let out = s.advance(1_000).ok(customer("m1"));
+    let d = the_dispatch(&out, DispatchKind::Message);
+    assert_eq!(d.seller, Some(seller("ana")));
+    assert_eq!(d.details["area_atuacao"], "Trabalhista");
+}

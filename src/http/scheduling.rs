@@ -140,9 +140,13 @@ async fn request(
     };
     let key = app.contact(contact_id);
     let conversation = app.engine().conversation(&key).await?;
-    let held_by = conversation
-        .as_ref()
-        .and_then(|(c, _)| c.phase.seller().map(|s| s.id.clone()));
+    // The seller holding the conversation, or the one who opened it proactively.
+    let held_by = conversation.as_ref().and_then(|(c, _)| {
+        c.phase
+            .seller()
+            .or(c.proactive.as_ref().map(|o| &o.seller))
+            .map(|s| s.id.clone())
+    });
     let lead_id = lead_id.or_else(|| conversation.as_ref().and_then(|(c, _)| c.links.lead_id));
     let found = sellers
         .responsible(talk_id, Some(contact_id), lead_id, held_by.as_deref())
