@@ -10,7 +10,9 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::fake_kommo::{FakeContact, FakeKommo, FakeLead, FakeMessage, message_add_form};
+use support::fake_kommo::{
+    FakeContact, FakeKommo, FakeLead, FakeMessage, message_add_form, wait_until,
+};
 use support::fake_n8n::FakeN8n;
 use support::service::Service;
 
@@ -61,17 +63,6 @@ async fn world(extra: &[(&str, &str)]) -> World {
     }
 }
 
-async fn until(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A customer message as Kommo sends it, on `LEAD`; returns the dispatch n8n got for it.
 async fn customer_says(w: &World, id: &str, text: &str) -> Value {
     let body = message_add_form(
@@ -89,7 +80,7 @@ async fn customer_says(w: &World, id: &str, text: &str) -> Value {
 
 async fn dispatch_carrying(w: &World, message_id: &str) -> Value {
     let mut found = None;
-    until(10, "the dispatch", || {
+    wait_until(Duration::from_secs(10), "the dispatch", || {
         found = w.n8n.accepted().into_iter().map(|r| r.body).find(|b| {
             b["messages"]
                 .as_array()
