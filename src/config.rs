@@ -128,6 +128,12 @@ pub struct Config {
     #[arg(long, env = "FICTITIOUS_SELLERS")]
     pub fictitious_sellers: Option<String>,
 
+    /// The own WhatsApp of Kommo-synced sellers, so their commands are recognised: a JSON map
+    /// `{"<Kommo user id>": {"contact_id": 99999, "phone": "+55 11 98765-4321"}}`. What
+    /// `POST /vendedores/{id}/whatsapp` stored wins.
+    #[arg(long, env = "SELLER_WHATSAPP")]
+    pub seller_whatsapp: Option<String>,
+
     /// How long the list of real sellers (Kommo users) is fresh, in seconds.
     #[arg(long, env = "SELLERS_TTL_SECS", default_value_t = 300)]
     pub sellers_ttl_secs: u64,
@@ -311,6 +317,37 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The WhatsApp of Kommo-synced sellers from `SELLER_WHATSAPP`.
+    pub fn seller_whatsapp(
+        &self,
+    ) -> anyhow::Result<std::collections::HashMap<u64, crate::sellers::WhatsApp>> {
+        let Some(raw) = self
+            .seller_whatsapp
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+        else {
+            return Ok(Default::default());
+        };
+        let map: std::collections::HashMap<String, crate::sellers::WhatsApp> =
+            serde_json::from_str(raw).map_err(|e| {
+                anyhow::anyhow!(
+                    "SELLER_WHATSAPP must be a JSON map {{\"<Kommo user id>\": {{\"contact_id\": .., \"phone\": ..}}}}: {e}"
+                )
+            })?;
+        map.into_iter()
+            .map(|(user, mut w)| {
+                let user: u64 = user.trim().parse().map_err(|_| {
+                    anyhow::anyhow!("SELLER_WHATSAPP: {user:?} is not a Kommo user id")
+                })?;
+                w.phone = w
+                    .phone
+                    .map(|p| crate::sellers::normalize_phone(&p))
+                    .filter(|p| !p.is_empty());
+                Ok((user, w))
+            })
+            .collect()
     }
 
     /// The fictitious sellers of `FICTITIOUS_SELLERS`.

@@ -366,6 +366,10 @@ pub mod schemas {
         pub areas: Vec<String>,
         pub active: bool,
         pub source: SellerSource,
+        /// A Kommo user's id in the chat service (real sellers, when Kommo gives it).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        pub amojo_id: Option<String>,
     }
 
     /// Where a seller comes from: an active Kommo user, configuration, or the API.

@@ -86,7 +86,29 @@ pub struct Seller {
     #[serde(default = "yes")]
     pub active: bool,
     pub source: Source,
+    /// A Kommo user's id in the chat service (amojo): the `author[id]` of the messages they
+    /// write in a customer's chat, so a takeover by chat names the same seller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amojo_id: Option<String>,
 }
+
+/// A Kommo-synced seller's own WhatsApp (`contact_id` and/or `phone`), attached by
+/// configuration (`SELLER_WHATSAPP`) or `POST /vendedores/{id}/whatsapp`, so their commands are
+/// recognised; kept across syncs and restarts (store value [`WHATSAPP_KEY`]).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct WhatsApp {
+    #[serde(default)]
+    pub contact_id: Option<u64>,
+    /// Digits only.
+    #[serde(default)]
+    pub phone: Option<String>,
+}
+
+/// Store value holding the WhatsApp attached to real sellers (JSON map: Kommo user id → it).
+pub const WHATSAPP_KEY: &str = "sellers:whatsapp";
+
+/// Kommo user id → the WhatsApp attached to that seller.
+type WhatsAppMap = HashMap<u64, WhatsApp>;
 
 fn yes() -> bool {
     true
@@ -121,6 +143,8 @@ pub struct UserRecord {
     pub name: String,
     pub phone: Option<String>,
     pub active: bool,
+    /// The user's id in the chat service (`with=amojo_id`).
+    pub amojo_id: Option<String>,
 }
 
 /// Where real sellers come from (the Kommo users API).
@@ -137,6 +161,14 @@ pub trait LeadSource: Send + Sync + 'static {
     async fn responsible_user(&self, lead_id: u64) -> Result<Option<u64>, String>;
     /// The contact a talk (conversation) belongs to (`None`: no such talk).
     async fn talk_contact(&self, talk_id: u64) -> Result<Option<u64>, String>;
+    /// The Kommo user responsible for the contact (`None`: no such contact, or nobody).
+    async fn contact_user(&self, _contact_id: u64) -> Result<Option<u64>, String> {
+        Ok(None)
+    }
+    /// The lead a talk belongs to (`None`: no such talk, or not on a lead).
+    async fn talk_lead(&self, _talk_id: u64) -> Result<Option<u64>, String> {
+        Ok(None)
+    }
 }
 
 /// How the directory is set up.
@@ -149,6 +181,8 @@ pub struct DirectorySettings {
     pub fictitious: Vec<Seller>,
     /// Practice areas per Kommo user id, for the real sellers (Kommo does not know them).
     pub real_areas: HashMap<u64, Vec<String>>,
+    /// WhatsApp per Kommo user id, from configuration; what the API stored wins.
+    pub real_whatsapp: HashMap<u64, WhatsApp>,
 }
 
 impl Default for DirectorySettings {
@@ -157,6 +191,7 @@ impl Default for DirectorySettings {
             ttl: Duration::from_secs(300),
             fictitious: Vec::new(),
             real_areas: HashMap::new(),
+            real_whatsapp: HashMap::new(),
         }
     }
 }
@@ -251,6 +286,10 @@ struct Inner {
     ttl: Duration,
     fictitious: Vec<Seller>,
     real_areas: HashMap<u64, Vec<String>>,
+    real_whatsapp: HashMap<u64, WhatsApp>,
+    /// What the store holds under [`WHATSAPP_KEY`], and when it was read.
+    whatsapp: Mutex<Option<(Arc<WhatsAppMap>, Instant)>>,
+    whatsapp_write: tokio::sync::Mutex<()>,
     real: Mutex<RealCache>,
     /// Set while a background refresh is scheduled or running (single-flight).
     refreshing: AtomicBool,
@@ -261,6 +300,8 @@ struct Inner {
     custom_write: tokio::sync::Mutex<()>,
     lead_users: TtlMap,
     talk_contacts: TtlMap,
+    contact_users: TtlMap,
+    talk_leads: TtlMap,
 }
 
 #[derive(Default)]
@@ -412,6 +453,7 @@ impl Inner {
                     .unwrap_or_default(),
                 active: true,
                 source: Source::Real,
+                amojo_id: u.amojo_id.filter(|a| !a.trim().is_empty()),
             })
             .collect();
         sellers.sort_by_key(|s| s.kommo_user_id);
@@ -556,6 +598,9 @@ impl SellerDirectory {
                 ttl,
                 fictitious,
                 real_areas: settings.real_areas,
+                real_whatsapp: settings.real_whatsapp,
+                whatsapp: Mutex::new(None),
+                whatsapp_write: tokio::sync::Mutex::new(()),
                 real: Mutex::new(RealCache::default()),
                 refreshing: AtomicBool::new(false),
                 refresh_lock: tokio::sync::Mutex::new(()),
@@ -563,6 +608,8 @@ impl SellerDirectory {
                 custom_write: tokio::sync::Mutex::new(()),
                 lead_users: TtlMap::new(ttl),
                 talk_contacts: TtlMap::new(ttl),
+                contact_users: TtlMap::new(ttl),
+                talk_leads: TtlMap::new(ttl),
             }),
         }
     }
@@ -764,6 +811,24 @@ impl SellerDirectory {
         .await
     }
 
+    /// The Kommo user responsible for a contact (cached).
+    pub async fn contact_user(&self, contact_id: u64) -> Result<Option<u64>, DirectoryError> {
+        let leads = self.lead_source()?;
+        cached(&self.inner.contact_users, contact_id, || {
+            call("contact", leads.contact_user(contact_id))
+        })
+        .await
+    }
+
+    /// The lead a Kommo talk belongs to (cached).
+    pub async fn talk_lead(&self, talk_id: u64) -> Result<Option<u64>, DirectoryError> {
+        let leads = self.lead_source()?;
+        cached(&self.inner.talk_leads, talk_id, || {
+            call("talk", leads.talk_lead(talk_id))
+        })
+        .await
+    }
+
     fn lead_source(&self) -> Result<&Arc<dyn LeadSource>, DirectoryError> {
         self.inner
             .leads
@@ -772,10 +837,12 @@ impl SellerDirectory {
     }
 
     /// Who is responsible for a conversation, and how that was found:
-    /// 1. `"conversation"` — `assigned`, the seller id the conversation holds;
-    /// 2. `"contact"` — the contact's assignment (a `talk_id` is resolved to its contact when no
-    ///    `contact_id` is given);
-    /// 3. `"lead"` — the Kommo user responsible for the lead.
+    /// 1. `"conversation"` — `assigned`, the seller the conversation holds (or who opened it
+    ///    proactively);
+    /// 2. `"contact"` — the contact's assignment, else the Kommo user responsible for the
+    ///    contact (a `talk_id` is resolved to its contact when no `contact_id` is given);
+    /// 3. `"lead"` — the Kommo user responsible for the lead (a `talk_id` names its lead when
+    ///    no `lead_id` is given).
     ///
     /// A step that cannot answer falls through to the next; a Kommo error (or no Kommo
     /// configured) is returned only when no step found a seller.
@@ -808,6 +875,29 @@ impl SellerDirectory {
         if let Some(seller) = by_contact {
             return Ok(Some((seller, "contact")));
         }
+        if let Some(contact) = contact_id {
+            match self.contact_user(contact).await {
+                Ok(Some(user)) => {
+                    if let Some(seller) = self.by_kommo_user(user).await? {
+                        return Ok(Some((seller, "contact")));
+                    }
+                    debug!(
+                        contact,
+                        user, "contact responsible user is not a known seller"
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => source_error = Some(e),
+            }
+        }
+        let lead_id = match (lead_id, talk_id) {
+            (Some(lead), _) => Some(lead),
+            (None, Some(talk)) => self.talk_lead(talk).await.unwrap_or_else(|e| {
+                source_error = Some(e);
+                None
+            }),
+            (None, None) => None,
+        };
         if let Some(lead) = lead_id {
             match self.lead_user(lead).await {
                 Ok(Some(user)) => {
@@ -880,7 +970,148 @@ impl SellerDirectory {
 
     /// The real list: cached; stale triggers one background refresh and is served meanwhile;
     /// the first call loads it (from Kommo, else the last list the store kept).
+    /// The real sellers with their attached WhatsApp (configuration, then what the API stored).
     async fn real_list(&self) -> Result<Arc<Vec<Seller>>, DirectoryError> {
+        let list = self.real_synced().await?;
+        let attached = self.whatsapp_map().await?;
+        if self.inner.real_whatsapp.is_empty() && attached.is_empty() {
+            return Ok(list);
+        }
+        let mut list = (*list).clone();
+        for seller in &mut list {
+            let Some(user) = seller.kommo_user_id else {
+                continue;
+            };
+            for w in [self.inner.real_whatsapp.get(&user), attached.get(&user)]
+                .into_iter()
+                .flatten()
+            {
+                if w.contact_id.is_some() {
+                    seller.contact_id = w.contact_id;
+                }
+                if w.phone.is_some() {
+                    seller.phone.clone_from(&w.phone);
+                }
+            }
+        }
+        Ok(Arc::new(list))
+    }
+
+    /// The stored WhatsApp attachments (re-read at least every 10 s, for other nodes' writes).
+    async fn whatsapp_map(&self) -> Result<Arc<HashMap<u64, WhatsApp>>, DirectoryError> {
+        if let Some((map, at)) = lock(&self.inner.whatsapp).as_ref()
+            && at.elapsed() < CUSTOM_TTL.min(self.inner.ttl)
+        {
+            return Ok(map.clone());
+        }
+        let map = Arc::new(self.read_whatsapp().await?);
+        *lock(&self.inner.whatsapp) = Some((map.clone(), Instant::now()));
+        Ok(map)
+    }
+
+    async fn read_whatsapp(&self) -> Result<HashMap<u64, WhatsApp>, DirectoryError> {
+        match self.inner.store.get_value(WHATSAPP_KEY).await? {
+            None => Ok(HashMap::new()),
+            Some(bytes) if bytes.is_empty() => Ok(HashMap::new()),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| DirectoryError::Corrupt(format!("{WHATSAPP_KEY}: {e}"))),
+        }
+    }
+
+    /// Attaches a WhatsApp contact and/or phone to the real seller `id` (`kommo-<user id>`), so
+    /// their commands in WhatsApp are recognised; kept across syncs and restarts.
+    pub async fn attach_whatsapp(&self, id: &str, new: WhatsApp) -> Result<Seller, DirectoryError> {
+        let phone = match new.phone.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(raw) => {
+                let digits = normalize_phone(raw);
+                if !(8..=15).contains(&digits.len()) {
+                    return Err(DirectoryError::Invalid {
+                        field: "phone",
+                        message: format!("must have 8 to 15 digits, got {raw:?}"),
+                    });
+                }
+                Some(digits)
+            }
+        };
+        if new.contact_id.is_none() && phone.is_none() {
+            return Err(DirectoryError::Invalid {
+                field: "contact_id",
+                message: "give contact_id and/or phone".into(),
+            });
+        }
+        let seller = self
+            .by_id(id)
+            .await?
+            .ok_or_else(|| DirectoryError::NotFound(id.to_owned()))?;
+        let (Source::Real, Some(user)) = (seller.source, seller.kommo_user_id) else {
+            return Err(DirectoryError::Invalid {
+                field: "id",
+                message: format!(
+                    "{id} is not a Kommo-synced seller (custom sellers take contact_id and phone when added)"
+                ),
+            });
+        };
+        let _write = self.inner.whatsapp_write.lock().await;
+        let lists = self.lists().await?;
+        for other in lists
+            .real
+            .iter()
+            .chain(&self.inner.fictitious)
+            .chain(lists.custom.iter())
+            .filter(|o| o.id != seller.id && o.active)
+        {
+            if let Some(c) = new.contact_id.filter(|c| other.contact_id == Some(*c)) {
+                return Err(DirectoryError::Duplicate {
+                    field: "contact_id",
+                    value: c.to_string(),
+                    seller_id: other.id.clone(),
+                });
+            }
+            if let Some(p) = phone
+                .as_ref()
+                .filter(|p| other.phone.as_ref().is_some_and(|o| phones_match(p, o)))
+            {
+                return Err(DirectoryError::Duplicate {
+                    field: "phone",
+                    value: p.clone(),
+                    seller_id: other.id.clone(),
+                });
+            }
+        }
+        let mut map = self.read_whatsapp().await?;
+        let entry = map.entry(user).or_default();
+        if new.contact_id.is_some() {
+            entry.contact_id = new.contact_id;
+        }
+        if phone.is_some() {
+            entry.phone = phone;
+        }
+        let bytes = serde_json::to_vec(&map)
+            .map_err(|e| DirectoryError::Corrupt(format!("cannot serialise: {e}")))?;
+        self.inner.store.put_value(WHATSAPP_KEY, &bytes).await?;
+        *lock(&self.inner.whatsapp) = Some((Arc::new(map), Instant::now()));
+        info!(id = %seller.id, "WhatsApp attached to a Kommo-synced seller");
+        self.by_id(id)
+            .await?
+            .ok_or_else(|| DirectoryError::NotFound(id.to_owned()))
+    }
+
+    /// The seller whose chat-service (amojo) id this is, or whose Kommo user id it is when
+    /// `author` is a number (both spellings of an outgoing message's author).
+    pub async fn by_chat_author(&self, author: &str) -> Result<Option<Seller>, DirectoryError> {
+        let author = author.trim();
+        if author.is_empty() {
+            return Ok(None);
+        }
+        if let Ok(user) = author.parse::<u64>() {
+            return self.by_kommo_user(user).await;
+        }
+        let lists = self.lists().await?;
+        Ok(self.find(&lists, true, |s| s.amojo_id.as_deref() == Some(author)))
+    }
+
+    async fn real_synced(&self) -> Result<Arc<Vec<Seller>>, DirectoryError> {
         if let Some((list, stale)) = self.inner.real_snapshot() {
             if stale {
                 self.refresh_in_background();
@@ -999,6 +1230,7 @@ fn validate(new: NewSeller) -> Result<Seller, DirectoryError> {
         areas: clean_areas(new.areas),
         active: true,
         source: Source::Custom,
+        amojo_id: None,
     })
 }
 
@@ -1018,7 +1250,7 @@ fn check_duplicates<'a>(
             seller.kommo_user_id.is_some() && seller.kommo_user_id == other.kommo_user_id;
         if other.active && !same_person && crate::text::fold(&other.name) == name {
             return Err(DirectoryError::Duplicate {
-                field: "nome",
+                field: "name",
                 value: seller.name.clone(),
                 seller_id: other.id.clone(),
             });

@@ -106,6 +106,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         DirectorySettings {
             ttl: Duration::from_secs(config.sellers_ttl_secs.max(1)),
             fictitious: config.fictitious()?,
+            real_whatsapp: config.seller_whatsapp()?,
             ..DirectorySettings::default()
         },
     ));

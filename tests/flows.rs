@@ -284,8 +284,28 @@ async fn proactive_starts_are_eligible_personalised_and_never_duplicated() {
 async fn a_scheduling_request_goes_to_n8n_and_its_outcome_ends_the_phase() {
     let w = world(&[]).await;
     let s = &w.service;
-    customer_says(s, 60, "s1", "Quero marcar uma reunião").await;
+    // Nobody responsible (no seller opened or holds it, no Kommo to ask): 422, nothing sent.
+    customer_says(s, 61, "n1", "Quero marcar").await;
     w.n8n.wait_for_accepted(1, Duration::from_secs(10)).await;
+    let (status, err) = s
+        .post("/agendamento/request", json!({"contact_id": 61}))
+        .await;
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (422, Some("no_seller")),
+        "{err}"
+    );
+    // A conversation a seller opened: that seller is responsible.
+    let (status, _) = s
+        .post("/vendedores/adicionar", json!({"nome": "Bia Lima"}))
+        .await;
+    assert_eq!(status, 201);
+    let start = json!({"contact_id": 60, "vendedor": "Bia Lima", "area_atuacao": "Trabalhista",
+        "trigger_type": "material_baixado"});
+    let (status, opened) = s.post("/start-proactive", start).await;
+    assert_eq!(status, 201, "{opened}");
+    customer_says(s, 60, "s1", "Quero marcar uma reunião").await;
+    w.n8n.wait_for_accepted(3, Duration::from_secs(10)).await;
     let (status, acc) = s
         .post(
             "/agendamento/request",
@@ -294,9 +314,11 @@ async fn a_scheduling_request_goes_to_n8n_and_its_outcome_ends_the_phase() {
         .await;
     assert_eq!(status, 202, "{acc}");
     assert_eq!(acc["phase"], "scheduling");
-    let got = w.n8n.wait_for_accepted(2, Duration::from_secs(10)).await;
-    assert_eq!(got[1].body["event"], "scheduling");
-    assert_eq!(got[1].body["scheduling"]["preferencia"], "amanhã 10h");
+    assert_eq!(acc["found_by"], "conversation", "{acc}");
+    assert_eq!(acc["vendedor"]["name"], "Bia Lima", "{acc}");
+    let got = w.n8n.wait_for_accepted(4, Duration::from_secs(10)).await;
+    assert_eq!(got[3].body["event"], "scheduling");
+    assert_eq!(got[3].body["scheduling"]["preferencia"], "amanhã 10h");
     let (status, again) = s
         .post("/agendamento/request", json!({"contact_id": 60}))
         .await;

@@ -430,3 +430,173 @@ fn a_configuration_that_cannot_work_is_refused_at_start_naming_the_variable() {
     assert!(!status.success(), "{out}");
     assert!(out.contains("PUBLIC_URL"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seller_taking_over_in_the_chat_is_the_same_seller_as_in_the_directory() {
+    let mut w = world(&[]).await;
+    let seller = support::fake_kommo::FakeUser::new(10004026, "Rita Campos");
+    let amojo = seller.amojo_id.clone().unwrap();
+    w.kommo.add_user(seller);
+    let (status, synced) = w.service.post("/vendedores/sincronizar", json!({})).await;
+    assert_eq!(status, 200, "{synced}");
+    // Her own WhatsApp, attached to the synced seller so her commands are hers.
+    let (status, rita) = w
+        .service
+        .post(
+            "/vendedores/kommo-10004026/whatsapp",
+            json!({"contact_id": 99999}),
+        )
+        .await;
+    assert_eq!(status, 200, "{rita}");
+    assert_eq!(rita["contact_id"], 99999, "{rita}");
+    assert_eq!(rita["amojo_id"], amojo.as_str(), "{rita}");
+    // Another seller cannot take the same contact.
+    let (status, err) = w
+        .service
+        .post(
+            "/vendedores/adicionar",
+            json!({"nome": "Outra", "contact_id": 99999}),
+        )
+        .await;
+    assert_eq!(status, 409, "{err}");
+
+    // The customer writes, then Rita answers in the Kommo chat: Kommo's author[id] is her amojo id.
+    customer_says(&w, "m1", "Oi").await;
+    let mut typed = FakeMessage::incoming("out-1", CONTACT, LEAD, 109, "Oi, aqui é a Rita");
+    typed.kind = "outgoing".into();
+    typed.author_id = amojo.clone();
+    typed.author_type = "user".into();
+    typed.author_name = "Rita Campos".into();
+    let body = message_add_form(ACCOUNT, "adrianocamposadvogado", &[typed]);
+    let r = w
+        .kommo
+        .send_webhook(&w.service.url("/webhooks/kommo"), &body)
+        .await;
+    assert_eq!(r.status(), 200);
+    let (_, c) = w.service.get(&format!("/conversations/{CONTACT}")).await;
+    assert_eq!(c["phase"], "human_assigned", "{c}");
+    assert_eq!(
+        c["seller"]["id"], "kommo-10004026",
+        "the directory's id: {c}"
+    );
+
+    // The attachment survives a restart, and her /liberar from WhatsApp is hers: released.
+    w.service.restart().await;
+    let command = format!(
+        "account%5Bid%5D={ACCOUNT}&message%5Badd%5D%5B0%5D%5Bid%5D=cmd-1\
+         &message%5Badd%5D%5B0%5D%5Bcontact_id%5D=99999\
+         &message%5Badd%5D%5B0%5D%5Btext%5D=%2Fliberar%20{CONTACT}\
+         &message%5Badd%5D%5B0%5D%5Btype%5D=incoming"
+    );
+    let r = w
+        .kommo
+        .send_webhook(&w.service.url("/webhooks/kommo"), &command)
+        .await;
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["commands"][0]["phase"], "bot_active", "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn who_is_responsible_follows_conversation_then_contact_then_lead() {
+    let w = world(&[]).await;
+    for (id, name) in [(7001, "Carla Mendes"), (7002, "Diego Alves")] {
+        w.kommo
+            .add_user(support::fake_kommo::FakeUser::new(id, name));
+    }
+    let (status, _) = w.service.post("/vendedores/sincronizar", json!({})).await;
+    assert_eq!(status, 200);
+    // Contact 3001 is Carla's in Kommo; its lead 4001 is Diego's.
+    let mut c = FakeContact::new(3001, "Cliente");
+    c.responsible_user_id = 7001;
+    c.lead_ids = vec![4001];
+    w.kommo.add_contact(c);
+    let mut l = FakeLead::new(4001);
+    l.contact_ids = vec![3001];
+    l.responsible_user_id = 7002;
+    w.kommo.add_lead(l);
+    w.kommo
+        .add_talk(support::fake_kommo::FakeTalk::new(501, 3001, Some(4001)));
+    let (status, r) = w.service.get("/vendedor/contato/3001").await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        (r["found_by"].as_str(), r["vendedor"]["name"].as_str()),
+        (Some("contact"), Some("Carla Mendes"))
+    );
+    let (_, r) = w.service.get("/vendedor/lead/4001").await;
+    assert_eq!(
+        r["found_by"], "contact",
+        "the lead's contact comes first: {r}"
+    );
+    let (_, r) = w.service.get("/vendedor/conversa/501").await;
+    assert_eq!(r["found_by"], "contact", "{r}");
+    // A contact nobody in the team owns: the lead's responsible user.
+    let mut c = FakeContact::new(3002, "Outro");
+    c.responsible_user_id = 1;
+    w.kommo.add_contact(c);
+    let mut l = FakeLead::new(4002);
+    l.contact_ids = vec![3002];
+    l.responsible_user_id = 7002;
+    w.kommo.add_lead(l);
+    let (_, r) = w.service.get("/vendedor/lead/4002").await;
+    assert_eq!(
+        (r["found_by"].as_str(), r["vendedor"]["name"].as_str()),
+        (Some("lead"), Some("Diego Alves")),
+        "{r}"
+    );
+    // A seller holding the conversation comes before both.
+    let (status, _) = w
+        .service
+        .post(
+            "/vendedores/adicionar",
+            json!({"nome": "Ana Souza", "contact_id": 99999}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let take = json!({"message": "/assumir 3001", "contact_id": 99999});
+    let (status, taken) = w.service.post("/vendedor/comandos", take).await;
+    assert_eq!(status, 200, "{taken}");
+    for path in [
+        "/vendedor/contato/3001",
+        "/vendedor/lead/4001",
+        "/vendedor/conversa/501",
+    ] {
+        let (_, r) = w.service.get(path).await;
+        assert_eq!(
+            (r["found_by"].as_str(), r["vendedor"]["name"].as_str()),
+            (Some("conversation"), Some("Ana Souza")),
+            "{path}: {r}"
+        );
+    }
+    // Scheduling by talk alone resolves its contact and lead; with no seller anywhere: 422.
+    let (status, _) = w
+        .service
+        .post(
+            "/bot-control",
+            json!({"contact_id": 3001, "command": "resume"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, acc) = w
+        .service
+        .post("/agendamento/request", json!({"talk_id": 501}))
+        .await;
+    assert_eq!(status, 202, "{acc}");
+    assert_eq!(
+        (acc["contact_id"].as_u64(), acc["lead_id"].as_u64()),
+        (Some(3001), Some(4001)),
+        "{acc}"
+    );
+    assert_eq!(acc["found_by"], "contact", "{acc}");
+    let mut c = FakeContact::new(3003, "Ninguém");
+    c.responsible_user_id = 1;
+    w.kommo.add_contact(c);
+    let (status, err) = w
+        .service
+        .post("/agendamento/request", json!({"contact_id": 3003}))
+        .await;
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (422, Some("no_seller")),
+        "{err}"
+    );
+}

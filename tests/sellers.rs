@@ -107,6 +107,7 @@ fn user(id: u64, name: &str, phone: Option<&str>, active: bool) -> UserRecord {
         name: name.to_owned(),
         phone: phone.map(str::to_owned),
         active,
+        amojo_id: None,
     }
 }
 
@@ -171,6 +172,7 @@ fn seller_json_has_exactly_the_documented_shape() {
         areas: vec!["Trabalhista".into()],
         active: true,
         source: Source::Custom,
+        amojo_id: None,
     };
     assert_eq!(
         serde_json::to_value(&seller).unwrap(),
@@ -204,7 +206,8 @@ async fn sync_reads_the_active_kommo_users() {
             phone: None,
             areas: vec![],
             active: true,
-            source: Source::Custom, // forced to ficticio
+            source: Source::Custom,
+            amojo_id: None, // forced to ficticio
         }],
         ..DirectorySettings::default()
     };
@@ -638,6 +641,7 @@ async fn recognising_a_sellers_own_contact() {
                 areas: vec![],
                 active: true,
                 source: Source::Ficticio,
+                amojo_id: None,
             }],
             ..DirectorySettings::default()
         },

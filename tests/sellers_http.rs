@@ -66,12 +66,14 @@ impl Server {
                     name: "Ana Souza".into(),
                     phone: Some("+55 11 98765-4321".into()),
                     active: true,
+                    amojo_id: None,
                 },
                 UserRecord {
                     kommo_user_id: 200,
                     name: "Bruno Lima".into(),
                     phone: None,
                     active: true,
+                    amojo_id: None,
                 },
             ])));
             leads = Some(Arc::new(Leads {
@@ -93,6 +95,7 @@ impl Server {
                     areas: vec!["Demonstração".into()],
                     active: true,
                     source: Source::Ficticio,
+                    amojo_id: None,
                 }],
                 ..DirectorySettings::default()
             },
@@ -377,6 +380,9 @@ async fn vendedor_lookups_need_kommo_for_talks_and_leads() {
     assert_eq!(body["error"], "kommo_not_configured");
     let (status, body) = s.get("/vendedor/lead/7").await;
     assert_eq!(status, 503, "{body}");
+    // The same situation, the same answer on all three lookups (the contact's responsible
+    // Kommo user cannot be asked either).
     let (status, body) = s.get("/vendedor/contato/900").await;
-    assert_eq!(status, 404, "{body}");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "kommo_not_configured");
 }

@@ -20,6 +20,7 @@ use crate::error::ApiError;
 use crate::http::sellers::FoundBy;
 use crate::http::{JsonBody, KommoId};
 use crate::openapi::schemas::{Phase, Seller};
+use crate::sellers::DirectoryError;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(request))
@@ -95,8 +96,11 @@ fn id_field(body: &Map<String, Value>, field: &str) -> Result<Option<u64>, ApiEr
          example = json!({"error": "bad_request", "message": "give at least one of contact_id, talk_id, lead_id", "field": "contact_id"})),
         (status = 409, description = "The conversation cannot schedule now (`human_assigned`, `paused`, `already_scheduling`)",
          body = ApiError, example = json!({"error": "human_assigned", "message": "a seller holds the conversation"})),
-        (status = 422, description = "The contact of the talk or lead cannot be found", body = ApiError,
-         example = json!({"error": "unprocessable", "message": "lead 878244 has no contact to schedule with", "field": "lead_id"})),
+        (status = 422, description = "The contact of the talk or lead cannot be found, or no seller is responsible", body = ApiError,
+         examples(
+            ("no_contact" = (value = json!({"error": "unprocessable", "message": "lead 878244 has no contact to schedule with", "field": "lead_id"}))),
+            ("no_seller" = (value = json!({"error": "no_seller", "message": "no seller is responsible for contact 1298200: none holds or opened its conversation, and neither the contact nor the lead has a responsible Kommo user who is a seller"}))),
+         )),
         (status = 503, description = "The store or Kommo cannot be reached", body = ApiError, examples(
             ("store_unavailable" = (value = json!({"error": "store_unavailable", "message": "store unavailable: connection refused"}))),
             ("kommo_unavailable" = (value = json!({"error": "kommo_unavailable", "message": "Kommo unavailable: lead: timed out"}))),
@@ -147,14 +151,30 @@ async fn request(
             .or(c.proactive.as_ref().map(|o| &o.seller))
             .map(|s| s.id.clone())
     });
-    let lead_id = lead_id.or_else(|| conversation.as_ref().and_then(|(c, _)| c.links.lead_id));
-    let found = sellers
+    let mut lead_id = lead_id.or_else(|| conversation.as_ref().and_then(|(c, _)| c.links.lead_id));
+    if let (None, Some(talk)) = (lead_id, talk_id) {
+        lead_id = sellers.talk_lead(talk).await?;
+    }
+    // Without Kommo nothing more can be found: no seller, not a passing outage.
+    let found = match sellers
         .responsible(talk_id, Some(contact_id), lead_id, held_by.as_deref())
-        .await?;
-    let (seller, found_by) = match found {
-        Some((s, how)) => (Some(s), Some(how)),
-        None => (None, None),
+        .await
+    {
+        Err(DirectoryError::NotConfigured) => None,
+        other => other?,
     };
+    let Some((seller, found_by)) = found else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no_seller",
+            format!(
+                "no seller is responsible for contact {contact_id}: none holds or opened its \
+                 conversation, and neither the contact nor the lead has a responsible Kommo user \
+                 who is a seller"
+            ),
+        ));
+    };
+    let (seller, found_by) = (Some(seller), Some(found_by));
     if lead_id.is_some() || talk_id.is_some() {
         let links = Links {
             lead_id,

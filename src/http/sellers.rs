@@ -46,6 +46,7 @@ where
         .routes(routes!(real))
         .routes(routes!(dynamic))
         .routes(routes!(add))
+        .routes(routes!(attach_whatsapp))
         .routes(routes!(sync))
         .routes(routes!(for_talk))
         .routes(routes!(for_contact))
@@ -326,6 +327,54 @@ async fn add(
     Ok((StatusCode::CREATED, Json(seller)))
 }
 
+/// A WhatsApp to attach to a Kommo-synced seller: `contact_id` and/or `phone`.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"contact_id": 99999, "phone": "+55 11 98765-4321"}))]
+pub struct AttachWhatsApp {
+    /// The seller's own WhatsApp contact in Kommo.
+    #[serde(default)]
+    #[schema(nullable = false)]
+    contact_id: Option<KommoId>,
+    /// The seller's phone (any formatting; kept as digits).
+    #[serde(default, alias = "telefone")]
+    #[schema(value_type = Option<PhoneText>, nullable = false)]
+    phone: Option<Text>,
+}
+
+/// Attach a WhatsApp to a Kommo seller
+///
+/// Lets a Kommo-synced seller (`kommo-<user id>`) use WhatsApp commands (`/assumir 12345`):
+/// their own WhatsApp contact id and/or phone, kept across syncs and restarts. The same can be
+/// configured with `SELLER_WHATSAPP`.
+#[utoipa::path(
+    post,
+    path = "/vendedores/{id}/whatsapp",
+    tag = "sellers",
+    params(("id" = String, Path, description = "The seller id, `kommo-<user id>`", example = "kommo-10004026")),
+    request_body = AttachWhatsApp,
+    responses(
+        (status = 200, description = "The seller, with the WhatsApp attached", body = crate::openapi::schemas::Seller),
+        (status = 400, description = "Neither `contact_id` nor `phone`, a bad phone, or not a Kommo-synced seller", body = ApiError,
+         example = json!({"error": "bad_request", "message": "contact_id: give contact_id and/or phone", "field": "contact_id"})),
+        (status = 404, description = "No such seller", body = ApiError,
+         example = json!({"error": "not_found", "message": "seller \"kommo-1\" not found"})),
+        (status = 409, description = "The contact or phone belongs to another seller", body = ApiError,
+         example = json!({"error": "conflict", "message": "contact_id 99999 already belongs to seller custom-1", "field": "contact_id"})),
+        (status = 503, response = crate::openapi::StoreUnavailable),
+    ),
+)]
+async fn attach_whatsapp(
+    State(dir): State<Arc<SellerDirectory>>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<AttachWhatsApp>,
+) -> Result<Json<Seller>, ApiError> {
+    let whatsapp = crate::sellers::WhatsApp {
+        contact_id: body.contact_id.map(|c| c.0),
+        phone: body.phone.map(|p| p.0),
+    };
+    Ok(Json(dir.attach_whatsapp(id.trim(), whatsapp).await?))
+}
+
 /// Sync Kommo users
 ///
 /// Re-reads the Kommo users now (the previous list stays in use if Kommo fails).
@@ -363,7 +412,13 @@ async fn conversation_hints(
 ) -> Result<(Option<String>, Option<u64>), ApiError> {
     Ok(
         match app.engine().conversation(&app.contact(contact_id)).await? {
-            Some((c, _)) => (c.phase.seller().map(|s| s.id.clone()), c.links.lead_id),
+            Some((c, _)) => (
+                c.phase
+                    .seller()
+                    .or(c.proactive.as_ref().map(|o| &o.seller))
+                    .map(|s| s.id.clone()),
+                c.links.lead_id,
+            ),
             None => (None, None),
         },
     )
@@ -377,8 +432,10 @@ fn found(hit: Option<(Seller, &'static str)>, what: String) -> Result<Json<Value
 
 /// Seller of a talk
 ///
-/// Who is responsible: the seller holding the contact's conversation, then the contact's
-/// assignment, then the lead's responsible Kommo user.
+/// Who is responsible, in this order: the seller holding the contact's conversation (or who
+/// opened it proactively), then the contact's assignment or its responsible Kommo user, then
+/// the lead's responsible Kommo user (`found_by`: `conversation`, `contact`, `lead`). No seller
+/// found: 404; a step that needed Kommo could not ask it and nothing was found: 503.
 #[utoipa::path(
     get,
     path = "/vendedor/conversa/{talk_id}",
@@ -422,8 +479,10 @@ async fn for_talk(
 
 /// Seller of a contact
 ///
-/// Who is responsible: the seller holding the contact's conversation, then the contact's
-/// assignment, then the lead's responsible Kommo user.
+/// Who is responsible, in this order: the seller holding the contact's conversation (or who
+/// opened it proactively), then the contact's assignment or its responsible Kommo user, then
+/// the lead's responsible Kommo user (`found_by`: `conversation`, `contact`, `lead`). No seller
+/// found: 404; a step that needed Kommo could not ask it and nothing was found: 503.
 #[utoipa::path(
     get,
     path = "/vendedor/contato/{contact_id}",
@@ -458,8 +517,10 @@ async fn for_contact(
 
 /// Seller of a lead
 ///
-/// Who is responsible: the seller holding the contact's conversation, then the contact's
-/// assignment, then the lead's responsible Kommo user.
+/// Who is responsible, in this order: the seller holding the contact's conversation (or who
+/// opened it proactively), then the contact's assignment or its responsible Kommo user, then
+/// the lead's responsible Kommo user (`found_by`: `conversation`, `contact`, `lead`). No seller
+/// found: 404; a step that needed Kommo could not ask it and nothing was found: 503.
 #[utoipa::path(
     get,
     path = "/vendedor/lead/{lead_id}",
@@ -480,10 +541,19 @@ async fn for_contact(
     ),
 )]
 async fn for_lead(
+    State(app): State<AppState>,
     State(dir): State<Arc<SellerDirectory>>,
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let lead_id = parse_id("lead_id", &raw)?;
-    let hit = dir.responsible(None, None, Some(lead_id), None).await?;
+    // The lead's contact leads to its conversation (a seller holding it comes first).
+    let contact_id = app.lead_contact(lead_id).await?;
+    let assigned = match contact_id {
+        Some(contact) => conversation_hints(&app, contact).await?.0,
+        None => None,
+    };
+    let hit = dir
+        .responsible(None, contact_id, Some(lead_id), assigned.as_deref())
+        .await?;
     found(hit, format!("lead {lead_id}"))
 }

@@ -205,7 +205,8 @@ async fn ingest(app: AppState, headers: &HeaderMap, body: &[u8]) -> Result<Json<
             .increment(1);
     }
     let (hook, seller_commands) = split_seller_commands(&app, hook).await?;
-    let plan = plan(&app, &hook);
+    let authors = chat_authors(&app, &hook).await;
+    let plan = plan(&app, &hook, &authors);
     let items = plan.iter().map(|(_, events)| events.len()).sum::<usize>();
     let (changed, duplicates) = apply(&app, plan).await?;
     let mut commands_done = Vec::new();
@@ -292,6 +293,35 @@ async fn split_seller_commands(
     Ok((hook, found))
 }
 
+/// The sellers who wrote the outgoing messages of `hook`, by `author[id]`: a Kommo user's
+/// chat (amojo) id, or their user id, mapped through the directory, so a takeover by chat names
+/// the same seller as `/vendedores` and `/liberar`. An author the directory does not know (or
+/// cannot be asked about) keeps a `kommo:<author id>` identity.
+async fn chat_authors(app: &AppState, hook: &Webhook) -> HashMap<String, SellerRef> {
+    let mut found = HashMap::new();
+    for event in &hook.events {
+        let WebhookEvent::Message(m) = event else {
+            continue;
+        };
+        let Some(id) = m.author.as_ref().and_then(|a| a.id.as_deref()) else {
+            continue;
+        };
+        if m.direction != Direction::Outgoing || found.contains_key(id) {
+            continue;
+        }
+        if let Ok(Some(seller)) = app.sellers().by_chat_author(id).await {
+            found.insert(
+                id.to_owned(),
+                SellerRef {
+                    id: seller.id,
+                    name: seller.name,
+                },
+            );
+        }
+    }
+    found
+}
+
 /// The metric label of a webhook item.
 fn event_label(event: &WebhookEvent) -> String {
     match event {
@@ -327,7 +357,11 @@ fn check_account(app: &AppState, hook: &Webhook) -> Result<(), ApiError> {
 }
 
 /// The engine events each contact receives, contacts in first-seen order, events in body order.
-fn plan(app: &AppState, hook: &Webhook) -> Vec<(ContactKey, Vec<Event>)> {
+fn plan(
+    app: &AppState,
+    hook: &Webhook,
+    authors: &HashMap<String, SellerRef>,
+) -> Vec<(ContactKey, Vec<Event>)> {
     let mut order: Vec<ContactKey> = Vec::new();
     let mut events: HashMap<ContactKey, Vec<Event>> = HashMap::new();
     let mut push = |contact_id: u64, event: Event| {
@@ -342,7 +376,7 @@ fn plan(app: &AppState, hook: &Webhook) -> Vec<(ContactKey, Vec<Event>)> {
     };
     for item in &hook.events {
         match item {
-            WebhookEvent::Message(m) => push(m.contact_id, message_event(m)),
+            WebhookEvent::Message(m) => push(m.contact_id, message_event(m, authors)),
             WebhookEvent::Talk {
                 talk_id,
                 contact_id: Some(contact_id),
@@ -390,7 +424,7 @@ fn lead_link(lead_id: u64) -> Event {
     })
 }
 
-fn message_event(m: &MessageItem) -> Event {
+fn message_event(m: &MessageItem, authors: &HashMap<String, SellerRef>) -> Event {
     match m.direction {
         Direction::Incoming => Event::CustomerMessage(InboundMessage {
             id: m.id.clone(),
@@ -409,13 +443,14 @@ fn message_event(m: &MessageItem) -> Event {
         }),
         Direction::Outgoing => {
             let author = m.author.clone().unwrap_or_default();
+            let known = author.id.as_deref().and_then(|id| authors.get(id)).cloned();
             Event::OutgoingMessage {
                 message_id: m.id.clone(),
                 text: m.text.clone(),
-                author: SellerRef {
+                author: known.unwrap_or_else(|| SellerRef {
                     id: format!("kommo:{}", author.id.as_deref().unwrap_or("unknown")),
                     name: author.name.unwrap_or_else(|| "Kommo".into()),
-                },
+                }),
             }
         }
     }

@@ -1,5 +1,5 @@
 //! The Kommo client as the sellers directory's sources: active users become real sellers,
-//! leads name their responsible user, talks name their contact.
+//! leads and contacts name their responsible user, talks name their contact and lead.
 
 use async_trait::async_trait;
 
@@ -17,6 +17,7 @@ impl UserSource for KommoClient {
                 name: u.name,
                 phone: u.phone,
                 active: u.is_active,
+                amojo_id: u.amojo_id,
             })
             .collect())
     }
@@ -34,5 +35,17 @@ impl LeadSource for KommoClient {
     async fn talk_contact(&self, talk_id: u64) -> Result<Option<u64>, String> {
         let talk = self.talk(talk_id).await.map_err(|e| e.to_string())?;
         Ok(talk.map(|t| t.contact_id).filter(|c| *c != 0))
+    }
+
+    async fn contact_user(&self, contact_id: u64) -> Result<Option<u64>, String> {
+        let contact = self.contact(contact_id).await.map_err(|e| e.to_string())?;
+        Ok(contact
+            .map(|c| c.responsible_user_id)
+            .filter(|user| *user != 0))
+    }
+
+    async fn talk_lead(&self, talk_id: u64) -> Result<Option<u64>, String> {
+        let talk = self.talk(talk_id).await.map_err(|e| e.to_string())?;
+        Ok(talk.and_then(|t| t.lead_id))
     }
 }
