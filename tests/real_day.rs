@@ -600,3 +600,101 @@ async fn who_is_responsible_follows_conversation_then_contact_then_lead() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_originals_three_examples_work_or_say_what_is_missing() {
+    let w = world(&[]).await;
+    let proactive = json!({"contact_id": 12345, "lead_id": LEAD, "vendedor": "Asaf",
+        "area_atuacao": "Previdenciário", "trigger_type": "formulario_preenchido"});
+    let take = json!({"message": "/assumir 12345", "contact_id": 99999});
+    // No seller yet: each names what is missing.
+    let (status, err) = w.service.post("/start-proactive", proactive.clone()).await;
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (422, Some("vendedor")),
+        "{err}"
+    );
+    assert!(err["message"].as_str().unwrap().contains("Asaf"), "{err}");
+    let (status, err) = w.service.post("/vendedor/comandos", take.clone()).await;
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (403, Some("not_a_seller")),
+        "{err}"
+    );
+    assert!(err["message"].as_str().unwrap().contains("99999"), "{err}");
+    let (status, err) = w
+        .service
+        .post("/vendedor/comandos", json!({"message": "/assumir 12345"}))
+        .await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["field"], "contact_id", "{err}");
+    // With the seller: all three work.
+    let (status, _) = w
+        .service
+        .post(
+            "/vendedores/adicionar",
+            json!({"nome": "Asaf", "contact_id": 99999}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, started) = w.service.post("/start-proactive", proactive).await;
+    assert_eq!(status, 201, "{started}");
+    let (status, paused) = w
+        .service
+        .post(
+            "/bot-control",
+            json!({"contact_id": 12345, "command": "pause"}),
+        )
+        .await;
+    assert_eq!((status, paused["phase"].as_str()), (200, Some("paused")));
+    let (status, taken) = w.service.post("/vendedor/comandos", take).await;
+    assert_eq!(
+        (status, taken["phase"].as_str()),
+        (200, Some("human_assigned")),
+        "{taken}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oauth_state_is_good_for_one_callback() {
+    use support::fake_kommo::{CLIENT_ID, CLIENT_SECRET, REDIRECT_URI};
+    let w = world(&[
+        ("KOMMO_CLIENT_ID", CLIENT_ID),
+        ("KOMMO_CLIENT_SECRET", CLIENT_SECRET),
+        ("KOMMO_REDIRECT_URI", REDIRECT_URI),
+    ])
+    .await;
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(w.service.url("/oauth/authorize"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let state = location
+        .split("state=")
+        .nth(1)
+        .and_then(|s| s.split('&').next())
+        .unwrap()
+        .to_owned();
+    let first = format!(
+        "/oauth/callback?code={}&state={state}",
+        w.kommo.issue_code()
+    );
+    let (status, done) = w.service.get(&first).await;
+    assert_eq!(status, 200, "{done}");
+    // The same state again (a replayed or leaked redirect) is refused, whatever the code.
+    let again = format!(
+        "/oauth/callback?code={}&state={state}",
+        w.kommo.issue_code()
+    );
+    let (status, err) = w.service.get(&again).await;
+    assert_eq!(status, 401, "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("already used"),
+        "{err}"
+    );
+}

@@ -3,7 +3,7 @@
 //! * `GET /oauth/authorize` — redirects the admin to Kommo to authorise the integration;
 //! * `GET /oauth/callback` — Kommo sends the admin back with a code; it is exchanged for
 //!   tokens, which are stored (public: Kommo calls it; the `state` parameter, an HMAC made by
-//!   `/oauth/authorize` and valid 20 minutes, is what protects it);
+//!   `/oauth/authorize`, valid 10 minutes and for one callback, is what protects it);
 //! * `GET /test-kommo-connectivity` — token state, account, latency;
 //! * `GET /test-integration` — Kommo, store and n8n reachability in one JSON;
 //! * `POST /create-test-note/{lead_id}` — writes a note on a lead.
@@ -28,8 +28,11 @@ use crate::http::auth::secret_matches;
 use crate::kommo::client::KommoClient;
 use crate::openapi::schemas::TokenState;
 
-/// How long an authorisation started by `/oauth/authorize` may take (Kommo's codes live 20 min).
-const STATE_TTL_SECS: u64 = 20 * 60;
+/// How long an authorisation started by `/oauth/authorize` may take.
+const STATE_TTL_SECS: u64 = 10 * 60;
+/// Store value holding the states already used (with when they were made), pruned as they
+/// expire: a state is good for one callback.
+const USED_STATES_KEY: &str = "oauth:used-states";
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -166,6 +169,31 @@ fn state_is_valid(secret: &str, state: &str, now: u64) -> bool {
     now.saturating_sub(at) <= STATE_TTL_SECS && secret_matches(&make_state(secret, at), state)
 }
 
+/// Records `state` as used; `false` when it already was. The list holds only valid states
+/// (HMACs of `/oauth/authorize`), each for [`STATE_TTL_SECS`]: it stays small.
+async fn claim_state(app: &AppState, state: &str) -> Result<bool, ApiError> {
+    static ONE_WRITER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one = ONE_WRITER.lock().await;
+    let store = app.engine().store();
+    let mut used: Vec<(String, u64)> = match store.get_value(USED_STATES_KEY).await? {
+        Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let now = now_secs();
+    used.retain(|(_, at)| now.saturating_sub(*at) <= STATE_TTL_SECS);
+    if used.iter().any(|(s, _)| s == state) {
+        return Ok(false);
+    }
+    let made = state
+        .split_once('.')
+        .and_then(|(at, _)| at.parse().ok())
+        .unwrap_or(now);
+    used.push((state.to_owned(), made));
+    let bytes = serde_json::to_vec(&used).map_err(|e| ApiError::unavailable(e.to_string()))?;
+    store.put_value(USED_STATES_KEY, &bytes).await?;
+    Ok(true)
+}
+
 /// Start the Kommo authorization
 ///
 /// Redirects the admin to Kommo to authorise the integration (OAuth authorization code flow);
@@ -202,7 +230,7 @@ async fn authorize(State(app): State<AppState>) -> Result<Redirect, ApiError> {
 struct CallbackQuery {
     /// The authorization code to exchange for tokens.
     code: Option<String>,
-    /// The `state` made by `/oauth/authorize` (an HMAC, valid 20 minutes).
+    /// The `state` made by `/oauth/authorize` (an HMAC, valid 10 minutes, for one callback).
     state: Option<String>,
     /// Set by Kommo when the admin refused.
     error: Option<String>,
@@ -253,6 +281,14 @@ async fn callback(
         .code
         .filter(|c| !c.is_empty())
         .ok_or_else(|| ApiError::bad_field("code", "missing `code`"))?;
+    let state = q.state.as_deref().unwrap_or_default();
+    if !claim_state(&app, state).await? {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this `state` was already used: start again at /oauth/authorize",
+        ));
+    }
     kommo
         .tokens()
         .exchange_code(&code)
