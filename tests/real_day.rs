@@ -698,3 +698,45 @@ async fn an_oauth_state_is_good_for_one_callback() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_errors_log_at_warn_and_the_webhook_secret_is_never_logged() {
+    let secret = "path-secret-4b1d9e";
+    let w = world(&[("WEBHOOK_SECRET", secret)]).await;
+    let (status, _) = w
+        .service
+        .post("/bot-control", json!({"command": "pause"}))
+        .await;
+    assert_eq!(status, 400);
+    let body = message_add_form(
+        ACCOUNT,
+        "adrianocamposadvogado",
+        &[FakeMessage::incoming("m1", CONTACT, LEAD, 109, "Oi")],
+    );
+    let r = w
+        .kommo
+        .send_webhook(&w.service.url(&format!("/webhooks/kommo/{secret}")), &body)
+        .await;
+    assert_eq!(r.status(), 200);
+    let r = w
+        .kommo
+        .send_webhook(&w.service.url("/webhooks/kommo/wrong-secret"), &body)
+        .await;
+    assert_eq!(r.status(), 401);
+    let log = w.service.log();
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("request refused"))
+        .collect();
+    assert_eq!(refused.len(), 2, "{log}");
+    assert!(
+        refused.iter().all(|l| l.contains("\"level\":\"WARN\"")),
+        "{refused:?}"
+    );
+    assert!(!log.contains("\"level\":\"ERROR\""), "{log}");
+    assert!(!log.contains(secret), "the secret reached the log");
+    assert!(
+        log.contains("/webhooks/kommo/{secret}"),
+        "the route is logged instead"
+    );
+}

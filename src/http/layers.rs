@@ -23,7 +23,7 @@ use tower_http::request_id::{
 };
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
-use tracing::info_span;
+use tracing::{Span, error, info_span, warn};
 
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -51,7 +51,10 @@ pub fn wrap(router: Router<AppState>, state: AppState, limits: Limits) -> Router
     // `Router::layer` wraps outside what is already there: innermost first.
     router
         .route_layer(middleware::from_fn(crate::http::metrics::track))
-        .layer(middleware::from_fn_with_state(state.clone(), require_api_key))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
@@ -61,17 +64,42 @@ pub fn wrap(router: Router<AppState>, state: AppState, limits: Limits) -> Router
         .layer(middleware::map_response(json_errors))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
-                let id = req
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-");
-                info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
-            }),
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<Body>| {
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    let path = loggable_path(req.uri().path());
+                    info_span!("http", method = %req.method(), path = %path, request_id = %id)
+                })
+                .on_response(log_answer)
+                .on_failure(()),
         )
         .layer(SetRequestIdLayer::new(request_id, RequestIds::new()))
         .with_state(state)
+}
+
+/// The path as it may be logged: the webhook's secret path segment is never written down.
+fn loggable_path(path: &str) -> &str {
+    if path.starts_with("/webhooks/kommo/") {
+        "/webhooks/kommo/{secret}"
+    } else {
+        path
+    }
+}
+
+/// One line per refused or failed request: a client's mistake (4xx) or a store outage (503) is
+/// a WARN, something broken here (other 5xx) an ERROR; successes stay quiet.
+fn log_answer(res: &Response, latency: Duration, _span: &Span) {
+    let status = res.status();
+    let ms = latency.as_millis() as u64;
+    if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        error!(status = status.as_u16(), latency_ms = ms, "request failed");
+    } else if status.is_client_error() || status.is_server_error() {
+        warn!(status = status.as_u16(), latency_ms = ms, "request refused");
+    }
 }
 
 /// Request ids for requests that come without one: a random per-process prefix and a counter
