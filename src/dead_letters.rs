@@ -12,7 +12,6 @@
 
 use std::sync::Arc;
 
-use conversa_actors::Millis;
 use conversa_actors::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -29,7 +28,7 @@ pub const KEPT: usize = 500;
     "key": "message[add][1][contact_id]", "error": "missing"}))]
 pub struct DeadLetter {
     /// When it was recorded (Unix milliseconds).
-    pub at: Millis,
+    pub at: u64,
     /// `webhook_item`.
     pub kind: String,
     /// The key at fault (bracket form for webhook items).

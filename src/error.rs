@@ -162,6 +162,9 @@ fn humane(problem: &str) -> String {
     if let Some(i) = text.find(" at line ") {
         text.truncate(i);
     }
+    if text.starts_with("data did not match any variant") {
+        return "has none of the accepted shapes (see /docs)".to_owned();
+    }
     let mut out = Vec::new();
     let mut words = text.split(' ').peekable();
     while let Some(w) = words.next() {

@@ -245,6 +245,17 @@ async fn what_the_customer_said_during_a_hold_reaches_the_bot_when_it_is_release
     assert_eq!(status, 200, "{released}");
     let d = dispatch_carrying(&w, "m2").await;
     assert_eq!(d["event"], "released", "{d}");
+    let ids: Vec<&str> = d["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["m1", "m2"],
+        "m1 was cut off by the takeover, unanswered: {d}"
+    );
     let answer = reply(
         &w,
         CONTACT,
@@ -738,5 +749,53 @@ async fn client_errors_log_at_warn_and_the_webhook_secret_is_never_logged() {
     assert!(
         log.contains("/webhooks/kommo/{secret}"),
         "the route is logged instead"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_callbacks_and_bodies_of_the_wrong_shape_say_what_they_are() {
+    let w = world(&[]).await;
+    let d = customer_says(&w, "m1", "Oi").await;
+    let first = reply(&w, CONTACT, &d["dispatch_id"], json!({"text": "Olá!"})).await;
+    assert_eq!(first["delivered"], true, "{first}");
+    // n8n retrying the same callback: not sent again, and said why.
+    let again = reply(&w, CONTACT, &d["dispatch_id"], json!({"text": "Olá!"})).await;
+    assert_eq!(again["delivered"], false, "{again}");
+    assert_eq!(again["reason"], "already_answered", "{again}");
+    assert_eq!(w.kommo.salesbot_runs().len(), 1, "the customer got it once");
+    // A JSON array is not an object's fields in order.
+    let r = w
+        .service
+        .client
+        .post(w.service.url("/bot-control"))
+        .header("content-type", "application/json")
+        .body(r#"[4242, "pause"]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let err: Value = r.json().await.unwrap();
+    assert!(
+        err["message"].as_str().unwrap().contains("JSON object"),
+        "{err}"
+    );
+    let (status, _) = w.service.get("/conversations/4242").await;
+    assert_eq!(status, 404, "nothing changed");
+    // A webhook body with nothing of Kommo in it.
+    for body in ["foo=bar", ""] {
+        let r = w
+            .kommo
+            .send_webhook(&w.service.url("/webhooks/kommo"), body)
+            .await;
+        assert_eq!(r.status(), 400, "{body:?}");
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["field"], "body", "{err}");
+    }
+    // Query errors name the parameter.
+    let (status, err) = w.service.get("/dead-letters?limit=abc").await;
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (400, Some("limit")),
+        "{err}"
     );
 }

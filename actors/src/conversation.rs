@@ -108,6 +108,9 @@ pub struct DispatchRecord {
     pub dispatch_id: String,
     pub epoch: u64,
     pub kind: DispatchKind,
+    /// A reply to it was accepted: the same reply again (n8n retrying) is not news.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub answered: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +128,8 @@ pub enum DropReason {
     StaleDispatch,
     Superseded,
     UnknownDispatch,
+    /// A reply to this dispatch was already accepted (a retried callback).
+    AlreadyAnswered,
 }
 
 impl DropReason {
@@ -135,6 +140,7 @@ impl DropReason {
             DropReason::StaleDispatch => "stale_dispatch",
             DropReason::Superseded => "superseded",
             DropReason::UnknownDispatch => "unknown_dispatch",
+            DropReason::AlreadyAnswered => "already_answered",
         }
     }
 }
@@ -551,6 +557,15 @@ impl Step<'_> {
                 if kind != Some(DispatchKind::Scheduling) {
                     self.c.in_flight = None;
                     self.c.pending.clear();
+                    if let Some(id) = &dispatch_id
+                        && let Some(r) = self
+                            .c
+                            .recent_dispatches
+                            .iter_mut()
+                            .find(|r| r.dispatch_id == *id)
+                    {
+                        r.answered = true;
+                    }
                 }
                 self.log(What::ReplyAccepted, None, dispatch_id.as_deref(), None);
                 // A channel may send the parts one by one or joined: remember both forms.
@@ -581,8 +596,11 @@ impl Step<'_> {
             // A reply without an id (older n8n flows) answers whatever is in flight. With
             // nothing in flight it answers nothing we can place: it may come from before a
             // takeover (an older epoch) and must not clear messages n8n has not seen.
+            // Nor may it answer a `released` dispatch: a reply without an id could be one
+            // written before the takeover.
             return match in_flight {
                 Some(f) if f.superseded => Err(DropReason::Superseded),
+                Some(f) if f.kind == DispatchKind::Released => Err(DropReason::UnknownDispatch),
                 Some(f) => Ok(Some(f.kind)),
                 None => Err(DropReason::UnknownDispatch),
             };
@@ -595,6 +613,9 @@ impl Step<'_> {
             .ok_or(DropReason::UnknownDispatch)?;
         if record.epoch < self.c.epoch {
             return Err(DropReason::StaleDispatch);
+        }
+        if record.answered && record.kind != DispatchKind::Scheduling {
+            return Err(DropReason::AlreadyAnswered);
         }
         match in_flight {
             Some(f) if f.dispatch_id == id && !f.superseded => Ok(Some(f.kind)),
@@ -725,10 +746,11 @@ impl Step<'_> {
         }
     }
 
-    /// The bot must not speak: nothing in flight, nothing buffered, nothing waiting to be sent.
+    /// The bot must not speak: nothing in flight, nothing waiting to be sent. The customer's
+    /// unanswered messages stay (nothing dispatches them while the bot is silent): a seller's
+    /// message answers them, else the `released` dispatch hands them back.
     fn silence_bot(&mut self) {
         self.c.in_flight = None;
-        self.c.pending.clear();
         self.c.burst_started_at = None;
         self.cancel_timer(TimerKind::Debounce);
         self.cancel_timer(TimerKind::SchedulingTimeout);
@@ -1076,6 +1098,7 @@ impl Step<'_> {
             dispatch_id: dispatch_id.clone(),
             epoch: self.c.epoch,
             kind,
+            answered: false,
         });
         // A `released` dispatch awaits a reply only when it carries messages to answer.
         if kind != DispatchKind::Released || !messages.is_empty() {

@@ -702,8 +702,9 @@ fn a_second_reply_for_an_answered_dispatch_is_dropped() {
     let mut s = Sim::immediate();
     let d1 = s.dispatched("m1");
     s.ok(reply(&d1));
+    // n8n retrying its callback: said so, not mistaken for a newer message's doing.
     let out = s.ok(reply(&d1));
-    assert_eq!(out.dropped, Some(DropReason::Superseded));
+    assert_eq!(out.dropped, Some(DropReason::AlreadyAnswered));
     assert!(deliveries(&out).is_empty());
 }
 
@@ -738,7 +739,8 @@ fn pausing_silences_the_bot_and_bumps_the_epoch() {
     );
     assert_eq!(s.c.epoch, 1);
     assert_eq!(timers_cancelled(&out), [TimerKind::Debounce]);
-    assert!(s.c.pending.is_empty());
+    // Unanswered, kept for the bot's return; nothing dispatches them while paused.
+    assert_eq!(s.pending_ids(), ["m1", "m2"]);
     assert_eq!(s.c.in_flight, None);
     assert!(s.decision_timers().is_empty());
     assert!(s.c.outbox.is_empty(), "{:?}", s.outbox_ids());
@@ -760,10 +762,15 @@ fn resuming_hands_the_conversation_back_with_a_released_dispatch() {
     assert_eq!(s.c.epoch, 2);
     let d = the_dispatch(&out, DispatchKind::Released);
     assert_eq!(d.epoch, 2);
-    assert!(d.messages.is_empty());
+    // m1 was never answered: the bot gets it back, and the released dispatch awaits a reply.
+    let ids: Vec<_> = d.messages.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["m1"]);
     assert_eq!(d.details["reason"], "resumed");
     assert_eq!(d.details["by"], "operator");
-    assert_eq!(s.c.in_flight, None, "a released dispatch awaits no reply");
+    assert_eq!(
+        s.c.in_flight.as_ref().map(|f| f.kind),
+        Some(DispatchKind::Released)
+    );
     assert_eq!(notes(&out), ["A IA voltou a responder nesta conversa."]);
     assert!(s.whats().contains(&What::Resumed));
     // A reply to the dispatch made before the pause is stale now.
@@ -840,7 +847,8 @@ fn a_seller_assuming_silences_the_bot_and_bumps_the_epoch() {
     );
     assert_eq!(s.c.epoch, 1);
     assert_eq!(s.c.in_flight, None);
-    assert!(s.c.pending.is_empty());
+    // Kept until the seller answers them or hands them back; never dispatched meanwhile.
+    assert!(dispatches(&out).is_empty());
     assert_eq!(
         timers_set(&out),
         [
@@ -2091,4 +2099,26 @@ fn message_dispatches_of_a_proactive_conversation_name_its_seller_and_area() {
     let d = the_dispatch(&out, DispatchKind::Message);
     assert_eq!(d.seller, Some(seller("ana")));
     assert_eq!(d.details["area_atuacao"], "Trabalhista");
+}
+
+#[test]
+fn a_question_cut_off_by_a_takeover_is_handed_back_and_an_idless_reply_cannot_answer_it() {
+    let mut s = Sim::immediate();
+    let d1 = s.dispatched("m1"); // the bot was about to answer
+    s.advance(1_000).ok(assume("ana"));
+    // The seller never wrote: m1 is still unanswered when the bot is back.
+    let out = s.advance(1_000).ok(release("ana"));
+    let released = the_dispatch(&out, DispatchKind::Released);
+    let ids: Vec<_> = released.messages.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["m1"]);
+    // A reply without an id may have been written before the takeover: not delivered.
+    let out = s.advance(100).ok(reply_without_id());
+    assert_eq!(out.dropped, Some(DropReason::UnknownDispatch));
+    // Nor the old dispatch's own reply.
+    let out = s.ok(reply(&d1));
+    assert_eq!(out.dropped, Some(DropReason::StaleDispatch));
+    // The reply to the released dispatch is.
+    let out = s.ok(reply(&released.dispatch_id));
+    assert_eq!(out.dropped, None);
+    assert!(s.c.pending.is_empty());
 }

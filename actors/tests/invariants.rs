@@ -751,7 +751,7 @@ fn the_generated_sequences_reach_every_rule() {
     // Every entry but `EffectExpired`, which comes from `Conversation::expire_effects` (not an
     // event; its own unit tests cover it).
     assert_eq!(whats.len(), 27, "{whats:?}");
-    assert_eq!(drops.len(), 5, "{drops:?}");
+    assert_eq!(drops.len(), 6, "{drops:?}");
     assert_eq!(rejections.len(), 6, "{rejections:?}");
     for what in [
         "redelivery",

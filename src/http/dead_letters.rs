@@ -22,7 +22,8 @@ struct Filter {
     /// Only this kind (`webhook_item`).
     kind: Option<String>,
     /// At most this many (default 100, at most 500).
-    limit: Option<usize>,
+    #[param(value_type = Option<u32>)]
+    limit: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -42,6 +43,8 @@ pub struct DeadLetterList {
     params(Filter),
     responses(
         (status = 200, description = "The records kept (the newest 500)", body = DeadLetterList),
+        (status = 400, description = "A `limit` that is not a whole number", body = ApiError,
+         example = json!({"error": "bad_request", "field": "limit", "message": "limit must be a whole number, got \"abc\""})),
         (status = 503, response = crate::openapi::StoreUnavailable),
     ),
 )]
@@ -49,7 +52,16 @@ async fn list(
     State(app): State<AppState>,
     Query(filter): Query<Filter>,
 ) -> Result<Json<DeadLetterList>, ApiError> {
-    let limit = filter.limit.unwrap_or(100).min(crate::dead_letters::KEPT);
+    let limit = match filter.limit.as_deref().map(str::trim) {
+        None | Some("") => 100,
+        Some(raw) => raw.parse::<usize>().map_err(|_| {
+            ApiError::bad_field(
+                "limit",
+                format!("limit must be a whole number, got {raw:?}"),
+            )
+        })?,
+    }
+    .min(crate::dead_letters::KEPT);
     let dead_letters: Vec<DeadLetter> = app
         .0
         .dead_letters

@@ -90,7 +90,8 @@ pub struct CallbackAnswer {
     /// its next part), `no_lead` (nothing to deliver to), `kommo_not_configured`,
     /// `outcome_unknown` (the Salesbot may have run; never sent again), `failed`, or the
     /// fence reasons `human_assigned`, `paused`, `stale_dispatch`, `superseded`,
-    /// `unknown_dispatch` (dropped before any delivery).
+    /// `unknown_dispatch`, `already_answered` (a retried callback; dropped before any
+    /// delivery).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub reason: Option<String>,

@@ -193,6 +193,16 @@ async fn ingest(app: AppState, headers: &HeaderMap, body: &[u8]) -> Result<Json<
         ApiError::bad_field(&e.key, format!("malformed webhook: {e}"))
     })?;
     check_account(&app, &hook)?;
+    let kommo_shaped = hook.account.is_some()
+        || !hook.events.is_empty()
+        || !hook.rejected.is_empty()
+        || hook.unknown.iter().any(|k| k.contains('['));
+    if !kommo_shaped {
+        return Err(ApiError::bad_field(
+            "body",
+            "not a Kommo webhook: expected `entity[action][N][field]` keys (e.g. `message[add][0][id]`) or an `account[...]` block",
+        ));
+    }
     let rejected = reject_items(&app, &hook).await?;
     if !hook.unknown.is_empty() {
         info!(unknown = ?hook.unknown, "Kommo webhook carried events conversa does not handle");
