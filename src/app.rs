@@ -118,6 +118,31 @@ impl AppState {
         self.0.eligible_areas.is_empty() || self.0.eligible_areas.contains(&area)
     }
 
+    /// The lead a contact's conversation is on: its link, else the newest lead Kommo lists for
+    /// the contact (`GET /api/v4/contacts/{id}?with=leads`). `None`: no lead anywhere, or no
+    /// Kommo to ask.
+    pub async fn contact_lead(&self, contact_id: u64) -> Result<Option<u64>, ApiError> {
+        if let Some((c, _)) = self
+            .engine()
+            .conversation(&self.contact(contact_id))
+            .await?
+            && let Some(lead) = c.links.lead_id
+        {
+            return Ok(Some(lead));
+        }
+        let Some(kommo) = self.kommo() else {
+            return Ok(None);
+        };
+        let contact = kommo.contact(contact_id).await.map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "kommo_unavailable",
+                e.to_string(),
+            )
+        })?;
+        Ok(contact.and_then(|c| c.lead_ids.iter().copied().max()))
+    }
+
     /// The first contact of a lead, asked of Kommo (`None` without a Kommo connection).
     pub async fn lead_contact(&self, lead_id: u64) -> Result<Option<u64>, ApiError> {
         let Some(kommo) = self.kommo() else {

@@ -799,3 +799,41 @@ async fn retried_callbacks_and_bodies_of_the_wrong_shape_say_what_they_are() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduling_by_contact_alone_finds_and_links_its_lead() {
+    let w = world(&[]).await;
+    w.kommo
+        .add_user(support::fake_kommo::FakeUser::new(7001, "Carla Mendes"));
+    let mut c = FakeContact::new(3101, "Sem conversa");
+    c.lead_ids = vec![4101];
+    w.kommo.add_contact(c);
+    let mut l = FakeLead::new(4101);
+    l.contact_ids = vec![3101];
+    l.responsible_user_id = 7001;
+    w.kommo.add_lead(l);
+    let (status, acc) = w
+        .service
+        .post("/agendamento/request", json!({"contact_id": 3101}))
+        .await;
+    assert_eq!(status, 202, "{acc}");
+    assert_eq!(acc["lead_id"], 4101, "{acc}");
+    assert_eq!(acc["found_by"], "lead", "{acc}");
+    let (_, conv) = w.service.get("/conversations/3101").await;
+    assert_eq!(conv["links"]["lead_id"], 4101, "linked: {conv}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_says_which_public_routes_take_no_credential() {
+    let w = world(&[("API_KEY", "a-long-operator-key-1234")]).await;
+    let (_, ready) = w.service.get("/ready").await;
+    let open = ready["configured"]["unauthenticated_routes"].to_string();
+    assert!(open.contains("/webhooks/kommo"), "{ready}");
+    assert!(open.contains("/send-response"), "{ready}");
+    assert_eq!(ready["configured"]["reply_channel"], "salesbot", "{ready}");
+    assert!(
+        w.service
+            .log()
+            .contains("API_KEY is set but these public routes take no credential")
+    );
+}

@@ -182,45 +182,6 @@ async fn find_seller(app: &AppState, wanted: &SellerName) -> Result<Seller, ApiE
     Err(unprocessable("vendedor", "unknown_seller", message))
 }
 
-/// The lead to open the conversation on: the one given, the conversation's, or the newest lead
-/// Kommo lists for the contact. `None` only without Kommo (the reply will then be reported as
-/// undeliverable); a contact Kommo knows no lead of is a 422 `no_lead`, before n8n is called.
-async fn lead_for(
-    app: &AppState,
-    contact_id: u64,
-    given: Option<u64>,
-) -> Result<Option<u64>, ApiError> {
-    if given.is_some() {
-        return Ok(given);
-    }
-    let key = app.contact(contact_id);
-    if let Some((c, _)) = app.engine().conversation(&key).await?
-        && let Some(lead) = c.links.lead_id
-    {
-        return Ok(Some(lead));
-    }
-    let Some(kommo) = app.kommo() else {
-        return Ok(None);
-    };
-    let contact = kommo.contact(contact_id).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "kommo_unavailable",
-            e.to_string(),
-        )
-    })?;
-    match contact.and_then(|c| c.lead_ids.iter().copied().max()) {
-        Some(lead) => Ok(Some(lead)),
-        None => Err(unprocessable(
-            "lead_id",
-            "no_lead",
-            format!(
-                "contact {contact_id} has no lead in Kommo: give lead_id, or create a lead for the contact"
-            ),
-        )),
-    }
-}
-
 /// Start a proactive conversation
 ///
 /// A marketing event (a form filled, a material downloaded, a meeting booked) opens a
@@ -271,7 +232,24 @@ async fn start_proactive(
     }
     let seller = find_seller(&app, &body.vendedor).await?;
     let key = app.contact(body.contact_id.0);
-    let lead_id = lead_for(&app, key.contact_id, body.lead_id.map(|l| l.0)).await?;
+    // No lead anywhere: refused before n8n is called (the reply would have nowhere to go).
+    let lead_id = match body.lead_id {
+        Some(lead) => Some(lead.0),
+        None => match app.contact_lead(key.contact_id).await? {
+            Some(lead) => Some(lead),
+            None if app.kommo().is_none() => None,
+            None => {
+                return Err(unprocessable(
+                    "lead_id",
+                    "no_lead",
+                    format!(
+                        "contact {} has no lead in Kommo: give lead_id, or create a lead for the contact",
+                        key.contact_id
+                    ),
+                ));
+            }
+        },
+    };
     if let Some(lead) = lead_id {
         let links = Links {
             lead_id: Some(lead),

@@ -155,6 +155,9 @@ async fn request(
     if let (None, Some(talk)) = (lead_id, talk_id) {
         lead_id = sellers.talk_lead(talk).await?;
     }
+    if lead_id.is_none() {
+        lead_id = app.contact_lead(contact_id).await?;
+    }
     // Without Kommo nothing more can be found: no seller, not a passing outage.
     let found = match sellers
         .responsible(talk_id, Some(contact_id), lead_id, held_by.as_deref())
