@@ -3,7 +3,8 @@
 //! leads are found when nobody gave one, a reply in parts is one WhatsApp message per part, what
 //! the customer said during a hold reaches the bot when it is back, conversations end, commands
 //! on unknown contacts behave, errors say what to fix, and a configuration that cannot work is
-//! refused at start with the variable named.
+//! refused at start with the variable named. The store is a real `redis-server` (the stores'
+//! conformance suite covers the embedded one).
 
 mod support;
 
@@ -14,6 +15,7 @@ use support::fake_kommo::{
     FakeContact, FakeKommo, FakeLead, FakeMessage, message_add_form, wait_until,
 };
 use support::fake_n8n::FakeN8n;
+use support::redis_server::RedisServer;
 use support::service::Service;
 
 const ACCOUNT: u64 = 33981183;
@@ -26,7 +28,8 @@ struct World {
     kommo: FakeKommo,
     n8n: FakeN8n,
     service: Service,
-    _dir: tempfile::TempDir,
+    /// The durable store: a real `redis-server` with the project's `redis.conf`.
+    _redis: RedisServer,
 }
 
 async fn world(extra: &[(&str, &str)]) -> World {
@@ -37,11 +40,12 @@ async fn world(extra: &[(&str, &str)]) -> World {
     kommo.add_lead_field(FIELD);
     let (access, refresh) = kommo.issue_tokens();
     let n8n = FakeN8n::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start();
+    let redis_url = redis.url();
     let (api, hook) = (kommo.api_url(), n8n.url());
     let (field, bot) = (FIELD.to_string(), BOT.to_string());
     let mut env = vec![
-        ("DATA_DIR", dir.path().to_str().unwrap()),
+        ("REDIS_URL", redis_url.as_str()),
         ("DEBOUNCE_MS", "0"),
         ("N8N_WEBHOOK_URL", &hook),
         ("PUBLIC_URL", "http://127.0.0.1:{port}"),
@@ -59,7 +63,7 @@ async fn world(extra: &[(&str, &str)]) -> World {
         kommo,
         n8n,
         service,
-        _dir: dir,
+        _redis: redis,
     }
 }
 
@@ -836,4 +840,38 @@ async fn ready_says_which_public_routes_take_no_credential() {
             .log()
             .contains("API_KEY is set but these public routes take no credential")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proactive_conversation_shows_its_seller_and_a_foreign_talk_is_refused() {
+    let w = world(&[]).await;
+    let (status, _) = w
+        .service
+        .post("/vendedores/adicionar", json!({"nome": "Asaf"}))
+        .await;
+    assert_eq!(status, 201);
+    let start = json!({"contact_id": CONTACT, "lead_id": LEAD, "vendedor": "Asaf",
+        "area_atuacao": "Previdenciário", "trigger_type": "formulario_preenchido"});
+    let (status, _) = w.service.post("/start-proactive", start).await;
+    assert_eq!(status, 201);
+    let (_, c) = w.service.get(&format!("/conversations/{CONTACT}")).await;
+    assert_eq!(c["seller"]["name"], "Asaf", "{c}");
+    assert_eq!(c["area_atuacao"], "Previdenciário", "{c}");
+    // Talk 300 is another contact's: refused, and not linked.
+    w.kommo
+        .add_talk(support::fake_kommo::FakeTalk::new(300, 9999, None));
+    let (status, err) = w
+        .service
+        .post(
+            "/agendamento/request",
+            json!({"contact_id": CONTACT, "talk_id": 300}),
+        )
+        .await;
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (422, Some("talk_id")),
+        "{err}"
+    );
+    let (_, c) = w.service.get(&format!("/conversations/{CONTACT}")).await;
+    assert_ne!(c["links"]["talk_id"], 300, "{c}");
 }

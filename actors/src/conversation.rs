@@ -666,6 +666,8 @@ impl Step<'_> {
         } else if self.policy.auto_takeover_on_human_reply {
             let by = format!("chat message {message_id}");
             self.assume(seller, by);
+            // The message that takes over answers what the customer said so far.
+            self.c.pending.clear();
         }
     }
 

@@ -2122,3 +2122,18 @@ fn a_question_cut_off_by_a_takeover_is_handed_back_and_an_idless_reply_cannot_an
     assert_eq!(out.dropped, None);
     assert!(s.c.pending.is_empty());
 }
+
+#[test]
+fn the_chat_message_that_takes_over_answers_what_the_customer_said() {
+    let mut s = Sim::immediate();
+    s.dispatched("m1");
+    s.advance(1_000).ok(spoke("ana", "chat-1"));
+    assert!(s.c.phase.is_human());
+    assert!(s.c.pending.is_empty(), "the seller answered m1 by writing");
+    let out = s.advance(1_000).ok(release("ana"));
+    assert!(
+        the_dispatch(&out, DispatchKind::Released)
+            .messages
+            .is_empty()
+    );
+}

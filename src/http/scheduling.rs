@@ -121,6 +121,19 @@ async fn request(
         ));
     }
     let sellers = app.sellers();
+    // A talk of another contact is a mistake, not a link to record.
+    if let (Some(contact), Some(talk)) = (contact_id, talk_id) {
+        match sellers.talk_contact(talk).await {
+            Ok(Some(of_talk)) if of_talk != contact => {
+                return Err(unprocessable(
+                    "talk_id",
+                    format!("talk {talk} belongs to contact {of_talk}, not {contact}"),
+                ));
+            }
+            Ok(_) | Err(crate::sellers::DirectoryError::NotConfigured) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     // The conversation is the contact's; a talk names its contact.
     let contact_id = match (contact_id, talk_id) {
         (Some(c), _) => Some(c),

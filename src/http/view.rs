@@ -39,9 +39,11 @@ pub struct ConversationView<'a> {
     pub contact_id: u64,
     #[schema(value_type = schemas::Phase)]
     pub phase: &'static str,
-    /// The seller holding the conversation (or who asked for a schedule/proactive start).
+    /// The seller holding the conversation, else the one who opened it proactively.
     #[schema(value_type = Option<schemas::SellerRef>)]
     pub seller: Option<&'a SellerRef>,
+    /// The practice area of a proactive conversation.
+    pub area_atuacao: Option<&'a str>,
     pub phase_since: Option<u64>,
     pub assigned_by: Option<&'a str>,
     /// When a seller's hold returns to the bot.
@@ -101,7 +103,8 @@ impl<'a> ConversationView<'a> {
             account_id: c.key.account_id,
             contact_id: c.key.contact_id,
             phase: c.phase.name(),
-            seller: c.phase.seller(),
+            seller: c.phase.seller().or(c.proactive.as_ref().map(|o| &o.seller)),
+            area_atuacao: c.proactive.as_ref().and_then(|o| o.area.as_deref()),
             phase_since: since,
             assigned_by: by,
             lease_expires_at: expires,
