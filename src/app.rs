@@ -118,9 +118,9 @@ impl AppState {
         self.0.eligible_areas.is_empty() || self.0.eligible_areas.contains(&area)
     }
 
-    /// The lead a contact's conversation is on: its link, else the newest lead Kommo lists for
-    /// the contact (`GET /api/v4/contacts/{id}?with=leads`). `None`: no lead anywhere, or no
-    /// Kommo to ask.
+    /// The lead a contact's conversation is on: its link, else the highest lead id (the most
+    /// recently created) Kommo lists for the contact (`GET /api/v4/contacts/{id}?with=leads`).
+    /// `None`: no lead anywhere, or no Kommo to ask.
     pub async fn contact_lead(&self, contact_id: u64) -> Result<Option<u64>, ApiError> {
         if let Some((c, _)) = self
             .engine()

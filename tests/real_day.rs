@@ -118,6 +118,32 @@ fn field_texts(w: &World) -> Vec<String> {
         .collect()
 }
 
+/// Adds a custom seller (its own WhatsApp `contact`, if any); returns it.
+async fn add_seller(w: &World, name: &str, contact: Option<u64>) -> Value {
+    let mut body = json!({ "nome": name });
+    if let Some(c) = contact {
+        body["contact_id"] = json!(c);
+    }
+    let (status, seller) = w.service.post("/vendedores/adicionar", body).await;
+    assert_eq!(status, 201, "{seller}");
+    seller
+}
+
+/// A contact Kommo knows (responsible user `owner`, 0 = nobody), with one lead (responsible
+/// user `lead_owner`) when `lead` is given.
+fn kommo_contact(w: &World, contact: u64, owner: u64, lead: Option<(u64, u64)>) {
+    let mut c = FakeContact::new(contact, "Cliente");
+    c.responsible_user_id = owner;
+    if let Some((lead, lead_owner)) = lead {
+        c.lead_ids = vec![lead];
+        let mut l = FakeLead::new(lead);
+        l.contact_ids = vec![contact];
+        l.responsible_user_id = lead_owner;
+        w.kommo.add_lead(l);
+    }
+    w.kommo.add_contact(c);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivered_means_the_salesbot_ran_and_a_reply_in_parts_is_one_message_per_part() {
     let w = world(&[]).await;
@@ -177,22 +203,10 @@ async fn in_note_mode_delivered_says_note_and_without_a_lead_it_says_no_lead() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leads_are_found_through_kommo_and_a_contact_without_one_is_refused_before_n8n() {
     let w = world(&[]).await;
-    let (status, seller) = w
-        .service
-        .post(
-            "/vendedores/adicionar",
-            json!({"nome": "Asaf", "contact_id": 99999}),
-        )
-        .await;
-    assert_eq!(status, 201, "{seller}");
+    add_seller(&w, "Asaf", Some(99999)).await;
     // Kommo knows this contact's lead; nobody tells conversa.
     let (contact, lead) = (5150, 9090);
-    let mut c = FakeContact::new(contact, "Maria");
-    c.lead_ids = vec![lead];
-    w.kommo.add_contact(c);
-    let mut l = FakeLead::new(lead);
-    l.contact_ids = vec![contact];
-    w.kommo.add_lead(l);
+    kommo_contact(&w, contact, 0, Some((lead, 0)));
     let start = json!({"contact_id": contact, "vendedor": "Asaf", "area_atuacao": "Previdenciário",
         "trigger_type": "formulario_preenchido"});
     let (status, started) = w.service.post("/start-proactive", start).await;
@@ -221,14 +235,7 @@ async fn leads_are_found_through_kommo_and_a_contact_without_one_is_refused_befo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_the_customer_said_during_a_hold_reaches_the_bot_when_it_is_released() {
     let w = world(&[]).await;
-    let (status, _) = w
-        .service
-        .post(
-            "/vendedores/adicionar",
-            json!({"nome": "Ana Souza", "contact_id": 99999}),
-        )
-        .await;
-    assert_eq!(status, 201);
+    add_seller(&w, "Ana Souza", Some(99999)).await;
     customer_says(&w, "m1", "Oi").await;
     let take = json!({"message": format!("/assumir {CONTACT}"), "contact_id": 99999});
     let (status, taken) = w.service.post("/vendedor/comandos", take).await;
@@ -281,11 +288,7 @@ async fn a_quiet_conversation_ends_and_a_new_proactive_start_is_no_duplicate() {
         ("TIMER_SWEEP_MS", "100"),
     ])
     .await;
-    let (status, _) = w
-        .service
-        .post("/vendedores/adicionar", json!({"nome": "Asaf"}))
-        .await;
-    assert_eq!(status, 201);
+    add_seller(&w, "Asaf", None).await;
     let start = json!({"contact_id": CONTACT, "lead_id": LEAD, "vendedor": "Asaf",
         "area_atuacao": "Previdenciário", "trigger_type": "formulario_preenchido"});
     let (status, first) = w.service.post("/start-proactive", start.clone()).await;
@@ -410,10 +413,13 @@ async fn seller_names_are_unique_and_a_name_picks_that_seller_only() {
     assert_eq!(started["vendedor"]["name"], "Asaf", "{started}");
 }
 
-/// Runs the binary with `env` and returns its exit status and output (it must not start).
-fn refused(env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+/// Runs the binary with `env`: it must refuse to start. Returns whether it exited by itself
+/// (with a failure) within 15 s, and its output; a binary that starts instead is killed.
+fn refused(env: &[(&str, &str)]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_conversa"))
+    let log = dir.path().join("out.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_conversa"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOST", "127.0.0.1")
@@ -421,28 +427,37 @@ fn refused(env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
         .env("DATA_DIR", dir.path())
         .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
-        .output()
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
         .expect("run conversa");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status, text)
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let refused = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break !status.success();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (refused, std::fs::read_to_string(&log).unwrap_or_default())
 }
 
 #[test]
 fn a_configuration_that_cannot_work_is_refused_at_start_naming_the_variable() {
-    let (status, out) = refused(&[
+    let (ok, out) = refused(&[
         ("KOMMO_API_URL", "http://127.0.0.1:9/api/v4/"),
         ("KOMMO_ACCESS_TOKEN", "t"),
         ("REPLY_CHANNEL", "salesbot"),
         ("KOMMO_REPLY_BOT_ID", "1"),
     ]);
-    assert!(!status.success(), "{out}");
+    assert!(ok, "{out}");
     assert!(out.contains("KOMMO_REPLY_FIELD_ID"), "{out}");
-    let (status, out) = refused(&[("N8N_WEBHOOK_URL", "http://127.0.0.1:9/webhook/x")]);
-    assert!(!status.success(), "{out}");
+    let (ok, out) = refused(&[("N8N_WEBHOOK_URL", "http://127.0.0.1:9/webhook/x")]);
+    assert!(ok, "{out}");
     assert!(out.contains("PUBLIC_URL"), "{out}");
 }
 
@@ -521,14 +536,7 @@ async fn who_is_responsible_follows_conversation_then_contact_then_lead() {
     let (status, _) = w.service.post("/vendedores/sincronizar", json!({})).await;
     assert_eq!(status, 200);
     // Contact 3001 is Carla's in Kommo; its lead 4001 is Diego's.
-    let mut c = FakeContact::new(3001, "Cliente");
-    c.responsible_user_id = 7001;
-    c.lead_ids = vec![4001];
-    w.kommo.add_contact(c);
-    let mut l = FakeLead::new(4001);
-    l.contact_ids = vec![3001];
-    l.responsible_user_id = 7002;
-    w.kommo.add_lead(l);
+    kommo_contact(&w, 3001, 7001, Some((4001, 7002)));
     w.kommo
         .add_talk(support::fake_kommo::FakeTalk::new(501, 3001, Some(4001)));
     let (status, r) = w.service.get("/vendedor/contato/3001").await;
@@ -545,13 +553,7 @@ async fn who_is_responsible_follows_conversation_then_contact_then_lead() {
     let (_, r) = w.service.get("/vendedor/conversa/501").await;
     assert_eq!(r["found_by"], "contact", "{r}");
     // A contact nobody in the team owns: the lead's responsible user.
-    let mut c = FakeContact::new(3002, "Outro");
-    c.responsible_user_id = 1;
-    w.kommo.add_contact(c);
-    let mut l = FakeLead::new(4002);
-    l.contact_ids = vec![3002];
-    l.responsible_user_id = 7002;
-    w.kommo.add_lead(l);
+    kommo_contact(&w, 3002, 1, Some((4002, 7002)));
     let (_, r) = w.service.get("/vendedor/lead/4002").await;
     assert_eq!(
         (r["found_by"].as_str(), r["vendedor"]["name"].as_str()),
@@ -559,14 +561,7 @@ async fn who_is_responsible_follows_conversation_then_contact_then_lead() {
         "{r}"
     );
     // A seller holding the conversation comes before both.
-    let (status, _) = w
-        .service
-        .post(
-            "/vendedores/adicionar",
-            json!({"nome": "Ana Souza", "contact_id": 99999}),
-        )
-        .await;
-    assert_eq!(status, 201);
+    add_seller(&w, "Ana Souza", Some(99999)).await;
     let take = json!({"message": "/assumir 3001", "contact_id": 99999});
     let (status, taken) = w.service.post("/vendedor/comandos", take).await;
     assert_eq!(status, 200, "{taken}");
@@ -602,9 +597,7 @@ async fn who_is_responsible_follows_conversation_then_contact_then_lead() {
         "{acc}"
     );
     assert_eq!(acc["found_by"], "contact", "{acc}");
-    let mut c = FakeContact::new(3003, "Ninguém");
-    c.responsible_user_id = 1;
-    w.kommo.add_contact(c);
+    kommo_contact(&w, 3003, 1, None);
     let (status, err) = w
         .service
         .post("/agendamento/request", json!({"contact_id": 3003}))
@@ -644,14 +637,7 @@ async fn the_originals_three_examples_work_or_say_what_is_missing() {
     assert_eq!(status, 400, "{err}");
     assert_eq!(err["field"], "contact_id", "{err}");
     // With the seller: all three work.
-    let (status, _) = w
-        .service
-        .post(
-            "/vendedores/adicionar",
-            json!({"nome": "Asaf", "contact_id": 99999}),
-        )
-        .await;
-    assert_eq!(status, 201);
+    add_seller(&w, "Asaf", Some(99999)).await;
     let (status, started) = w.service.post("/start-proactive", proactive).await;
     assert_eq!(status, 201, "{started}");
     let (status, paused) = w
@@ -809,13 +795,7 @@ async fn scheduling_by_contact_alone_finds_and_links_its_lead() {
     let w = world(&[]).await;
     w.kommo
         .add_user(support::fake_kommo::FakeUser::new(7001, "Carla Mendes"));
-    let mut c = FakeContact::new(3101, "Sem conversa");
-    c.lead_ids = vec![4101];
-    w.kommo.add_contact(c);
-    let mut l = FakeLead::new(4101);
-    l.contact_ids = vec![3101];
-    l.responsible_user_id = 7001;
-    w.kommo.add_lead(l);
+    kommo_contact(&w, 3101, 0, Some((4101, 7001)));
     let (status, acc) = w
         .service
         .post("/agendamento/request", json!({"contact_id": 3101}))
@@ -845,11 +825,7 @@ async fn ready_says_which_public_routes_take_no_credential() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proactive_conversation_shows_its_seller_and_a_foreign_talk_is_refused() {
     let w = world(&[]).await;
-    let (status, _) = w
-        .service
-        .post("/vendedores/adicionar", json!({"nome": "Asaf"}))
-        .await;
-    assert_eq!(status, 201);
+    add_seller(&w, "Asaf", None).await;
     let start = json!({"contact_id": CONTACT, "lead_id": LEAD, "vendedor": "Asaf",
         "area_atuacao": "Previdenciário", "trigger_type": "formulario_preenchido"});
     let (status, _) = w.service.post("/start-proactive", start).await;
