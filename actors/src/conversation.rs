@@ -478,9 +478,14 @@ impl Step<'_> {
     /// Something happened: the conversation's idle end moves away.
     /// Like every timer it is persisted in `timers` (the actor's wake-up follows it), but it
     /// is housekeeping, not a decision, so no `SetTimer` effect is reported for it.
+    ///
+    /// The end is rounded up to a tenth of the idle time (at most 5 minutes): a burst of
+    /// messages leaves it, and so the store's wake index, unchanged, and it is never early.
     fn touch(&mut self) {
         if let Some(idle) = self.policy.conversation_idle_ms {
-            self.c.timers.insert(TimerKind::IdleEnd, self.now + idle);
+            let grain = (idle / 10).clamp(1, 300_000);
+            let at = (self.now + idle).div_ceil(grain) * grain;
+            self.c.timers.insert(TimerKind::IdleEnd, at);
             self.out.changed = true;
         }
     }

@@ -1971,8 +1971,11 @@ fn a_quiet_bot_conversation_ends_after_the_idle_time() {
     let opening = the_dispatch(&out, DispatchKind::Proactive).dispatch_id;
     s.ok(done(&opening));
     assert_eq!(s.c.proactive.as_ref().unwrap().seller, seller("ana"));
+    // Due at the idle time at the earliest (rounded up to a tenth of it, at most 5 minutes).
+    let end = s.c.timers[&TimerKind::IdleEnd];
+    assert!(end >= s.now + idle && end < s.now + idle + 300_000, "{end}");
     // Not early.
-    s.advance(idle - 1).ok(fire(TimerKind::IdleEnd));
+    s.advance(end - s.now - 1).ok(fire(TimerKind::IdleEnd));
     assert!(matches!(s.c.phase, Phase::Proactive { .. }));
     s.advance(1).ok(fire(TimerKind::IdleEnd));
     assert_eq!(s.c.phase, Phase::Idle);
@@ -1988,9 +1991,11 @@ fn work_in_the_outbox_postpones_the_idle_end_and_a_hold_is_never_ended_by_it() {
     let idle = 24 * 3_600_000;
     let mut s = Sim::immediate();
     s.dispatched("m1"); // never acknowledged by n8n's executor
-    s.advance(idle).ok(fire(TimerKind::IdleEnd));
+    let end = s.c.timers[&TimerKind::IdleEnd];
+    let out = s.advance(end - s.now).ok(fire(TimerKind::IdleEnd));
+    assert!(out.changed, "the timer fired");
     assert_eq!(s.c.phase, Phase::BotActive);
-    assert!(s.c.timers[&TimerKind::IdleEnd] > s.now, "re-armed");
+    assert!(s.c.timers[&TimerKind::IdleEnd] >= s.now + idle, "re-armed");
 
     let mut s = Sim::with(Policy {
         human_lease_ms: None,
@@ -1998,7 +2003,9 @@ fn work_in_the_outbox_postpones_the_idle_end_and_a_hold_is_never_ended_by_it() {
     });
     s.ok(assume("ana"));
     s.advance(1_000).ok(customer("m1"));
-    s.advance(idle).ok(fire(TimerKind::IdleEnd));
+    let end = s.c.timers[&TimerKind::IdleEnd];
+    let out = s.advance(end - s.now).ok(fire(TimerKind::IdleEnd));
+    assert!(out.changed, "the timer fired");
     assert!(s.c.phase.is_human());
 }
 
@@ -2136,4 +2143,15 @@ fn the_chat_message_that_takes_over_answers_what_the_customer_said() {
             .messages
             .is_empty()
     );
+}
+
+#[test]
+fn a_burst_of_messages_leaves_the_idle_end_where_it_was() {
+    let mut s = Sim::with(Policy::default());
+    s.ok(customer("m1"));
+    let end = s.c.timers[&TimerKind::IdleEnd];
+    // The store's wake index need not be rewritten for every message of a burst.
+    let stays = (end - (s.now + s.p.conversation_idle_ms.unwrap())).min(2_000);
+    s.advance(stays).ok(customer("m2"));
+    assert_eq!(s.c.timers[&TimerKind::IdleEnd], end);
 }
