@@ -29,8 +29,10 @@ pub struct Inner {
     pub kommo_subdomain: Option<String>,
     /// When set, the Kommo webhook URL must carry it.
     pub webhook_secret: Option<String>,
-    /// When set, n8n's callback must carry it as a bearer token.
+    /// When set, n8n's callback may carry it as a bearer token.
     pub callback_token: Option<String>,
+    /// Otherwise n8n's callback must carry its dispatch's reply token.
+    pub reply_tokens: crate::reply_token::ReplyTokens,
     /// When set, operator endpoints require it as a bearer token.
     pub api_key: Option<String>,
     /// What is configured and what is not (secrets left out), for `/ready` and the start-up log.
@@ -45,6 +47,8 @@ pub struct Inner {
     pub kommo: Option<Arc<KommoClient>>,
     /// For reachability checks (n8n).
     pub http: reqwest::Client,
+    /// The latest n8n probe and when it was made (`/ready` reuses it for a few seconds).
+    pub n8n_probe: Arc<tokio::sync::Mutex<Option<(Instant, serde_json::Value)>>>,
     pub n8n_webhook_url: Option<String>,
     /// The reply channel in use (`None` without Kommo: replies cannot be delivered).
     pub reply_channel: Option<crate::reply::Strategy>,
@@ -73,6 +77,7 @@ impl AppState {
                 .build()
                 .unwrap_or_default(),
             n8n_webhook_url: config.n8n_webhook_url.clone(),
+            n8n_probe: Arc::default(),
             reply_channel: config.reply_strategy(),
             reply_wait: std::time::Duration::from_millis(config.reply_wait_ms),
             sellers,
@@ -86,7 +91,15 @@ impl AppState {
                 .filter(|a| !a.is_empty())
                 .collect(),
             started: Instant::now(),
+            reply_tokens: crate::reply_token::ReplyTokens::ephemeral(),
         }))
+    }
+
+    /// The same state with the store's reply-token key (tokens made by every node agree).
+    pub fn with_reply_tokens(self, tokens: crate::reply_token::ReplyTokens) -> Self {
+        let mut inner = Arc::try_unwrap(self.0).unwrap_or_else(|shared| (*shared).clone());
+        inner.reply_tokens = tokens;
+        Self(Arc::new(inner))
     }
 
     pub fn engine(&self) -> &Engine {

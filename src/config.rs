@@ -65,6 +65,16 @@ pub struct Config {
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
 
+    /// The longest the server waits for a complete request head, in seconds: a connection that
+    /// sends nothing, trickles its headers, or sits idle between two requests is closed then.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+
+    /// Connections served at once; beyond it a connection gets an immediate 503 and is closed.
+    /// Lowered at start when the open-file limit cannot hold it.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
     /// Kommo's API base, e.g. `https://sua-conta.kommo.com/api/v4/`. Unset: no Kommo calls
     /// (replies and notes wait in the outbox).
     #[arg(long, env = "KOMMO_API_URL")]
@@ -91,6 +101,10 @@ pub struct Config {
     /// Kommo calls per second for this account (at most 7, Kommo's limit).
     #[arg(long, env = "KOMMO_MAX_RPS", default_value_t = 7)]
     pub kommo_max_rps: u32,
+
+    /// Kommo requests in flight at once (the rate limit above still applies).
+    #[arg(long, env = "KOMMO_MAX_CONCURRENCY", default_value_t = 4)]
+    pub kommo_max_concurrency: usize,
 
     /// How replies reach the customer: `salesbot` (lead field + Salesbot run, needs the two
     /// ids below) or `note` (a note on the lead only: a dry run). Unset: `salesbot` when both
@@ -188,6 +202,20 @@ pub struct Config {
     #[arg(long, env = "MAX_PENDING_MESSAGES", default_value_t = 50)]
     pub max_pending_messages: usize,
 
+    /// The longest customer message kept, in bytes; a longer text is cut and marked " […]".
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 8 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// The most bytes of unanswered customer messages a conversation keeps (a dispatch
+    /// carries them all); the oldest fall off beyond it.
+    #[arg(long, env = "MAX_PENDING_BYTES", default_value_t = 64 * 1024)]
+    pub max_pending_bytes: usize,
+
+    /// The hard cap of one contact's stored state, in bytes: a larger snapshot is trimmed
+    /// (oldest messages, ids, notes and timeline entries let go, and recorded).
+    #[arg(long, env = "MAX_SNAPSHOT_BYTES", default_value_t = 1024 * 1024)]
+    pub max_snapshot_bytes: usize,
+
     /// How long n8n may take to settle a scheduling request before the bot takes over again.
     #[arg(long, env = "SCHEDULING_TIMEOUT_MINUTES", default_value_t = 30.0)]
     pub scheduling_timeout_minutes: f64,
@@ -221,12 +249,23 @@ pub struct Config {
     #[arg(long, env = "N8N_WEBHOOK_URL")]
     pub n8n_webhook_url: Option<String>,
 
+    /// Dispatches sent to n8n at once; a burst waits its turn instead of opening a connection
+    /// per contact.
+    #[arg(long, env = "N8N_MAX_CONCURRENCY", default_value_t = 16)]
+    pub n8n_max_concurrency: usize,
+
+    /// The largest dispatch body sent to n8n, in bytes (its parts are bounded on their own;
+    /// beyond it the history, then the oldest messages, are left out and counted).
+    #[arg(long, env = "MAX_DISPATCH_BYTES", default_value_t = 128 * 1024)]
+    pub max_dispatch_bytes: usize,
+
     /// Signs every dispatch body (`X-Conversa-Signature: sha256=<hex HMAC-SHA256>`).
     #[arg(long, env = "N8N_SHARED_SECRET", hide_env_values = true)]
     pub n8n_shared_secret: Option<String>,
 
-    /// When set, n8n's callback (`POST /send-response`) must carry
-    /// `Authorization: Bearer <N8N_CALLBACK_TOKEN>`.
+    /// n8n's callback (`POST /send-response`) is accepted with
+    /// `Authorization: Bearer <N8N_CALLBACK_TOKEN>`, or with the dispatch's own `reply_token`
+    /// (in the `callback_url` conversa sends).
     #[arg(long, env = "N8N_CALLBACK_TOKEN", hide_env_values = true)]
     pub n8n_callback_token: Option<String>,
 
@@ -238,6 +277,9 @@ pub struct Config {
     #[arg(long, env = "NODE_NAME", default_value = "conversa")]
     pub node_name: String,
 }
+
+/// The shortest `API_KEY` accepted beyond loopback.
+pub const MIN_API_KEY_CHARS: usize = 16;
 
 impl Config {
     pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
@@ -294,11 +336,9 @@ impl Config {
             return Vec::new();
         }
         let mut open = Vec::new();
+        // n8n's callback is never open: without N8N_CALLBACK_TOKEN it needs a reply token.
         if !set(&self.webhook_secret) {
             open.push("/webhooks/kommo (WEBHOOK_SECRET unset)");
-        }
-        if !set(&self.n8n_callback_token) {
-            open.push("/send-response (N8N_CALLBACK_TOKEN unset)");
         }
         open
     }
@@ -306,17 +346,33 @@ impl Config {
     /// Refuses to expose the API beyond loopback without a key, unless explicitly allowed.
     pub fn check_exposure(&self) -> anyhow::Result<()> {
         let addr = self.listen_addr()?;
-        let has_key = self.api_key.as_deref().is_some_and(|k| !k.is_empty());
-        if !addr.ip().is_loopback() && !has_key {
-            if self.allow_insecure {
-                tracing::warn!(%addr, "listening beyond loopback without API_KEY (ALLOW_INSECURE=1)");
-            } else {
-                anyhow::bail!(
-                    "refusing to listen on {addr} without API_KEY: set API_KEY (or ALLOW_INSECURE=1 to accept the risk)"
-                );
-            }
+        if addr.ip().is_loopback() {
+            return Ok(());
         }
-        Ok(())
+        let key = self.api_key.as_deref().map(str::trim).unwrap_or("");
+        let secret = self.webhook_secret.as_deref().map(str::trim).unwrap_or("");
+        let problem = if key.is_empty() {
+            Some("without API_KEY: set API_KEY (16 characters or more)".to_owned())
+        } else if key.chars().count() < MIN_API_KEY_CHARS {
+            Some(format!(
+                "with an API_KEY of {} characters: use {MIN_API_KEY_CHARS} or more (e.g. `openssl rand -hex 24`)",
+                key.chars().count()
+            ))
+        } else if secret.is_empty() {
+            Some("without WEBHOOK_SECRET: anyone could post Kommo webhooks (set WEBHOOK_SECRET and put it in the webhook URL)".to_owned())
+        } else {
+            None
+        };
+        match problem {
+            None => Ok(()),
+            Some(problem) if self.allow_insecure => {
+                tracing::warn!(%addr, "listening beyond loopback {problem} (ALLOW_INSECURE=1)");
+                Ok(())
+            }
+            Some(problem) => anyhow::bail!(
+                "refusing to listen on {addr} {problem}; or ALLOW_INSECURE=1 to accept the risk"
+            ),
+        }
     }
 
     /// The WhatsApp of Kommo-synced sellers from `SELLER_WHATSAPP`.
@@ -384,11 +440,11 @@ impl Config {
             "store": store_backend,
             "kommo_account_id": self.kommo_account_id,
             "kommo_subdomain": self.kommo_subdomain,
-            "n8n_webhook_url": self.n8n_webhook_url,
-            "kommo_api_url": self.kommo_api_url,
+            "n8n_webhook_url": self.n8n_webhook_url.as_deref().map(crate::redact::url),
+            "kommo_api_url": self.kommo_api_url.as_deref().map(crate::redact::url),
             "reply_channel": match self.reply_strategy() { Some(s) => serde_json::json!(s), None => serde_json::json!("not configured") },
             "unauthenticated_routes": self.unauthenticated_public_routes(),
-            "public_url": self.public_url,
+            "public_url": self.public_url.as_deref().map(crate::redact::url),
             "api_key": set(&self.api_key),
             "webhook_secret": set(&self.webhook_secret),
             "n8n_callback_token": set(&self.n8n_callback_token),
@@ -417,6 +473,11 @@ impl Config {
                 .then_some((self.max_effect_age_minutes * 60_000.0) as u64),
             reply_part_delay_ms: self.reply_part_delay_ms,
             max_pending_messages: self.max_pending_messages.max(1),
+            max_message_bytes: self.max_message_bytes.max(64),
+            max_pending_bytes: self
+                .max_pending_bytes
+                .max(self.max_message_bytes.max(64) + 256),
+            max_snapshot_bytes: self.max_snapshot_bytes.max(64 * 1024),
             ..Policy::default()
         }
     }

@@ -7,7 +7,10 @@
 //! * [`app`] and [`http`] — the axum router and its handlers; [`error`] — the JSON error type;
 //!   [`openapi`] — the OpenAPI document (`/openapi.json`) and Swagger UI (`/docs`);
 //! * [`store`] — the Redis and embedded (redb) backends;
-//! * [`server`] — start-up, logging and graceful shutdown.
+//! * [`server`] — start-up, logging and graceful shutdown; [`serve`] — the listener (header-read
+//!   timeout, connection cap, open-file limit);
+//! * [`reply_token`] — the per-dispatch proof a reply must carry; [`redact`] — secrets kept out of
+//!   logs and public answers.
 
 pub mod app;
 pub mod commands;
@@ -18,8 +21,11 @@ pub mod http;
 pub mod kommo;
 pub mod n8n;
 pub mod openapi;
+pub mod redact;
 pub mod reply;
+pub mod reply_token;
 pub mod sellers;
+pub mod serve;
 pub mod server;
 pub mod store;
 pub mod text;

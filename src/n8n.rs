@@ -25,7 +25,7 @@
 //!   "history": [ …the latest timeline entries, oldest first… ],
 //!   "scheduling": { …details… },   // only for "scheduling"
 //!   "released": { …details… },     // only for "released"
-//!   "callback_url": "https://conversa.example/send-response" | null
+//!   "callback_url": "https://conversa.example/send-response?reply_token=…" | null
 //! }
 //! ```
 //!
@@ -65,6 +65,8 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
+use crate::reply_token::ReplyTokens;
+
 /// The header carrying the body's HMAC-SHA256 (`sha256=<lowercase hex>`).
 pub const SIGNATURE_HEADER: &str = "X-Conversa-Signature";
 /// The header carrying the `dispatch_id`, stable across retries.
@@ -84,15 +86,22 @@ pub struct N8nSettings {
     pub shared_secret: Option<String>,
     /// This service's public base URL, from which `callback_url` is made.
     pub public_url: Option<String>,
+    /// Signs each dispatch's `callback_url` with its reply token.
+    pub reply_tokens: ReplyTokens,
     /// The longest one attempt may take, connection included.
     pub timeout: Duration,
+    /// Dispatches sent at once (`N8N_MAX_CONCURRENCY`); the others wait for a turn, in the
+    /// outbox or in line, instead of opening one connection each.
+    pub max_concurrency: usize,
+    /// The largest dispatch body (`MAX_DISPATCH_BYTES`); see [`fit`].
+    pub max_body_bytes: usize,
 }
 
 /// The secret stays out of logs.
 impl fmt::Debug for N8nSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("N8nSettings")
-            .field("webhook_url", &self.webhook_url)
+            .field("webhook_url", &crate::redact::url(&self.webhook_url))
             .field(
                 "shared_secret",
                 &self.shared_secret.as_ref().map(|_| "<redacted>"),
@@ -109,12 +118,19 @@ pub struct N8nClient {
     webhook_url: reqwest::Url,
     secret: Option<String>,
     public_url: Option<String>,
+    reply_tokens: ReplyTokens,
+    /// Turns to call n8n: a burst of dispatches queues here, never a stampede of connections.
+    turns: tokio::sync::Semaphore,
+    max_body_bytes: usize,
 }
 
 impl fmt::Debug for N8nClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("N8nClient")
-            .field("webhook_url", &self.webhook_url.as_str())
+            .field(
+                "webhook_url",
+                &crate::redact::url(self.webhook_url.as_str()),
+            )
             .field("signed", &self.secret.is_some())
             .field("public_url", &self.public_url)
             .finish()
@@ -124,12 +140,16 @@ impl fmt::Debug for N8nClient {
 impl N8nClient {
     /// Checks the settings and builds the shared HTTP client.
     pub fn new(settings: N8nSettings) -> anyhow::Result<Self> {
-        let webhook_url = reqwest::Url::parse(&settings.webhook_url)
-            .with_context(|| format!("n8n webhook URL {:?}", settings.webhook_url))?;
+        let webhook_url = reqwest::Url::parse(&settings.webhook_url).with_context(|| {
+            format!(
+                "n8n webhook URL {:?}",
+                crate::redact::url(&settings.webhook_url)
+            )
+        })?;
         if !matches!(webhook_url.scheme(), "http" | "https") {
             bail!(
                 "n8n webhook URL {:?}: want http or https",
-                settings.webhook_url
+                crate::redact::url(&settings.webhook_url)
             );
         }
         if settings.timeout.is_zero() {
@@ -148,13 +168,29 @@ impl N8nClient {
             webhook_url,
             secret: settings.shared_secret.filter(|s| !s.is_empty()),
             public_url: settings.public_url.filter(|s| !s.trim().is_empty()),
+            reply_tokens: settings.reply_tokens,
+            turns: tokio::sync::Semaphore::new(settings.max_concurrency.max(1)),
+            max_body_bytes: settings.max_body_bytes.max(MIN_BODY_BYTES),
         })
     }
 
     /// One POST; the body is serialised once so the signature covers exactly what is sent.
     async fn post(&self, job: &Job, dispatch: &Dispatch) -> Result<(), ExecError> {
-        let body = serde_json::to_vec(&payload(job, dispatch, self.public_url.as_deref()))
-            .map_err(|e| ExecError::Permanent(format!("serialising the dispatch: {e}")))?;
+        let callback = self.public_url.as_deref().and_then(|base| {
+            let token = self.reply_tokens.token(job.key, &dispatch.dispatch_id);
+            callback_url(base, &token)
+        });
+        let body = fit(
+            payload(job, dispatch, callback.as_deref()),
+            self.max_body_bytes,
+        )
+        .map_err(|e| ExecError::Permanent(format!("serialising the dispatch: {e}")))?;
+        // Waiting for a turn sends nothing: an attempt that times out here is safe to retry.
+        let _turn = self
+            .turns
+            .acquire()
+            .await
+            .map_err(|_| ExecError::Retry("n8n client closing".into()))?;
         let mut request = self
             .http
             .post(self.webhook_url.clone())
@@ -168,7 +204,8 @@ impl N8nClient {
             Ok(r) => r,
             Err(e) => {
                 let latency_ms = started.elapsed().as_millis() as u64;
-                let error = describe(&e);
+                let builder = e.is_builder();
+                let error = describe(e);
                 tracing::info!(
                     contact = %job.key,
                     dispatch_id = %dispatch.dispatch_id,
@@ -178,7 +215,7 @@ impl N8nClient {
                     error = %error,
                     "n8n dispatch"
                 );
-                return Err(if e.is_builder() {
+                return Err(if builder {
                     ExecError::Permanent(format!("n8n request: {error}"))
                 } else {
                     ExecError::Retry(format!("n8n unreachable: {error}"))
@@ -226,22 +263,17 @@ fn classify(status: reqwest::StatusCode, message: String) -> ExecError {
     }
 }
 
-/// A transport error with its causes (reqwest's own message hides the interesting part).
-fn describe(e: &reqwest::Error) -> String {
-    let mut text = if e.is_timeout() {
-        format!("timed out: {e}")
+/// A transport error with its causes (reqwest's own message hides the interesting part), never
+/// the URL (it may carry credentials).
+fn describe(e: reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out: "
     } else if e.is_connect() {
-        format!("cannot connect: {e}")
+        "cannot connect: "
     } else {
-        e.to_string()
+        ""
     };
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    format!("{kind}{}", crate::redact::client_error(e))
 }
 
 /// At most [`BODY_EXCERPT`] characters of `text`, on a character boundary.
@@ -276,14 +308,45 @@ fn message_json(m: &InboundMessage) -> Value {
     })
 }
 
-/// The JSON document n8n receives for `dispatch` (see the module docs). Pure.
-pub fn payload(job: &Job, dispatch: &Dispatch, public_url: Option<&str>) -> Value {
+/// The smallest dispatch size limit accepted: room for the envelope and one message.
+const MIN_BODY_BYTES: usize = 16 * 1024;
+
+/// `body` serialised within `max` bytes. Every part of a dispatch is bounded upstream (pending
+/// messages, details, history), so this only bites on an unforeseen mix: the history goes
+/// first, then the oldest messages, and `messages_omitted` says how many were left out.
+pub fn fit(mut body: Value, max: usize) -> serde_json::Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec(&body)?;
+    if bytes.len() <= max {
+        return Ok(bytes);
+    }
+    body["history"] = json!([]);
+    let mut omitted = 0usize;
+    loop {
+        bytes = serde_json::to_vec(&body)?;
+        let Some(messages) = body["messages"].as_array_mut() else {
+            return Ok(bytes);
+        };
+        if bytes.len() <= max || messages.len() <= 1 {
+            return Ok(bytes);
+        }
+        messages.remove(0);
+        omitted += 1;
+        body["messages_omitted"] = json!(omitted);
+    }
+}
+
+/// Where n8n posts the reply: `<public_url>/send-response?reply_token=<token>`; `None` when
+/// `public_url` is blank.
+pub fn callback_url(public_url: &str, reply_token: &str) -> Option<String> {
+    let base = public_url.trim().trim_end_matches('/');
+    (!base.is_empty()).then(|| format!("{base}{CALLBACK_PATH}?reply_token={reply_token}"))
+}
+
+/// The JSON document n8n receives for `dispatch` (see the module docs), calling back
+/// `callback_url`. Pure.
+pub fn payload(job: &Job, dispatch: &Dispatch, callback_url: Option<&str>) -> Value {
     let detail = |key: &str| dispatch.details.get(key).cloned().unwrap_or(Value::Null);
     let history = serde_json::to_value(&job.history).unwrap_or_else(|_| Value::Array(Vec::new()));
-    let callback_url = public_url
-        .map(|u| u.trim().trim_end_matches('/'))
-        .filter(|u| !u.is_empty())
-        .map(|u| format!("{u}{CALLBACK_PATH}"));
     let mut body = json!({
         "event": event_name(dispatch.kind),
         "dispatch_id": dispatch.dispatch_id,
@@ -384,7 +447,8 @@ mod tests {
                 links: Links::default(),
             },
         ];
-        let p = payload(&job(&d), &d, Some("https://conversa.example/"));
+        let url = callback_url("https://conversa.example/", "t0k");
+        let p = payload(&job(&d), &d, url.as_deref());
         assert_eq!(p["event"], "message");
         assert_eq!(p["dispatch_id"], "d-1");
         assert_eq!(p["epoch"], 4);
@@ -398,7 +462,10 @@ mod tests {
         assert_eq!(p["area_atuacao"], Value::Null);
         assert_eq!(p["trigger_type"], Value::Null);
         assert_eq!(p["lead_data"], Value::Null);
-        assert_eq!(p["callback_url"], "https://conversa.example/send-response");
+        assert_eq!(
+            p["callback_url"],
+            "https://conversa.example/send-response?reply_token=t0k"
+        );
         assert_eq!(
             p["messages"],
             json!([
@@ -437,19 +504,19 @@ mod tests {
     fn scheduling_and_released_repeat_their_details() {
         let details = json!({"when": "amanhã 10h", "area_atuacao": "odonto"});
         let d = dispatch(DispatchKind::Scheduling, details.clone());
-        let p = payload(&job(&d), &d, Some("http://h:1"));
+        let p = payload(&job(&d), &d, callback_url("http://h:1", "t").as_deref());
         assert_eq!(p["event"], "scheduling");
         assert_eq!(p["scheduling"], details);
         assert_eq!(p["area_atuacao"], "odonto");
-        assert_eq!(p["callback_url"], "http://h:1/send-response");
+        assert_eq!(p["callback_url"], "http://h:1/send-response?reply_token=t");
         assert!(p.get("released").is_none());
 
         let details = json!({"reason": "release", "by": "s1"});
         let d = dispatch(DispatchKind::Released, details.clone());
-        let p = payload(&job(&d), &d, Some("http://h:1///"));
+        let p = payload(&job(&d), &d, callback_url("http://h:1///", "t").as_deref());
         assert_eq!(p["event"], "released");
         assert_eq!(p["released"], details);
-        assert_eq!(p["callback_url"], "http://h:1/send-response");
+        assert_eq!(p["callback_url"], "http://h:1/send-response?reply_token=t");
         assert!(p.get("scheduling").is_none());
     }
 
@@ -486,6 +553,30 @@ mod tests {
     }
 
     #[test]
+    fn an_oversized_dispatch_loses_history_then_its_oldest_messages() {
+        let mut d = dispatch(DispatchKind::Message, Value::Null);
+        d.messages = (0..20)
+            .map(|i| InboundMessage {
+                id: format!("m{i}"),
+                text: "x".repeat(4000),
+                created_at: 0,
+                attachment: None,
+                links: Links::default(),
+            })
+            .collect();
+        let body = payload(&job(&d), &d, None);
+        let whole = serde_json::to_vec(&body).unwrap();
+        assert_eq!(fit(body.clone(), whole.len()).unwrap(), whole);
+        let fitted = fit(body, 30_000).unwrap();
+        assert!(fitted.len() <= 30_000, "{}", fitted.len());
+        let v: Value = serde_json::from_slice(&fitted).unwrap();
+        let kept = v["messages"].as_array().unwrap();
+        assert_eq!(kept.last().unwrap()["id"], "m19", "the newest stay");
+        assert_eq!(v["messages_omitted"], 20 - kept.len());
+        assert_eq!(v["history"], json!([]));
+    }
+
+    #[test]
     fn excerpt_cuts_on_characters() {
         let long = "é".repeat(300);
         let e = excerpt(&long);
@@ -499,7 +590,10 @@ mod tests {
             webhook_url: "http://127.0.0.1:5678/webhook/conversa".into(),
             shared_secret: Some("s3cret".into()),
             public_url: None,
+            reply_tokens: ReplyTokens::with_key(&[1; 32]),
             timeout: Duration::from_secs(5),
+            max_concurrency: 4,
+            max_body_bytes: 128 * 1024,
         };
         assert!(!format!("{settings:?}").contains("s3cret"));
         assert!(N8nClient::new(settings.clone()).is_ok());

@@ -38,6 +38,8 @@ use crate::http::layers::is_public;
 pub const API_KEY: &str = "api_key";
 /// n8n's callback token (`N8N_CALLBACK_TOKEN`), as `Authorization: Bearer <token>`.
 pub const N8N_CALLBACK: &str = "n8n_callback";
+/// A dispatch's own reply token, as the `reply_token` query parameter of its `callback_url`.
+pub const REPLY_TOKEN: &str = "reply_token";
 /// The Kommo webhook secret (`WEBHOOK_SECRET`) as the `token` query parameter.
 pub const WEBHOOK_TOKEN: &str = "webhook_token";
 
@@ -57,14 +59,17 @@ service has.
 `Authorization: Bearer $API_KEY`; a missing or wrong key answers `401` \
 `{\"error\": \"unauthorized\"}`. The probes, these docs, the Kommo webhook (`webhook_token`: \
 `?token=$WEBHOOK_SECRET`, or the secret as the last path segment), n8n's callback \
-(`n8n_callback`: `Authorization: Bearer $N8N_CALLBACK_TOKEN`) and the OAuth callback have \
-their own secrets or none.
+(`reply_token`: the `?reply_token=` of the dispatch's `callback_url`, or `n8n_callback`: \
+`Authorization: Bearer $N8N_CALLBACK_TOKEN`) and the OAuth callback have their own secrets.
 
 **Errors** are always JSON, the `ApiError` schema: \
 `{\"error\": \"bad_request\", \"message\": \"...\", \"field\": \"command\"}`. \
-`503 {\"error\": \"store_unavailable\"}` when the store cannot be reached (nothing was changed; \
-retry); `413 payload_too_large`, `415 unsupported_media_type`, `408 timeout`, `405 \
-method_not_allowed`, `500 internal` come from the middleware with the same shape.";
+`503 {\"error\": \"store_unavailable\"}` when the store cannot be reached or did not answer in \
+time: the change is not known to be applied (a write the store was slow to take may still land), \
+and retrying the same request is always safe. `413 payload_too_large`, `415 \
+unsupported_media_type`, `408 timeout`, `405 method_not_allowed`, `414 uri_too_long`, `431 \
+headers_too_large`, `500 internal` come from the middleware with the same shape; beyond \
+`MAX_CONNECTIONS` a connection gets `503 too_many_connections`.";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -83,11 +88,13 @@ method_not_allowed`, `500 internal` come from the middleware with the same shape
 )]
 struct ApiDoc;
 
-/// The store cannot be reached (or a contact is too contended): nothing was changed; retry.
+/// The store cannot be reached, did not answer in time, or a contact is too contended: not
+/// known to be applied; retrying the same request is safe.
 #[derive(ToResponse)]
 #[response(
-    description = "The store cannot be reached (or the contact is too contended): nothing was \
-                   changed; retry",
+    description = "The store cannot be reached, did not answer in time, or the contact is too \
+                   contended: the change is not known to be applied; retrying the same request \
+                   is safe",
     content_type = "application/json",
     example = json!({"error": "store_unavailable", "message": "store unavailable: connection refused"})
 )]
@@ -112,7 +119,15 @@ impl Modify for SecuritySchemes {
         );
         components.add_security_scheme(
             N8N_CALLBACK,
-            bearer("`N8N_CALLBACK_TOKEN`: n8n's callback `/send-response`, when the token is set"),
+            bearer("`N8N_CALLBACK_TOKEN`: n8n's callback `/send-response` (instead of the reply token)"),
+        );
+        components.add_security_scheme(
+            REPLY_TOKEN,
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+                "reply_token",
+                "The dispatch's reply token, as conversa put it in the `callback_url` it sent \
+                 to n8n; it proves the reply answers that dispatch of that contact",
+            ))),
         );
         components.add_security_scheme(
             WEBHOOK_TOKEN,
@@ -501,5 +516,7 @@ pub mod schemas {
         EffectExpired,
         MessageDropped,
         ConversationEnded,
+        MessageTruncated,
+        Trimmed,
     }
 }

@@ -15,7 +15,9 @@ use crate::http::layers::Limits;
 use crate::kommo::client::KommoClient;
 use crate::n8n::{N8nClient, N8nSettings};
 use crate::reply::{Channel, LeadNotes, ReplyChannel, Strategy};
+use crate::reply_token::ReplyTokens;
 use crate::sellers::{DirectorySettings, LeadSource, SellerDirectory, UserSource};
+use crate::serve::ConnectionLimits;
 
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -88,10 +90,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ),
         })?;
     let backend = store.backend();
+    let reply_tokens = ReplyTokens::load_or_create(store.as_ref())
+        .await
+        .context("reading the reply-token key from the store")?;
     let kommo = crate::kommo::setup::connect(&config, store.clone()).await?;
-    let executors = executors(&config, kommo.as_ref())?;
+    let executors = executors(&config, kommo.as_ref(), &reply_tokens)?;
     let n8n = match &config.n8n_webhook_url {
-        Some(url) => format!("dispatching to {url}"),
+        Some(url) => format!("dispatching to {}", crate::redact::url(url)),
         None => "not configured (N8N_WEBHOOK_URL): dispatches wait in the outbox".to_owned(),
     };
     let engine = Engine::start(store, executors, config.engine())
@@ -119,7 +124,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ => "not configured (KOMMO_API_URL): replies are reported undeliverable and wait in the outbox".to_owned(),
     };
     let open_routes = config.unauthenticated_public_routes();
-    let state = AppState::new(engine.clone(), &config, sellers).with_kommo(kommo);
+    let state = AppState::new(engine.clone(), &config, sellers)
+        .with_kommo(kommo)
+        .with_reply_tokens(reply_tokens);
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -140,16 +147,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_body_bytes: config.max_body_bytes,
         request_timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
     };
-    axum::serve(listener, app(state, limits))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let connections = ConnectionLimits {
+        max_connections: crate::serve::fit_open_files(config.max_connections),
+        header_read_timeout: Duration::from_secs(config.header_read_timeout_secs.max(1)),
+        drain: Duration::from_secs(10),
+    };
+    crate::serve::serve(listener, app(state, limits), connections, shutdown_signal()).await;
     info!("stopping: letting running effects report back");
     engine.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
 
 /// The effect executors the configuration provides; the others leave effects in the outbox.
-fn executors(config: &Config, kommo: Option<&Arc<KommoClient>>) -> anyhow::Result<Executors> {
+fn executors(
+    config: &Config,
+    kommo: Option<&Arc<KommoClient>>,
+    reply_tokens: &ReplyTokens,
+) -> anyhow::Result<Executors> {
     let mut executors = Executors::default();
     if let Some(kommo) = kommo {
         let channel = match (
@@ -168,7 +182,10 @@ fn executors(config: &Config, kommo: Option<&Arc<KommoClient>>) -> anyhow::Resul
             webhook_url: url.clone(),
             shared_secret: config.n8n_shared_secret.clone(),
             public_url: config.public_url.clone(),
+            reply_tokens: reply_tokens.clone(),
             timeout: Duration::from_secs(config.effect_timeout_secs.max(1)),
+            max_concurrency: config.n8n_max_concurrency.max(1),
+            max_body_bytes: config.max_dispatch_bytes,
         })
         .context("N8N_WEBHOOK_URL")?;
         executors.dispatch = Some(Arc::new(client));

@@ -38,6 +38,12 @@ fn the_compose_file_wires_conversa_redis_and_n8n() {
         "API_KEY required"
     );
     assert!(
+        conversa["WEBHOOK_SECRET"]
+            .as_str()
+            .is_some_and(|v| v.contains(":?")),
+        "WEBHOOK_SECRET required (the binary refuses a non-loopback bind without it)"
+    );
+    assert!(
         conversa["N8N_WEBHOOK_URL"]
             .as_str()
             .unwrap()

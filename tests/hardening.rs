@@ -81,7 +81,9 @@ async fn operator_endpoints_need_the_api_key_and_public_ones_do_not() {
         assert_ne!(status, 401, "{method} {path} with the key: {err}");
     }
     for (method, path, body) in &public {
-        let (status, err) = call(&s, method, path, body, None).await;
+        // n8n's callback has its own proof (the callback token or a reply token), not the key.
+        let own = (path == "/send-response").then_some(support::service::CALLBACK_TOKEN);
+        let (status, err) = call(&s, method, path, body, own).await;
         assert_ne!(status, 401, "{method} {path} is public: {err}");
     }
     for path in ["/health", "/ready", "/version", "/openapi.json", "/docs"] {
@@ -94,7 +96,7 @@ async fn operator_endpoints_need_the_api_key_and_public_ones_do_not() {
         "POST",
         "/send-response",
         &Some(json!({"contact_id": 1, "text": "x"})),
-        None,
+        Some(support::service::CALLBACK_TOKEN),
     )
     .await;
     assert_eq!(status, 404, "reaches the handler (unknown contact)");

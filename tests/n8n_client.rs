@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use conversa::n8n::{N8nClient, N8nSettings, payload, sign};
+use conversa::reply_token::ReplyTokens;
 use conversa_actors::message::{Attachment, InboundMessage, Links, SellerRef};
 use conversa_actors::timeline::{Entry, What};
 use conversa_actors::{ContactKey, Dispatch, DispatchKind, Effect, ExecError, Executor, Job};
@@ -22,9 +23,14 @@ fn settings(url: &str) -> N8nSettings {
         webhook_url: url.to_owned(),
         shared_secret: None,
         public_url: None,
+        reply_tokens: ReplyTokens::with_key(TOKEN_KEY),
         timeout: Duration::from_secs(5),
+        max_concurrency: 8,
+        max_body_bytes: 128 * 1024,
     }
 }
+
+const TOKEN_KEY: &[u8] = b"a key of thirty-two bytes or so!";
 
 fn client(url: &str) -> N8nClient {
     N8nClient::new(settings(url)).expect("client")
@@ -285,7 +291,12 @@ async fn callback_url_comes_from_the_public_url_and_the_workflow_can_use_it() {
         &dispatch("d-cb", DispatchKind::Message, Value::Null),
     )
     .await;
-    assert_eq!(r.body["callback_url"], format!("{base}/send-response"));
+    // The callback carries the dispatch's reply token: the proof `/send-response` asks for.
+    let token = ReplyTokens::with_key(TOKEN_KEY).token(ContactKey::new(33981183, 1298200), "d-cb");
+    assert_eq!(
+        r.body["callback_url"],
+        format!("{base}/send-response?reply_token={token}")
+    );
 
     let deadline = Instant::now() + WAIT;
     while replies.lock().unwrap().is_empty() {

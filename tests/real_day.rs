@@ -665,15 +665,21 @@ async fn an_oauth_state_is_good_for_one_callback() {
         ("KOMMO_REDIRECT_URI", REDIRECT_URI),
     ])
     .await;
-    let r = reqwest::Client::builder()
+    let browser = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .unwrap()
+        .unwrap();
+    let r = browser
         .get(w.service.url("/oauth/authorize"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 303);
+    // The state is bound to this browser by a cookie (HttpOnly, SameSite=Lax, 10 minutes).
+    let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"));
+    assert!(set_cookie.contains("Max-Age=600"), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
     let location = r.headers()["location"].to_str().unwrap().to_owned();
     let state = location
         .split("state=")
@@ -681,18 +687,32 @@ async fn an_oauth_state_is_good_for_one_callback() {
         .and_then(|s| s.split('&').next())
         .unwrap()
         .to_owned();
-    let first = format!(
-        "/oauth/callback?code={}&state={state}",
-        w.kommo.issue_code()
-    );
-    let (status, done) = w.service.get(&first).await;
+    let callback = |code: String, cookie: Option<String>| {
+        let mut req = browser.get(
+            w.service
+                .url(&format!("/oauth/callback?code={code}&state={state}")),
+        );
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    // Another browser (no cookie, or another one's) cannot use the state.
+    let (status, err) = callback(w.kommo.issue_code(), None).await;
+    assert_eq!(status, 401, "{err}");
+    let (status, err) = callback(
+        w.kommo.issue_code(),
+        Some("conversa_oauth=0123456789abcdef0123456789abcdef".into()),
+    )
+    .await;
+    assert_eq!(status, 401, "{err}");
+    let (status, done) = callback(w.kommo.issue_code(), Some(cookie.clone())).await;
     assert_eq!(status, 200, "{done}");
     // The same state again (a replayed or leaked redirect) is refused, whatever the code.
-    let again = format!(
-        "/oauth/callback?code={}&state={state}",
-        w.kommo.issue_code()
-    );
-    let (status, err) = w.service.get(&again).await;
+    let (status, err) = callback(w.kommo.issue_code(), Some(cookie)).await;
     assert_eq!(status, 401, "{err}");
     assert!(
         err["message"].as_str().unwrap().contains("already used"),
@@ -813,7 +833,8 @@ async fn ready_says_which_public_routes_take_no_credential() {
     let (_, ready) = w.service.get("/ready").await;
     let open = ready["configured"]["unauthenticated_routes"].to_string();
     assert!(open.contains("/webhooks/kommo"), "{ready}");
-    assert!(open.contains("/send-response"), "{ready}");
+    // n8n's callback always needs a proof (its reply token, or the callback token).
+    assert!(!open.contains("/send-response"), "{ready}");
     assert_eq!(ready["configured"]["reply_channel"], "salesbot", "{ready}");
     assert!(
         w.service

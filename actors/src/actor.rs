@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::clock::now_millis;
 use crate::contact::{ContactKey, Millis};
@@ -376,8 +376,21 @@ impl ContactState {
                     })
                 }),
         };
-        let data =
+        let mut data =
             serde_json::to_vec(conversation).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let cap = core.policy.max_snapshot_bytes;
+        if data.len() > cap {
+            let before = data.len();
+            conversation.trim(now, cap);
+            data =
+                serde_json::to_vec(conversation).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            metrics::counter!("conversa_snapshots_trimmed_total").increment(1);
+            if data.len() > cap {
+                error!(contact = %self.key, before, after = data.len(), cap, "snapshot still over its cap after trimming");
+            } else {
+                warn!(contact = %self.key, before, after = data.len(), cap, "snapshot over its cap: trimmed");
+            }
+        }
         let started = std::time::Instant::now();
         let version = core
             .store

@@ -42,6 +42,12 @@ const SEEN_CAPACITY: usize = 256;
 const RECENT_DISPATCHES: usize = 32;
 /// How many sent reply texts are remembered to recognise their echoes in the chat.
 const RECENT_REPLIES: usize = 20;
+/// The longest error kept on an outbox entry or in a note, in bytes.
+const MAX_ERROR_BYTES: usize = 300;
+/// What [`Conversation::trim`] keeps.
+const TRIMMED_PENDING: usize = 10;
+const TRIMMED_SEEN: usize = 64;
+const TRIMMED_TIMELINE: usize = 20;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Conversation {
@@ -219,6 +225,52 @@ impl Conversation {
             self.updated_at = now;
         }
         Ok(out)
+    }
+
+    /// Lets the oldest of what the conversation keeps go, because its snapshot outgrew the
+    /// store's hard cap of `cap` bytes: unanswered messages down to the newest
+    /// [`TRIMMED_PENDING`] that fit in half the cap, message ids remembered for deduplication,
+    /// recent dispatches and replies, notes not yet written, and the timeline down to its
+    /// newest entries — then one `trimmed` entry says what went. The phase, epoch, timers and
+    /// every effect but notes are untouched.
+    ///
+    /// Every part of a conversation is bounded on its own, so only an unforeseen mix of
+    /// large parts gets here; the actor calls it when a snapshot is larger than the cap.
+    pub fn trim(&mut self, now: Millis, cap: usize) {
+        let mut kept = 0usize;
+        let mut bytes = 0usize;
+        for m in self.pending.iter().rev() {
+            if kept == TRIMMED_PENDING || (kept > 0 && bytes + m.weight() > cap / 2) {
+                break;
+            }
+            kept += 1;
+            bytes += m.weight();
+        }
+        let messages = self.pending.len() - kept;
+        self.pending.drain(..messages);
+        let seen = self.seen.len().saturating_sub(TRIMMED_SEEN);
+        self.seen.drain(..seen);
+        let dispatches = self
+            .recent_dispatches
+            .len()
+            .saturating_sub(TRIMMED_SEEN / 8);
+        self.recent_dispatches.drain(..dispatches);
+        self.recent_replies.clear();
+        let notes = self
+            .outbox
+            .remove_where(|e| e.claim.is_none() && matches!(e.effect, Effect::AddNote { .. }))
+            .len();
+        self.timeline.keep_newest(TRIMMED_TIMELINE);
+        self.timeline.push(Entry {
+            at: now,
+            what: What::Trimmed,
+            message_id: None,
+            dispatch_id: None,
+            detail: Some(format!(
+                "snapshot over its size cap: let go of {messages} unanswered messages, {seen} remembered message ids, {dispatches} dispatch records, {notes} unwritten notes, older timeline entries"
+            )),
+        });
+        self.updated_at = now;
     }
 
     /// Every rejection is decided here, before anything is touched.
@@ -406,7 +458,8 @@ impl Step<'_> {
 
     // ---- customer messages and the reply cycle ------------------------------------------
 
-    fn customer_message(&mut self, msg: InboundMessage) {
+    fn customer_message(&mut self, mut msg: InboundMessage) {
+        let cut_from = msg.bound(self.policy.max_message_bytes);
         if let Some(seen) = self.c.seen.iter_mut().find(|s| s.id == msg.id) {
             // A redelivery. Only an attachment that was missing makes it news.
             if seen.attachment || msg.attachment.is_none() {
@@ -425,6 +478,7 @@ impl Step<'_> {
                 None => "arrived after the message was answered or held",
             };
             self.log(What::AttachmentMerged, Some(&msg.id), None, Some(detail));
+            self.bound_pending();
             if detail.starts_with("merged") && self.bot_may_speak() {
                 self.burst();
             }
@@ -440,6 +494,10 @@ impl Step<'_> {
         self.c.links.update(&msg.links);
         self.c.last_customer_at = Some(self.now);
         self.touch();
+        if let Some(bytes) = cut_from {
+            let detail = format!("text of {bytes} bytes cut to {}", msg.text.len());
+            self.log(What::MessageTruncated, Some(&msg.id), None, Some(&detail));
+        }
         match self.c.phase {
             Phase::HumanAssigned { .. } | Phase::Paused { .. } => {
                 // Kept for the bot, should the conversation come back to it unanswered.
@@ -460,19 +518,29 @@ impl Step<'_> {
         }
     }
 
-    /// Adds a message to the unanswered ones, dropping the oldest beyond the policy's bound.
+    /// Adds a message to the unanswered ones, dropping the oldest beyond the policy's bounds
+    /// (a count and a total size: a dispatch carries them all).
     fn keep_pending(&mut self, msg: InboundMessage) {
-        let max = self.policy.max_pending_messages.max(1);
-        while self.c.pending.len() >= max {
-            let dropped = self.c.pending.remove(0);
-            self.log(
-                What::MessageDropped,
-                Some(&dropped.id),
-                None,
-                Some("too many unanswered messages"),
-            );
-        }
         self.c.pending.push_compact(msg);
+        self.bound_pending();
+    }
+
+    /// Drops the oldest unanswered messages while there are more than the policy allows, in
+    /// count or in bytes; the newest always stays.
+    fn bound_pending(&mut self) {
+        let max = self.policy.max_pending_messages.max(1);
+        let max_bytes = self.policy.max_pending_bytes;
+        let mut bytes: usize = self.c.pending.iter().map(InboundMessage::weight).sum();
+        while self.c.pending.len() > 1 && (self.c.pending.len() > max || bytes > max_bytes) {
+            let why = if self.c.pending.len() > max {
+                "too many unanswered messages"
+            } else {
+                "unanswered messages too long"
+            };
+            let dropped = self.c.pending.remove(0);
+            bytes -= dropped.weight();
+            self.log(What::MessageDropped, Some(&dropped.id), None, Some(why));
+        }
     }
 
     /// Something happened: the conversation's idle end moves away.
@@ -985,7 +1053,8 @@ impl Step<'_> {
         self.log(what, None, Some(&id), None);
     }
 
-    fn effect_failed(&mut self, id: String, error: String, retryable: bool) {
+    fn effect_failed(&mut self, id: String, mut error: String, retryable: bool) {
+        crate::message::cut(&mut error, MAX_ERROR_BYTES);
         let now = self.now;
         let dead_after = self.policy.dead_letter_after_ms;
         let Some(entry) = self.c.outbox.get_mut(&id) else {
@@ -1217,14 +1286,32 @@ impl Step<'_> {
 /// A reply text reduced to what survives Kommo's rewriting on the way to WhatsApp and back:
 /// lowercase letters and digits only (Kommo strips characters outside the BMP, e.g. many emoji,
 /// and may rewrite links), with links dropped.
+///
+/// A long reply is remembered by its first [`ECHO_KEY_CHARS`] characters and its length, so
+/// the memory of recent replies stays small whatever n8n sends.
 pub fn echo_key(text: &str) -> String {
-    text.split_whitespace()
+    let mut key = String::new();
+    let mut count = 0usize;
+    for c in text
+        .split_whitespace()
         .filter(|w| !w.contains("://") && !w.starts_with("www.") && !w.contains("kommo.cc"))
         .flat_map(|w| w.chars())
         .filter(|c| c.is_alphanumeric())
         .flat_map(char::to_lowercase)
-        .collect()
+    {
+        if count < ECHO_KEY_CHARS {
+            key.push(c);
+        }
+        count += 1;
+    }
+    if count > ECHO_KEY_CHARS {
+        key.push_str(&format!("#{count}"));
+    }
+    key
 }
+
+/// How many characters of a reply its echo key keeps.
+pub const ECHO_KEY_CHARS: usize = 256;
 
 /// A number of minutes as words for a note ("45 minutos", "3 horas").
 fn duration_words(minutes: u64) -> String {

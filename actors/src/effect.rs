@@ -135,6 +135,11 @@ pub struct OutboxEntry {
 }
 
 impl OutboxEntry {
+    /// Whether it is a call to n8n.
+    pub fn is_dispatch(&self) -> bool {
+        matches!(self.effect, Effect::Dispatch(_))
+    }
+
     /// When this entry next needs attention: its retry time, or its claim's expiry.
     pub fn wake_at(&self) -> Millis {
         match &self.claim {
@@ -202,6 +207,10 @@ impl Outbox {
 
     /// [`Outbox::claim_due`] restricted to the entries `eligible` accepts (those an executor
     /// exists for).
+    ///
+    /// Dispatches go to n8n one at a time, in order: while one is claimed (being sent), the
+    /// next waits unclaimed, so a newer customer message can still replace it, and a burst of
+    /// messages never piles up copies of the conversation in flight.
     pub fn claim_due_where(
         &mut self,
         node: &str,
@@ -210,12 +219,16 @@ impl Outbox {
         mut eligible: impl FnMut(&OutboxEntry) -> bool,
     ) -> Vec<String> {
         let mut claimed = Vec::new();
+        let mut dispatch_out = self
+            .0
+            .values()
+            .any(|e| e.is_dispatch() && e.claim.as_ref().is_some_and(|c| c.until > now));
         for entry in self.0.values_mut() {
             if !eligible(entry) {
                 continue;
             }
             let free = match &entry.claim {
-                None => entry.not_before <= now,
+                None => entry.not_before <= now && !(entry.is_dispatch() && dispatch_out),
                 Some(c) => c.until <= now,
             };
             if free {
@@ -223,6 +236,7 @@ impl Outbox {
                     node: node.to_owned(),
                     until,
                 });
+                dispatch_out |= entry.is_dispatch();
                 claimed.push(entry.id.clone());
             }
         }
@@ -243,15 +257,26 @@ impl Outbox {
         self.next_wake_where(|_| true)
     }
 
-    /// The earliest wake time among the entries `eligible` accepts.
+    /// The earliest wake time among the entries `eligible` accepts. A dispatch waiting behind
+    /// one being sent wakes when that one's claim runs out at the latest (its completion
+    /// wakes the conversation earlier).
     pub fn next_wake_where(
         &self,
         mut eligible: impl FnMut(&OutboxEntry) -> bool,
     ) -> Option<Millis> {
+        let sending = self
+            .0
+            .values()
+            .filter(|e| e.is_dispatch())
+            .filter_map(|e| e.claim.as_ref().map(|c| c.until))
+            .max();
         self.0
             .values()
             .filter(|e| eligible(e))
-            .map(OutboxEntry::wake_at)
+            .map(|e| match (e.claim.is_none() && e.is_dispatch(), sending) {
+                (true, Some(until)) => e.wake_at().max(until),
+                _ => e.wake_at(),
+            })
             .min()
     }
 
@@ -296,5 +321,40 @@ mod tests {
         assert_eq!(o.next_wake(), Some(10_600));
         o.release_claims_of("n2");
         assert_eq!(o.next_wake(), Some(0));
+    }
+
+    fn dispatch(id: &str) -> OutboxEntry {
+        OutboxEntry {
+            effect: Effect::Dispatch(Dispatch {
+                dispatch_id: id.into(),
+                kind: DispatchKind::Message,
+                epoch: 0,
+                messages: Vec::new(),
+                seller: None,
+                details: serde_json::Value::Null,
+            }),
+            ..note(id, 0)
+        }
+    }
+
+    #[test]
+    fn dispatches_go_one_at_a_time_and_the_next_wakes_behind_the_first() {
+        let mut o = Outbox::default();
+        o.push(1, dispatch("d1"));
+        o.push(2, dispatch("d2"));
+        o.push(3, note("n", 0));
+        // One dispatch and the note; the second dispatch waits.
+        assert_eq!(o.claim_due("n1", 100, 10_100), vec!["d1", "n"]);
+        assert!(o.claim_due("n1", 200, 10_200).is_empty());
+        assert_eq!(o.next_wake(), Some(10_100), "not a busy wake-up");
+        // The first is done: the second goes.
+        o.remove("d1");
+        assert_eq!(o.claim_due("n1", 300, 10_300), vec!["d2"]);
+        // A claim that ran out (its node died) no longer holds the next one back.
+        let mut o = Outbox::default();
+        o.push(1, dispatch("d1"));
+        o.push(2, dispatch("d2"));
+        assert_eq!(o.claim_due("n1", 100, 10_100), vec!["d1"]);
+        assert_eq!(o.claim_due("n2", 10_200, 20_200), vec!["d1"]);
     }
 }

@@ -21,6 +21,61 @@ pub struct InboundMessage {
     pub links: Links,
 }
 
+/// The longest message id, attachment kind or file name kept (Kommo's ids are 36-character
+/// UUIDs); longer ones are cut.
+pub const MAX_ID_BYTES: usize = 128;
+/// The longest attachment link kept.
+pub const MAX_LINK_BYTES: usize = 2048;
+/// What marks a text that was cut.
+pub const TRUNCATION_MARK: &str = " […]";
+
+impl InboundMessage {
+    /// Cuts what a sender could make arbitrarily long: the text to `max_text` bytes (marked
+    /// with [`TRUNCATION_MARK`]), the id, attachment kind and file name to [`MAX_ID_BYTES`],
+    /// the link to [`MAX_LINK_BYTES`]. Returns the text's original length when it was cut.
+    pub fn bound(&mut self, max_text: usize) -> Option<usize> {
+        cut(&mut self.id, MAX_ID_BYTES);
+        if let Some(a) = &mut self.attachment {
+            cut(&mut a.kind, MAX_ID_BYTES);
+            cut(&mut a.link, MAX_LINK_BYTES);
+            if let Some(name) = &mut a.file_name {
+                cut(name, MAX_ID_BYTES);
+            }
+        }
+        if let Some(chat) = &mut self.links.chat_id {
+            cut(chat, MAX_ID_BYTES);
+        }
+        let original = self.text.len();
+        let max_text = max_text.max(TRUNCATION_MARK.len() + 1);
+        if original <= max_text {
+            return None;
+        }
+        cut(&mut self.text, max_text - TRUNCATION_MARK.len());
+        self.text.push_str(TRUNCATION_MARK);
+        Some(original)
+    }
+
+    /// Roughly what the message costs in a snapshot and a dispatch, in bytes.
+    pub fn weight(&self) -> usize {
+        64 + self.id.len()
+            + self.text.len()
+            + self.attachment.as_ref().map_or(0, |a| {
+                a.kind.len() + a.link.len() + a.file_name.as_ref().map_or(0, String::len)
+            })
+    }
+}
+
+/// Cuts `s` to at most `max` bytes, on a character boundary.
+pub fn cut(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
 /// A voice note, picture or file carried by a message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {

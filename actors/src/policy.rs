@@ -45,10 +45,33 @@ pub struct Policy {
     /// off (recorded in the timeline).
     #[serde(default = "default_max_pending")]
     pub max_pending_messages: usize,
+    /// The longest customer message kept, in bytes; a longer text is cut and marked.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// The most bytes of unanswered customer messages kept (and so sent in one dispatch);
+    /// the oldest fall off beyond it (recorded in the timeline).
+    #[serde(default = "default_max_pending_bytes")]
+    pub max_pending_bytes: usize,
+    /// The hard cap of one stored snapshot, in bytes: a larger one is trimmed
+    /// ([`crate::Conversation::trim`]) before it is written.
+    #[serde(default = "default_max_snapshot_bytes")]
+    pub max_snapshot_bytes: usize,
+}
+
+fn default_max_snapshot_bytes() -> usize {
+    1024 * 1024
 }
 
 fn default_max_pending() -> usize {
     50
+}
+
+fn default_max_message_bytes() -> usize {
+    8 * 1024
+}
+
+fn default_max_pending_bytes() -> usize {
+    64 * 1024
 }
 
 impl Default for Policy {
@@ -69,6 +92,9 @@ impl Default for Policy {
             max_effect_age_ms: Some(60 * 60_000),
             reply_part_delay_ms: 1_500,
             max_pending_messages: default_max_pending(),
+            max_message_bytes: default_max_message_bytes(),
+            max_pending_bytes: default_max_pending_bytes(),
+            max_snapshot_bytes: default_max_snapshot_bytes(),
         }
     }
 }

@@ -114,6 +114,18 @@ pub trait Store: Send + Sync + 'static {
     async fn get_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
     async fn put_value(&self, name: &str, data: &[u8]) -> Result<(), StoreError>;
+
+    /// Stores `data` under `name` unless a value is there already, and returns the value that
+    /// is stored (the first writer's). The default reads then writes: right for a store only
+    /// one process writes ([`Store::exclusive`]) when callers of one name do not race; shared
+    /// stores override it with one atomic step.
+    async fn put_value_if_absent(&self, name: &str, data: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if let Some(existing) = self.get_value(name).await? {
+            return Ok(existing);
+        }
+        self.put_value(name, data).await?;
+        Ok(data.to_vec())
+    }
 }
 
 /// The in-memory backend: for tests only (it forgets everything on exit).
@@ -231,6 +243,17 @@ impl Store for MemoryStore {
             .values
             .insert(name.to_owned(), data.to_vec());
         Ok(())
+    }
+
+    async fn put_value_if_absent(&self, name: &str, data: &[u8]) -> Result<Vec<u8>, StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .unwrap()
+            .values
+            .entry(name.to_owned())
+            .or_insert_with(|| data.to_vec())
+            .clone())
     }
 }
 
@@ -510,6 +533,15 @@ pub mod conformance {
         assert_eq!(
             store.get_value("conformance:token").await.unwrap(),
             Some(b"t2".to_vec())
+        );
+        // The first value stays; a later one is not written.
+        let first = store.put_value_if_absent("conformance:key", b"k1").await;
+        assert_eq!(first.unwrap(), b"k1".to_vec());
+        let second = store.put_value_if_absent("conformance:key", b"k2").await;
+        assert_eq!(second.unwrap(), b"k1".to_vec());
+        assert_eq!(
+            store.get_value("conformance:key").await.unwrap(),
+            Some(b"k1".to_vec())
         );
     }
 

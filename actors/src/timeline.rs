@@ -49,6 +49,11 @@ pub enum What {
     MessageDropped,
     /// Nothing happened for the idle time: back to `idle`.
     ConversationEnded,
+    /// A customer message longer than the policy allows was cut (and marked).
+    MessageTruncated,
+    /// The snapshot outgrew its hard cap: the oldest of what it keeps was let go (the detail
+    /// says what).
+    Trimmed,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,14 +72,37 @@ pub struct Entry {
 #[serde(transparent)]
 pub struct Timeline(VecDeque<Entry>);
 
+/// The longest detail an entry keeps, in bytes; the ids are cut to
+/// [`crate::message::MAX_ID_BYTES`].
+pub const MAX_DETAIL_BYTES: usize = 300;
+
 impl Timeline {
     pub const CAPACITY: usize = 100;
 
-    pub fn push(&mut self, entry: Entry) {
+    /// Adds an entry (its strings cut to their bounds), dropping the oldest beyond
+    /// [`Timeline::CAPACITY`].
+    pub fn push(&mut self, mut entry: Entry) {
+        use crate::message::{MAX_ID_BYTES, cut};
         if self.0.len() == Self::CAPACITY {
             self.0.pop_front();
         }
+        for id in [&mut entry.message_id, &mut entry.dispatch_id]
+            .into_iter()
+            .flatten()
+        {
+            cut(id, MAX_ID_BYTES);
+        }
+        if let Some(detail) = &mut entry.detail {
+            cut(detail, MAX_DETAIL_BYTES);
+        }
         self.0.push_compact(entry);
+    }
+
+    /// Keeps only the newest `keep` entries.
+    pub fn keep_newest(&mut self, keep: usize) {
+        while self.0.len() > keep {
+            self.0.pop_front();
+        }
     }
 
     pub fn entries(&self) -> impl DoubleEndedIterator<Item = &Entry> + ExactSizeIterator {

@@ -1909,6 +1909,106 @@ fn unanswered_messages_are_bounded_and_what_falls_off_is_recorded() {
     assert_eq!(dropped, ["m1", "m2"]);
 }
 
+fn long_message(id: &str, bytes: usize) -> Event {
+    let mut m = message(id);
+    m.text = "ç".repeat(bytes / 2);
+    Event::CustomerMessage(m)
+}
+
+#[test]
+fn a_long_message_is_cut_marked_and_recorded() {
+    let mut s = Sim::with(Policy {
+        max_message_bytes: 1_000,
+        ..Policy::default()
+    });
+    s.ok(long_message("m1", 200_000));
+    let kept = &s.c.pending[0].text;
+    assert!(kept.len() <= 1_000, "{}", kept.len());
+    assert!(kept.ends_with(" […]"), "the cut is marked");
+    assert!(kept.starts_with("çç"), "cut on a character boundary");
+    let entry =
+        s.c.timeline
+            .entries()
+            .find(|e| e.what == What::MessageTruncated);
+    assert_eq!(
+        entry.unwrap().detail.as_deref(),
+        Some(format!("text of 200000 bytes cut to {}", kept.len()).as_str())
+    );
+}
+
+#[test]
+fn unanswered_messages_are_bounded_in_bytes_too_and_one_dispatch_carries_at_most_that() {
+    let mut s = Sim::with(Policy {
+        max_message_bytes: 8_192,
+        max_pending_bytes: 20_000,
+        debounce_ms: 0,
+        ..Policy::default()
+    });
+    let mut biggest = 0;
+    for i in 0..30 {
+        let out = s.advance(100).ok(long_message(&format!("m{i}"), 200_000));
+        for d in dispatches(&out) {
+            let bytes: usize = d.messages.iter().map(InboundMessage::weight).sum();
+            biggest = biggest.max(bytes);
+        }
+    }
+    let bytes: usize = s.c.pending.iter().map(InboundMessage::weight).sum();
+    assert!(bytes <= 20_000, "{bytes}");
+    assert!(biggest > 0 && biggest <= 20_000, "{biggest}");
+    assert_eq!(s.pending_ids().last().copied(), Some("m29"));
+    let dropped = s.c.timeline.entries().filter(|e| {
+        e.what == What::MessageDropped
+            && e.detail.as_deref() == Some("unanswered messages too long")
+    });
+    assert!(dropped.count() > 0);
+}
+
+#[test]
+fn a_snapshot_over_its_cap_is_trimmed_and_says_what_went() {
+    let mut s = Sim::new();
+    for i in 0..40 {
+        s.advance(100).ok(customer(&format!("m{i}")));
+    }
+    let (phase, epoch, timers) = (s.c.phase.clone(), s.c.epoch, s.c.timers.clone());
+    s.c.trim(s.now, 1024 * 1024);
+    assert_eq!(s.c.pending.len(), 10, "the newest unanswered messages stay");
+    assert_eq!(s.pending_ids().last().copied(), Some("m39"));
+    assert!(s.c.timeline.len() <= 21);
+    assert!(s.c.seen.len() <= 64);
+    assert_eq!(
+        (s.c.phase.clone(), s.c.epoch, s.c.timers.clone()),
+        (phase, epoch, timers)
+    );
+    let last = s.c.timeline.last().unwrap();
+    assert_eq!(last.what, What::Trimmed);
+    assert!(
+        last.detail
+            .as_deref()
+            .unwrap()
+            .contains("30 unanswered messages")
+    );
+    // A message seen before the trim and forgotten since is new again, not lost.
+    assert!(s.advance(100).ok(customer("m41")).changed);
+    // Large messages: only what fits in half the cap stays (the newest always does).
+    for i in 0..5 {
+        s.advance(100).ok(long_message(&format!("big{i}"), 6_000));
+    }
+    s.c.trim(s.now, 30_000);
+    assert_eq!(s.pending_ids(), ["big3", "big4"]);
+}
+
+#[test]
+fn a_long_reply_is_remembered_by_a_bounded_key() {
+    let long = "palavra ".repeat(5_000);
+    let key = conversa_actors::conversation::echo_key(&long);
+    assert!(key.len() < 300, "{}", key.len());
+    assert_eq!(key, conversa_actors::conversation::echo_key(&long));
+    assert_ne!(
+        key,
+        conversa_actors::conversation::echo_key(&"palavra ".repeat(5_001))
+    );
+}
+
 #[test]
 fn a_reply_in_parts_goes_out_one_part_at_a_time_under_one_entry() {
     let mut s = Sim::immediate();

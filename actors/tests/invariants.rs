@@ -129,6 +129,7 @@ fn policy() -> impl Strategy<Value = Policy> {
             prop_oneof![Just(0u64), Just(1_500)],
             prop_oneof![Just(3usize), Just(50)],
         ),
+        prop_oneof![Just((16usize, 400usize)), Just((8_192, 65_536))],
     )
         .prop_map(
             |(
@@ -146,6 +147,7 @@ fn policy() -> impl Strategy<Value = Policy> {
                     reply_part_delay_ms,
                     max_pending_messages,
                 ),
+                (max_message_bytes, max_pending_bytes),
             )| Policy {
                 debounce_ms,
                 debounce_max_ms,
@@ -162,6 +164,9 @@ fn policy() -> impl Strategy<Value = Policy> {
                 max_effect_age_ms,
                 reply_part_delay_ms,
                 max_pending_messages,
+                max_message_bytes,
+                max_pending_bytes,
+                ..Policy::default()
             },
         )
 }
@@ -241,7 +246,12 @@ fn seller(n: u8) -> SellerRef {
 fn message(id: u8, attachment: bool) -> InboundMessage {
     InboundMessage {
         id: format!("m{id}"),
-        text: format!("text of m{id}"),
+        // Every fifth message is far longer than any policy keeps.
+        text: if id.is_multiple_of(5) {
+            "longo ".repeat(2_000)
+        } else {
+            format!("text of m{id}")
+        },
         created_at: 1_700_000_000,
         attachment: attachment.then(|| Attachment {
             kind: "voice".into(),
@@ -416,11 +426,42 @@ impl Observer {
         // Every step: bookkeeping that holds whatever happened.
         prop_assert!(after.epoch >= before.epoch, "the epoch never decreases");
         prop_assert!(after.timeline.len() <= 100, "the timeline is bounded");
+        // What one contact can send is bounded: each message, the unanswered ones together,
+        // and every string the timeline keeps.
+        for m in &after.pending {
+            prop_assert!(
+                m.text.len() <= p.max_message_bytes.max(8),
+                "a message over its bound"
+            );
+        }
+        let pending_bytes: usize = after.pending.iter().map(InboundMessage::weight).sum();
+        prop_assert!(after.pending.len() <= p.max_pending_messages.max(1));
+        prop_assert!(
+            pending_bytes <= p.max_pending_bytes || after.pending.len() == 1,
+            "{} bytes of unanswered messages kept, bound {}",
+            pending_bytes,
+            p.max_pending_bytes
+        );
+        for e in after.timeline.entries() {
+            prop_assert!(e.detail.as_ref().is_none_or(|d| d.len() <= 300));
+        }
+        // Dispatches go one at a time: one waiting behind another being sent wakes when that
+        // one's claim runs out at the latest.
+        let sending = after
+            .outbox
+            .entries()
+            .filter(|e| e.is_dispatch())
+            .filter_map(|e| e.claim.as_ref().map(|c| c.until))
+            .max();
+        let entry_wake = |e: &OutboxEntry| match (e.claim.is_none() && e.is_dispatch(), sending) {
+            (true, Some(until)) => e.wake_at().max(until),
+            _ => e.wake_at(),
+        };
         let expected_wake = after
             .timers
             .values()
             .copied()
-            .chain(after.outbox.entries().map(OutboxEntry::wake_at))
+            .chain(after.outbox.entries().map(entry_wake))
             .min();
         prop_assert_eq!(after.next_wake(), expected_wake);
 
@@ -748,9 +789,9 @@ fn the_generated_sequences_reach_every_rule() {
         }
     }
     assert_eq!(phases.len(), Phase::NAMES.len(), "{phases:?}");
-    // Every entry but `EffectExpired`, which comes from `Conversation::expire_effects` (not an
-    // event; its own unit tests cover it).
-    assert_eq!(whats.len(), 27, "{whats:?}");
+    // Every entry but `EffectExpired`, which comes from `Conversation::expire_effects`, and
+    // `Trimmed`, from `Conversation::trim` (not events; their own tests cover them).
+    assert_eq!(whats.len(), 28, "{whats:?}");
     assert_eq!(drops.len(), 6, "{drops:?}");
     assert_eq!(rejections.len(), 6, "{rejections:?}");
     for what in [

@@ -3,8 +3,9 @@
 //! Reads go to the store, not to actors, so they are current on every node and never activate
 //! an actor.
 
+use crate::http::QueryParams;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -112,7 +113,7 @@ pub struct DebugConversation {
 async fn one(
     State(app): State<AppState>,
     Path(contact_id): Path<String>,
-    Query(account): Query<Account>,
+    QueryParams(account): QueryParams<Account>,
 ) -> Result<Json<Value>, ApiError> {
     let contact_id: u64 = contact_id
         .parse()
@@ -149,7 +150,7 @@ async fn one(
 )]
 async fn active(
     State(app): State<AppState>,
-    Query(q): Query<Listing>,
+    QueryParams(q): QueryParams<Listing>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(1000).min(100_000);
     let phases = app.engine().store().phases(usize::MAX).await?;
@@ -177,7 +178,7 @@ async fn active(
 )]
 async fn debug(
     State(app): State<AppState>,
-    Query(q): Query<Listing>,
+    QueryParams(q): QueryParams<Listing>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(50).min(1000);
     let engine = app.engine();

@@ -1,8 +1,9 @@
 //! `GET /dead-letters`: what conversa received and could not act on (see
 //! [`crate::dead_letters`]), newest first.
 
+use crate::http::QueryParams;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -50,7 +51,7 @@ pub struct DeadLetterList {
 )]
 async fn list(
     State(app): State<AppState>,
-    Query(filter): Query<Filter>,
+    QueryParams(filter): QueryParams<Filter>,
 ) -> Result<Json<DeadLetterList>, ApiError> {
     let limit = match filter.limit.as_deref().map(str::trim) {
         None | Some("") => 100,

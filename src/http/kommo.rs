@@ -10,8 +10,9 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::http::QueryParams;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use hmac::{Hmac, Mac};
@@ -152,21 +153,43 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// `<unix seconds>.<hex HMAC-SHA256(client_secret, unix seconds)>`: verifiable without storage.
-fn make_state(secret: &str, at: u64) -> String {
+/// The cookie that binds an OAuth `state` to the browser that started the flow.
+const STATE_COOKIE: &str = "conversa_oauth";
+
+/// `<unix seconds>.<browser nonce>.<hex HMAC-SHA256(client_secret, seconds.nonce)>`:
+/// verifiable without storage; the nonce is also the value of the [`STATE_COOKIE`] set on the
+/// browser that asked for it.
+fn make_state(secret: &str, at: u64, nonce: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(at.to_string().as_bytes());
-    format!("{at}.{}", hex::encode(mac.finalize().into_bytes()))
+    mac.update(format!("{at}.{nonce}").as_bytes());
+    format!("{at}.{nonce}.{}", hex::encode(mac.finalize().into_bytes()))
 }
 
-fn state_is_valid(secret: &str, state: &str, now: u64) -> bool {
-    let Some((at, _)) = state.split_once('.') else {
+/// Whether `state` was made here, less than [`STATE_TTL_SECS`] ago, for the browser whose
+/// cookie holds `cookie_nonce`.
+fn state_is_valid(secret: &str, state: &str, now: u64, cookie_nonce: Option<&str>) -> bool {
+    let mut parts = state.splitn(3, '.');
+    let (Some(at), Some(nonce), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
         return false;
     };
     let Ok(at) = at.parse::<u64>() else {
         return false;
     };
-    now.saturating_sub(at) <= STATE_TTL_SECS && secret_matches(&make_state(secret, at), state)
+    now.saturating_sub(at) <= STATE_TTL_SECS
+        && cookie_nonce.is_some_and(|c| secret_matches(nonce, c))
+        && secret_matches(&make_state(secret, at, nonce), state)
+}
+
+/// The nonce in the request's [`STATE_COOKIE`], if any.
+fn cookie_nonce(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == STATE_COOKIE)
+        .map(|(_, value)| value.to_owned())
 }
 
 /// Records `state` as used; `false` when it already was. The list holds only valid states
@@ -211,7 +234,7 @@ async fn claim_state(app: &AppState, state: &str) -> Result<bool, ApiError> {
         )),
     ),
 )]
-async fn authorize(State(app): State<AppState>) -> Result<Redirect, ApiError> {
+async fn authorize(State(app): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let kommo = kommo(&app)?;
     let secret = &kommo.tokens().settings().client_secret;
     if kommo.tokens().settings().client_id.is_empty() || secret.is_empty() {
@@ -221,8 +244,28 @@ async fn authorize(State(app): State<AppState>) -> Result<Redirect, ApiError> {
             "set KOMMO_CLIENT_ID, KOMMO_CLIENT_SECRET and KOMMO_REDIRECT_URI",
         ));
     }
-    let state = make_state(secret, now_secs());
-    Ok(Redirect::to(&kommo.tokens().authorize_url(&state)))
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let nonce = hex::encode(nonce);
+    let state = make_state(secret, now_secs(), &nonce);
+    // Lax: the cookie comes back on Kommo's top-level redirect to the callback, and only then.
+    let secure = if kommo
+        .tokens()
+        .settings()
+        .redirect_uri
+        .starts_with("https://")
+    {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{STATE_COOKIE}={nonce}; Path=/oauth; Max-Age={STATE_TTL_SECS}; HttpOnly; SameSite=Lax{secure}"
+    );
+    Ok((
+        [(axum::http::header::SET_COOKIE, cookie)],
+        Redirect::to(&kommo.tokens().authorize_url(&state)),
+    ))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -259,22 +302,24 @@ struct CallbackQuery {
 )]
 async fn callback(
     State(app): State<AppState>,
-    Query(q): Query<CallbackQuery>,
+    headers: axum::http::HeaderMap,
+    QueryParams(q): QueryParams<CallbackQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let kommo = kommo(&app)?;
     if let Some(error) = q.error {
         return Err(ApiError::bad_field("error", format!("Kommo said: {error}")));
     }
     let secret = &kommo.tokens().settings().client_secret;
+    let nonce = cookie_nonce(&headers);
     if !q
         .state
         .as_deref()
-        .is_some_and(|s| state_is_valid(secret, s, now_secs()))
+        .is_some_and(|s| state_is_valid(secret, s, now_secs(), nonce.as_deref()))
     {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "missing, forged or expired `state`: start again at /oauth/authorize",
+            "missing, forged or expired `state`, or another browser than the one that started: start again at /oauth/authorize",
         ));
     }
     let code = q
@@ -366,7 +411,25 @@ async fn integration(State(app): State<AppState>) -> Json<Value> {
 }
 
 /// Whether n8n answers: its `/healthz` on the webhook URL's host.
+/// How long one n8n probe answers for: `/ready` takes no credential, so without this every
+/// call would make an outbound request.
+const N8N_PROBE_FRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// n8n's reachability, probed at most once per [`N8N_PROBE_FRESH`] whatever the number of
+/// callers (they wait for the one probe in progress).
 pub async fn n8n_check(app: &AppState) -> Value {
+    let mut cached = app.0.n8n_probe.lock().await;
+    if let Some((at, answer)) = cached.as_ref()
+        && at.elapsed() < N8N_PROBE_FRESH
+    {
+        return answer.clone();
+    }
+    let answer = n8n_probe(app).await;
+    *cached = Some((Instant::now(), answer.clone()));
+    answer
+}
+
+async fn n8n_probe(app: &AppState) -> Value {
     let Some(url) = app.0.n8n_webhook_url.as_deref() else {
         return json!({"configured": false, "ok": false});
     };
@@ -382,7 +445,7 @@ pub async fn n8n_check(app: &AppState) -> Value {
             "status": r.status().as_u16(),
             "latency_ms": started.elapsed().as_secs_f64() * 1000.0,
         }),
-        Err(e) => json!({"configured": true, "ok": false, "error": e.to_string()}),
+        Err(e) => json!({"configured": true, "ok": false, "error": crate::redact::client_error(e)}),
     }
 }
 
@@ -433,15 +496,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn oauth_state_is_verifiable_and_expires() {
-        let s = make_state("secret", 1_000);
-        assert!(state_is_valid("secret", &s, 1_000 + 60));
-        assert!(!state_is_valid("other", &s, 1_000 + 60), "forged");
+    fn oauth_state_is_verifiable_expires_and_belongs_to_one_browser() {
+        let s = make_state("secret", 1_000, "n0nce");
+        let mine = Some("n0nce");
+        assert!(state_is_valid("secret", &s, 1_000 + 60, mine));
+        assert!(!state_is_valid("other", &s, 1_000 + 60, mine), "forged");
         assert!(
-            !state_is_valid("secret", &s, 1_000 + STATE_TTL_SECS + 1),
+            !state_is_valid("secret", &s, 1_000 + STATE_TTL_SECS + 1, mine),
             "expired"
         );
-        assert!(!state_is_valid("secret", "1000.deadbeef", 1_001));
-        assert!(!state_is_valid("secret", "garbage", 1_001));
+        assert!(!state_is_valid("secret", &s, 1_060, None), "no cookie");
+        assert!(
+            !state_is_valid("secret", &s, 1_060, Some("other")),
+            "another browser"
+        );
+        assert!(!state_is_valid(
+            "secret",
+            "1000.n0nce.deadbeef",
+            1_001,
+            mine
+        ));
+        assert!(!state_is_valid("secret", "garbage", 1_001, mine));
+    }
+
+    #[test]
+    fn the_state_cookie_is_found_among_others() {
+        let mut h = axum::http::HeaderMap::new();
+        h.insert(
+            axum::http::header::COOKIE,
+            "a=1; conversa_oauth=abc123; b=2".parse().unwrap(),
+        );
+        assert_eq!(cookie_nonce(&h).as_deref(), Some("abc123"));
+        assert_eq!(cookie_nonce(&axum::http::HeaderMap::new()), None);
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -49,18 +49,21 @@ pub struct Limits {
 pub fn wrap(router: Router<AppState>, state: AppState, limits: Limits) -> Router {
     let request_id = header::HeaderName::from_static("x-request-id");
     // `Router::layer` wraps outside what is already there: innermost first.
+    // The API key is checked before the body is read or its size judged: a caller without
+    // the key learns nothing but 401.
     router
         .route_layer(middleware::from_fn(crate::http::metrics::track))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
         ))
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
         ))
+        .layer(middleware::from_fn(bounded_head))
         .layer(middleware::map_response(json_errors))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(
@@ -71,23 +74,19 @@ pub fn wrap(router: Router<AppState>, state: AppState, limits: Limits) -> Router
                         .get("x-request-id")
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("-");
-                    let path = loggable_path(req.uri().path());
-                    info_span!("http", method = %req.method(), path = %path, request_id = %id)
+                    // The route template, never the raw path or query: they may carry secrets
+                    // (`/webhooks/kommo/{secret}`, `?token=`, `?reply_token=`).
+                    let route = req
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map_or("{unmatched}", MatchedPath::as_str);
+                    info_span!("http", method = %req.method(), route = %route, request_id = %id)
                 })
                 .on_response(log_answer)
                 .on_failure(()),
         )
         .layer(SetRequestIdLayer::new(request_id, RequestIds::new()))
         .with_state(state)
-}
-
-/// The path as it may be logged: the webhook's secret path segment is never written down.
-fn loggable_path(path: &str) -> &str {
-    if path.starts_with("/webhooks/kommo/") {
-        "/webhooks/kommo/{secret}"
-    } else {
-        path
-    }
 }
 
 /// One line per refused or failed request: a client's mistake (4xx) or a store outage (503) is
@@ -146,6 +145,39 @@ async fn require_api_key(
         require_bearer(app.0.api_key.as_deref(), req.headers())?;
     }
     Ok(next.run(req).await)
+}
+
+/// The longest request target (path and query) accepted; longer: 414.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// The most bytes of request headers accepted; more: 431. (A request head beyond 64 KiB
+/// never gets here: the server answers it 431 itself, with no body, and closes.)
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Refuses an over-long request target (414) or header block (431) with our JSON error.
+async fn bounded_head(req: Request, next: Next) -> Response {
+    let uri = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if uri > MAX_URI_BYTES {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target is {uri} bytes: at most {MAX_URI_BYTES}"),
+        )
+        .into_response();
+    }
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if headers > MAX_HEADER_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("the request headers are {headers} bytes: at most {MAX_HEADER_BYTES}"),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Errors made by layers (413, 408, 405...) come with a plain or empty body: give them ours.

@@ -69,6 +69,38 @@ where
     }
 }
 
+/// Query parameters (`?limit=10`), with errors that name the parameter:
+/// `{"error": "bad_request", "field": "limit", "message": "limit: invalid digit found in string"}`.
+pub struct QueryParams<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for QueryParams<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or("");
+        let pairs = form_urlencoded::parse(query.as_bytes());
+        let deserializer = serde_urlencoded::Deserializer::new(pairs);
+        serde_path_to_error::deserialize(deserializer)
+            .map(QueryParams)
+            .map_err(|e| {
+                let field = e.path().to_string();
+                let message = format!("{field}: {}", e.inner());
+                if field.is_empty() || field == "." {
+                    ApiError::bad_request(format!("bad query string: {}", e.inner()))
+                } else {
+                    ApiError::bad_field(&field, message)
+                }
+            })
+    }
+}
+
 /// Whether a `Content-Type` names JSON: `application/json` or `application/*+json`, with any
 /// parameters.
 fn is_json_content_type(value: &str) -> bool {
@@ -80,6 +112,35 @@ fn is_json_content_type(value: &str) -> bool {
         .to_ascii_lowercase();
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The most bytes of free-form JSON (`lead_data`, a scheduling request's details, a
+/// scheduling outcome) one request may hand to a conversation: it is kept in the snapshot and
+/// sent to n8n.
+pub const MAX_DETAILS_BYTES: usize = 16 * 1024;
+
+/// Refuses a free-form JSON value larger than `max` bytes, naming its field.
+pub fn bounded_json(field: &str, value: &serde_json::Value, max: usize) -> Result<(), ApiError> {
+    let size = serde_json::to_vec(value).map_or(usize::MAX, |v| v.len());
+    if size > max {
+        return Err(ApiError::bad_field(
+            field,
+            format!("`{field}` is {size} bytes of JSON: at most {max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a text longer than `max` characters, naming its field.
+pub fn bounded_text(field: &str, text: &str, max: usize) -> Result<(), ApiError> {
+    let chars = text.chars().count();
+    if chars > max {
+        return Err(ApiError::bad_field(
+            field,
+            format!("`{field}` is {chars} characters: at most {max}"),
+        ));
+    }
+    Ok(())
 }
 
 pub async fn not_found(uri: Uri) -> ApiError {

@@ -55,6 +55,9 @@ pub struct StartProactive {
     lead_data: Value,
 }
 
+/// The longest practice area accepted, in characters.
+const MAX_NAME_CHARS: usize = 200;
+
 /// What happened.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -215,6 +218,8 @@ async fn start_proactive(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<StartProactive>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    crate::http::bounded_json("lead_data", &body.lead_data, crate::http::MAX_DETAILS_BYTES)?;
+    crate::http::bounded_text("area_atuacao", &body.area_atuacao, MAX_NAME_CHARS)?;
     let trigger = body.trigger_type.trim().to_lowercase();
     if !TRIGGERS.contains(&trigger.as_str()) {
         return Err(unprocessable(

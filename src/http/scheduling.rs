@@ -111,6 +111,14 @@ async fn request(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    for (field, value) in &body {
+        crate::http::bounded_json(field, value, crate::http::MAX_DETAILS_BYTES)?;
+    }
+    crate::http::bounded_json(
+        "body",
+        &Value::Object(body.clone()),
+        crate::http::MAX_DETAILS_BYTES,
+    )?;
     let contact_id = id_field(&body, "contact_id")?;
     let talk_id = id_field(&body, "talk_id")?;
     let lead_id = id_field(&body, "lead_id")?;

@@ -7,8 +7,9 @@
 //! `{"delivered": false, "reason": ...}` and the timeline says why.
 
 use axum::Json;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
 use conversa_actors::{ContactKey, Effect, Event, ExecError, Progress, Rejection};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -19,7 +20,7 @@ use utoipa_axum::routes;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::auth::require_bearer;
-use crate::http::{JsonBody, KommoId};
+use crate::http::{JsonBody, KommoId, MAX_DETAILS_BYTES, bounded_json, bounded_text};
 use crate::openapi::schemas::Phase;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -34,17 +35,18 @@ pub fn routes() -> OpenApiRouter<AppState> {
 pub struct Callback {
     /// The customer's Kommo contact id.
     contact_id: KommoId,
-    /// The reply.
+    /// The reply (at most 4096 characters).
     #[serde(default)]
-    #[schema(nullable = false)]
+    #[schema(nullable = false, max_length = 4096)]
     text: Option<String>,
-    /// A reply in several parts (sent in order).
+    /// A reply in several parts (sent in order; at most 10, each at most 4096 characters).
     #[serde(default)]
+    #[schema(max_items = 10)]
     messages: Vec<Part>,
     /// The `dispatch_id` n8n was called with: a reply to an older or replaced dispatch is
-    /// dropped (`delivered: false`).
+    /// dropped (`delivered: false`). Required with `reply_token`.
     #[serde(default)]
-    #[schema(nullable = false)]
+    #[schema(nullable = false, max_length = 128)]
     dispatch_id: Option<String>,
     /// Settles a scheduling request: `{"status": "confirmed" | "failed", ...details}`.
     #[serde(default)]
@@ -120,7 +122,20 @@ pub enum Part {
     Object { text: String },
 }
 
+/// The longest part of a reply, in characters (WhatsApp's limit for one text message).
+pub const MAX_REPLY_CHARS: usize = 4096;
+/// The most parts of one reply.
+pub const MAX_REPLY_PARTS: usize = 10;
+/// The longest `dispatch_id` (conversa's are far shorter).
+const MAX_DISPATCH_ID_CHARS: usize = 128;
+
 impl Part {
+    fn text(&self) -> &str {
+        match self {
+            Part::Text(t) | Part::Object { text: t } => t,
+        }
+    }
+
     fn into_text(self) -> String {
         match self {
             Part::Text(t) | Part::Object { text: t } => t,
@@ -132,8 +147,10 @@ impl Part {
 ///
 /// The AI's reply. It reaches the customer only if the conversation is still the bot's and the
 /// dispatch is current; otherwise the answer is 200 with `delivered: false` and a `reason`,
-/// and the timeline says why. With `N8N_CALLBACK_TOKEN` set it needs
-/// `Authorization: Bearer $N8N_CALLBACK_TOKEN` (not the API key).
+/// and the timeline says why. It needs proof that it answers a real dispatch: the
+/// `?reply_token=` conversa put in the dispatch's `callback_url` (post to that URL as it is),
+/// or `Authorization: Bearer $N8N_CALLBACK_TOKEN` (not the API key). Without either it is
+/// refused with 401 before its body is read.
 #[utoipa::path(
     post,
     path = "/send-response",
@@ -147,7 +164,9 @@ impl Part {
             "dispatch_id": "0-1298200-3", "text": "Agendado!",
             "scheduling": {"status": "confirmed", "when": "amanhã 10h"}}))),
     )),
-    security(("n8n_callback" = [])),
+    params(("reply_token" = Option<String>, Query,
+        description = "The dispatch's reply token (in the `callback_url` conversa sent); not needed with `N8N_CALLBACK_TOKEN` as a bearer token")),
+    security(("reply_token" = []), ("n8n_callback" = [])),
     responses(
         (status = 200, description = "Delivered, or dropped with the reason", body = CallbackAnswer,
          examples(
@@ -162,8 +181,8 @@ impl Part {
         (status = 400, description = "No `text`, `messages` or `scheduling`; a bad `scheduling.status`",
          body = ApiError, example = json!({"error": "bad_request", "field": "text",
             "message": "a reply needs `text`, `messages` or `scheduling`"})),
-        (status = 401, description = "Missing or wrong `N8N_CALLBACK_TOKEN`", body = ApiError,
-         example = json!({"error": "unauthorized", "message": "wrong bearer token"})),
+        (status = 401, description = "No proof: neither the dispatch's `reply_token` nor `N8N_CALLBACK_TOKEN`, or a wrong one", body = ApiError,
+         example = json!({"error": "unauthorized", "message": "the `reply_token` is not the one of this contact's `dispatch_id`"})),
         (status = 404, description = "No conversation for this contact", body = ApiError,
          example = json!({"error": "not_found", "message": "no conversation for contact 1298200"})),
         (status = 409, description = "The conversation refused the reply", body = ApiError,
@@ -173,16 +192,34 @@ impl Part {
 )]
 async fn send_response(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    proof: ReplyProof,
     JsonBody(body): JsonBody<Callback>,
 ) -> Result<Json<Value>, ApiError> {
-    require_bearer(app.0.callback_token.as_deref(), &headers)?;
     let key = app.contact(body.contact_id.0);
+    proof.check(&app, key, body.dispatch_id.as_deref())?;
     if app.engine().conversation(&key).await?.is_none() {
         return Err(ApiError::not_found(format!(
             "no conversation for contact {}",
             key.contact_id
         )));
+    }
+    if let Some(text) = &body.text {
+        bounded_text("text", text, MAX_REPLY_CHARS)?;
+    }
+    if body.messages.len() > MAX_REPLY_PARTS {
+        return Err(ApiError::bad_field(
+            "messages",
+            format!("a reply has at most {MAX_REPLY_PARTS} parts"),
+        ));
+    }
+    for (i, part) in body.messages.iter().enumerate() {
+        bounded_text(&format!("messages[{i}]"), part.text(), MAX_REPLY_CHARS)?;
+    }
+    if let Some(scheduling) = &body.scheduling {
+        bounded_json("scheduling", scheduling, MAX_DETAILS_BYTES)?;
+    }
+    if let Some(id) = &body.dispatch_id {
+        bounded_text("dispatch_id", id, MAX_DISPATCH_ID_CHARS)?;
     }
     let texts: Vec<String> = body
         .text
@@ -255,6 +292,69 @@ async fn send_response(
         answer["phase"] = json!(applied.phase.name());
     }
     Ok(Json(answer))
+}
+
+/// How a callback proves it comes from the n8n run conversa called: the bearer token
+/// `N8N_CALLBACK_TOKEN`, or the `reply_token` that the dispatch's `callback_url` carried.
+/// Read from the request's head, so a callback without either is refused before its body is
+/// read.
+pub enum ReplyProof {
+    Bearer,
+    Token(String),
+}
+
+impl FromRequestParts<AppState> for ReplyProof {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        if let Some(expected) = app.0.callback_token.as_deref()
+            && parts.headers.contains_key(header::AUTHORIZATION)
+        {
+            require_bearer(Some(expected), &parts.headers)?;
+            return Ok(ReplyProof::Bearer);
+        }
+        let token = parts.uri.query().and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "reply_token")
+                .map(|(_, v)| v.into_owned())
+        });
+        match token {
+            Some(t) if !t.trim().is_empty() => Ok(ReplyProof::Token(t)),
+            _ => Err(unauthorized(
+                "a callback needs the `reply_token` of its `callback_url` or `Authorization: Bearer $N8N_CALLBACK_TOKEN`",
+            )),
+        }
+    }
+}
+
+impl ReplyProof {
+    /// Whether the proof covers a reply of contact `key` to `dispatch_id`.
+    fn check(
+        &self,
+        app: &AppState,
+        key: ContactKey,
+        dispatch_id: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let ReplyProof::Token(token) = self else {
+            return Ok(());
+        };
+        let Some(dispatch_id) = dispatch_id else {
+            return Err(unauthorized(
+                "a `reply_token` answers one dispatch: name it in `dispatch_id`",
+            ));
+        };
+        if app.0.reply_tokens.verify(key, dispatch_id, token) {
+            Ok(())
+        } else {
+            Err(unauthorized(
+                "the `reply_token` is not the one of this contact's `dispatch_id`",
+            ))
+        }
+    }
+}
+
+fn unauthorized(message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
 }
 
 /// What `/send-response` can truthfully say about a reply.

@@ -9,10 +9,11 @@
 
 use std::collections::HashMap;
 
+use crate::http::QueryParams;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use conversa_actors::{
     Attachment, ContactKey, EngineError, Event, InboundMessage, Links, SellerRef,
 };
@@ -61,7 +62,7 @@ pub struct KommoWebhookJson(pub Value);
 /// What the webhook did.
 #[derive(Serialize, ToSchema)]
 #[schema(example = json!({"changed": 1, "commands": [], "items": 1, "ok": true,
-    "rejected": [], "unchanged": 0, "unknown": []}))]
+    "rejected": [], "unchanged": 0, "unknown": [], "unknown_count": 0}))]
 pub struct WebhookAnswer {
     pub ok: bool,
     /// Events applied to conversations.
@@ -70,8 +71,11 @@ pub struct WebhookAnswer {
     pub changed: u64,
     /// Events that changed nothing (e.g. a redelivered message).
     pub unchanged: u64,
-    /// `entity[action]` keys not understood (accepted and ignored), e.g. `task[add]`.
+    /// `entity[action]` keys not understood (accepted and ignored), e.g. `task[add]`: the
+    /// first 20.
     pub unknown: Vec<String>,
+    /// How many keys were not understood in all.
+    pub unknown_count: u64,
     /// Items that could not be read, each with the key at fault; the other items were
     /// applied. Also logged, counted (`kommo_webhook_items_rejected_total`) and listed in
     /// `GET /dead-letters`.
@@ -124,12 +128,11 @@ pub struct RejectedItem {
 )]
 async fn with_query_token(
     State(app): State<AppState>,
-    Query(q): Query<TokenQuery>,
-    headers: HeaderMap,
+    QueryParams(q): QueryParams<TokenQuery>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&app, q.token.as_deref())?;
-    ingest(app, &headers, &body).await
+    ingest(app, &body).await
 }
 
 /// Kommo webhook (secret in the path)
@@ -165,11 +168,10 @@ async fn with_query_token(
 async fn with_path_secret(
     State(app): State<AppState>,
     Path(secret): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&app, Some(&secret))?;
-    ingest(app, &headers, &body).await
+    ingest(app, &body).await
 }
 
 fn authorize(app: &AppState, given: Option<&str>) -> Result<(), ApiError> {
@@ -184,15 +186,12 @@ fn authorize(app: &AppState, given: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
-async fn ingest(app: AppState, headers: &HeaderMap, body: &[u8]) -> Result<Json<Value>, ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    let hook = webhook::parse(content_type, body).map_err(|e| {
+/// Reads the body by its shape (JSON or form, whatever its `Content-Type` says), applies it.
+async fn ingest(app: AppState, body: &[u8]) -> Result<Json<Value>, ApiError> {
+    let hook = webhook::parse(body).map_err(|e| {
         warn!(key = %e.key, error = %e.message, "malformed Kommo webhook");
         ApiError::bad_field(&e.key, format!("malformed webhook: {e}"))
     })?;
-    check_account(&app, &hook)?;
     let kommo_shaped = hook.account.is_some()
         || !hook.events.is_empty()
         || !hook.rejected.is_empty()
@@ -203,16 +202,18 @@ async fn ingest(app: AppState, headers: &HeaderMap, body: &[u8]) -> Result<Json<
             "not a Kommo webhook: expected `entity[action][N][field]` keys (e.g. `message[add][0][id]`) or an `account[...]` block",
         ));
     }
+    check_account(&app, &hook)?;
     let rejected = reject_items(&app, &hook).await?;
     if !hook.unknown.is_empty() {
-        info!(unknown = ?hook.unknown, "Kommo webhook carried events conversa does not handle");
+        // The keys go to the log (a few, each truncated by the parser), never into a metric
+        // label: a client could make a new series of each.
+        let first: Vec<&String> = hook.unknown.iter().take(LOGGED_UNKNOWN_KEYS).collect();
+        info!(count = hook.unknown.len(), first = ?first, "Kommo webhook carried events conversa does not handle");
+        metrics::counter!("kommo_webhook_events_total", "event" => "unknown")
+            .increment(hook.unknown.len() as u64);
     }
     for event in &hook.events {
         metrics::counter!("kommo_webhook_events_total", "event" => event_label(event)).increment(1);
-    }
-    for key in &hook.unknown {
-        metrics::counter!("kommo_webhook_events_total", "event" => format!("unknown:{key}"))
-            .increment(1);
     }
     let (hook, seller_commands) = split_seller_commands(&app, hook).await?;
     let authors = chat_authors(&app, &hook).await;
@@ -241,7 +242,8 @@ async fn ingest(app: AppState, headers: &HeaderMap, body: &[u8]) -> Result<Json<
         "items": items,
         "changed": changed,
         "unchanged": duplicates,
-        "unknown": hook.unknown,
+        "unknown": hook.unknown.iter().take(ANSWERED_UNKNOWN_KEYS).collect::<Vec<_>>(),
+        "unknown_count": hook.unknown.len(),
         "rejected": rejected,
         "commands": commands_done,
     })))
@@ -332,22 +334,51 @@ async fn chat_authors(app: &AppState, hook: &Webhook) -> HashMap<String, SellerR
     found
 }
 
-/// The metric label of a webhook item.
-fn event_label(event: &WebhookEvent) -> String {
+/// How many unknown keys of one body are named in the log.
+const LOGGED_UNKNOWN_KEYS: usize = 10;
+/// How many unknown keys of one body are named in the answer (`unknown_count` counts them all).
+const ANSWERED_UNKNOWN_KEYS: usize = 20;
+
+/// The metric label of a webhook item: one of a closed set (the parser knows only these).
+fn event_label(event: &WebhookEvent) -> &'static str {
     match event {
         WebhookEvent::Message(m) => match m.direction {
-            Direction::Incoming => "message:incoming".into(),
-            Direction::Outgoing => "message:outgoing".into(),
+            Direction::Incoming => "message:incoming",
+            Direction::Outgoing => "message:outgoing",
         },
-        WebhookEvent::Talk { action, .. } => format!("talk:{action}"),
-        WebhookEvent::Lead { action, .. } => format!("leads:{action}"),
-        WebhookEvent::Unsorted { action, .. } => format!("unsorted:{action}"),
+        WebhookEvent::Talk { action, .. } => match action.as_str() {
+            "add" => "talk:add",
+            "update" => "talk:update",
+            _ => "talk:other",
+        },
+        WebhookEvent::Lead { action, .. } => match action.as_str() {
+            "add" => "leads:add",
+            "update" => "leads:update",
+            "status" => "leads:status",
+            "responsible" => "leads:responsible",
+            "delete" => "leads:delete",
+            "restore" => "leads:restore",
+            _ => "leads:other",
+        },
+        WebhookEvent::Unsorted { action, .. } => match action.as_str() {
+            "add" => "unsorted:add",
+            "update" => "unsorted:update",
+            "delete" => "unsorted:delete",
+            _ => "unsorted:other",
+        },
     }
 }
 
 /// Refuses a body from another Kommo account than the configured one.
 fn check_account(app: &AppState, hook: &Webhook) -> Result<(), ApiError> {
+    let configured = app.0.account_id != 0 || app.0.kommo_subdomain.is_some();
     let Some(account) = &hook.account else {
+        if configured {
+            return Err(ApiError::bad_field(
+                "account",
+                "the webhook names no Kommo account (`account[id]` / `account[subdomain]`): with KOMMO_ACCOUNT_ID or KOMMO_SUBDOMAIN set, every webhook must",
+            ));
+        }
         return Ok(());
     };
     let wrong_id = app.0.account_id != 0 && account.id.is_some_and(|id| id != app.0.account_id);

@@ -89,6 +89,9 @@ pub struct KommoSettings {
     pub backoff_base: Duration,
     /// Cap of one backoff delay (jitter included).
     pub backoff_max: Duration,
+    /// Requests in flight at once; the others wait their turn (a slow Kommo never gets a
+    /// connection per waiting effect).
+    pub max_concurrency: usize,
 }
 
 impl KommoSettings {
@@ -103,6 +106,7 @@ impl KommoSettings {
             max_attempts_429: 5,
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(8),
+            max_concurrency: 4,
         }
     }
 }
@@ -555,6 +559,8 @@ struct Inner {
     calls: DashMap<(String, u16), u64>,
     /// `Some(until)`: the circuit is open (a 403 block) until then.
     blocked_until: Mutex<Option<Instant>>,
+    /// Turns to have a request in flight ([`KommoSettings::max_concurrency`]).
+    turns: tokio::sync::Semaphore,
 }
 
 /// The Kommo API client of one account. Cheap to clone (shared state).
@@ -596,6 +602,7 @@ impl KommoClient {
                 limiter_waits: AtomicU64::new(0),
                 calls: DashMap::new(),
                 blocked_until: Mutex::new(None),
+                turns: tokio::sync::Semaphore::new(settings.max_concurrency.max(1)),
                 settings,
             }),
         })
@@ -853,11 +860,15 @@ impl KommoClient {
                 }
                 Err(e) => return Err(e),
             };
+            // Waiting for a turn sends nothing, so it comes before the request is in doubt.
+            let turn = self.inner.turns.acquire().await.ok();
             let n = call.attempts.fetch_add(1, Ordering::Relaxed) + 1;
             if let Some(in_doubt) = &request.in_doubt {
                 in_doubt.mark();
             }
-            let (answer, html) = self.send_once(request, &token).await?;
+            let sent = self.send_once(request, &token).await;
+            drop(turn);
+            let (answer, html) = sent?;
             if let Some(in_doubt) = &request.in_doubt
                 && (matches!(answer.status, 401 | 429) || (answer.status == 403 && html))
             {

@@ -61,6 +61,7 @@ pub async fn connect(
     }
     let mut settings = KommoSettings::new(api_url);
     settings.max_rps = config.kommo_max_rps;
+    settings.max_concurrency = config.kommo_max_concurrency.max(1);
     settings.timeout = Duration::from_secs(config.effect_timeout_secs.clamp(1, 30));
     let client = KommoClient::new(settings, tokens).context("KOMMO_API_URL")?;
     Ok(Some(Arc::new(client)))

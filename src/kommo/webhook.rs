@@ -227,13 +227,15 @@ impl std::error::Error for ParseError {}
 // Entry points
 // ---------------------------------------------------------------------------------------------
 
-/// Parses a body by content type: JSON when it mentions `json`, form otherwise; without a
-/// content type, JSON when the first non-whitespace byte is `{`.
-pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Webhook, ParseError> {
-    let json = match content_type {
-        Some(ct) => ct.to_ascii_lowercase().contains("json"),
-        None => body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'),
-    };
+/// Parses a body by its shape, whatever its `Content-Type` says: JSON when the first
+/// non-whitespace byte is `{` or `[`, form otherwise. A JSON body sent with a form content type
+/// (or a form as JSON) is read for what it is, never dropped as "nothing in it"; a form's
+/// first key never starts with `{` or `[`.
+pub fn parse(body: &[u8]) -> Result<Webhook, ParseError> {
+    let json = matches!(
+        body.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{' | b'[')
+    );
     if json {
         parse_json(body)
     } else {

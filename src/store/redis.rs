@@ -722,6 +722,24 @@ impl Store for RedisStore {
         decode("named value", reply)
     }
 
+    /// `SET key value NX GET` (Redis ≥ 7.0): one atomic step that answers the value already
+    /// there, if any.
+    async fn put_value_if_absent(&self, name: &str, data: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let cmd = ::redis::cmd("SET")
+            .arg(self.value_key(name))
+            .arg(data)
+            .arg("NX")
+            .arg("GET")
+            .to_owned();
+        let reply: Value = self
+            .call("put value if absent", |mut c| async move {
+                cmd.query_async(&mut c).await
+            })
+            .await?;
+        let existing: Option<Vec<u8>> = decode("named value", reply)?;
+        Ok(existing.unwrap_or_else(|| data.to_vec()))
+    }
+
     async fn put_value(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
         let cmd = ::redis::cmd("SET")
             .arg(self.value_key(name))

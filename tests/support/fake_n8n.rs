@@ -90,6 +90,11 @@ struct Inner {
     knobs: Mutex<Knobs>,
     received: Mutex<Vec<Received>>,
     callbacks: Mutex<Vec<Callback>>,
+    /// Webhook requests being answered now, and the most there ever were at once.
+    in_flight: std::sync::atomic::AtomicUsize,
+    max_in_flight: std::sync::atomic::AtomicUsize,
+    /// `GET /healthz` requests (n8n's own liveness probe).
+    health_checks: std::sync::atomic::AtomicUsize,
 }
 
 pub struct FakeN8n {
@@ -121,6 +126,20 @@ impl FakeN8n {
             inner,
             server,
         }
+    }
+
+    /// The most webhook requests that were ever being answered at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.inner
+            .max_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many times `GET /healthz` was asked.
+    pub fn health_checks(&self) -> usize {
+        self.inner
+            .health_checks
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The production webhook URL.
@@ -264,6 +283,12 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let path = uri.path();
+    if path == "/healthz" && method == Method::GET {
+        inner
+            .health_checks
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        return n8n_json(StatusCode::OK, json!({"status": "ok"}));
+    }
     if path != WEBHOOK_PATH {
         let name = path.trim_start_matches("/webhook/");
         return n8n_json(
@@ -324,8 +349,14 @@ async fn handle(
         status: status.as_u16(),
     });
 
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
+    {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = inner.in_flight.fetch_add(1, SeqCst) + 1;
+        inner.max_in_flight.fetch_max(now, SeqCst);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        inner.in_flight.fetch_sub(1, SeqCst);
     }
 
     if status == StatusCode::SERVICE_UNAVAILABLE {

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+/// The `N8N_CALLBACK_TOKEN` a test service gets unless the test sets one.
+pub const CALLBACK_TOKEN: &str = "test-n8n-callback-token";
+
 pub struct Service {
     child: Option<Child>,
     port: u16,
@@ -41,6 +44,11 @@ impl Service {
         let has = |name: &str, env: &[(String, String)]| env.iter().any(|(k, _)| k == name);
         if has("N8N_WEBHOOK_URL", &env) && !has("PUBLIC_URL", &env) {
             env.push(("PUBLIC_URL".into(), format!("http://127.0.0.1:{port}")));
+        }
+        // The test plays n8n answering with the callback token (a reply needs proof); tests of
+        // the proof itself send their own requests.
+        if !has("N8N_CALLBACK_TOKEN", &env) {
+            env.push(("N8N_CALLBACK_TOKEN".into(), CALLBACK_TOKEN.into()));
         }
         let mut service = Service {
             child: None,
@@ -136,14 +144,31 @@ impl Service {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+    /// GET with `Authorization: Bearer <key>`.
+    pub async fn get_with_key(&self, path: &str, key: &str) -> (u16, Value) {
         let r = self
             .client
-            .post(self.url(path))
-            .json(&body)
+            .get(self.url(path))
+            .bearer_auth(key)
             .send()
             .await
             .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POSTs `body` as JSON; to `/send-response` with the callback token, as n8n would.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let mut request = self.client.post(self.url(path)).json(&body);
+        if path.starts_with("/send-response") {
+            let token = self
+                .env
+                .iter()
+                .find(|(k, _)| k == "N8N_CALLBACK_TOKEN")
+                .map_or(CALLBACK_TOKEN, |(_, v)| v.as_str());
+            request = request.bearer_auth(token);
+        }
+        let r = request.send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
