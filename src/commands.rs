@@ -65,8 +65,7 @@ pub fn parse(text: &str) -> Result<Command, ApiError> {
     let contact_id = words
         .next()
         .map(|w| w.trim_start_matches('#'))
-        .and_then(|w| w.parse::<u64>().ok())
-        .filter(|id| *id > 0)
+        .and_then(crate::http::parse_id)
         .ok_or_else(|| {
             ApiError::bad_field(
                 "message",

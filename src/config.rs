@@ -278,8 +278,8 @@ pub struct Config {
     pub node_name: String,
 }
 
-/// The shortest `API_KEY` accepted beyond loopback.
-pub const MIN_API_KEY_CHARS: usize = 16;
+/// The shortest `API_KEY` and `WEBHOOK_SECRET` accepted beyond loopback.
+pub const MIN_SECRET_CHARS: usize = 16;
 
 impl Config {
     pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
@@ -353,13 +353,18 @@ impl Config {
         let secret = self.webhook_secret.as_deref().map(str::trim).unwrap_or("");
         let problem = if key.is_empty() {
             Some("without API_KEY: set API_KEY (16 characters or more)".to_owned())
-        } else if key.chars().count() < MIN_API_KEY_CHARS {
+        } else if key.chars().count() < MIN_SECRET_CHARS {
             Some(format!(
-                "with an API_KEY of {} characters: use {MIN_API_KEY_CHARS} or more (e.g. `openssl rand -hex 24`)",
+                "with an API_KEY of {} characters: use {MIN_SECRET_CHARS} or more (e.g. `openssl rand -hex 24`)",
                 key.chars().count()
             ))
         } else if secret.is_empty() {
             Some("without WEBHOOK_SECRET: anyone could post Kommo webhooks (set WEBHOOK_SECRET and put it in the webhook URL)".to_owned())
+        } else if secret.chars().count() < MIN_SECRET_CHARS {
+            Some(format!(
+                "with a WEBHOOK_SECRET of {} characters: use {MIN_SECRET_CHARS} or more",
+                secret.chars().count()
+            ))
         } else {
             None
         };

@@ -25,7 +25,7 @@
 //!   "history": [ …the latest timeline entries, oldest first… ],
 //!   "scheduling": { …details… },   // only for "scheduling"
 //!   "released": { …details… },     // only for "released"
-//!   "callback_url": "https://conversa.example/send-response?reply_token=…" | null
+//!   "callback_url": "https://conversa.example/send-response?contact_id=…&dispatch_id=…&reply_token=…" | null
 //! }
 //! ```
 //!
@@ -122,6 +122,8 @@ pub struct N8nClient {
     /// Turns to call n8n: a burst of dispatches queues here, never a stampede of connections.
     turns: tokio::sync::Semaphore,
     max_body_bytes: usize,
+    /// The whole budget of one attempt, the wait for a turn included (see [`N8nClient::post`]).
+    budget: Duration,
 }
 
 impl fmt::Debug for N8nClient {
@@ -171,6 +173,10 @@ impl N8nClient {
             reply_tokens: settings.reply_tokens,
             turns: tokio::sync::Semaphore::new(settings.max_concurrency.max(1)),
             max_body_bytes: settings.max_body_bytes.max(MIN_BODY_BYTES),
+            budget: settings
+                .timeout
+                .saturating_sub(BUDGET_MARGIN)
+                .max(settings.timeout / 2),
         })
     }
 
@@ -178,19 +184,33 @@ impl N8nClient {
     async fn post(&self, job: &Job, dispatch: &Dispatch) -> Result<(), ExecError> {
         let callback = self.public_url.as_deref().and_then(|base| {
             let token = self.reply_tokens.token(job.key, &dispatch.dispatch_id);
-            callback_url(base, &token)
+            callback_url(base, job.key.contact_id, &dispatch.dispatch_id, &token)
         });
         let body = fit(
             payload(job, dispatch, callback.as_deref()),
             self.max_body_bytes,
         )
         .map_err(|e| ExecError::Permanent(format!("serialising the dispatch: {e}")))?;
-        // Waiting for a turn sends nothing: an attempt that times out here is safe to retry.
-        let _turn = self
-            .turns
-            .acquire()
+        // One budget for the wait for a turn and the request, a little under the engine's
+        // effect timeout: the attempt always ends here, never abandoned by the engine while
+        // the request is out (n8n would then run a dispatch whose retry comes too, and more
+        // requests than the turns allow would be in flight). Waiting sends nothing, so an
+        // attempt that found no turn is safe to retry.
+        let started = Instant::now();
+        let _turn = tokio::time::timeout(self.budget, self.turns.acquire())
             .await
+            .map_err(|_| {
+                ExecError::Retry("n8n busy: no turn to send within the effect timeout".into())
+            })?
             .map_err(|_| ExecError::Retry("n8n client closing".into()))?;
+        // A request is only sent with at least half the budget left, so a slow n8n is not
+        // cut off mid-way (and sent the same dispatch again) because the turn came late.
+        let left = self.budget.saturating_sub(started.elapsed());
+        if left < self.budget / 2 {
+            return Err(ExecError::Retry(
+                "n8n busy: too little of the effect timeout left after waiting for a turn".into(),
+            ));
+        }
         let mut request = self
             .http
             .post(self.webhook_url.clone())
@@ -200,7 +220,7 @@ impl N8nClient {
             request = request.header(SIGNATURE_HEADER, sign(secret, &body));
         }
         let started = Instant::now();
-        let response = match request.body(body).send().await {
+        let response = match request.timeout(left).body(body).send().await {
             Ok(r) => r,
             Err(e) => {
                 let latency_ms = started.elapsed().as_millis() as u64;
@@ -308,6 +328,9 @@ fn message_json(m: &InboundMessage) -> Value {
     })
 }
 
+/// How much sooner than the engine's effect timeout an attempt gives up on its own.
+const BUDGET_MARGIN: Duration = Duration::from_millis(500);
+
 /// The smallest dispatch size limit accepted: room for the envelope and one message.
 const MIN_BODY_BYTES: usize = 16 * 1024;
 
@@ -335,11 +358,22 @@ pub fn fit(mut body: Value, max: usize) -> serde_json::Result<Vec<u8>> {
     }
 }
 
-/// Where n8n posts the reply: `<public_url>/send-response?reply_token=<token>`; `None` when
+/// Where n8n posts the reply, with its proof:
+/// `<public_url>/send-response?contact_id=..&dispatch_id=..&reply_token=..`; `None` when
 /// `public_url` is blank.
-pub fn callback_url(public_url: &str, reply_token: &str) -> Option<String> {
+pub fn callback_url(
+    public_url: &str,
+    contact_id: u64,
+    dispatch_id: &str,
+    reply_token: &str,
+) -> Option<String> {
     let base = public_url.trim().trim_end_matches('/');
-    (!base.is_empty()).then(|| format!("{base}{CALLBACK_PATH}?reply_token={reply_token}"))
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("contact_id", &contact_id.to_string())
+        .append_pair("dispatch_id", dispatch_id)
+        .append_pair("reply_token", reply_token)
+        .finish();
+    (!base.is_empty()).then(|| format!("{base}{CALLBACK_PATH}?{query}"))
 }
 
 /// The JSON document n8n receives for `dispatch` (see the module docs), calling back
@@ -447,7 +481,7 @@ mod tests {
                 links: Links::default(),
             },
         ];
-        let url = callback_url("https://conversa.example/", "t0k");
+        let url = callback_url("https://conversa.example/", 1298200, "d-1", "t0k");
         let p = payload(&job(&d), &d, url.as_deref());
         assert_eq!(p["event"], "message");
         assert_eq!(p["dispatch_id"], "d-1");
@@ -464,7 +498,7 @@ mod tests {
         assert_eq!(p["lead_data"], Value::Null);
         assert_eq!(
             p["callback_url"],
-            "https://conversa.example/send-response?reply_token=t0k"
+            "https://conversa.example/send-response?contact_id=1298200&dispatch_id=d-1&reply_token=t0k"
         );
         assert_eq!(
             p["messages"],
@@ -504,19 +538,33 @@ mod tests {
     fn scheduling_and_released_repeat_their_details() {
         let details = json!({"when": "amanhã 10h", "area_atuacao": "odonto"});
         let d = dispatch(DispatchKind::Scheduling, details.clone());
-        let p = payload(&job(&d), &d, callback_url("http://h:1", "t").as_deref());
+        let p = payload(
+            &job(&d),
+            &d,
+            callback_url("http://h:1", 7, "d", "t").as_deref(),
+        );
         assert_eq!(p["event"], "scheduling");
         assert_eq!(p["scheduling"], details);
         assert_eq!(p["area_atuacao"], "odonto");
-        assert_eq!(p["callback_url"], "http://h:1/send-response?reply_token=t");
+        assert_eq!(
+            p["callback_url"],
+            "http://h:1/send-response?contact_id=7&dispatch_id=d&reply_token=t"
+        );
         assert!(p.get("released").is_none());
 
         let details = json!({"reason": "release", "by": "s1"});
         let d = dispatch(DispatchKind::Released, details.clone());
-        let p = payload(&job(&d), &d, callback_url("http://h:1///", "t").as_deref());
+        let p = payload(
+            &job(&d),
+            &d,
+            callback_url("http://h:1///", 7, "d", "t").as_deref(),
+        );
         assert_eq!(p["event"], "released");
         assert_eq!(p["released"], details);
-        assert_eq!(p["callback_url"], "http://h:1/send-response?reply_token=t");
+        assert_eq!(
+            p["callback_url"],
+            "http://h:1/send-response?contact_id=7&dispatch_id=d&reply_token=t"
+        );
         assert!(p.get("scheduling").is_none());
     }
 

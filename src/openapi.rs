@@ -88,6 +88,62 @@ headers_too_large`, `500 internal` come from the middleware with the same shape;
 )]
 struct ApiDoc;
 
+/// What a body's type alone cannot say: keys that are aliases of each other (one of a pair),
+/// "at least one of", "not blank". Each rule is added to the served document's schema as
+/// `allOf` [the type's schema, the rule], so the document accepts exactly what the handlers
+/// accept. (Applied to the JSON: utoipa's schema model has no `not`.)
+fn request_rules(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    let not_blank = json!({"not": {"type": "string", "pattern": "^\\s*$"}});
+    let one_of_pair = |a: &str, b: &str| json!({"not": {"required": [a, b]}});
+    let present =
+        |key: &str| json!({"required": [key], "properties": {key: {"not": {"type": "null"}}}});
+    let rules = [
+        (
+            "AddSeller",
+            json!({"allOf": [
+                one_of_pair("name", "nome"),
+                one_of_pair("phone", "telefone"),
+                one_of_pair("areas", "areas_atuacao"),
+                one_of_pair("areas", "area_atuacao"),
+                one_of_pair("areas_atuacao", "area_atuacao"),
+                {"anyOf": [
+                    {"required": ["name"], "properties": {"name": {"type": "string", "pattern": "\\S"}}},
+                    {"required": ["nome"], "properties": {"nome": {"type": "string", "pattern": "\\S"}}},
+                ]},
+            ]}),
+        ),
+        (
+            "AttachWhatsApp",
+            json!({"anyOf": [
+                present("contact_id"),
+                {"required": ["phone"], "properties": {"phone": {"allOf": [{"not": {"type": "null"}}, not_blank]}}},
+            ]}),
+        ),
+        (
+            "SchedulingRequest",
+            json!({"anyOf": [present("contact_id"), present("talk_id"), present("lead_id")]}),
+        ),
+        // A JSON webhook names at least one entity, each with at least one action or field.
+        (
+            "KommoWebhookJson",
+            json!({"type": "object", "minProperties": 1,
+                   "additionalProperties": {"type": "object", "minProperties": 1}}),
+        ),
+    ];
+    let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(serde_json::Value::as_object_mut)
+    else {
+        return;
+    };
+    for (name, rule) in rules {
+        if let Some(schema) = schemas.remove(name) {
+            schemas.insert(name.to_owned(), json!({"allOf": [schema, rule]}));
+        }
+    }
+}
+
 /// The store cannot be reached, did not answer in time, or a contact is too contended: not
 /// known to be applied; retrying the same request is safe.
 #[derive(ToResponse)]
@@ -168,12 +224,17 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     DOC.0.clone()
 }
 
+/// The document as served: the generated one with the [`request_rules`].
+pub fn openapi_json_text() -> &'static str {
+    DOC.1.as_str()
+}
+
 static DOC: LazyLock<(utoipa::openapi::OpenApi, String)> = LazyLock::new(|| {
     let (_, doc) = crate::app::router_and_doc();
-    let json = doc
-        .to_pretty_json()
-        .expect("the OpenAPI document serializes");
-    (doc, json)
+    let mut json = serde_json::to_value(&doc).expect("the OpenAPI document serializes");
+    request_rules(&mut json);
+    let text = serde_json::to_string_pretty(&json).expect("the OpenAPI document serializes");
+    (doc, text)
 });
 
 /// The OpenAPI 3.1 document of this service (what `/docs` shows).

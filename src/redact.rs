@@ -4,8 +4,8 @@
 //! configured URL is shown (the start-up line, `/ready`) or an HTTP client error is described
 //! (they name the URL they failed on), it goes through here first.
 
-/// `raw` with its user, password and query values replaced by `***`; a value that is not a URL
-/// is not shown at all.
+/// `raw` with its user, password, query values and fragment replaced by `***`; a value that is
+/// not a URL is not shown at all.
 pub fn url(raw: &str) -> String {
     let Ok(mut parsed) = reqwest::Url::parse(raw.trim()) else {
         return "<not a URL>".to_owned();
@@ -13,6 +13,9 @@ pub fn url(raw: &str) -> String {
     if !parsed.username().is_empty() || parsed.password().is_some() {
         let _ = parsed.set_username("***");
         let _ = parsed.set_password(None);
+    }
+    if parsed.fragment().is_some() {
+        parsed.set_fragment(Some("***"));
     }
     if parsed.query().is_some() {
         let names: Vec<String> = parsed.query_pairs().map(|(k, _)| k.into_owned()).collect();
@@ -49,6 +52,7 @@ mod tests {
             "https://***@n8n.example/webhook/x?token=***&x=***"
         );
         assert_eq!(url("http://h:1/send-response"), "http://h:1/send-response");
+        assert_eq!(url("http://h:1/x#s3cret"), "http://h:1/x#***");
         assert_eq!(url("not a url with hunter2"), "<not a URL>");
     }
 }

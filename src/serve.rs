@@ -8,8 +8,11 @@
 //!   whenever a connection waits for a request head — a new connection that sends nothing, a
 //!   slowloris trickling header bytes, and a keep-alive connection idle between two requests are
 //!   all closed when it runs out. A slow *body* is bounded by the request timeout (408).
-//! * **A connection cap** (`MAX_CONNECTIONS`, 4096): beyond it a connection is answered at once
-//!   with `503 {"error": "too_many_connections"}` and closed, so the kernel's backlog never
+//! * **A connection cap** (`MAX_CONNECTIONS`, 4096). At the cap, a new connection takes the
+//!   place of the oldest one that has no request in flight (silent since it connected, or idle
+//!   between requests): one client holding thousands of idle sockets cannot lock the others
+//!   out. Only when every connection is in the middle of a request is the new one answered at
+//!   once with `503 {"error": "too_many_connections"}` and closed, so the kernel's backlog never
 //!   fills with connections nobody will read.
 //! * **Open files**: the soft `RLIMIT_NOFILE` is raised to the hard limit at start (the `rlimit`
 //!   crate); when even that cannot hold the cap, the cap is lowered to fit and a WARN says so.
@@ -20,8 +23,10 @@
 //! HTTP/2 is not served: Kommo and n8n call with HTTP/1.1, and a TLS proxy in front speaks
 //! HTTP/1.1 to its upstream.
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
@@ -31,7 +36,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
@@ -52,6 +57,8 @@ pub struct ConnectionLimits {
 const RESERVED_FILES: u64 = 256;
 /// Refusals (503 over the cap) being written at once; beyond it a connection is just closed.
 const MAX_REFUSALS: usize = 64;
+/// How long a newcomer waits for the slot of the idle connection let go for it.
+const EVICTION_WAIT: Duration = Duration::from_millis(200);
 /// The largest request head accepted (hyper answers 431 beyond it).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
@@ -93,6 +100,52 @@ pub fn fit_open_files(wanted: usize) -> usize {
     }
 }
 
+/// One open connection, as the cap sees it.
+struct Open {
+    /// Requests being answered on it now; 0 = it may be let go for a newcomer.
+    busy: Arc<AtomicUsize>,
+    /// Closes it.
+    kick: Arc<Notify>,
+}
+
+/// The open connections, oldest first (ids only grow).
+#[derive(Default)]
+struct Connections(Mutex<BTreeMap<u64, Open>>);
+
+impl Connections {
+    /// Closes the oldest connection with no request in flight; whether there was one.
+    fn evict_oldest_idle(&self) -> bool {
+        let mut open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let idle = open
+            .iter()
+            .find(|(_, c)| c.busy.load(Ordering::Acquire) == 0)
+            .map(|(id, _)| *id);
+        match idle.and_then(|id| open.remove(&id)) {
+            Some(c) => {
+                c.kick.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Counts a request as in flight on its connection until it is answered (or dropped).
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(busy: &Arc<AtomicUsize>) -> Self {
+        busy.fetch_add(1, Ordering::AcqRel);
+        Self(busy.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then drains.
 pub async fn serve(
     listener: TcpListener,
@@ -102,6 +155,7 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
+    let open = Arc::new(Connections::default());
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -109,6 +163,7 @@ pub async fn serve(
         .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     tokio::pin!(shutdown);
+    let mut next_id = 0u64;
     loop {
         let (stream, _peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -123,21 +178,64 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            refuse(stream, &refusals);
-            continue;
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            // At the cap: make room by letting the oldest idle connection go.
+            Err(_) if open.evict_oldest_idle() => {
+                metrics::counter!("conversa_http_connections_evicted_total").increment(1);
+                match tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned()).await {
+                    Ok(Ok(slot)) => slot,
+                    _ => {
+                        refuse(stream, &refusals);
+                        continue;
+                    }
+                }
+            }
+            Err(_) => {
+                refuse(stream, &refusals);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
+        next_id += 1;
+        let id = next_id;
+        let busy = Arc::new(AtomicUsize::new(0));
+        let kick = Arc::new(Notify::new());
+        open.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                id,
+                Open {
+                    busy: busy.clone(),
+                    kick: kick.clone(),
+                },
+            );
         let service = TowerToHyperService::new(
             app.clone()
-                .map_request(|req: axum::http::Request<Incoming>| req.map(axum::body::Body::new)),
+                .map_request(|req: axum::http::Request<Incoming>| req.map(axum::body::Body::new))
+                .map_future(move |answer| {
+                    let in_flight = InFlight::new(&busy);
+                    async move {
+                        let answer = answer.await;
+                        drop(in_flight);
+                        answer
+                    }
+                }),
         );
-        let connection = http.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let open = open.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!(error = %e, "connection closed with an error");
+            tokio::select! {
+                done = connection => if let Err(e) = done {
+                    debug!(error = %e, "connection closed with an error");
+                },
+                () = kick.notified() => debug!("idle connection let go for a newcomer"),
             }
+            open.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id);
             drop(slot);
         });
     }

@@ -42,6 +42,19 @@ async fn post_form(s: &Service, path: &str, body: String) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// POSTs `body` as it is, with `content_type` and no credential; the status.
+async fn post_raw(s: &Service, path: &str, content_type: &str, body: &str) -> u16 {
+    let r = s
+        .client
+        .post(s.url(path))
+        .header("content-type", content_type)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    r.status().as_u16()
+}
+
 /// The stored snapshot's size in Redis, in bytes.
 fn stored_bytes(redis: &RedisServer, contact: u64) -> usize {
     let out = Command::new("redis-cli")
@@ -179,10 +192,8 @@ async fn a_reply_is_accepted_only_with_its_dispatch_proof() {
     let dispatch = &got[0].body;
     let dispatch_id = dispatch["dispatch_id"].as_str().unwrap().to_owned();
     let callback_url = dispatch["callback_url"].as_str().unwrap().to_owned();
-    assert!(
-        callback_url.contains("/send-response?reply_token="),
-        "{callback_url}"
-    );
+    let expected = format!("/send-response?contact_id=4242&dispatch_id={dispatch_id}&reply_token=");
+    assert!(callback_url.contains(&expected), "{callback_url}");
     let token = callback_url
         .split("reply_token=")
         .nth(1)
@@ -201,25 +212,36 @@ async fn a_reply_is_accepted_only_with_its_dispatch_proof() {
         }
     };
     let reply = json!({"contact_id": 4242, "dispatch_id": dispatch_id, "text": "Olá!"});
-    // Forged: no proof, a made-up token, the token of another dispatch, the API key.
+    // Forged: no proof, a made-up token, the token used for another dispatch or contact.
     let (status, err) = post(s.url("/send-response"), reply.clone()).await;
     assert_eq!(
         (status, err["error"].as_str()),
         (401, Some("unauthorized")),
         "{err}"
     );
-    let (status, _) = post(
-        s.url("/send-response?reply_token=00000000000000000000000000000000"),
-        reply.clone(),
-    )
-    .await;
+    let forged = s.url(&format!(
+        "/send-response?contact_id=4242&dispatch_id={dispatch_id}&reply_token=00000000000000000000000000000000"
+    ));
+    let (status, _) = post(forged, reply.clone()).await;
     assert_eq!(status, 401);
+    let moved = callback_url.replace(&dispatch_id, "0-4242-2");
+    let (status, _) = post(moved, reply.clone()).await;
+    assert_eq!(status, 401, "a token proves one dispatch");
+    let other_contact = callback_url.replace("contact_id=4242", "contact_id=4243");
+    let (status, _) = post(other_contact, reply.clone()).await;
+    assert_eq!(status, 401, "a token proves one contact");
+    // The right URL with a body naming another dispatch or contact.
     let other = json!({"contact_id": 4242, "dispatch_id": "0-4242-2", "text": "Olá!"});
     let (status, _) = post(callback_url.clone(), other).await;
-    assert_eq!(status, 401, "a token proves one dispatch");
-    let no_id = json!({"contact_id": 4242, "text": "Olá!"});
-    let (status, _) = post(callback_url.clone(), no_id).await;
-    assert_eq!(status, 401, "a token answers a named dispatch");
+    assert_eq!(status, 401, "the body must answer what the URL proves");
+    let other = json!({"contact_id": 4243, "dispatch_id": dispatch_id, "text": "Olá!"});
+    let (status, _) = post(callback_url.clone(), other).await;
+    assert_eq!(status, 401, "the body must answer what the URL proves");
+    // A bogus token is refused before the body is read, whatever the body.
+    for (ct, body) in [("text/plain", "not json"), ("application/json", "[1]")] {
+        let bogus = "/send-response?contact_id=4242&dispatch_id=x&reply_token=abc";
+        assert_eq!(post_raw(&s, bogus, ct, body).await, 401, "{ct} {body}");
+    }
     let r = s
         .client
         .post(s.url("/send-response"))
@@ -236,9 +258,11 @@ async fn a_reply_is_accepted_only_with_its_dispatch_proof() {
         !c["timeline"].to_string().contains("reply_accepted"),
         "nothing forged reached the conversation"
     );
-    // The callback URL as conversa sent it: accepted by the conversation.
-    let (status, answer) = post(callback_url, reply).await;
+    // The callback URL as conversa sent it: accepted by the conversation (a body without
+    // `dispatch_id` answers the dispatch the URL names).
+    let (status, answer) = post(callback_url, json!({"contact_id": 4242, "text": "Olá!"})).await;
     assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["dispatch_id"], dispatch_id.as_str(), "{answer}");
     assert_eq!(answer["reason"], "kommo_not_configured", "{answer}");
 
     // Credentials are checked before the body is read: a bad body without them is a 401.
@@ -246,24 +270,13 @@ async fn a_reply_is_accepted_only_with_its_dispatch_proof() {
         ("text/plain", "not json"),
         ("application/json", "{\"contact_id\": \"x\"}"),
     ] {
-        let r = s
-            .client
-            .post(s.url("/send-response"))
-            .header("content-type", ct)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 401, "{ct} {body}");
-        let r = s
-            .client
-            .post(s.url("/bot-control"))
-            .header("content-type", ct)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 401, "bot-control: {ct} {body}");
+        for path in ["/send-response", "/bot-control"] {
+            assert_eq!(
+                post_raw(&s, path, ct, body).await,
+                401,
+                "{path}: {ct} {body}"
+            );
+        }
     }
 }
 
@@ -295,9 +308,11 @@ async fn reply_tokens_survive_a_restart() {
 
 #[test]
 fn exposed_binds_need_a_long_api_key_and_a_webhook_secret() {
+    // A binary that starts where it must refuse is killed and reported, never hangs the test.
     let run = |env: &[(&str, &str)]| {
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_conversa"))
+        let log = dir.path().join("stderr");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_conversa"))
             .env("HOST", "0.0.0.0")
             .env("PORT", "0")
             .env("DATA_DIR", dir.path())
@@ -305,10 +320,24 @@ fn exposed_binds_need_a_long_api_key_and_a_webhook_secret() {
             .env_remove("WEBHOOK_SECRET")
             .env_remove("ALLOW_INSECURE")
             .envs(env.iter().copied())
-            .output()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
             .unwrap();
-        assert!(!out.status.success(), "{env:?} started");
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{env:?} started listening instead of refusing");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!status.success(), "{env:?} started");
+        std::fs::read_to_string(&log).unwrap()
     };
     let long = "a-long-operator-key-0123";
     let err = run(&[("API_KEY", long)]);
@@ -318,10 +347,15 @@ fn exposed_binds_need_a_long_api_key_and_a_webhook_secret() {
         ("WEBHOOK_SECRET", "s3cret-s3cret"),
     ]);
     assert!(err.contains("API_KEY of 9 characters"), "{err}");
-    let err = run(&[("API_KEY", "   "), ("WEBHOOK_SECRET", "s3cret-s3cret")]);
+    let err = run(&[
+        ("API_KEY", "   "),
+        ("WEBHOOK_SECRET", "s3cret-s3cret-s3cret"),
+    ]);
     assert!(err.contains("without API_KEY"), "{err}");
+    let err = run(&[("API_KEY", long), ("WEBHOOK_SECRET", "x")]);
+    assert!(err.contains("WEBHOOK_SECRET of 1 characters"), "{err}");
     // Neither secret is ever printed in the refusal.
-    assert!(!err.contains("s3cret-s3cret"), "{err}");
+    assert!(!err.contains("s3cret-s3cret-s3cret"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -468,15 +502,7 @@ async fn metric_labels_come_from_closed_sets() {
             .await
             .unwrap();
     }
-    let text = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.get_text("/metrics").await;
     for made_up in ["attacker", "BREW", "PROPFIND", "X-ATTACK", "nowhere"] {
         assert!(!text.contains(made_up), "{made_up} became a label:\n{text}");
     }
@@ -533,6 +559,57 @@ async fn a_webhook_naming_many_contacts_queues_instead_of_stampeding() {
         n8n.health_checks() - before <= 2,
         "{} probes",
         n8n.health_checks() - before
+    );
+}
+
+/// A slow n8n (each answer 2 s) with one turn and a 3 s effect timeout: a dispatch whose turn
+/// comes late is not sent with too little time left (to be cut off and sent again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_n8n_never_sees_more_than_its_turns_nor_a_dispatch_twice() {
+    let n8n = FakeN8n::start().await;
+    n8n.set_delay(Duration::from_secs(2));
+    let data = tempfile::tempdir().unwrap();
+    let s = Service::start(&[
+        ("DATA_DIR", data.path().to_str().unwrap()),
+        ("N8N_WEBHOOK_URL", &n8n.url()),
+        ("N8N_MAX_CONCURRENCY", "1"),
+        ("EFFECT_TIMEOUT_SECS", "3"),
+        ("RETRY_BASE_MS", "200"),
+        ("RETRY_MAX_SECS", "1"),
+        ("DEBOUNCE_MS", "0"),
+    ])
+    .await;
+    let items = [
+        ("slow-1", 30_301, "Oi"),
+        ("slow-2", 30_302, "Oi"),
+        ("slow-3", 30_303, "Oi"),
+    ];
+    let (status, _) = post_form(&s, "/webhooks/kommo", webhook(&items)).await;
+    assert_eq!(status, 200);
+    n8n.wait_for_accepted(3, Duration::from_secs(60)).await;
+    // Settled: nothing left in any of the three outboxes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for contact in [30_301, 30_302, 30_303] {
+        loop {
+            let (_, c) = s.get(&format!("/conversations/{contact}")).await;
+            if c["outbox"].as_array().is_some_and(Vec::is_empty) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{c}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(n8n.max_in_flight(), 1);
+    let all = n8n.received();
+    let mut keys: Vec<&str> = all
+        .iter()
+        .filter_map(|r| r.header("idempotency-key"))
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["0-30301-1", "0-30302-1", "0-30303-1"],
+        "each dispatch once"
     );
 }
 

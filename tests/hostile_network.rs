@@ -199,28 +199,63 @@ fn an_idle_keep_alive_connection_is_closed() {
 }
 
 #[test]
-fn connections_beyond_the_cap_get_a_clear_503_and_the_service_recovers() {
+fn at_the_cap_an_idle_connection_makes_room_and_only_busy_ones_refuse() {
+    // One client holding every slot with silent connections cannot lock others out: the
+    // oldest idle one is let go for the newcomer.
     let service = Exposed::start(&[
         ("MAX_CONNECTIONS", "20"),
         ("HEADER_READ_TIMEOUT_SECS", "30"),
     ]);
     let port = service.port;
-    let held: Vec<TcpStream> = (0..20)
+    let mut held: Vec<TcpStream> = (0..20)
         .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
         .collect();
-    // The held ones are accepted in order; the next is refused with a JSON 503.
+    for _ in 0..5 {
+        let (status, _) = health(port, Duration::from_secs(2)).expect("an answer");
+        assert!(status.contains("200"), "{status}");
+    }
+    let closed = held
+        .iter_mut()
+        .map(|s| closed_by_server(s, Duration::from_millis(200)))
+        .filter(|closed| *closed)
+        .count();
+    assert!(closed >= 1, "no idle connection was let go");
+    drop(held);
+
+    // Every slot in the middle of a request (a body that never finishes): a newcomer gets a
+    // clear 503, and the service recovers once they are gone.
+    let service = Exposed::start(&[("MAX_CONNECTIONS", "20"), ("REQUEST_TIMEOUT_MS", "30000")]);
+    let port = service.port;
+    // `Expect: 100-continue`: the server's `100 Continue` proves the request is being handled
+    // (its body awaited) before the next connection comes.
+    let busy: Vec<TcpStream> = (0..20)
+        .map(|i| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(
+                b"POST /bot-control HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n",
+            )
+            .unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let got = String::from_utf8_lossy(&buf[..n]).into_owned();
+            assert!(got.starts_with("HTTP/1.1 100"), "connection {i}: {got:?}");
+            s.write_all(b"{").unwrap();
+            s
+        })
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(10);
     let (status, body) = loop {
         let answer = health(port, Duration::from_secs(2)).expect("an answer, not a hang");
         if answer.0.contains("503") || Instant::now() > deadline {
             break answer;
         }
+        std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.starts_with("HTTP/1.1 503"), "{status}");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["error"], "too_many_connections", "{body}");
-    drop(held);
-    // Their slots come back.
+    drop(busy);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (status, _) = health(port, Duration::from_secs(2)).unwrap();
@@ -262,4 +297,30 @@ fn an_oversized_request_head_is_refused_without_a_hang() {
     }
     let (status, _) = health(port, Duration::from_secs(1)).unwrap();
     assert!(status.contains("200"), "{status}");
+}
+
+#[test]
+fn credentials_are_checked_before_the_body_arrives() {
+    let service = Exposed::start(&[
+        ("WEBHOOK_SECRET", "a-webhook-secret-0123"),
+        ("API_KEY", "an-operator-key-0123456"),
+        ("MAX_BODY_BYTES", "1024"),
+    ]);
+    // Each head announces a body far over the limit and sends none of it: the answer is
+    // the missing credential, at once, not a 413 nor a wait for the body.
+    for target in [
+        "/webhooks/kommo?token=wrong",
+        "/webhooks/kommo/wrong",
+        "/send-response",
+        "/send-response?contact_id=1&dispatch_id=x&reply_token=abc",
+        "/bot-control",
+    ] {
+        let head = format!(
+            "POST {target} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\nConnection: close\r\n\r\n"
+        );
+        let (status, body) = request(service.port, &head, Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("{target}: no answer before the body: {e}"));
+        assert!(status.contains(" 401 "), "{target}: {status} {body}");
+        assert!(body.contains("\"unauthorized\""), "{target}: {body}");
+    }
 }

@@ -774,3 +774,32 @@ async fn emits_webhooks_like_kommo() {
     assert_eq!(got, body);
     server.abort();
 }
+
+#[tokio::test]
+async fn requests_in_flight_never_exceed_the_concurrency_limit() {
+    let fake = FakeKommo::start().await;
+    fake.set_salesbot_delay(Some(Duration::from_millis(600)));
+    let tokens = manager(&fake, Arc::new(MemoryStore::new()), Some(seed_pair(&fake)));
+    let client = client_with(
+        tokens,
+        KommoSettings {
+            max_concurrency: 2,
+            ..settings(&fake)
+        },
+    );
+    // At 7 req/s, six runs answered 600 ms late would overlap four deep without the limit.
+    let mut runs = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let client = client.clone();
+        runs.spawn(async move {
+            client
+                .run_salesbot(84_562, 878_000 + i, &Commitment::default())
+                .await
+        });
+    }
+    while let Some(result) = runs.join_next().await {
+        result.unwrap().unwrap();
+    }
+    assert_eq!(fake.salesbot_runs().len(), 6);
+    assert_eq!(fake.max_salesbot_runs_in_flight(), 2);
+}

@@ -295,7 +295,7 @@ async fn callback_url_comes_from_the_public_url_and_the_workflow_can_use_it() {
     let token = ReplyTokens::with_key(TOKEN_KEY).token(ContactKey::new(33981183, 1298200), "d-cb");
     assert_eq!(
         r.body["callback_url"],
-        format!("{base}/send-response?reply_token={token}")
+        format!("{base}/send-response?contact_id=1298200&dispatch_id=d-cb&reply_token={token}")
     );
 
     let deadline = Instant::now() + WAIT;

@@ -59,7 +59,10 @@ async fn the_reply_to_the_current_dispatch_is_delivered_and_a_late_one_dropped()
     let d1 = first[0].body["dispatch_id"].as_str().unwrap().to_owned();
     let callback_url = first[0].body["callback_url"].as_str().unwrap();
     assert!(
-        callback_url.starts_with(&format!("{}?reply_token=", service.url("/send-response"))),
+        callback_url.starts_with(&format!(
+            "{}?contact_id=42&dispatch_id={d1}&reply_token=",
+            service.url("/send-response")
+        )),
         "n8n is told where to answer, with the reply's proof: {callback_url}"
     );
 

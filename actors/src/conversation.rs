@@ -42,6 +42,8 @@ const SEEN_CAPACITY: usize = 256;
 const RECENT_DISPATCHES: usize = 32;
 /// How many sent reply texts are remembered to recognise their echoes in the chat.
 const RECENT_REPLIES: usize = 20;
+/// The most notes that wait in the outbox (Kommo away); older ones are cancelled.
+const QUEUED_NOTES: usize = 20;
 /// The longest error kept on an outbox entry or in a note, in bytes.
 const MAX_ERROR_BYTES: usize = 300;
 /// What [`Conversation::trim`] keeps.
@@ -1236,6 +1238,30 @@ impl Step<'_> {
         );
         self.out.effects.push(effect);
         self.out.changed = true;
+        self.bound_outbox();
+    }
+
+    /// Keeps what waits in the outbox bounded whatever is repeated while n8n or Kommo is
+    /// away: a newer `released` dispatch replaces the older ones not sent yet (it carries
+    /// everything they did), and at most [`QUEUED_NOTES`] notes wait (the oldest go).
+    fn bound_outbox(&mut self) {
+        let released = |e: &OutboxEntry| matches!(&e.effect, Effect::Dispatch(d) if d.kind == DispatchKind::Released);
+        // Entries are in creation order: the last is the one just queued.
+        if let Some(newest) = self.c.outbox.entries().last().filter(|e| released(e)) {
+            let newest = newest.id.clone();
+            self.cancel_outbox(|e| released(e) && e.claim.is_none() && e.id != newest);
+        }
+        let waiting_notes: Vec<String> = self
+            .c
+            .outbox
+            .entries()
+            .filter(|e| e.claim.is_none() && matches!(e.effect, Effect::AddNote { .. }))
+            .map(|e| e.id.clone())
+            .collect();
+        if let Some(excess) = waiting_notes.len().checked_sub(QUEUED_NOTES) {
+            let doomed = &waiting_notes[..excess];
+            self.cancel_outbox(|e| doomed.contains(&e.id));
+        }
     }
 
     fn cancel_outbox(&mut self, doomed: impl FnMut(&OutboxEntry) -> bool) {

@@ -353,12 +353,17 @@ impl Core {
                 Ok(actor)
             }
             Err(e) => {
-                // pre_start failed: the store could not load the snapshot.
+                // pre_start failed: the store could not load the snapshot. The answer names
+                // the store's error, not the actor framework's wording around it.
                 let text = e.to_string();
                 if text.contains("corrupt") {
                     Err(EngineError::Corrupt(text))
                 } else {
-                    Err(EngineError::Unavailable(text))
+                    let cause = text
+                        .find("store unavailable: ")
+                        .map(|at| text[at + "store unavailable: ".len()..].to_owned())
+                        .unwrap_or_else(|| "the conversation could not be loaded".to_owned());
+                    Err(EngineError::Unavailable(cause))
                 }
             }
         }

@@ -1998,6 +1998,40 @@ fn a_snapshot_over_its_cap_is_trimmed_and_says_what_went() {
 }
 
 #[test]
+fn what_waits_in_the_outbox_stays_bounded_however_often_the_bot_is_toggled() {
+    let mut s = Sim::immediate();
+    s.ok(customer("m1"));
+    for _ in 0..200 {
+        s.advance(1_000).ok(assume("ana"));
+        s.advance(1_000).ok(release("ana"));
+    }
+    let released = s
+        .c
+        .outbox
+        .entries()
+        .filter(|e| matches!(&e.effect, Effect::Dispatch(d) if d.kind == DispatchKind::Released))
+        .count();
+    assert_eq!(released, 1, "the newest release replaces the ones not sent");
+    let notes =
+        s.c.outbox
+            .entries()
+            .filter(|e| matches!(e.effect, Effect::AddNote { .. }))
+            .count();
+    assert!(notes <= 20, "{notes} notes waiting");
+    // The release that waits still carries what nobody answered.
+    let waiting =
+        s.c.outbox
+            .entries()
+            .find_map(|e| match &e.effect {
+                Effect::Dispatch(d) if d.kind == DispatchKind::Released => Some(d.clone()),
+                _ => None,
+            })
+            .unwrap();
+    assert_eq!(ids(&waiting), ["m1"]);
+    assert!(s.c.outbox.len() <= 25, "{}", s.c.outbox.len());
+}
+
+#[test]
 fn a_long_reply_is_remembered_by_a_bounded_key() {
     let long = "palavra ".repeat(5_000);
     let key = conversa_actors::conversation::echo_key(&long);

@@ -27,6 +27,9 @@ pub struct CommandBody {
     /// `/assumir <contact_id>`, `/liberar <contact_id>` or `/status <contact_id>`
     /// (case-insensitive; `#12345` accepted; `mensagem` also accepted as the key).
     #[serde(alias = "mensagem")]
+    #[schema(
+        pattern = r"^\s*/([Aa][Ss][Ss][Uu][Mm][Ii][Rr]|[Ll][Ii][Bb][Ee][Rr][Aa][Rr]|[Ss][Tt][Aa][Tt][Uu][Ss])\s+#*0*[1-9][0-9]{0,14}(\s[\s\S]*)?$"
+    )]
     message: String,
     /// The seller's own WhatsApp contact id (identifies the seller).
     contact_id: KommoId,

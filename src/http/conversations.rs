@@ -29,7 +29,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
 struct Listing {
     /// At most this many conversations (`/conversations/active`: default 1000, at most
     /// 100000; `/debug/conversations`: default 50, at most 1000).
-    limit: Option<usize>,
+    #[param(inline)]
+    limit: Option<crate::http::Count>,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -98,7 +99,7 @@ pub struct DebugConversation {
     path = "/conversations/{contact_id}",
     tag = "conversations",
     params(
-        ("contact_id" = u64, Path, description = "The customer's Kommo contact id", example = 1298200),
+        ("contact_id" = u64, Path, minimum = 1, maximum = 999_999_999_999_999u64, description = "The customer's Kommo contact id", example = 1298200),
         Account,
     ),
     responses(
@@ -115,13 +116,7 @@ async fn one(
     Path(contact_id): Path<String>,
     QueryParams(account): QueryParams<Account>,
 ) -> Result<Json<Value>, ApiError> {
-    let contact_id: u64 = contact_id
-        .parse()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| {
-            ApiError::bad_field("contact_id", "contact_id must be a positive integer")
-        })?;
+    let contact_id = crate::http::path_id("contact_id", &contact_id)?;
     let mut key = app.contact(contact_id);
     if let Some(account_id) = account.account_id {
         key.account_id = account_id;
@@ -152,7 +147,7 @@ async fn active(
     State(app): State<AppState>,
     QueryParams(q): QueryParams<Listing>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = q.limit.unwrap_or(1000).min(100_000);
+    let limit = q.limit.map_or(1000, |c| c.0).min(100_000);
     let phases = app.engine().store().phases(usize::MAX).await?;
     let live: Vec<Value> = phases
         .into_iter()
@@ -180,7 +175,7 @@ async fn debug(
     State(app): State<AppState>,
     QueryParams(q): QueryParams<Listing>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = q.limit.unwrap_or(50).min(1000);
+    let limit = q.limit.map_or(50, |c| c.0).min(1000);
     let engine = app.engine();
     let mut items = Vec::new();
     for (key, _) in engine.store().phases(limit).await? {

@@ -23,8 +23,8 @@ struct Filter {
     /// Only this kind (`webhook_item`).
     kind: Option<String>,
     /// At most this many (default 100, at most 500).
-    #[param(value_type = Option<u32>)]
-    limit: Option<String>,
+    #[param(inline)]
+    limit: Option<crate::http::Count>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -45,7 +45,7 @@ pub struct DeadLetterList {
     responses(
         (status = 200, description = "The records kept (the newest 500)", body = DeadLetterList),
         (status = 400, description = "A `limit` that is not a whole number", body = ApiError,
-         example = json!({"error": "bad_request", "field": "limit", "message": "limit must be a whole number, got \"abc\""})),
+         example = json!({"error": "bad_request", "field": "limit", "message": "limit: must be a whole number, got \"abc\""})),
         (status = 503, response = crate::openapi::StoreUnavailable),
     ),
 )]
@@ -53,16 +53,10 @@ async fn list(
     State(app): State<AppState>,
     QueryParams(filter): QueryParams<Filter>,
 ) -> Result<Json<DeadLetterList>, ApiError> {
-    let limit = match filter.limit.as_deref().map(str::trim) {
-        None | Some("") => 100,
-        Some(raw) => raw.parse::<usize>().map_err(|_| {
-            ApiError::bad_field(
-                "limit",
-                format!("limit must be a whole number, got {raw:?}"),
-            )
-        })?,
-    }
-    .min(crate::dead_letters::KEPT);
+    let limit = filter
+        .limit
+        .map_or(100, |c| c.0)
+        .min(crate::dead_letters::KEPT);
     let dead_letters: Vec<DeadLetter> = app
         .0
         .dead_letters

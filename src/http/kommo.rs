@@ -456,7 +456,7 @@ async fn n8n_probe(app: &AppState) -> Value {
     post,
     path = "/create-test-note/{lead_id}",
     tag = "kommo",
-    params(("lead_id" = u64, Path, description = "A Kommo lead id", example = 878244)),
+    params(("lead_id" = u64, Path, minimum = 1, maximum = 999_999_999_999_999u64, description = "A Kommo lead id", example = 878244)),
     responses(
         (status = 201, description = "The note was written", body = TestNote),
         (status = 400, description = "`lead_id` is not a positive integer", body = ApiError,
@@ -471,11 +471,7 @@ async fn test_note(
     State(app): State<AppState>,
     Path(lead_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let lead_id: u64 = lead_id
-        .parse()
-        .ok()
-        .filter(|l| *l > 0)
-        .ok_or_else(|| ApiError::bad_field("lead_id", "lead_id must be a positive integer"))?;
+    let lead_id = crate::http::path_id("lead_id", &lead_id)?;
     let kommo = kommo(&app)?;
     let note_id = kommo
         .add_note(

@@ -17,7 +17,6 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -49,12 +48,13 @@ pub struct Limits {
 pub fn wrap(router: Router<AppState>, state: AppState, limits: Limits) -> Router {
     let request_id = header::HeaderName::from_static("x-request-id");
     // `Router::layer` wraps outside what is already there: innermost first.
-    // The API key is checked before the body is read or its size judged: a caller without
-    // the key learns nothing but 401.
+    // Credentials are checked before the body is read or its size judged: a caller without
+    // them learns nothing but 401. So the body limit applies when a handler reads the body
+    // (axum's `DefaultBodyLimit`, after the extractors that check the webhook secret and the
+    // reply proof), not as a layer in front of everything.
     router
         .route_layer(middleware::from_fn(crate::http::metrics::track))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,

@@ -147,6 +147,78 @@ pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::not_found(format!("no route for {}", uri.path()))
 }
 
+/// The largest Kommo id accepted: 15 digits (Kommo's ids have far fewer), so every id is
+/// exact in n8n's JavaScript and the OpenAPI document can say precisely what is accepted.
+pub const MAX_ID: u64 = 999_999_999_999_999;
+
+/// A Kommo id from text (a path segment, a query value, a string field): digits, optionally
+/// between spaces, tabs or line breaks, from 1 to [`MAX_ID`]. The one rule for every id the
+/// API takes.
+pub fn parse_id(raw: &str) -> Option<u64> {
+    let digits = raw.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits
+        .parse::<u64>()
+        .ok()
+        .filter(|id| (1..=MAX_ID).contains(id))
+}
+
+/// A path segment that must be a Kommo id, or a 400 naming the parameter.
+pub fn path_id(field: &str, raw: &str) -> Result<u64, ApiError> {
+    parse_id(raw).ok_or_else(|| {
+        ApiError::bad_field(
+            field,
+            format!("{field} must be a positive integer of at most 15 digits"),
+        )
+    })
+}
+
+/// A count in a query string (`?limit=`): a whole number of any size (more than a route
+/// serves means "as many as it serves"). Anything else is a 400 naming the parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Count(pub usize);
+
+impl utoipa::PartialSchema for Count {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(0))
+            .description(Some(
+                "A whole number; above the route's maximum it means the maximum",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Count {}
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Count;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a whole number")
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Count, E> {
+                Ok(Count(usize::try_from(n).unwrap_or(usize::MAX)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Count, E> {
+                if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(E::custom(format!("must be a whole number, got {s:?}")));
+                }
+                Ok(Count(s.parse().unwrap_or(usize::MAX)))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
 /// A Kommo id as the original API took it: a positive integer, or a string of digits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KommoId(pub u64);
@@ -159,12 +231,13 @@ impl utoipa::PartialSchema for KommoId {
                 ObjectBuilder::new()
                     .schema_type(Type::Integer)
                     .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
-                    .minimum(Some(1)),
+                    .minimum(Some(1))
+                    .maximum(Some(MAX_ID)),
             )
             .item(
                 ObjectBuilder::new()
                     .schema_type(Type::String)
-                    .pattern(Some(r"^\s*[0-9]*[1-9][0-9]*\s*$")),
+                    .pattern(Some(r"^[ \t\n\r]*0*[1-9][0-9]{0,14}[ \t\n\r]*$")),
             )
             .description(Some(
                 "A Kommo id: a positive integer, or a string of digits (as the original API took it)",
@@ -189,8 +262,10 @@ impl<'de> Deserialize<'de> for KommoId {
             }
 
             fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<KommoId, E> {
-                if n == 0 {
-                    return Err(E::custom("must be a positive integer, got 0"));
+                if n == 0 || n > MAX_ID {
+                    return Err(E::custom(format!(
+                        "must be a positive integer of at most 15 digits, got {n}"
+                    )));
                 }
                 Ok(KommoId(n))
             }
@@ -202,14 +277,21 @@ impl<'de> Deserialize<'de> for KommoId {
                 }
             }
 
+            /// A whole number written with a fraction (`179.0`) is that number, as JSON
+            /// Schema's `integer` says.
             fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<KommoId, E> {
+                if n.fract() == 0.0 && n >= 1.0 && n <= MAX_ID as f64 {
+                    return self.visit_u64(n as u64);
+                }
                 Err(E::custom(format!("must be a positive integer, got {n}")))
             }
 
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<KommoId, E> {
-                match s.trim().parse::<u64>() {
-                    Ok(n) => self.visit_u64(n),
-                    Err(_) => Err(E::custom(format!("must be a positive integer, got {s:?}"))),
+                match parse_id(s) {
+                    Some(n) => Ok(KommoId(n)),
+                    None => Err(E::custom(format!(
+                        "must be a positive integer of at most 15 digits, got {s:?}"
+                    ))),
                 }
             }
         }

@@ -51,7 +51,7 @@ pub struct StartProactive {
     trigger_type: String,
     /// Anything n8n should know about the lead (passed through).
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     lead_data: Value,
 }
 
@@ -218,6 +218,12 @@ async fn start_proactive(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<StartProactive>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if !(body.lead_data.is_object() || body.lead_data.is_null()) {
+        return Err(ApiError::bad_field(
+            "lead_data",
+            "`lead_data` must be a JSON object (`{...}`)",
+        ));
+    }
     crate::http::bounded_json("lead_data", &body.lead_data, crate::http::MAX_DETAILS_BYTES)?;
     crate::http::bounded_text("area_atuacao", &body.area_atuacao, MAX_NAME_CHARS)?;
     let trigger = body.trigger_type.trim().to_lowercase();

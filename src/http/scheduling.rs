@@ -66,14 +66,17 @@ fn id_field(body: &Map<String, Value>, field: &str) -> Result<Option<u64>, ApiEr
     let bad = || ApiError::bad_field(field, format!("{field} must be a positive integer"));
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_u64().filter(|v| *v > 0).map(Some).ok_or_else(bad),
-        Some(Value::String(s)) => s
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|v| *v > 0)
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 1.0)
+                    .map(|f| f as u64)
+            })
+            .filter(|v| (1..=crate::http::MAX_ID).contains(v))
             .map(Some)
             .ok_or_else(bad),
+        Some(Value::String(s)) => crate::http::parse_id(s).map(Some).ok_or_else(bad),
         Some(_) => Err(bad()),
     }
 }

@@ -235,12 +235,39 @@ pub struct AddSeller {
 }
 
 /// A phone: a string, or a number taken as its digits.
-#[derive(Deserialize, ToSchema)]
+#[derive(Deserialize)]
 #[serde(untagged)]
 pub enum PhoneText {
     Text(String),
     Number(u64),
 }
+
+/// In the OpenAPI document: what the directory accepts, 8 to 15 digits (a blank string is no
+/// phone).
+impl utoipa::PartialSchema for PhoneText {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^(\s*|[^0-9]*([0-9][^0-9]*){8,15})$")),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(10_000_000))
+                    .maximum(Some(999_999_999_999_999u64)),
+            )
+            .description(Some(
+                "A phone with 8 to 15 digits: a string (any separators), or a number",
+            ))
+            .examples([serde_json::json!("+55 11 98765-4321")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for PhoneText {}
 
 /// Areas: a list of strings, or one string of comma- or semicolon-separated areas.
 #[derive(Deserialize, ToSchema)]
@@ -398,11 +425,7 @@ async fn sync(State(dir): State<Arc<SellerDirectory>>) -> Result<Json<Value>, Ap
 }
 
 fn parse_id(field: &str, raw: &str) -> Result<u64, ApiError> {
-    raw.trim()
-        .parse()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| ApiError::bad_field(field, format!("{field} must be a positive integer")))
+    crate::http::path_id(field, raw)
 }
 
 /// The seller id the contact's conversation holds, and the lead it is linked to.
@@ -440,7 +463,7 @@ fn found(hit: Option<(Seller, &'static str)>, what: String) -> Result<Json<Value
     get,
     path = "/vendedor/conversa/{talk_id}",
     tag = "sellers",
-    params(("talk_id" = u64, Path, description = "A Kommo talk id", example = 109)),
+    params(("talk_id" = u64, Path, minimum = 1, maximum = 999_999_999_999_999u64, description = "A Kommo talk id", example = 109)),
     responses(
         (status = 200, description = "The responsible seller", body = Responsible),
         (status = 400, description = "The id is not a positive integer", body = ApiError,
@@ -487,7 +510,7 @@ async fn for_talk(
     get,
     path = "/vendedor/contato/{contact_id}",
     tag = "sellers",
-    params(("contact_id" = u64, Path, description = "A customer's Kommo contact id", example = 1298200)),
+    params(("contact_id" = u64, Path, minimum = 1, maximum = 999_999_999_999_999u64, description = "A customer's Kommo contact id", example = 1298200)),
     responses(
         (status = 200, description = "The responsible seller", body = Responsible),
         (status = 400, description = "The id is not a positive integer", body = ApiError,
@@ -525,7 +548,7 @@ async fn for_contact(
     get,
     path = "/vendedor/lead/{lead_id}",
     tag = "sellers",
-    params(("lead_id" = u64, Path, description = "A Kommo lead id", example = 878244)),
+    params(("lead_id" = u64, Path, minimum = 1, maximum = 999_999_999_999_999u64, description = "A Kommo lead id", example = 878244)),
     responses(
         (status = 200, description = "The responsible seller", body = Responsible),
         (status = 400, description = "The id is not a positive integer", body = ApiError,

@@ -37,20 +37,21 @@ pub struct Callback {
     contact_id: KommoId,
     /// The reply (at most 4096 characters).
     #[serde(default)]
-    #[schema(nullable = false, max_length = 4096)]
+    #[schema(max_length = 4096)]
     text: Option<String>,
-    /// A reply in several parts (sent in order; at most 10, each at most 4096 characters).
+    /// A reply in several parts (sent in order, after `text` if both are given; at most 10,
+    /// each at most 4096 characters).
     #[serde(default)]
     #[schema(max_items = 10)]
     messages: Vec<Part>,
     /// The `dispatch_id` n8n was called with: a reply to an older or replaced dispatch is
     /// dropped (`delivered: false`). Required with `reply_token`.
     #[serde(default)]
-    #[schema(nullable = false, max_length = 128)]
+    #[schema(max_length = 128)]
     dispatch_id: Option<String>,
     /// Settles a scheduling request: `{"status": "confirmed" | "failed", ...details}`.
     #[serde(default)]
-    #[schema(value_type = Option<SchedulingOutcome>, nullable = false)]
+    #[schema(value_type = Option<SchedulingOutcome>)]
     scheduling: Option<Value>,
 }
 
@@ -124,7 +125,8 @@ pub enum Part {
 
 /// The longest part of a reply, in characters (WhatsApp's limit for one text message).
 pub const MAX_REPLY_CHARS: usize = 4096;
-/// The most parts of one reply.
+/// The most parts in `messages` (`text`, when given too, goes first: 11 WhatsApp messages at
+/// most).
 pub const MAX_REPLY_PARTS: usize = 10;
 /// The longest `dispatch_id` (conversa's are far shorter).
 const MAX_DISPATCH_ID_CHARS: usize = 128;
@@ -164,8 +166,12 @@ impl Part {
             "dispatch_id": "0-1298200-3", "text": "Agendado!",
             "scheduling": {"status": "confirmed", "when": "amanhã 10h"}}))),
     )),
-    params(("reply_token" = Option<String>, Query,
-        description = "The dispatch's reply token (in the `callback_url` conversa sent); not needed with `N8N_CALLBACK_TOKEN` as a bearer token")),
+    params(
+        ("contact_id" = Option<u64>, Query, minimum = 1, description = "The dispatch's contact, as in its `callback_url`"),
+        ("dispatch_id" = Option<String>, Query, description = "The dispatch answered, as in its `callback_url` (a body without `dispatch_id` answers it)"),
+        ("reply_token" = Option<String>, Query,
+         description = "The dispatch's reply token, as in its `callback_url`; not needed with `N8N_CALLBACK_TOKEN` as a bearer token"),
+    ),
     security(("reply_token" = []), ("n8n_callback" = [])),
     responses(
         (status = 200, description = "Delivered, or dropped with the reason", body = CallbackAnswer,
@@ -193,10 +199,10 @@ impl Part {
 async fn send_response(
     State(app): State<AppState>,
     proof: ReplyProof,
-    JsonBody(body): JsonBody<Callback>,
+    JsonBody(mut body): JsonBody<Callback>,
 ) -> Result<Json<Value>, ApiError> {
     let key = app.contact(body.contact_id.0);
-    proof.check(&app, key, body.dispatch_id.as_deref())?;
+    proof.check(key.contact_id, &mut body.dispatch_id)?;
     if app.engine().conversation(&key).await?.is_none() {
         return Err(ApiError::not_found(format!(
             "no conversation for contact {}",
@@ -209,7 +215,10 @@ async fn send_response(
     if body.messages.len() > MAX_REPLY_PARTS {
         return Err(ApiError::bad_field(
             "messages",
-            format!("a reply has at most {MAX_REPLY_PARTS} parts"),
+            format!(
+                "`messages` has at most {MAX_REPLY_PARTS} parts, got {}",
+                body.messages.len()
+            ),
         ));
     }
     for (i, part) in body.messages.iter().enumerate() {
@@ -295,12 +304,17 @@ async fn send_response(
 }
 
 /// How a callback proves it comes from the n8n run conversa called: the bearer token
-/// `N8N_CALLBACK_TOKEN`, or the `reply_token` that the dispatch's `callback_url` carried.
-/// Read from the request's head, so a callback without either is refused before its body is
-/// read.
+/// `N8N_CALLBACK_TOKEN`, or the `callback_url` conversa sent with the dispatch
+/// (`?contact_id=..&dispatch_id=..&reply_token=..`, the token an HMAC of the other two).
+/// Checked from the request's head alone, so a callback without a valid proof is refused
+/// before its body is read.
 pub enum ReplyProof {
     Bearer,
-    Token(String),
+    /// A verified reply token: the reply answers this dispatch of this contact.
+    Token {
+        contact_id: u64,
+        dispatch_id: String,
+    },
 }
 
 impl FromRequestParts<AppState> for ReplyProof {
@@ -313,43 +327,54 @@ impl FromRequestParts<AppState> for ReplyProof {
             require_bearer(Some(expected), &parts.headers)?;
             return Ok(ReplyProof::Bearer);
         }
-        let token = parts.uri.query().and_then(|q| {
-            form_urlencoded::parse(q.as_bytes())
-                .find(|(k, _)| k == "reply_token")
-                .map(|(_, v)| v.into_owned())
-        });
-        match token {
-            Some(t) if !t.trim().is_empty() => Ok(ReplyProof::Token(t)),
-            _ => Err(unauthorized(
-                "a callback needs the `reply_token` of its `callback_url` or `Authorization: Bearer $N8N_CALLBACK_TOKEN`",
-            )),
+        let (mut contact, mut dispatch, mut token) = (None, None, None);
+        for (k, v) in form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
+            match k.as_ref() {
+                "contact_id" => contact = v.trim().parse::<u64>().ok(),
+                "dispatch_id" => dispatch = Some(v.into_owned()),
+                "reply_token" => token = Some(v.into_owned()),
+                _ => {}
+            }
         }
+        let (Some(contact_id), Some(dispatch_id), Some(token)) = (contact, dispatch, token) else {
+            return Err(unauthorized(
+                "a callback needs its `callback_url` as conversa sent it (`contact_id`, `dispatch_id` and `reply_token`) or `Authorization: Bearer $N8N_CALLBACK_TOKEN`",
+            ));
+        };
+        if !app
+            .0
+            .reply_tokens
+            .verify(app.contact(contact_id), &dispatch_id, &token)
+        {
+            return Err(unauthorized(
+                "the `reply_token` is not the one of this `contact_id` and `dispatch_id`",
+            ));
+        }
+        Ok(ReplyProof::Token {
+            contact_id,
+            dispatch_id,
+        })
     }
 }
 
 impl ReplyProof {
-    /// Whether the proof covers a reply of contact `key` to `dispatch_id`.
-    fn check(
-        &self,
-        app: &AppState,
-        key: ContactKey,
-        dispatch_id: Option<&str>,
-    ) -> Result<(), ApiError> {
-        let ReplyProof::Token(token) = self else {
+    /// Whether the proof covers the body's reply; a body without `dispatch_id` answers the
+    /// dispatch its `callback_url` named.
+    fn check(&self, contact_id: u64, dispatch_id: &mut Option<String>) -> Result<(), ApiError> {
+        let ReplyProof::Token {
+            contact_id: proven_contact,
+            dispatch_id: proven_dispatch,
+        } = self
+        else {
             return Ok(());
         };
-        let Some(dispatch_id) = dispatch_id else {
+        let dispatch = dispatch_id.get_or_insert_with(|| proven_dispatch.clone());
+        if *proven_contact != contact_id || dispatch != proven_dispatch {
             return Err(unauthorized(
-                "a `reply_token` answers one dispatch: name it in `dispatch_id`",
+                "the `callback_url` proves a reply to another contact or dispatch than the body names",
             ));
-        };
-        if app.0.reply_tokens.verify(key, dispatch_id, token) {
-            Ok(())
-        } else {
-            Err(unauthorized(
-                "the `reply_token` is not the one of this contact's `dispatch_id`",
-            ))
         }
+        Ok(())
     }
 }
 

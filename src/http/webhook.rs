@@ -9,15 +9,15 @@
 
 use std::collections::HashMap;
 
-use crate::http::QueryParams;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use conversa_actors::{
     Attachment, ContactKey, EngineError, Event, InboundMessage, Links, SellerRef,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -36,11 +36,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(with_query_token))
         .routes(routes!(with_path_secret))
-}
-
-#[derive(Deserialize)]
-struct TokenQuery {
-    token: Option<String>,
 }
 
 /// Kommo's body as it sends it: `application/x-www-form-urlencoded` with PHP bracket keys
@@ -128,10 +123,9 @@ pub struct RejectedItem {
 )]
 async fn with_query_token(
     State(app): State<AppState>,
-    QueryParams(q): QueryParams<TokenQuery>,
+    _secret: WebhookSecret,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&app, q.token.as_deref())?;
     ingest(app, &body).await
 }
 
@@ -167,22 +161,41 @@ async fn with_query_token(
 )]
 async fn with_path_secret(
     State(app): State<AppState>,
-    Path(secret): Path<String>,
+    _secret: WebhookSecret,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&app, Some(&secret))?;
     ingest(app, &body).await
 }
 
-fn authorize(app: &AppState, given: Option<&str>) -> Result<(), ApiError> {
-    match &app.0.webhook_secret {
-        None => Ok(()),
-        Some(expected) if given.is_some_and(|g| secret_matches(expected, g)) => Ok(()),
-        Some(_) => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong webhook secret",
-        )),
+/// `WEBHOOK_SECRET` as the URL carries it (`?token=` or the last path segment), checked from
+/// the request's head: a wrong secret is a 401 before the body is read.
+pub struct WebhookSecret;
+
+impl FromRequestParts<AppState> for WebhookSecret {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let Some(expected) = &app.0.webhook_secret else {
+            return Ok(WebhookSecret);
+        };
+        let in_path = parts.uri.path().strip_prefix("/webhooks/kommo/").map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        });
+        let given = in_path.or_else(|| {
+            form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+                .find(|(k, _)| k == "token")
+                .map(|(_, v)| v.into_owned())
+        });
+        match given {
+            Some(g) if secret_matches(expected, &g) => Ok(WebhookSecret),
+            _ => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong webhook secret",
+            )),
+        }
     }
 }
 

@@ -403,6 +403,9 @@ struct Shared {
     state: Mutex<Account>,
     /// `http://127.0.0.1:port`, for `_links`.
     origin: String,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: std::sync::atomic::AtomicUsize,
+    max_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 /// The fake account. Serves on an ephemeral loopback port until dropped.
@@ -430,6 +433,8 @@ impl FakeKommo {
                 ..Account::default()
             }),
             origin: format!("http://{addr}"),
+            in_flight: Default::default(),
+            max_in_flight: Default::default(),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let server = tokio::spawn(async move {
@@ -605,6 +610,13 @@ impl FakeKommo {
     /// The next `n` Salesbot runs answer 500 after the bot ran (the run is recorded).
     pub fn set_server_error_on_salesbot(&self, n: usize) {
         self.state().salesbot_errors = n;
+    }
+
+    /// The most Salesbot runs that were ever awaiting their (delayed) answer at once.
+    pub fn max_salesbot_runs_in_flight(&self) -> usize {
+        self.shared
+            .max_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Salesbot runs happen at once but their answer comes `delay` later (a slow Kommo).
@@ -810,7 +822,11 @@ async fn handle(
     };
     if let Some(delay) = delay {
         // The run is recorded (the bot ran); only the answer is late.
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = shared.in_flight.fetch_add(1, SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, SeqCst);
         tokio::time::sleep(delay).await;
+        shared.in_flight.fetch_sub(1, SeqCst);
     }
     resp
 }

@@ -144,6 +144,12 @@ impl Service {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// GET, the body as text (`/metrics`).
+    pub async fn get_text(&self, path: &str) -> String {
+        let r = self.client.get(self.url(path)).send().await.unwrap();
+        r.text().await.unwrap()
+    }
+
     /// GET with `Authorization: Bearer <key>`.
     pub async fn get_with_key(&self, path: &str, key: &str) -> (u16, Value) {
         let r = self
