@@ -121,6 +121,17 @@ fn request_rules(doc: &mut serde_json::Value) {
             ]}),
         ),
         (
+            "Callback",
+            json!({"anyOf": [
+                {"type": "object", "required": ["text"], "properties": {"text": {"type": "string", "pattern": "\\S"}}},
+                {"type": "object", "required": ["messages"], "properties": {"messages": {"contains": {"anyOf": [
+                    {"type": "string", "pattern": "\\S"},
+                    {"type": "object", "required": ["text"], "properties": {"text": {"type": "string", "pattern": "\\S"}}},
+                ]}}}},
+                {"type": "object", "required": ["scheduling"], "properties": {"scheduling": {"type": "object"}}},
+            ]}),
+        ),
+        (
             "SchedulingRequest",
             json!({"anyOf": [present("contact_id"), present("talk_id"), present("lead_id")]}),
         ),
@@ -128,7 +139,10 @@ fn request_rules(doc: &mut serde_json::Value) {
         (
             "KommoWebhookJson",
             json!({"type": "object", "minProperties": 1,
-                   "additionalProperties": {"type": "object", "minProperties": 1}}),
+            "additionalProperties": {"anyOf": [
+                {"type": "object", "minProperties": 1},
+                {"type": "array", "minItems": 1},
+            ]}}),
         ),
     ];
     let Some(schemas) = doc
@@ -137,10 +151,26 @@ fn request_rules(doc: &mut serde_json::Value) {
     else {
         return;
     };
-    for (name, rule) in rules {
+    for (name, mut rule) in rules {
+        open_properties(&mut rule);
         if let Some(schema) = schemas.remove(name) {
             schemas.insert(name.to_owned(), json!({"allOf": [schema, rule]}));
         }
+    }
+}
+
+/// A rule speaks of some keys only: the others are left to the type's schema (JSON Schema's
+/// default, said out loud for readers of the document that assume closed objects).
+fn open_properties(rule: &mut serde_json::Value) {
+    match rule {
+        serde_json::Value::Object(map) => {
+            if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+                map.insert("additionalProperties".into(), serde_json::Value::Bool(true));
+            }
+            map.values_mut().for_each(open_properties);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(open_properties),
+        _ => {}
     }
 }
 

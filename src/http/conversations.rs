@@ -99,7 +99,7 @@ pub struct DebugConversation {
     path = "/conversations/{contact_id}",
     tag = "conversations",
     params(
-        ("contact_id" = u64, Path, minimum = 1, maximum = 999_999_999_999_999u64, description = "The customer's Kommo contact id", example = 1298200),
+        ("contact_id" = String, Path, pattern = r"^[ \t\n\r]*0*[1-9][0-9]{0,14}[ \t\n\r]*$", description = "The customer's Kommo contact id (1 to 15 digits)", example = "1298200"),
         Account,
     ),
     responses(

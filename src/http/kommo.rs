@@ -456,7 +456,7 @@ async fn n8n_probe(app: &AppState) -> Value {
     post,
     path = "/create-test-note/{lead_id}",
     tag = "kommo",
-    params(("lead_id" = u64, Path, minimum = 1, maximum = 999_999_999_999_999u64, description = "A Kommo lead id", example = 878244)),
+    params(("lead_id" = String, Path, pattern = r"^[ \t\n\r]*0*[1-9][0-9]{0,14}[ \t\n\r]*$", description = "A Kommo lead id (1 to 15 digits)", example = "878244")),
     responses(
         (status = 201, description = "The note was written", body = TestNote),
         (status = 400, description = "`lead_id` is not a positive integer", body = ApiError,

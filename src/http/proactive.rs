@@ -40,7 +40,6 @@ pub struct StartProactive {
     contact_id: KommoId,
     /// The customer's lead, if known.
     #[serde(default)]
-    #[schema(nullable = false)]
     lead_id: Option<KommoId>,
     /// The seller: their id or name, or an object with `id` / `name` / `nome`.
     vendedor: SellerName,

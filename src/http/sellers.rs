@@ -206,31 +206,22 @@ struct AddBody {
 #[allow(dead_code)]
 pub struct AddSeller {
     /// The seller's name.
-    #[schema(nullable = false)]
     name: Option<String>,
     /// The seller's name (alias of `name`).
-    #[schema(nullable = false)]
     nome: Option<String>,
     /// The seller's own WhatsApp contact in Kommo (so their commands are recognised).
-    #[schema(nullable = false)]
     contact_id: Option<KommoId>,
     /// Phone: digits, or a number.
-    #[schema(nullable = false)]
     phone: Option<PhoneText>,
     /// Alias of `phone`.
-    #[schema(nullable = false)]
     telefone: Option<PhoneText>,
     /// Practice areas: a list, or one string separated by commas or semicolons.
-    #[schema(nullable = false)]
     areas: Option<AreasInput>,
     /// Alias of `areas`.
-    #[schema(nullable = false)]
     areas_atuacao: Option<AreasInput>,
     /// Alias of `areas`.
-    #[schema(nullable = false)]
     area_atuacao: Option<AreasInput>,
     /// The seller's Kommo user, if any.
-    #[schema(nullable = false)]
     kommo_user_id: Option<KommoId>,
 }
 
@@ -286,12 +277,21 @@ impl<'de> Deserialize<'de> for Text {
         #[serde(untagged)]
         enum Raw {
             Number(u64),
+            // A whole number written with a fraction (`5511999990000.0`), as JSON Schema's
+            // `integer` allows.
+            Float(f64),
             Text(String),
         }
         match Raw::deserialize(d)
             .map_err(|_| serde::de::Error::custom("must be a string or a number"))?
         {
             Raw::Number(n) => Ok(Text(n.to_string())),
+            Raw::Float(f) if f.fract() == 0.0 && (0.0..1e16).contains(&f) => {
+                Ok(Text((f as u64).to_string()))
+            }
+            Raw::Float(_) => Err(serde::de::Error::custom(
+                "must be a string or a whole number",
+            )),
             Raw::Text(s) => Ok(Text(s)),
         }
     }
@@ -360,11 +360,10 @@ async fn add(
 pub struct AttachWhatsApp {
     /// The seller's own WhatsApp contact in Kommo.
     #[serde(default)]
-    #[schema(nullable = false)]
     contact_id: Option<KommoId>,
     /// The seller's phone (any formatting; kept as digits).
     #[serde(default, alias = "telefone")]
-    #[schema(value_type = Option<PhoneText>, nullable = false)]
+    #[schema(value_type = Option<PhoneText>)]
     phone: Option<Text>,
 }
 
@@ -377,7 +376,7 @@ pub struct AttachWhatsApp {
     post,
     path = "/vendedores/{id}/whatsapp",
     tag = "sellers",
-    params(("id" = String, Path, description = "The seller id, `kommo-<user id>`", example = "kommo-10004026")),
+    params(("id" = String, Path, pattern = "^kommo-", description = "The seller id, `kommo-<user id>` (only Kommo-synced sellers)", example = "kommo-10004026")),
     request_body = AttachWhatsApp,
     responses(
         (status = 200, description = "The seller, with the WhatsApp attached", body = crate::openapi::schemas::Seller),
@@ -463,7 +462,7 @@ fn found(hit: Option<(Seller, &'static str)>, what: String) -> Result<Json<Value
     get,
     path = "/vendedor/conversa/{talk_id}",
     tag = "sellers",
-    params(("talk_id" = u64, Path, minimum = 1, maximum = 999_999_999_999_999u64, description = "A Kommo talk id", example = 109)),
+    params(("talk_id" = String, Path, pattern = r"^[ \t\n\r]*0*[1-9][0-9]{0,14}[ \t\n\r]*$", description = "A Kommo talk id (1 to 15 digits)", example = "109")),
     responses(
         (status = 200, description = "The responsible seller", body = Responsible),
         (status = 400, description = "The id is not a positive integer", body = ApiError,
@@ -510,7 +509,7 @@ async fn for_talk(
     get,
     path = "/vendedor/contato/{contact_id}",
     tag = "sellers",
-    params(("contact_id" = u64, Path, minimum = 1, maximum = 999_999_999_999_999u64, description = "A customer's Kommo contact id", example = 1298200)),
+    params(("contact_id" = String, Path, pattern = r"^[ \t\n\r]*0*[1-9][0-9]{0,14}[ \t\n\r]*$", description = "A customer's Kommo contact id (1 to 15 digits)", example = "1298200")),
     responses(
         (status = 200, description = "The responsible seller", body = Responsible),
         (status = 400, description = "The id is not a positive integer", body = ApiError,
@@ -548,7 +547,7 @@ async fn for_contact(
     get,
     path = "/vendedor/lead/{lead_id}",
     tag = "sellers",
-    params(("lead_id" = u64, Path, minimum = 1, maximum = 999_999_999_999_999u64, description = "A Kommo lead id", example = 878244)),
+    params(("lead_id" = String, Path, pattern = r"^[ \t\n\r]*0*[1-9][0-9]{0,14}[ \t\n\r]*$", description = "A Kommo lead id (1 to 15 digits)", example = "878244")),
     responses(
         (status = 200, description = "The responsible seller", body = Responsible),
         (status = 400, description = "The id is not a positive integer", body = ApiError,

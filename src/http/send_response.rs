@@ -167,7 +167,7 @@ impl Part {
             "scheduling": {"status": "confirmed", "when": "amanhã 10h"}}))),
     )),
     params(
-        ("contact_id" = Option<u64>, Query, minimum = 1, description = "The dispatch's contact, as in its `callback_url`"),
+        ("contact_id" = Option<String>, Query, description = "The dispatch's contact, as in its `callback_url` (ignored with the bearer token)"),
         ("dispatch_id" = Option<String>, Query, description = "The dispatch answered, as in its `callback_url` (a body without `dispatch_id` answers it)"),
         ("reply_token" = Option<String>, Query,
          description = "The dispatch's reply token, as in its `callback_url`; not needed with `N8N_CALLBACK_TOKEN` as a bearer token"),
