@@ -42,6 +42,11 @@ async fn post_form(s: &Service, path: &str, body: String) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// One customer message through the Kommo webhook, as Kommo posts it.
+async fn says(s: &Service, id: &str, contact: u64, text: &str) -> (u16, Value) {
+    post_form(s, "/webhooks/kommo", webhook(&[(id, contact, text)])).await
+}
+
 /// POSTs `body` as it is, with `content_type` and no credential; the status.
 async fn post_raw(s: &Service, path: &str, content_type: &str, body: &str) -> u16 {
     let r = s
@@ -80,21 +85,11 @@ async fn one_contact_flooding_with_huge_messages_stays_bounded_and_answered() {
     .await;
     let huge = "a".repeat(200_000);
     for i in 0..40 {
-        let (status, answer) = post_form(
-            &s,
-            "/webhooks/kommo",
-            webhook(&[(&format!("flood-{i}"), 777, &huge)]),
-        )
-        .await;
+        let (status, answer) = says(&s, &format!("flood-{i}"), 777, &huge).await;
         assert_eq!(status, 200, "bounded, not refused: {answer}");
         assert_eq!(answer["changed"], 1, "{answer}");
         // Another contact is answered alongside.
-        let (status, _) = post_form(
-            &s,
-            "/webhooks/kommo",
-            webhook(&[(&format!("calm-{i}"), 1000, "Oi")]),
-        )
-        .await;
+        let (status, _) = says(&s, &format!("calm-{i}"), 1000, "Oi").await;
         assert_eq!(status, 200);
     }
     let (_, c) = s.get("/conversations/777").await;
@@ -153,12 +148,7 @@ async fn a_snapshot_over_its_hard_cap_is_trimmed_and_says_so() {
     .await;
     let text = "b".repeat(8_000);
     for i in 0..12 {
-        let (status, _) = post_form(
-            &s,
-            "/webhooks/kommo",
-            webhook(&[(&format!("big-{i}"), 778, &text)]),
-        )
-        .await;
+        let (status, _) = says(&s, &format!("big-{i}"), 778, &text).await;
         assert_eq!(status, 200);
     }
     let stored = stored_bytes(&redis, 778);
@@ -186,7 +176,7 @@ async fn a_reply_is_accepted_only_with_its_dispatch_proof() {
         ("N8N_CALLBACK_TOKEN", ""),
     ])
     .await;
-    let (status, _) = post_form(&s, "/webhooks/kommo", webhook(&[("m1", 4242, "Oi")])).await;
+    let (status, _) = says(&s, "m1", 4242, "Oi").await;
     assert_eq!(status, 200);
     let got = n8n.wait_for_accepted(1, Duration::from_secs(10)).await;
     let dispatch = &got[0].body;
@@ -291,7 +281,7 @@ async fn reply_tokens_survive_a_restart() {
         ("N8N_CALLBACK_TOKEN", ""),
     ])
     .await;
-    post_form(&s, "/webhooks/kommo", webhook(&[("m1", 4343, "Oi")])).await;
+    says(&s, "m1", 4343, "Oi").await;
     let got = n8n.wait_for_accepted(1, Duration::from_secs(10)).await;
     let callback_url = got[0].body["callback_url"].as_str().unwrap().to_owned();
     let dispatch_id = got[0].body["dispatch_id"].clone();
@@ -792,7 +782,7 @@ async fn the_edges_of_input_are_refused_by_name_or_read_by_shape() {
     ])
     .await;
     // contact_id 0 at the webhook: the item is refused, nothing is created.
-    let (status, answer) = post_form(&s, "/webhooks/kommo", webhook(&[("z0", 0, "Oi")])).await;
+    let (status, answer) = says(&s, "z0", 0, "Oi").await;
     assert!(
         status == 400 || answer["rejected"].as_array().is_some_and(|r| !r.is_empty()),
         "{status} {answer}"
