@@ -41,6 +41,10 @@ pub fn looks_like_command(text: &str) -> bool {
     text.trim_start().starts_with('/')
 }
 
+/// What a command looks like ([`parse`] takes exactly this): a verb, white space
+/// (any Unicode white space, as WhatsApp users type it), the contact id, nothing after.
+pub const PATTERN: &str = r"^[\t\n\u000B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*/([Aa][Ss][Ss][Uu][Mm][Ii][Rr]|[Ll][Ii][Bb][Ee][Rr][Aa][Rr]|[Ss][Tt][Aa][Tt][Uu][Ss])[\t\n\u000B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]+#*0*[1-9][0-9]{0,14}[\t\n\u000B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$";
+
 /// Parses `/assumir 12345` (case-insensitive; `#12345` accepted).
 pub fn parse(text: &str) -> Result<Command, ApiError> {
     let unknown = || {

@@ -93,6 +93,8 @@ struct ApiDoc;
 /// `allOf` [the type's schema, the rule], so the document accepts exactly what the handlers
 /// accept. (Applied to the JSON: utoipa's schema model has no `not`.)
 fn request_rules(doc: &mut serde_json::Value) {
+    /// [`crate::http::parse_id`]'s rule, or blank.
+    const ID_OR_BLANK: &str = "^[ \t\n\r]*(0*[1-9][0-9]{0,14})?[ \t\n\r]*$";
     use serde_json::json;
     let not_blank = json!({"not": {"type": "string", "pattern": "^\\s*$"}});
     let one_of_pair = |a: &str, b: &str| json!({"not": {"required": [a, b]}});
@@ -132,17 +134,46 @@ fn request_rules(doc: &mut serde_json::Value) {
             ]}),
         ),
         (
+            "CommandBody",
+            json!({"allOf": [
+                {"anyOf": [present("message"), present("mensagem")]},
+                {"not": {"allOf": [present("message"), present("mensagem")]}},
+                {"properties": {
+                    "message": {"pattern": crate::commands::PATTERN},
+                    "mensagem": {"pattern": crate::commands::PATTERN},
+                }},
+            ]}),
+        ),
+        (
             "SchedulingRequest",
             json!({"anyOf": [present("contact_id"), present("talk_id"), present("lead_id")]}),
         ),
-        // A JSON webhook names at least one entity, each with at least one action or field.
+        // A webhook has at least one entity with something below it; `account[id]` follows
+        // the id rule (blank is absent); a form key is at most 11 brackets deep.
         (
             "KommoWebhookJson",
-            json!({"type": "object", "minProperties": 1,
-            "additionalProperties": {"anyOf": [
-                {"type": "object", "minProperties": 1},
-                {"type": "array", "minItems": 1},
-            ]}}),
+            json!({"type": "object",
+            "not": {"additionalProperties": {"not": {"anyOf": [
+                {"type": "object", "not": {"additionalProperties": {"type": "null"}}},
+                {"type": "array", "contains": {"not": {"type": "null"}}},
+            ]}}},
+            "properties": {"account": {"anyOf": [
+                {"not": {"type": "object"}},
+                {"properties": {"id": {"anyOf": [
+                    {"type": ["null", "object", "array"]},
+                    {"type": "integer", "minimum": 1, "maximum": 999_999_999_999_999_u64},
+                    {"type": "string", "pattern": ID_OR_BLANK},
+                ]}}},
+            ]}}}),
+        ),
+        (
+            "KommoWebhookForm",
+            json!({"type": "object",
+            "additionalProperties": {"type": "string"},
+            "maxProperties": crate::kommo::webhook::MAX_PAIRS,
+            "propertyNames": {"not": {"pattern": "^[^\\[]*(\\[[^\\]]*\\]){12}"}},
+            "not": {"propertyNames": {"not": {"pattern": "^[^\\[]+\\[[^\\]]*\\]"}}},
+            "patternProperties": {"^account\\[id\\]($|[^\\[]|\\[[^\\]]*$)": {"type": "string", "pattern": ID_OR_BLANK}}}),
         ),
     ];
     let Some(schemas) = doc

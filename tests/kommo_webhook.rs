@@ -196,6 +196,7 @@ fn capture_b_text_as_form() {
             events: vec![WebhookEvent::Message(capture_text_message())],
             unknown: vec![],
             rejected: vec![],
+            shaped: true,
         }
     );
 }
@@ -224,6 +225,7 @@ fn capture_b_as_json() {
             ],
             unknown: vec![],
             rejected: vec![],
+            shaped: true,
         }
     );
 }
@@ -701,6 +703,7 @@ fn empty_and_account_only_bodies() {
             events: vec![],
             unknown: vec![],
             rejected: vec![],
+            shaped: true,
         }
     );
     let w = parse_json(br#"{"account":{"id":1,"subdomain":"acme"}}"#).unwrap();
@@ -924,7 +927,7 @@ prop_compose! {
         id in "[A-Za-z0-9-]{1,36}",
         chat_id in proptest::option::of(non_blank()),
         talk_id in proptest::option::of(any::<u64>()),
-        contact_id in any::<u64>(),
+        contact_id in 1..=u64::MAX,
         lead_id in proptest::option::of(any::<u64>()),
         text in any_text(),
         created_at in any::<i64>(),
@@ -1078,7 +1081,8 @@ proptest! {
     #[test]
     fn form_and_json_encodings_agree(
         items in proptest::collection::vec(message_item(), 1..5),
-        account in proptest::option::of(any::<u64>()),
+        // Account ids follow the one id rule (1 to 15 digits).
+        account in proptest::option::of(1..=999_999_999_999_999_u64),
         numbers in any::<bool>(),
         as_object in any::<bool>(),
     ) {
@@ -1087,6 +1091,7 @@ proptest! {
             events: items.iter().cloned().map(WebhookEvent::Message).collect(),
             unknown: vec![],
             rejected: vec![],
+            shaped: true,
         };
         let form_body = encode_form(&items, account);
         let json_body = encode_json(&items, account, numbers, as_object);

@@ -474,11 +474,10 @@ fn the_document_is_complete_and_consistent() {
     assert!(content.contains_key("application/x-www-form-urlencoded"));
     assert!(content.contains_key("application/json"));
     let form = resolve(&doc, "#/components/schemas/KommoWebhookForm");
-    assert!(
-        form["example"]
-            .as_str()
-            .unwrap()
-            .contains("message[add][0][contact_id]=1298200")
+    // The form's schema speaks of the decoded pairs (its request rules wrap it in `allOf`).
+    assert_eq!(
+        form["allOf"][0]["example"]["message[add][0][contact_id]"],
+        "1298200"
     );
     // The README's example for /bot-control.
     let bot = find("POST", "/bot-control");
@@ -1122,4 +1121,170 @@ fn docs_render_in_headless_chromium() {
         "suspiciously small screenshot: {} bytes",
         png.len()
     );
+}
+
+async fn post_webhook(s: &Service, content_type: &str, body: String) -> u16 {
+    let r = s.client.post(s.url("/webhooks/kommo"));
+    let r = r.header("content-type", content_type).body(body);
+    r.send().await.unwrap().status().as_u16()
+}
+
+/// The request rules say exactly what the handlers take: each body below is checked against
+/// the served document's schema (a real JSON Schema validator) and sent to the service; a body
+/// the document calls valid is taken, one it calls invalid is refused with a 4xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_accepts_exactly_the_bodies_the_handlers_take() {
+    let doc = doc();
+    let dir = tempfile::tempdir().unwrap();
+    let s = Service::start(&[("DATA_DIR", dir.path().to_str().unwrap())]).await;
+    let validator = |name: &str| {
+        let schema = json!({"$ref": format!("#/components/schemas/{name}"),
+                            "components": doc["components"]});
+        jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let mut errs = Vec::new();
+    // (valid, invalid) cases seen: each group has both, so the check cannot pass vacuously.
+    let mut seen = [0usize; 2];
+
+    // The Kommo webhook as JSON.
+    let json_hook = validator("KommoWebhookJson");
+    let message =
+        json!({"add": [{"id": "m1", "contact_id": 7101, "text": "Oi", "type": "incoming"}]});
+    let json_cases = [
+        json!({}),
+        json!({"x": []}),
+        json!({"x": {}}),
+        json!({"x": {"a": null}}),
+        json!({"x": [null]}),
+        json!({"x": 5}),
+        json!({"x": [1]}),
+        json!({"x": 5, "y": {"z": 1}}),
+        json!({"": {"1": []}, "x": []}),
+        json!({"message": message}),
+        json!({"account": {}}),
+        json!({"account": {"id": 29876543}}),
+        json!({"account": {"id": 29876543.0}}),
+        json!({"account": {"id": " 12 "}}),
+        json!({"account": {"id": ""}}),
+        json!({"account": {"id": null, "subdomain": "acme"}}),
+        json!({"account": {"id": [1]}}),
+        json!({"account": {"id": "abc"}}),
+        json!({"account": {"id": 0}}),
+        json!({"account": {"id": -1}}),
+        json!({"account": {"id": true}}),
+        json!({"account": {"id": 1_234_567_890_123_456_u64}}),
+        json!({"account": {"id": "abc"}, "message": message}),
+    ];
+    for body in json_cases {
+        let valid = json_hook.is_valid(&body);
+        seen[usize::from(!valid)] += 1;
+        let status = post_webhook(&s, "application/json", body.to_string()).await;
+        if valid != (status == 200) {
+            errs.push(format!(
+                "JSON webhook {body}: document says valid={valid}, service {status}"
+            ));
+        }
+    }
+
+    // The Kommo webhook as a form: the schema speaks of the decoded pairs.
+    let form_hook = validator("KommoWebhookForm");
+    let deep = |n: usize| format!("a{}", "[x]".repeat(n));
+    let form_cases: Vec<Vec<(String, &str)>> = [
+        vec![],
+        vec![("a", "1")],
+        vec![("a[b]", "1")],
+        vec![("a[b]", "1"), ("a", "2")],
+        vec![("a", "2"), ("a[b]", "1")],
+        vec![("a[b]", "1"), ("a[", "2")],
+        vec![("[b]", "1")],
+        vec![("a[", "1")],
+        vec![("a[b", "1")],
+        vec![("a[]", "1")],
+        vec![("account[id]", "abc")],
+        vec![("account[id]", "123")],
+        vec![("account[id]", " ")],
+        vec![("account[id]", "0")],
+        vec![("account[id][x]", "abc")],
+        vec![("account[id]x", "abc")],
+        vec![("account[id][", "abc")],
+        vec![("message[add][0][text]", "Oi"), ("zzz", "1")],
+        // Every `account[id]` given counts, not only the one left in the tree.
+        vec![("account[id]", "abc"), ("account[id][x]", "1")],
+        vec![("account[id][x]", "1"), ("account[id]", "abc")],
+        vec![("account[id][", "abc"), ("account[id]", "5")],
+        vec![("account[id]x", "abc"), ("account[id]", "5")],
+    ]
+    .into_iter()
+    .map(|pairs| pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+    .chain([
+        vec![(deep(11), "1")],
+        vec![(deep(12), "1")],
+        vec![("b[c]".into(), "1"), (deep(12), "1")],
+    ])
+    .collect();
+    for pairs in form_cases {
+        let object: serde_json::Map<String, Value> =
+            pairs.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        let valid = form_hook.is_valid(&Value::Object(object));
+        seen[usize::from(!valid)] += 1;
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs.iter().map(|(k, v)| (k.as_str(), *v)))
+            .finish();
+        let status = post_webhook(&s, "application/x-www-form-urlencoded", body.clone()).await;
+        if valid != (status == 200) {
+            errs.push(format!(
+                "form webhook {body:?}: document says valid={valid}, service {status}"
+            ));
+        }
+    }
+
+    // A seller's command: well-formed is anything but a 400 (403 here: no such seller).
+    let command = validator("CommandBody");
+    for text in [
+        "/assumir 12345",
+        "/STATUS #0012",
+        "/status 1\n",
+        "\u{b}/status\u{b}12",
+        "\u{a0}/liberar\u{2003} 7 \u{3000}",
+        "\u{85}/status\u{85}7",
+        "/status 1 extra",
+        "/status 0",
+        "/status 1234567890123456",
+        "/status\u{1c}1",
+        "/status\u{feff}1",
+        "/voar 1",
+        "/status",
+    ] {
+        let body = json!({"message": text, "contact_id": 99_999});
+        errs.extend(command_agrees(&s, &command, body, &mut seen).await);
+    }
+    // `mensagem` is `message` under the original's name: one of the two.
+    for body in [
+        json!({"mensagem": "/assumir 1298200", "contact_id": 99_999}),
+        json!({"message": "/assumir 1298200", "mensagem": null, "contact_id": 99_999}),
+        json!({"message": null, "mensagem": "/status 7", "contact_id": 99_999}),
+        json!({"message": "/assumir 1298200", "mensagem": "lixo", "contact_id": 99_999}),
+        json!({"message": "/assumir 1", "mensagem": "/assumir 1", "contact_id": 99_999}),
+        json!({"mensagem": "/voar 1", "contact_id": 99_999}),
+        json!({"contact_id": 99_999}),
+    ] {
+        errs.extend(command_agrees(&s, &command, body, &mut seen).await);
+    }
+    assert!(errs.is_empty(), "{errs:#?}");
+    assert_eq!(seen, [29, 39], "valid and invalid bodies both checked");
+}
+
+/// A command body is well-formed per the document exactly when the service answers anything
+/// but a 400 (a 403 here: no such seller).
+async fn command_agrees(
+    s: &Service,
+    schema: &jsonschema::Validator,
+    body: Value,
+    seen: &mut [usize; 2],
+) -> Option<String> {
+    let valid = schema.is_valid(&body);
+    seen[usize::from(!valid)] += 1;
+    let (status, answer) = s.post("/vendedor/comandos", body.clone()).await;
+    (valid == (status == 400))
+        .then(|| format!("command {body}: document says valid={valid}, service {status} {answer}"))
 }

@@ -20,19 +20,35 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(command))
 }
 
-/// A seller's command.
+/// A seller's command: `message` (or the original's `mensagem`, one of the two) and the
+/// seller's own contact. Both keys follow [`commands::PATTERN`] (in the served document).
 #[derive(Deserialize, ToSchema)]
 #[schema(example = json!({"message": "/assumir 1298200", "contact_id": 99999}))]
 pub struct CommandBody {
     /// `/assumir <contact_id>`, `/liberar <contact_id>` or `/status <contact_id>`
-    /// (case-insensitive; `#12345` accepted; `mensagem` also accepted as the key).
-    #[serde(alias = "mensagem")]
-    #[schema(
-        pattern = r"^\s*/([Aa][Ss][Ss][Uu][Mm][Ii][Rr]|[Ll][Ii][Bb][Ee][Rr][Aa][Rr]|[Ss][Tt][Aa][Tt][Uu][Ss])\s+#*0*[1-9][0-9]{0,14}(\s[\s\S]*)?$"
-    )]
-    message: String,
+    /// (case-insensitive; `#12345` accepted; words apart by any Unicode white space, nothing
+    /// after the id).
+    #[serde(default)]
+    message: Option<String>,
+    /// The same as `message`, under the original's name: give one of the two.
+    #[serde(default)]
+    mensagem: Option<String>,
     /// The seller's own WhatsApp contact id (identifies the seller).
     contact_id: KommoId,
+}
+
+impl CommandBody {
+    /// The command's text, from whichever of the two keys carries it.
+    fn text(&self) -> Result<&str, ApiError> {
+        match (&self.message, &self.mensagem) {
+            (Some(text), None) | (None, Some(text)) => Ok(text),
+            (Some(_), Some(_)) => Err(ApiError::bad_field(
+                "mensagem",
+                "give `message` or `mensagem`, not both",
+            )),
+            (None, None) => Err(ApiError::bad_field("message", "missing field `message`")),
+        }
+    }
 }
 
 /// The conversation after the command.
@@ -98,8 +114,8 @@ async fn command(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<CommandBody>,
 ) -> Result<Json<Value>, ApiError> {
+    let command = commands::parse(body.text()?)?;
     let seller = commands::commanding_seller(&app, body.contact_id.0).await?;
-    let command = commands::parse(&body.message)?;
     Ok(Json(
         commands::execute(&app, &seller, command, "api").await?,
     ))

@@ -42,12 +42,23 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// (`message[add][0][contact_id]=1298200`, brackets usually percent-encoded), several entities
 /// and items per POST. Understood: `message[add]`, `outgoing_message[add]`, `talk[add|update]`,
 /// `leads[add|update|status|responsible|...]`, `unsorted[add]`; others are listed in `unknown`.
+/// At least one key has a name and a bracket (`entity[...]`); a key has at most 11 brackets;
+/// a deeper key wins over a plain one of the same name, whatever their order; every
+/// `account[id]` given is an id (1 to 15 digits) or blank. At most 10,000 pairs, repeated
+/// keys counted (the schema sees only the last of each).
 #[derive(ToSchema)]
-#[schema(value_type = String, example = "message[add][0][id]=c0925911-ce8f-4994-b117-542b5f28d036&message[add][0][contact_id]=1298200&message[add][0][talk_id]=109&message[add][0][entity_id]=878244&message[add][0][entity_type]=lead&message[add][0][text]=Oi&message[add][0][type]=incoming&account[id]=29876543&account[subdomain]=minhaempresa")]
+#[schema(value_type = std::collections::HashMap<String, String>, example = json!({
+    "message[add][0][id]": "c0925911-ce8f-4994-b117-542b5f28d036",
+    "message[add][0][contact_id]": "1298200", "message[add][0][talk_id]": "109",
+    "message[add][0][entity_id]": "878244", "message[add][0][entity_type]": "lead",
+    "message[add][0][text]": "Oi", "message[add][0][type]": "incoming",
+    "account[id]": "29876543", "account[subdomain]": "minhaempresa"}))]
 pub struct KommoWebhookForm(pub String);
 
 /// The same tree as JSON (items as an array or as an object keyed `"0"`, `"1"`...; scalars as
-/// strings or numbers), as proxies and tests deliver it.
+/// strings or numbers), as proxies and tests deliver it. At least one member holds a non-null
+/// value. Limits the schema does not spell: at most 12 levels deep and 10,000 values; numbers
+/// within a double's range; strings without lone surrogates (`\ud800`).
 #[derive(ToSchema)]
 #[schema(value_type = Object, example = json!({"message": {"add": [{
     "id": "c0925911-ce8f-4994-b117-542b5f28d036", "contact_id": 1298200, "talk_id": 109,
@@ -101,7 +112,10 @@ pub struct RejectedItem {
     path = "/webhooks/kommo",
     tag = "webhooks",
     request_body(
-        description = "Kommo's webhook: form-encoded bracket keys (as Kommo sends it) or JSON",
+        description = "Kommo's webhook: form-encoded bracket keys (as Kommo sends it) or JSON. \
+            The body is read by its shape, whatever its Content-Type says: JSON when its first \
+            non-blank byte is `{` or `[` (a form's `{`, `[` and blanks are percent-encoded), \
+            a form otherwise.",
         content(
             (KommoWebhookForm = "application/x-www-form-urlencoded"),
             (KommoWebhookJson = "application/json"),
@@ -139,7 +153,10 @@ async fn with_query_token(
     tag = "webhooks",
     params(("secret" = String, Path, description = "`WEBHOOK_SECRET`")),
     request_body(
-        description = "Kommo's webhook: form-encoded bracket keys (as Kommo sends it) or JSON",
+        description = "Kommo's webhook: form-encoded bracket keys (as Kommo sends it) or JSON. \
+            The body is read by its shape, whatever its Content-Type says: JSON when its first \
+            non-blank byte is `{` or `[` (a form's `{`, `[` and blanks are percent-encoded), \
+            a form otherwise.",
         content(
             (KommoWebhookForm = "application/x-www-form-urlencoded"),
             (KommoWebhookJson = "application/json"),
@@ -205,11 +222,7 @@ async fn ingest(app: AppState, body: &[u8]) -> Result<Json<Value>, ApiError> {
         warn!(key = %e.key, error = %e.message, "malformed Kommo webhook");
         ApiError::bad_field(&e.key, format!("malformed webhook: {e}"))
     })?;
-    let kommo_shaped = hook.account.is_some()
-        || !hook.events.is_empty()
-        || !hook.rejected.is_empty()
-        || hook.unknown.iter().any(|k| k.contains('['));
-    if !kommo_shaped {
+    if !hook.shaped {
         return Err(ApiError::bad_field(
             "body",
             "not a Kommo webhook: expected `entity[action][N][field]` keys (e.g. `message[add][0][id]`) or an `account[...]` block",

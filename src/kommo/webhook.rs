@@ -96,6 +96,10 @@ pub struct Webhook {
     /// number…), each with the key at fault. The other items of the body still apply: Kommo
     /// resends a refused body whole and disables a hook that keeps failing.
     pub rejected: Vec<ParseError>,
+    /// The body has Kommo's shape: at least one top-level name carries something below it
+    /// (`message[add]…`, `account[id]`…; in JSON an object or array with a non-null value).
+    /// A body without (empty, `a=1`, `{"a": []}`) is not a Kommo webhook.
+    pub shaped: bool,
 }
 
 /// `account[id]`, `account[subdomain]` (`account[_links][self]` is ignored).
@@ -353,6 +357,10 @@ fn insert_pair<'a>(
         return Ok(()); // no name: PHP drops such pairs
     }
     let text = |r: (usize, usize)| key.get(r.0..r.1).unwrap_or("");
+    if n == 2 && text(ranges[0]) == "account" && text(ranges[1]) == "id" {
+        // Every `account[id]` given must be an id, not only the one that stays in the tree.
+        account_id(&value)?;
+    }
     let mut map = root;
     for &r in &ranges[..n - 1] {
         let name = text(r);
@@ -372,7 +380,10 @@ fn insert_pair<'a>(
     }
     let last = ranges[n - 1];
     match map.get_mut(text(last)) {
-        Some(node) => *node = Node::Leaf(value), // duplicates: the last one wins (PHP)
+        // Duplicates: the last one wins (PHP), but a value never replaces a deeper key
+        // (`a[b]=1&a=2` keeps `a[b]`), so what a body holds does not depend on its order.
+        Some(node @ Node::Leaf(_)) => *node = Node::Leaf(value),
+        Some(Node::Map(_)) => {}
         None => {
             map.insert(segment(&key, last), Node::Leaf(value));
         }
@@ -445,7 +456,7 @@ fn json_node(
     let node = match value {
         Value::Null => return Ok(None),
         Value::Bool(b) => Node::Leaf(Cow::Borrowed(if b { "true" } else { "false" })),
-        Value::Number(n) => Node::Leaf(Cow::Owned(n.to_string())),
+        Value::Number(n) => Node::Leaf(Cow::Owned(number_text(&n))),
         Value::String(s) => Node::Leaf(Cow::Owned(s)),
         Value::Object(o) => {
             Node::Map(json_object(o, depth + 1, budget).map_err(|e| e.at(key.to_owned()))?)
@@ -493,7 +504,12 @@ fn kind_of(entity: &str, action: &str) -> Option<Kind> {
 
 /// Walks the decoded tree and builds the [`Webhook`].
 fn extract(root: &Map<'_>) -> Result<Webhook, ParseError> {
-    let mut webhook = Webhook::default();
+    let mut webhook = Webhook {
+        shaped: root
+            .values()
+            .any(|node| matches!(node, Node::Map(map) if !map.is_empty())),
+        ..Webhook::default()
+    };
     for (entity, node) in root {
         let entity: &str = entity;
         if entity == "account" {
@@ -619,13 +635,30 @@ fn push_unknown(unknown: &mut Vec<String>, mut name: String) {
 }
 
 fn account_ref(account: &Map<'_>) -> Result<AccountRef, ParseError> {
-    let id = match leaf(account, "id").map(str::trim) {
-        None | Some("") => None,
-        Some(v) => Some(parse_u64_strict(v, || "account[id]".to_owned())?),
+    let id = match leaf(account, "id") {
+        None => None,
+        Some(v) => account_id(v)?,
     };
     Ok(AccountRef {
         id,
         subdomain: non_empty(leaf(account, "subdomain")),
+    })
+}
+
+/// `account[id]` follows the one id rule ([`crate::http::parse_id`]: 1 to 15 digits, blanks
+/// around allowed); blank is the same as absent.
+fn account_id(value: &str) -> Result<Option<u64>, ParseError> {
+    if value.trim_matches([' ', '\t', '\n', '\r']).is_empty() {
+        return Ok(None);
+    }
+    crate::http::parse_id(value).map(Some).ok_or_else(|| {
+        ParseError::new(
+            "account[id]",
+            format!(
+                "expected a positive integer of at most 15 digits, got {}",
+                quote(value)
+            ),
+        )
     })
 }
 
@@ -900,6 +933,17 @@ fn non_empty(value: Option<&str>) -> Option<String> {
     value.filter(|v| !v.trim().is_empty()).map(str::to_owned)
 }
 
+/// A JSON number as the form would carry it: whole numbers without a fraction (`5.0` is
+/// `"5"`, as JSON Schema counts it an integer).
+fn number_text(n: &serde_json::Number) -> String {
+    match n.as_f64() {
+        Some(f) if !n.is_u64() && !n.is_i64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
+            format!("{f:.0}")
+        }
+        _ => n.to_string(),
+    }
+}
+
 fn parse_u64(value: &str) -> Option<u64> {
     let v = value.trim();
     if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
@@ -991,6 +1035,18 @@ mod tests {
     fn later_keys_win() {
         let w = parse_form(b"account[id]=1&account[id]=2&account=x&account[id]=3").unwrap();
         assert_eq!(w.account.unwrap().id, Some(3));
+    }
+
+    #[test]
+    fn a_value_never_replaces_a_deeper_key() {
+        for body in ["a[b]=1&a=2", "a=2&a[b]=1", "a[b]=1&a[=2"] {
+            let w = parse_form(body.as_bytes()).unwrap();
+            assert!(w.shaped, "{body}");
+            assert_eq!(w.unknown, ["a[b]"], "{body}");
+        }
+        for body in ["", "a=1", "a[=1", "[b]=1"] {
+            assert!(!parse_form(body.as_bytes()).unwrap().shaped, "{body:?}");
+        }
     }
 
     #[test]
