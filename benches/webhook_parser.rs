@@ -1,11 +1,11 @@
 //! Criterion benches of the Kommo webhook parser (`conversa::kommo::webhook`).
 //!
-//! * `form/single_message`: the WhatsApp Lite capture of `kommo-api.md` §1.4 (B) encoded as
+//! * `form/single_message`: the WhatsApp Lite capture of docs/kommo.md (*Capture B*) encoded as
 //!   Kommo sends it (form-urlencoded, percent-encoded brackets), about 600 B.
 //! * `form/ten_messages`: the same message ten times (`message[add][0..9]`) in one POST.
 //! * `json/single_message`: the capture as the JSON tree (`parse_json`), as proxies forward it.
 //!
-//! Run with `cargo bench --bench webhook_parser`. architecture.md measured ≈ 3.7 µs for a
+//! Run with `cargo bench --bench webhook_parser`. docs/architecture.md (*Measured*) records ≈ 3.7 µs for a
 //! 600 B body with borrowed `form_urlencoded` pairs: the form figure should be of that order.
 
 use std::hint::black_box;

@@ -1,7 +1,7 @@
 //! Delivering the AI's reply to the customer's WhatsApp, and notes to the seller, through Kommo.
 //!
-//! Kommo-managed WhatsApp accepts API-driven messages only through a Salesbot (kommo-api.md
-//! §4), so the `salesbot` strategy writes the text into a lead field (`KOMMO_REPLY_FIELD_ID`)
+//! Kommo-managed WhatsApp accepts API-driven messages only through a Salesbot (docs/kommo.md,
+//! *Writing*), so the `salesbot` strategy writes the text into a lead field (`KOMMO_REPLY_FIELD_ID`)
 //! and runs the bot `KOMMO_REPLY_BOT_ID`, whose single "send message" step prints that field.
 //! The `note` strategy only leaves the reply as a note on the lead: a safe dry run, and the
 //! default when no bot is configured. A reply in parts is one WhatsApp message per part, sent

@@ -1,5 +1,5 @@
 //! Tests of the Kommo webhook parser (`conversa::kommo::webhook`): the real capture (B) of
-//! kommo-api.md §1.4 as Kommo's form encoding and as JSON, multi-item and mixed bodies, outgoing
+//! docs/kommo.md (*Capture B*) as Kommo's form encoding and as JSON, multi-item and mixed bodies, outgoing
 //! variants, spaces and UTF-8, malformed bodies and the abuse limits, and a property test that the
 //! form and JSON encodings of random messages parse to the same `Webhook`.
 
@@ -64,7 +64,7 @@ const CAPTURE_B_VOICE_FORM: &str = concat!(
     "&message%5Badd%5D%5B0%5D%5Borigin%5D=com.amocrm.amocrmwa",
 );
 
-/// Capture (B) as JSON, verbatim from kommo-api.md (both messages as array items).
+/// Capture (B) as JSON, verbatim from docs/kommo.md, *Capture B* (both messages as array items).
 const CAPTURE_B_JSON: &str = r#"{
   "account": { "subdomain": "adrianocamposadvogado", "id": "33981183",
     "_links": { "self": "https://adrianocamposadvogado.amocrm.com" } },

@@ -1,5 +1,5 @@
 //! A sales team's real day, end to end against the real binary and the fakes of Kommo and n8n
-//! (`tests/support/`, written from kommo-api.md): what `/send-response` says is what happened,
+//! (`tests/support/`, written from docs/kommo.md): what `/send-response` says is what happened,
 //! leads are found when nobody gave one, a reply in parts is one WhatsApp message per part, what
 //! the customer said during a hold reaches the bot when it is back, conversations end, commands
 //! on unknown contacts behave, errors say what to fix, and a configuration that cannot work is

@@ -32,7 +32,7 @@ fn enc(s: &str) -> String {
     out
 }
 
-/// The real WhatsApp Lite capture of kommo-api.md §1.4 (B), as Kommo form-encodes it.
+/// The real WhatsApp Lite capture of docs/kommo.md (*Capture B*), as Kommo form-encodes it.
 fn capture_b(message_id: &str, text: &str) -> String {
     let p = |k: &str| format!("message[add][0][{k}]");
     let keys = [

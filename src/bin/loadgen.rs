@@ -13,7 +13,7 @@
 //!    connections for the same duration: the HTTP limit of this process on this machine, with
 //!    this load generator beside it.
 //! 3. Sends `POST /webhooks/kommo` bodies shaped like Kommo's (form-encoded bracket keys, the
-//!    WhatsApp Lite capture of `kommo-api.md` §1.4 (B)): one `message[add]` item each, for
+//!    WhatsApp Lite capture of docs/kommo.md, *Capture B*): one `message[add]` item each, for
 //!    `--contacts` distinct contacts in turn, `--burst` messages in a row per contact, and a
 //!    `--duplicates` fraction of requests that resend an already-acknowledged body (Kommo
 //!    redelivers). `--connections` tasks share one pooled HTTP client; `--rate` requests/s in
@@ -306,7 +306,7 @@ fn outcome_key(result: &Result<reqwest::StatusCode, reqwest::Error>) -> String {
 // Kommo bodies
 // ---------------------------------------------------------------------------------------------
 
-/// Builds `message[add][0]` bodies shaped like the WhatsApp Lite capture (kommo-api.md §1.4 B).
+/// Builds `message[add][0]` bodies shaped like the WhatsApp Lite capture (docs/kommo.md, *Capture B*).
 struct Bodies {
     run: u64,
     account_id: String,

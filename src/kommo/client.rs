@@ -5,11 +5,11 @@
 //!
 //! [`KommoClient`] reads users, leads, contacts, talks and the account, adds notes, patches lead
 //! fields/tags and starts Salesbots (`/api/v2/salesbot/run` — the only way to put a reply into a
-//! Kommo-managed WhatsApp conversation, kommo-api.md §4). Every call is traced with
+//! Kommo-managed WhatsApp conversation, docs/kommo.md). Every call is traced with
 //! `tracing::info!` fields `method`, `path`, `status`, `latency_ms` (never a token), and counted
 //! per `(endpoint, status)` for metrics.
 //!
-//! # Why it behaves as it does (kommo-api.md §3, §5)
+//! # Why it behaves as it does (docs/kommo.md, *REST calls out* and *Limits*)
 //!
 //! * **≤ 7 requests per second per account, as seen by Kommo.** One `governor` limiter per
 //!   account (a process-wide registry keyed by the API host, so two clients for the same account
@@ -59,7 +59,7 @@ use super::error::{KommoError, ValidationError};
 use super::oauth::{TokenManager, excerpt};
 use conversa_actors::Commitment;
 
-/// Kommo's documented limit (kommo-api.md §5).
+/// Kommo's documented limit (docs/kommo.md, *Limits*).
 pub const MAX_RPS: u32 = 7;
 
 /// Cooldown after a 403 block, unless configured otherwise.
@@ -191,7 +191,7 @@ pub struct LeadPatch {
 }
 
 impl LeadPatch {
-    /// The JSON body Kommo expects (kommo-api.md §3.7); empty parts are left out.
+    /// The JSON body Kommo expects (docs/kommo.md, *Writing*); empty parts are left out.
     pub fn body(&self) -> Value {
         let mut body = serde_json::Map::new();
         if !self.custom_fields.is_empty() {
@@ -1061,7 +1061,7 @@ mod tests {
 
     #[test]
     fn problem_json_with_validation_errors() {
-        // Verbatim from kommo-api.md §3.1.
+        // Verbatim from docs/kommo.md, *Error bodies*.
         let body = br#"{"validation-errors":[{"request_id":"0","errors":[{"code":"NotSupportedChoice","path":"custom_fields_values.0.field_id","detail":"The value you selected is not a valid choice."}]}],"title":"Bad Request","type":"https://httpstatus.es/400","status":400,"detail":"Request validation failed"}"#;
         match api_error(400, body) {
             KommoError::Api {
@@ -1095,7 +1095,7 @@ mod tests {
 
     #[test]
     fn doc_samples_parse() {
-        // kommo-api.md §3.3, §3.4, §3.5 (trimmed).
+        // docs/kommo.md, *Leads, contacts, talks*.
         let lead: RawLead = serde_json::from_str(
             r#"{"id":3912171,"name":"Example","price":12,"responsible_user_id":504141,"group_id":0,"status_id":143,"pipeline_id":3104455,"custom_fields_values":null,"_embedded":{"tags":[{"id":100667,"name":"тест","color":null}],"companies":[{"id":10971463}],"contacts":[{"id":10971465,"is_main":true}]}}"#,
         )

@@ -1,7 +1,7 @@
 //! Kommo OAuth 2.0 token management: where the access/refresh pair lives, when it is rotated,
 //! and what happens when rotation fails.
 //!
-//! # The facts this is built on (kommo-api.md §2)
+//! # The facts this is built on (docs/kommo.md, the OAuth row)
 //!
 //! * Access tokens live 86 400 s; refresh tokens are **single use**: every refresh returns a new
 //!   pair and the old refresh token is dead at once. Reusing it gets
@@ -67,7 +67,7 @@ const TOKEN_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// Quick inline attempts to persist a rotated pair before handing it to the background task.
 const INLINE_PERSIST_ATTEMPTS: u32 = 3;
 
-/// The authorize page (kommo-api.md §2).
+/// The authorize page (docs/kommo.md, the OAuth row).
 const AUTHORIZE_URL: &str = "https://www.kommo.com/oauth";
 
 /// An OAuth token pair as stored. A long-lived token has no refresh token and maybe no expiry.

@@ -1,7 +1,7 @@
 //! A faithful fake of one Kommo account, for tests that must not need the real SaaS.
 //!
-//! It behaves as `shared/kommo-api.md` describes (§2 OAuth, §3 REST v4, §4.1 Salesbot, §5
-//! limits, §8 checklist), because the point of a fake is to fail our code the way Kommo would:
+//! It behaves as `docs/kommo.md` describes (OAuth, REST v4, the Salesbot,
+//! limits), because the point of a fake is to fail our code the way Kommo would:
 //!
 //! * **OAuth** (`POST /oauth2/access_token`, JSON): authorization codes live 20 min and are
 //!   single use; access tokens live 86 400 s; refresh tokens are **single use and rotate**: a
@@ -20,7 +20,7 @@
 //!   the bot ran (recorded with status 500): the hazard that forbids blind retries.
 //! * **Webhooks out**: [`FakeKommo::send_webhook`] POSTs a form body as Kommo does
 //!   (`application/x-www-form-urlencoded`, `User-Agent: amoCRM-WebHook-client/1.0`) and
-//!   [`message_add_form`] builds the percent-encoded bracket body of kommo-api.md §1.4 (B).
+//!   [`message_add_form`] builds the percent-encoded bracket body of docs/kommo.md, *Capture B*.
 //!
 //! Unconfirmed details are marked where they are guessed. Synchronise with [`wait_until`]
 //! (polls a condition until a deadline), never with fixed sleeps.
@@ -709,7 +709,7 @@ fn problem(status: u16, title: &str, detail: &str) -> Response {
     )
 }
 
-/// The exact 401 body of a live Kommo for a bad bearer token (kommo-api.md §3.1).
+/// The exact 401 body of a live Kommo for a bad bearer token (docs/kommo.md, *Error bodies*).
 fn unauthorized() -> Response {
     with_type(
         401,
@@ -927,7 +927,7 @@ fn respond(
         },
         ("GET", ["api", "v4", "contacts", cid]) => {
             match id(cid).and_then(|c| st.contacts.get(&c)) {
-                // `_embedded.leads` only with `with=leads` (kommo-api.md §3.4).
+                // `_embedded.leads` only with `with=leads` (docs/kommo.md, *Leads, contacts, talks*).
                 Some(c) => hal(200, contact_json(c, origin, query.contains("leads"))),
                 None => no_content(),
             }
