@@ -1186,6 +1186,13 @@ async fn the_document_accepts_exactly_the_bodies_the_handlers_take() {
         }
     }
 
+    // A number just under a double's maximum, not in its shortest spelling, is in range.
+    let near_max = r#"{"x": {"b": 1.7976931348623158e308}}"#;
+    assert_eq!(
+        post_webhook(&s, "application/json", near_max.into()).await,
+        200
+    );
+
     // The Kommo webhook as a form: the schema speaks of the decoded pairs.
     let form_hook = validator("KommoWebhookForm");
     let deep = |n: usize| format!("a{}", "[x]".repeat(n));

@@ -18,7 +18,6 @@ use tracing::{debug, error, warn};
 use crate::clock::now_millis;
 use crate::contact::{ContactKey, Millis};
 use crate::conversation::{Conversation, Outcome, Rejection};
-use crate::effect::OutboxEntry;
 use crate::engine::{Core, EngineError};
 use crate::event::Event;
 use crate::executor::{ExecError, Job};
@@ -249,18 +248,8 @@ impl ContactState {
             let now = now_millis();
             let policy = self.core.policy.clone();
             let conversation = self.conversation.as_mut().expect("loaded");
-            let mut changed = conversation.expire_effects(now, &policy).changed;
-            for timer in conversation.due_timers(now) {
-                let event = Event::TimerFired { timer };
-                if let Ok(o) = conversation.handle(event, now, &policy) {
-                    changed |= o.changed;
-                }
-            }
-            let executable = |e: &OutboxEntry| self.core.executors.for_effect(&e.effect).is_some();
-            let due_outbox = conversation
-                .outbox
-                .entries()
-                .any(|e| executable(e) && e.wake_at() <= now);
+            let changed = conversation.handle_timeout(now, &policy).changed;
+            let due_outbox = conversation.has_due_work(now, |e| self.core.can_run(e));
             let next = self.next_wake();
             if !changed && !due_outbox {
                 // Woken early (a stale index entry, another node's timer): just re-arm.
@@ -351,15 +340,11 @@ impl ContactState {
     async fn persist(&mut self, now: Millis) -> Result<Vec<Job>, StoreError> {
         let core = self.core.clone();
         let conversation = self.conversation.as_mut().expect("loaded");
-        let executable = |e: &OutboxEntry| core.executors.for_effect(&e.effect).is_some();
-        let claimed = conversation.outbox.claim_due_where(
-            &core.node_id,
-            now,
-            now + core.claim_lease_ms,
-            executable,
-        );
+        let claimed = conversation.poll_work(&core.node_id, now, now + core.claim_lease_ms, |e| {
+            core.can_run(e)
+        });
         let index = IndexUpdate {
-            wake_at: wake_at(conversation, &core),
+            wake_at: conversation.poll_timeout(|e| core.can_run(e)),
             outbox_pending: !conversation.outbox.is_empty(),
             phase: conversation.phase.name().to_owned(),
             // What our own write of the version we replace put in the indexes.
@@ -441,7 +426,7 @@ impl ContactState {
     fn next_wake(&self) -> Option<Millis> {
         self.conversation
             .as_ref()
-            .and_then(|c| wake_at(c, &self.core))
+            .and_then(|c| c.poll_timeout(|e| self.core.can_run(e)))
     }
 
     /// Starts the claimed jobs, each on its own task; results come back as `Executed`.
@@ -470,18 +455,5 @@ impl ContactState {
                 core.deliver_result(job.key, job.id, result, found).await;
             });
         }
-    }
-}
-
-/// The conversation's next wake-up, counting only outbox entries someone can execute (the
-/// others wait for an executor to be configured and must not wake the actor in a loop).
-fn wake_at(conversation: &Conversation, core: &Core) -> Option<Millis> {
-    let timer = conversation.timers.values().copied().min();
-    let outbox = conversation
-        .outbox
-        .next_wake_where(|e| core.executors.for_effect(&e.effect).is_some());
-    match (timer, outbox) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     }
 }

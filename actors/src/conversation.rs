@@ -344,11 +344,57 @@ impl Conversation {
 
     /// When the actor must next run: the earliest timer or outbox retry / claim expiry.
     pub fn next_wake(&self) -> Option<Millis> {
+        self.poll_timeout(|_| true)
+    }
+
+    /// When the driver must next call [`Conversation::handle_timeout`] or
+    /// [`Conversation::poll_work`]: the earliest timer, or the earliest retry or claim expiry of
+    /// an outbox entry the driver can run (`can_run`; the others wait for an executor to be
+    /// configured and must not wake the driver in a loop).
+    pub fn poll_timeout(&self, can_run: impl Fn(&Effect) -> bool) -> Option<Millis> {
         let timer = self.timers.values().copied().min();
-        match (timer, self.outbox.next_wake()) {
+        let outbox = self.outbox.next_wake_where(|e| can_run(&e.effect));
+        match (timer, outbox) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Everything that comes due by `now`: effects that waited too long expire
+    /// ([`Conversation::expire_effects`]), then the due timers fire, earliest first. A timer
+    /// that is not due changes nothing, so a driver woken early does no harm.
+    pub fn handle_timeout(&mut self, now: Millis, policy: &Policy) -> Outcome {
+        let mut out = self.expire_effects(now, policy);
+        for timer in self.due_timers(now) {
+            if let Ok(o) = self.handle(Event::TimerFired { timer }, now, policy) {
+                out.effects.extend(o.effects);
+                out.queued.extend(o.queued);
+                out.changed |= o.changed;
+            }
+        }
+        out
+    }
+
+    /// Whether an outbox entry the driver can run is due at `now` (to try, or to take over
+    /// after its claim expired).
+    pub fn has_due_work(&self, now: Millis, can_run: impl Fn(&Effect) -> bool) -> bool {
+        self.outbox
+            .entries()
+            .any(|e| can_run(&e.effect) && e.wake_at() <= now)
+    }
+
+    /// Claims, for `node` until `lease_until`, the due outbox entries the driver can run and
+    /// returns their ids: the driver writes the claims with the snapshot, then runs them and
+    /// reports each with `EffectDone` / `EffectFailed`. A contact's dispatches go one at a time.
+    pub fn poll_work(
+        &mut self,
+        node: &str,
+        now: Millis,
+        lease_until: Millis,
+        can_run: impl Fn(&Effect) -> bool,
+    ) -> Vec<String> {
+        self.outbox
+            .claim_due_where(node, now, lease_until, |e| can_run(&e.effect))
     }
 
     /// Drops the dispatches and replies that waited in the outbox longer than
@@ -547,7 +593,7 @@ impl Step<'_> {
 
     /// Something happened: the conversation's idle end moves away.
     /// Like every timer it is persisted in `timers` (the actor's wake-up follows it), but it
-    /// is housekeeping, not a decision, so no `SetTimer` effect is reported for it.
+    /// is housekeeping, not a decision.
     ///
     /// The end is rounded up to a tenth of the idle time (at most 5 minutes): a burst of
     /// messages leaves it, and so the store's wake index, unchanged, and it is never early.
@@ -1280,13 +1326,11 @@ impl Step<'_> {
 
     fn set_timer(&mut self, timer: TimerKind, at: Millis) {
         self.c.timers.insert(timer, at);
-        self.out.effects.push(Effect::SetTimer { timer, at });
         self.out.changed = true;
     }
 
     fn cancel_timer(&mut self, timer: TimerKind) {
         if self.c.timers.remove(&timer).is_some() {
-            self.out.effects.push(Effect::CancelTimer { timer });
             self.out.changed = true;
         }
     }

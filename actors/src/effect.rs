@@ -46,6 +46,8 @@ pub struct Dispatch {
     pub details: serde_json::Value,
 }
 
+/// Work that leaves the process. Timers are not effects: the conversation keeps them and the
+/// driver asks for the next one ([`crate::Conversation::poll_timeout`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "effect", rename_all = "snake_case")]
 pub enum Effect {
@@ -61,17 +63,7 @@ pub enum Effect {
         sent: usize,
     },
     /// Leave a note on the lead for the seller.
-    AddNote {
-        text: String,
-    },
-    /// Wake the conversation at `at` for `timer`.
-    SetTimer {
-        timer: TimerKind,
-        at: Millis,
-    },
-    CancelTimer {
-        timer: TimerKind,
-    },
+    AddNote { text: String },
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -86,14 +78,6 @@ impl Effect {
             Effect::DeliverReply { texts, sent, .. } => texts.get(*sent).map(String::as_str),
             _ => None,
         }
-    }
-
-    /// Whether the effect leaves the process (and so goes through the outbox).
-    pub fn is_external(&self) -> bool {
-        matches!(
-            self,
-            Effect::Dispatch(_) | Effect::DeliverReply { .. } | Effect::AddNote { .. }
-        )
     }
 }
 

@@ -190,8 +190,6 @@ pub(crate) fn effect_label(effect: &crate::effect::Effect) -> &'static str {
         },
         Effect::DeliverReply { .. } => "deliver_reply",
         Effect::AddNote { .. } => "add_note",
-        Effect::SetTimer { .. } => "set_timer",
-        Effect::CancelTimer { .. } => "cancel_timer",
     }
 }
 
@@ -282,6 +280,11 @@ pub enum Progress {
 }
 
 impl Core {
+    /// Whether this node has an executor for `effect` (the others wait in the outbox).
+    pub(crate) fn can_run(&self, effect: &crate::effect::Effect) -> bool {
+        self.executors.for_effect(effect).is_some()
+    }
+
     pub async fn load(&self, key: &ContactKey) -> Result<Option<(Conversation, u64)>, StoreError> {
         let started = std::time::Instant::now();
         let stored = self.store.load(key).await;

@@ -128,7 +128,6 @@ impl Executors {
             Effect::Dispatch(_) => self.dispatch.as_ref(),
             Effect::DeliverReply { .. } => self.reply.as_ref(),
             Effect::AddNote { .. } => self.note.as_ref(),
-            Effect::SetTimer { .. } | Effect::CancelTimer { .. } => None,
         }
     }
 }

@@ -20,6 +20,8 @@ struct Sim {
     c: Conversation,
     p: Policy,
     now: Millis,
+    /// The timers before the last event, to tell what it armed and cancelled.
+    timers_before: std::collections::BTreeMap<TimerKind, Millis>,
 }
 
 impl Sim {
@@ -32,6 +34,7 @@ impl Sim {
             c: Conversation::new(KEY, T0),
             p,
             now: T0,
+            timers_before: Default::default(),
         }
     }
 
@@ -50,6 +53,7 @@ impl Sim {
 
     fn try_handle(&mut self, event: Event) -> Result<Outcome, Rejection> {
         let before = self.c.clone();
+        self.timers_before = before.timers.clone();
         let result = self.c.handle(event, self.now, &self.p);
         if result.is_err() {
             assert_eq!(
@@ -64,6 +68,29 @@ impl Sim {
         let name = event.name();
         self.try_handle(event)
             .unwrap_or_else(|r| panic!("{name} rejected: {r}"))
+    }
+
+    /// The decision timers (all but the idle end, which moves with every activity and has
+    /// tests of its own) the last event armed or moved, with their due times, in kind order.
+    /// Timers are the conversation's own state, not effects: see `Conversation::poll_timeout`.
+    fn timers_set(&self) -> Vec<(TimerKind, Millis)> {
+        let before = &self.timers_before;
+        self.c
+            .timers
+            .iter()
+            .filter(|(kind, at)| **kind != TimerKind::IdleEnd && before.get(kind) != Some(at))
+            .map(|(kind, at)| (*kind, *at))
+            .collect()
+    }
+
+    /// The decision timers the last event cancelled, in kind order.
+    fn timers_cancelled(&self) -> Vec<TimerKind> {
+        let after = &self.c.timers;
+        self.timers_before
+            .keys()
+            .filter(|kind| **kind != TimerKind::IdleEnd && !after.contains_key(kind))
+            .copied()
+            .collect()
     }
 
     fn rejected(&mut self, event: Event) -> Rejection {
@@ -308,26 +335,6 @@ fn notes(out: &Outcome) -> Vec<String> {
         .collect()
 }
 
-fn timers_set(out: &Outcome) -> Vec<(TimerKind, Millis)> {
-    out.effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::SetTimer { timer, at } => Some((*timer, *at)),
-            _ => None,
-        })
-        .collect()
-}
-
-fn timers_cancelled(out: &Outcome) -> Vec<TimerKind> {
-    out.effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::CancelTimer { timer } => Some(*timer),
-            _ => None,
-        })
-        .collect()
-}
-
 fn ids(d: &Dispatch) -> Vec<&str> {
     d.messages.iter().map(|m| m.id.as_str()).collect()
 }
@@ -343,13 +350,8 @@ fn a_customer_message_in_idle_starts_the_bot_and_arms_the_debounce_timer() {
 
     assert!(out.changed);
     assert_eq!(s.c.phase, Phase::BotActive);
-    assert_eq!(
-        out.effects,
-        vec![Effect::SetTimer {
-            timer: TimerKind::Debounce,
-            at: T0 + 4_000
-        }]
-    );
+    assert!(out.effects.is_empty());
+    assert_eq!(s.timers_set(), [(TimerKind::Debounce, T0 + 4_000)]);
     assert_eq!(s.c.pending, vec![m]);
     assert_eq!(s.c.in_flight, None);
     assert_eq!(s.c.timers.get(&TimerKind::Debounce), Some(&(T0 + 4_000)));
@@ -368,7 +370,7 @@ fn with_no_debounce_a_customer_message_is_dispatched_at_once() {
     let out = s.ok(customer("m1"));
 
     assert_eq!(s.c.phase, Phase::BotActive);
-    assert!(timers_set(&out).is_empty());
+    assert!(s.timers_set().is_empty());
     let d = the_dispatch(&out, DispatchKind::Message);
     assert_eq!(d.messages, vec![message("m1")]);
     assert_eq!(d.epoch, 0);
@@ -401,7 +403,7 @@ fn each_new_customer_message_pushes_the_debounce_back() {
     let mut s = Sim::new();
     s.ok(customer("m1"));
     let out = s.advance(1_000).ok(customer("m2"));
-    assert_eq!(timers_set(&out), vec![(TimerKind::Debounce, T0 + 5_000)]);
+    assert_eq!(s.timers_set(), vec![(TimerKind::Debounce, T0 + 5_000)]);
     assert!(dispatches(&out).is_empty());
     assert_eq!(s.pending_ids(), ["m1", "m2"]);
     assert_eq!(s.c.burst_started_at, Some(T0), "the burst began with m1");
@@ -413,10 +415,9 @@ fn the_debounce_cap_bounds_the_wait_while_the_customer_keeps_typing() {
     s.ok(customer("m1"));
     let mut last_at = 0;
     for (i, id) in ["m2", "m3", "m4", "m5", "m6"].into_iter().enumerate() {
-        let out = s.advance(3_000).ok(customer(id));
-        let [(TimerKind::Debounce, at)] = timers_set(&out)[..] else {
-            panic!("one debounce timer expected: {out:?}");
-        };
+        s.advance(3_000).ok(customer(id));
+        // Past the cap the timer stays where it is: read it, not what moved.
+        let at = s.c.timers[&TimerKind::Debounce];
         let elapsed = 3_000 * (i as u64 + 1);
         assert_eq!(at, (T0 + elapsed + 4_000).min(T0 + 15_000));
         assert!(at <= T0 + 15_000, "never later than the cap");
@@ -437,11 +438,11 @@ fn a_message_after_the_cap_is_never_scheduled_in_the_past() {
         debounce_max_ms: 1_000,
         ..Policy::default()
     });
-    let out = s.ok(customer("m1"));
-    assert_eq!(timers_set(&out), vec![(TimerKind::Debounce, T0 + 1_000)]);
+    s.ok(customer("m1"));
+    assert_eq!(s.timers_set(), vec![(TimerKind::Debounce, T0 + 1_000)]);
     // The actor was late: the timer did not fire and the customer wrote again.
-    let out = s.advance(5_000).ok(customer("m2"));
-    assert_eq!(timers_set(&out), vec![(TimerKind::Debounce, T0 + 5_000)]);
+    s.advance(5_000).ok(customer("m2"));
+    assert_eq!(s.timers_set(), vec![(TimerKind::Debounce, T0 + 5_000)]);
 }
 
 #[test]
@@ -490,7 +491,7 @@ fn the_same_id_again_with_an_attachment_is_merged_into_the_pending_message() {
     assert!(out.changed);
     assert_eq!(s.c.pending.len(), 1, "merged, not added");
     assert_eq!(s.c.pending[0], voice("m1"));
-    assert_eq!(timers_set(&out), vec![(TimerKind::Debounce, T0 + 5_000)]);
+    assert_eq!(s.timers_set(), vec![(TimerKind::Debounce, T0 + 5_000)]);
     let entry = s.c.timeline.last().unwrap();
     assert_eq!(entry.what, What::AttachmentMerged);
     assert_eq!(entry.message_id.as_deref(), Some("m1"));
@@ -732,13 +733,13 @@ fn pausing_silences_the_bot_and_bumps_the_epoch() {
         DispatchKind::Message,
     );
     s.advance(1_000).ok(customer("m2")); // debounce armed again
-    let out = s.ok(pause());
+    s.ok(pause());
 
     assert!(
         matches!(&s.c.phase, Phase::Paused { since, by } if *since == s.now && by == "operator")
     );
     assert_eq!(s.c.epoch, 1);
-    assert_eq!(timers_cancelled(&out), [TimerKind::Debounce]);
+    assert_eq!(s.timers_cancelled(), [TimerKind::Debounce]);
     // Unanswered, kept for the bot's return; nothing dispatches them while paused.
     assert_eq!(s.pending_ids(), ["m1", "m2"]);
     assert_eq!(s.c.in_flight, None);
@@ -850,10 +851,10 @@ fn a_seller_assuming_silences_the_bot_and_bumps_the_epoch() {
     // Kept until the seller answers them or hands them back; never dispatched meanwhile.
     assert!(dispatches(&out).is_empty());
     assert_eq!(
-        timers_set(&out),
+        s.timers_set(),
         [
-            (TimerKind::LeaseExpiry, expires),
-            (TimerKind::LeaseNudge, expires - p.lease_nudge_ms)
+            (TimerKind::LeaseNudge, expires - p.lease_nudge_ms),
+            (TimerKind::LeaseExpiry, expires)
         ]
     );
     // Every message dispatch and the undelivered reply are cancelled; only the note stays.
@@ -909,7 +910,7 @@ fn a_second_seller_cannot_assume_a_held_conversation() {
 fn the_holder_assuming_again_extends_the_lease() {
     let mut s = Sim::new();
     s.ok(assume("ana"));
-    let out = s.advance(600_000).ok(assume("ana"));
+    s.advance(600_000).ok(assume("ana"));
     let expires = s.now + s.p.human_lease_ms.unwrap();
     assert_eq!(s.c.epoch, 1, "no new takeover");
     assert!(
@@ -917,10 +918,10 @@ fn the_holder_assuming_again_extends_the_lease() {
         if e == expires && since == T0)
     );
     assert_eq!(
-        timers_set(&out),
+        s.timers_set(),
         [
-            (TimerKind::LeaseExpiry, expires),
-            (TimerKind::LeaseNudge, expires - s.p.lease_nudge_ms)
+            (TimerKind::LeaseNudge, expires - s.p.lease_nudge_ms),
+            (TimerKind::LeaseExpiry, expires)
         ]
     );
     assert_eq!(s.last_what(), What::LeaseExtended);
@@ -936,8 +937,8 @@ fn release_by_the_holder_hands_the_conversation_back_to_the_bot() {
     assert_eq!(s.c.epoch, 2);
     assert!(s.decision_timers().is_empty());
     assert_eq!(
-        timers_cancelled(&out),
-        [TimerKind::LeaseExpiry, TimerKind::LeaseNudge]
+        s.timers_cancelled(),
+        [TimerKind::LeaseNudge, TimerKind::LeaseExpiry]
     );
     let d = the_dispatch(&out, DispatchKind::Released);
     assert_eq!(d.epoch, 2);
@@ -1039,8 +1040,8 @@ fn without_a_lease_a_hold_never_expires() {
         human_lease_ms: None,
         ..Policy::default()
     });
-    let out = s.ok(assume("ana"));
-    assert!(timers_set(&out).is_empty());
+    s.ok(assume("ana"));
+    assert!(s.timers_set().is_empty());
     assert!(matches!(
         s.c.phase,
         Phase::HumanAssigned {
@@ -1058,8 +1059,8 @@ fn a_lease_shorter_than_the_nudge_sets_no_nudge() {
         lease_nudge_ms: 120_000,
         ..Policy::default()
     });
-    let out = s.ok(assume("ana"));
-    assert_eq!(timers_set(&out), [(TimerKind::LeaseExpiry, T0 + 60_000)]);
+    s.ok(assume("ana"));
+    assert_eq!(s.timers_set(), [(TimerKind::LeaseExpiry, T0 + 60_000)]);
 }
 
 #[test]
@@ -1093,10 +1094,10 @@ fn customer_messages_while_a_seller_holds_the_conversation_are_held() {
 fn a_seller_writing_in_the_chat_extends_their_lease() {
     let mut s = Sim::new();
     s.ok(assume("ana"));
-    let out = s.advance(30 * 60_000).ok(spoke("ana", "s1"));
+    s.advance(30 * 60_000).ok(spoke("ana", "s1"));
     let expires = s.now + s.p.human_lease_ms.unwrap();
     assert!(matches!(s.c.phase, Phase::HumanAssigned { expires_at: Some(e), .. } if e == expires));
-    assert_eq!(timers_set(&out)[0], (TimerKind::LeaseExpiry, expires));
+    assert!(s.timers_set().contains(&(TimerKind::LeaseExpiry, expires)));
     let entry = s.c.timeline.last().unwrap();
     assert_eq!(entry.what, What::LeaseExtended);
     assert_eq!(entry.message_id.as_deref(), Some("s1"));
@@ -1201,9 +1202,9 @@ fn the_customer_answering_turns_a_proactive_conversation_into_a_bot_conversation
     let pd = the_dispatch(&s.ok(proactive("ana")), DispatchKind::Proactive);
     s.ok(reply(&pd.dispatch_id)); // the opening message reaches the customer
     assert!(matches!(s.c.phase, Phase::Proactive { .. }));
-    let out = s.advance(60_000).ok(customer("m1"));
+    s.advance(60_000).ok(customer("m1"));
     assert_eq!(s.c.phase, Phase::BotActive);
-    assert_eq!(timers_set(&out), [(TimerKind::Debounce, s.now + 4_000)]);
+    assert_eq!(s.timers_set(), [(TimerKind::Debounce, s.now + 4_000)]);
 }
 
 #[test]
@@ -1292,8 +1293,8 @@ fn a_scheduling_request_starts_scheduling_with_a_timeout() {
     assert_eq!(d.seller, Some(seller("ana")));
     assert_eq!(d.details["when"], "tomorrow 10h");
     let timeout = s.now + s.p.scheduling_timeout_ms;
-    assert_eq!(timers_set(&out), [(TimerKind::SchedulingTimeout, timeout)]);
-    assert_eq!(timers_cancelled(&out), [TimerKind::Debounce]);
+    assert_eq!(s.timers_set(), [(TimerKind::SchedulingTimeout, timeout)]);
+    assert_eq!(s.timers_cancelled(), [TimerKind::Debounce]);
     assert!(s.c.pending.is_empty());
     assert_eq!(s.c.in_flight.as_ref().unwrap().dispatch_id, d.dispatch_id);
     assert!(s.whats().contains(&What::SchedulingStarted));
@@ -1317,7 +1318,7 @@ fn a_confirmed_scheduling_outcome_returns_to_the_bot_with_a_note() {
     let out = s.advance(60_000).ok(outcome(Some(&d.dispatch_id), true));
     assert_eq!(s.c.phase, Phase::BotActive);
     assert_eq!(s.c.in_flight, None);
-    assert_eq!(timers_cancelled(&out), [TimerKind::SchedulingTimeout]);
+    assert_eq!(s.timers_cancelled(), [TimerKind::SchedulingTimeout]);
     assert_eq!(notes(&out), ["Agendamento confirmado: terça 10h."]);
     let entry =
         s.c.timeline
@@ -1647,6 +1648,57 @@ fn due_timers_lists_the_due_timers_earliest_first() {
     assert_eq!(
         s.c.due_timers(T0 + 100_000),
         [TimerKind::LeaseNudge, TimerKind::LeaseExpiry]
+    );
+}
+
+#[test]
+fn the_driver_asks_for_its_next_wake_up_and_only_counts_work_it_can_run() {
+    let mut s = Sim::new();
+    s.ok(customer("m1"));
+    let no_n8n = |e: &Effect| !matches!(e, Effect::Dispatch(_));
+    assert_eq!(s.c.poll_timeout(no_n8n), Some(T0 + 4_000), "the debounce");
+    s.advance(4_000);
+    let out = s.c.handle_timeout(s.now, &s.p);
+    assert!(out.changed);
+    let d = the_dispatch(&out, DispatchKind::Message);
+    // The dispatch is due at once for a driver with n8n; one without it is not woken for it.
+    assert_eq!(s.c.poll_timeout(|_| true), Some(s.now));
+    assert_eq!(s.c.poll_timeout(no_n8n), s.c.timers.values().copied().min());
+    assert!(s.c.has_due_work(s.now, |_| true));
+    assert!(!s.c.has_due_work(s.now, no_n8n));
+    assert!(
+        s.c.poll_work("node-a", s.now, s.now + 30_000, no_n8n)
+            .is_empty()
+    );
+    let claimed = s.c.poll_work("node-a", s.now, s.now + 30_000, |_| true);
+    assert_eq!(claimed, std::slice::from_ref(&d.dispatch_id));
+    assert_eq!(
+        s.c.poll_timeout(|_| true),
+        Some(s.now + 30_000),
+        "the claim's expiry"
+    );
+    assert!(!s.c.has_due_work(s.now, |_| true), "claimed: not due again");
+}
+
+#[test]
+fn handle_timeout_fires_every_due_timer_earliest_first_and_nothing_early() {
+    let mut s = Sim::with(Policy {
+        human_lease_ms: Some(100_000),
+        lease_nudge_ms: 10_000,
+        ..Policy::default()
+    });
+    s.ok(assume("ana"));
+    let before = s.c.clone();
+    assert!(!s.c.handle_timeout(T0 + 89_999, &s.p).changed);
+    assert_eq!(s.c, before, "woken early: nothing changes");
+    let out = s.c.handle_timeout(T0 + 100_000, &s.p);
+    assert!(out.changed);
+    assert_eq!(s.c.phase, Phase::BotActive, "the lease expired");
+    assert!(!s.c.timers.contains_key(&TimerKind::LeaseNudge));
+    assert!(!s.c.timers.contains_key(&TimerKind::LeaseExpiry));
+    assert_eq!(
+        the_dispatch(&out, DispatchKind::Released).details["reason"],
+        "lease_expired"
     );
 }
 

@@ -75,7 +75,7 @@ pub struct ConversationView<'a> {
 #[schema(as = OutboxEntry)]
 pub struct OutboxView<'a> {
     pub id: &'a str,
-    /// `dispatch`, `deliver_reply`, `add_note`, `set_timer`, `cancel_timer`.
+    /// `dispatch`, `deliver_reply`, `add_note`.
     pub kind: &'static str,
     pub attempts: u32,
     #[schema(value_type = u64)]
@@ -149,7 +149,5 @@ pub fn effect_kind(effect: &Effect) -> &'static str {
         Effect::Dispatch(_) => "dispatch",
         Effect::DeliverReply { .. } => "deliver_reply",
         Effect::AddNote { .. } => "add_note",
-        Effect::SetTimer { .. } => "set_timer",
-        Effect::CancelTimer { .. } => "cancel_timer",
     }
 }

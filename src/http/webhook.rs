@@ -114,8 +114,8 @@ pub struct RejectedItem {
     request_body(
         description = "Kommo's webhook: form-encoded bracket keys (as Kommo sends it) or JSON. \
             The body is read by its shape, whatever its Content-Type says: JSON when its first \
-            non-blank byte is `{` or `[` (a form's `{`, `[` and blanks are percent-encoded), \
-            a form otherwise.",
+            byte after ASCII white space (space, tab, line feed, form feed, carriage return) is \
+            `{` or `[` (a form encoder percent-encodes all of these), a form otherwise.",
         content(
             (KommoWebhookForm = "application/x-www-form-urlencoded"),
             (KommoWebhookJson = "application/json"),
@@ -155,8 +155,8 @@ async fn with_query_token(
     request_body(
         description = "Kommo's webhook: form-encoded bracket keys (as Kommo sends it) or JSON. \
             The body is read by its shape, whatever its Content-Type says: JSON when its first \
-            non-blank byte is `{` or `[` (a form's `{`, `[` and blanks are percent-encoded), \
-            a form otherwise.",
+            byte after ASCII white space (space, tab, line feed, form feed, carriage return) is \
+            `{` or `[` (a form encoder percent-encodes all of these), a form otherwise.",
         content(
             (KommoWebhookForm = "application/x-www-form-urlencoded"),
             (KommoWebhookJson = "application/json"),
