@@ -38,6 +38,17 @@ impl Sim {
         }
     }
 
+    /// Held by "ana" under a 100 s lease, nudged 10 s before it ends.
+    fn held_briefly() -> Self {
+        let mut s = Self::with(Policy {
+            human_lease_ms: Some(100_000),
+            lease_nudge_ms: 10_000,
+            ..Policy::default()
+        });
+        s.ok(assume("ana"));
+        s
+    }
+
     /// Debounce off: every customer message is dispatched at once.
     fn immediate() -> Self {
         Self::with(Policy {
@@ -1637,12 +1648,7 @@ fn next_wake_is_the_earliest_timer_or_outbox_wake() {
 
 #[test]
 fn due_timers_lists_the_due_timers_earliest_first() {
-    let mut s = Sim::with(Policy {
-        human_lease_ms: Some(100_000),
-        lease_nudge_ms: 10_000,
-        ..Policy::default()
-    });
-    s.ok(assume("ana"));
+    let s = Sim::held_briefly();
     assert!(s.c.due_timers(T0 + 89_999).is_empty());
     assert_eq!(s.c.due_timers(T0 + 90_000), [TimerKind::LeaseNudge]);
     assert_eq!(
@@ -1682,12 +1688,7 @@ fn the_driver_asks_for_its_next_wake_up_and_only_counts_work_it_can_run() {
 
 #[test]
 fn handle_timeout_fires_every_due_timer_earliest_first_and_nothing_early() {
-    let mut s = Sim::with(Policy {
-        human_lease_ms: Some(100_000),
-        lease_nudge_ms: 10_000,
-        ..Policy::default()
-    });
-    s.ok(assume("ana"));
+    let mut s = Sim::held_briefly();
     let before = s.c.clone();
     assert!(!s.c.handle_timeout(T0 + 89_999, &s.p).changed);
     assert_eq!(s.c, before, "woken early: nothing changes");
