@@ -6,7 +6,7 @@
 #
 #   scripts/bench-ingest.sh [runs=5] [duration=5s] [connections=64] [contacts=10000]
 #
-# Needs: cargo build --release --bin conversa --bin loadgen ; redis-server and python3 on PATH.
+# Needs: cargo build --release -p conversa -p loadgen ; redis-server and python3 on PATH.
 # Each run gets a fresh engine and a fresh Redis / data dir (project redis.conf: AOF everysec).
 # Raw loadgen JSON lines are kept in $BENCH_OUT (default: a temp dir, printed at the end).
 set -euo pipefail

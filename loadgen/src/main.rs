@@ -49,7 +49,7 @@
 //! # Example
 //!
 //! ```sh
-//! cargo run --release --bin loadgen -- --url http://127.0.0.1:8000 --sink-port 9999 \
+//! cargo run --release -p loadgen -- --url http://127.0.0.1:8000 --sink-port 9999 \
 //!     --duration 10s --connections 64 --contacts 10000
 //! ```
 
