@@ -6,7 +6,7 @@
 //! refused naming the holder.
 
 use axum::http::StatusCode;
-use conversa_actors::{Event, Rejection, SellerRef};
+use conversa_actors::{Event, PhaseName, Rejection, SellerRef};
 use serde::Serialize;
 use serde_json::json;
 use tracing::{info, warn};
@@ -135,20 +135,20 @@ pub async fn execute(
             if let Err(rejection) = applied.outcome {
                 return Err(refused(rejection));
             }
-            (applied.phase.name(), applied.phase.seller().cloned())
+            (applied.phase.kind(), applied.phase.seller().cloned())
         }
         None => match app.engine().conversation(&key).await? {
-            Some((c, _)) => (c.phase.name(), c.phase.seller().cloned()),
-            None => ("idle", None),
+            Some((c, _)) => (c.phase.kind(), c.phase.seller().cloned()),
+            None => (PhaseName::Idle, None),
         },
     };
-    info!(contact = %key, seller = %seller.id, command = ?command.verb, phase, "seller command");
+    info!(contact = %key, seller = %seller.id, command = ?command.verb, phase = phase.as_str(), "seller command");
     Ok(json!({
         "ok": true,
         "command": command.verb,
         "contact_id": command.contact_id,
         "phase": phase,
-        "bot_active": !matches!(phase, "human_assigned" | "paused"),
+        "bot_active": phase.bot_active(),
         "vendedor": seller,
         "holder": holder,
     }))

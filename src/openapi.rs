@@ -518,18 +518,6 @@ pub mod schemas {
         Custom,
     }
 
-    /// A conversation's phase.
-    #[derive(Serialize, ToSchema)]
-    #[serde(rename_all = "snake_case")]
-    pub enum Phase {
-        Idle,
-        Proactive,
-        BotActive,
-        Paused,
-        HumanAssigned,
-        Scheduling,
-    }
-
     /// The Kommo authorization: `reauthorize_needed` (with a `reason`) when a human must
     /// authorize the integration again at `/oauth/authorize`.
     #[derive(Serialize, ToSchema)]

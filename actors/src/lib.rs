@@ -32,5 +32,5 @@ pub use engine::{Engine, EngineConfig, EngineError, EngineStats, Progress};
 pub use event::{BotCommand, Event};
 pub use executor::{Commitment, ExecError, Executor, Executors, FoundLinks, Job};
 pub use message::{Attachment, InboundMessage, Links, SellerRef};
-pub use phase::Phase;
+pub use phase::{Phase, PhaseName};
 pub use policy::Policy;

@@ -30,28 +30,72 @@ pub enum Phase {
     },
 }
 
-impl Phase {
+/// A conversation's phase, without its details: what indexes, metrics and answers name,
+/// serialized as its one spelling (`"human_assigned"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Phase))]
+pub enum PhaseName {
+    Idle,
+    Proactive,
+    BotActive,
+    Paused,
+    HumanAssigned,
+    Scheduling,
+}
+
+impl PhaseName {
+    /// Every phase, for stats that list zero counts too.
+    pub const ALL: [PhaseName; 6] = [
+        PhaseName::Idle,
+        PhaseName::Proactive,
+        PhaseName::BotActive,
+        PhaseName::Paused,
+        PhaseName::HumanAssigned,
+        PhaseName::Scheduling,
+    ];
+
     /// The snake_case name used in JSON, indexes and metrics.
-    pub fn name(&self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
-            Phase::Idle => "idle",
-            Phase::Proactive { .. } => "proactive",
-            Phase::BotActive => "bot_active",
-            Phase::Paused { .. } => "paused",
-            Phase::HumanAssigned { .. } => "human_assigned",
-            Phase::Scheduling { .. } => "scheduling",
+            PhaseName::Idle => "idle",
+            PhaseName::Proactive => "proactive",
+            PhaseName::BotActive => "bot_active",
+            PhaseName::Paused => "paused",
+            PhaseName::HumanAssigned => "human_assigned",
+            PhaseName::Scheduling => "scheduling",
         }
     }
 
-    /// Every phase name, for stats that list zero counts too.
-    pub const NAMES: [&'static str; 6] = [
-        "idle",
-        "proactive",
-        "bot_active",
-        "paused",
-        "human_assigned",
-        "scheduling",
-    ];
+    /// The phase named `name` (as [`PhaseName::as_str`] spells it).
+    pub fn parse(name: &str) -> Option<PhaseName> {
+        PhaseName::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
+    /// Whether the bot may answer the customer in this phase (no seller holds the
+    /// conversation and no operator paused the bot).
+    pub fn bot_active(self) -> bool {
+        !matches!(self, PhaseName::Paused | PhaseName::HumanAssigned)
+    }
+}
+
+impl Phase {
+    /// Which phase this is.
+    pub fn kind(&self) -> PhaseName {
+        match self {
+            Phase::Idle => PhaseName::Idle,
+            Phase::Proactive { .. } => PhaseName::Proactive,
+            Phase::BotActive => PhaseName::BotActive,
+            Phase::Paused { .. } => PhaseName::Paused,
+            Phase::HumanAssigned { .. } => PhaseName::HumanAssigned,
+            Phase::Scheduling { .. } => PhaseName::Scheduling,
+        }
+    }
+
+    /// The snake_case name used in JSON, indexes and metrics.
+    pub fn name(&self) -> &'static str {
+        self.kind().as_str()
+    }
 
     pub fn seller(&self) -> Option<&SellerRef> {
         match self {

@@ -779,7 +779,7 @@ fn the_generated_sequences_reach_every_rule() {
             before = after.clone();
         }
     }
-    assert_eq!(phases.len(), Phase::NAMES.len(), "{phases:?}");
+    assert_eq!(phases.len(), PhaseName::ALL.len(), "{phases:?}");
     // Every entry but `EffectExpired`, which comes from `Conversation::expire_effects`, and
     // `Trimmed`, from `Conversation::trim` (not events; their own tests cover them).
     assert_eq!(whats.len(), 28, "{whats:?}");

@@ -14,7 +14,7 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::view::ConversationView;
 use crate::http::{JsonBody, KommoId};
-use crate::openapi::schemas::Phase;
+use conversa_actors::PhaseName;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(bot_control))
@@ -52,7 +52,7 @@ pub struct BotControlAnswer {
     pub bot_active: bool,
     pub command: BotCommandName,
     pub contact_id: u64,
-    pub phase: Phase,
+    pub phase: PhaseName,
     /// The conversation's snapshot version (0: no conversation yet).
     pub version: u64,
 }
@@ -103,21 +103,21 @@ async fn bot_control(
                 by: "bot-control".into(),
             };
             let applied = app.engine().apply(key, event).await?;
-            (applied.phase.name(), applied.version)
+            (applied.phase.kind(), applied.version)
         }
         None => match app.engine().conversation(&key).await? {
             Some((c, v)) => {
                 let view = ConversationView::new(&c, v);
                 (view.phase, v)
             }
-            None => ("idle", 0),
+            None => (PhaseName::Idle, 0),
         },
     };
     Ok(Json(json!({
         "contact_id": key.contact_id,
         "command": body.command.trim().to_lowercase(),
         "phase": phase,
-        "bot_active": !matches!(phase, "paused" | "human_assigned"),
+        "bot_active": phase.bot_active(),
         "version": version,
     })))
 }

@@ -14,7 +14,8 @@ use crate::app::AppState;
 use crate::commands;
 use crate::error::ApiError;
 use crate::http::{JsonBody, KommoId};
-use crate::openapi::schemas::{Phase, Seller, SellerRef};
+use crate::openapi::schemas::{Seller, SellerRef};
+use conversa_actors::PhaseName;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(command))
@@ -64,7 +65,7 @@ pub struct CommandAnswer {
     pub command: CommandVerb,
     /// The customer's contact the command is about.
     pub contact_id: u64,
-    pub phase: Phase,
+    pub phase: PhaseName,
     pub bot_active: bool,
     /// The seller who gave the command.
     pub vendedor: Seller,

@@ -15,7 +15,8 @@ use utoipa_axum::routes;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::view::ConversationView;
-use crate::openapi::schemas::{Phase, SellerRef, TimelineEntry};
+use crate::openapi::schemas::{SellerRef, TimelineEntry};
+use conversa_actors::PhaseName;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -54,7 +55,7 @@ pub struct ActiveConversations {
 pub struct ActiveConversation {
     pub account_id: u64,
     pub contact_id: u64,
-    pub phase: Phase,
+    pub phase: PhaseName,
 }
 
 /// `GET /debug/conversations`.
@@ -76,7 +77,7 @@ pub struct DebugConversations {
 pub struct DebugConversation {
     pub account_id: u64,
     pub contact_id: u64,
-    pub phase: Phase,
+    pub phase: PhaseName,
     pub seller: Option<SellerRef>,
     pub version: u64,
     pub epoch: u64,
@@ -151,7 +152,7 @@ async fn active(
     let phases = app.engine().store().phases(usize::MAX).await?;
     let live: Vec<Value> = phases
         .into_iter()
-        .filter(|(_, p)| p != "idle")
+        .filter(|(_, p)| PhaseName::parse(p) != Some(PhaseName::Idle))
         .take(limit)
         .map(|(k, p)| json!({"account_id": k.account_id, "contact_id": k.contact_id, "phase": p}))
         .collect();

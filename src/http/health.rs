@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use conversa_actors::Phase;
+use conversa_actors::PhaseName;
 use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -232,7 +232,8 @@ async fn stats(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
     let engine = app.engine();
     let store = engine.store();
     let phases = store.phases(STATS_SCAN_LIMIT).await?;
-    let mut by_phase: BTreeMap<&str, u64> = Phase::NAMES.iter().map(|p| (*p, 0)).collect();
+    let mut by_phase: BTreeMap<&str, u64> =
+        PhaseName::ALL.iter().map(|p| (p.as_str(), 0)).collect();
     for (_, phase) in &phases {
         if let Some(n) = by_phase.get_mut(phase.as_str()) {
             *n += 1;

@@ -20,9 +20,9 @@ use utoipa_axum::routes;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::{JsonBody, KommoId};
-use crate::openapi::schemas::Phase;
 use crate::sellers::Seller;
 use crate::text::fold;
+use conversa_actors::PhaseName;
 
 pub const TRIGGERS: [&str; 3] = ["formulario_preenchido", "material_baixado", "agendamento"];
 
@@ -91,7 +91,7 @@ pub enum SellerName {
 pub struct ProactiveAnswer {
     pub created: bool,
     pub contact_id: u64,
-    pub phase: Phase,
+    pub phase: PhaseName,
     /// The n8n dispatch (201).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dispatch_id: Option<String>,

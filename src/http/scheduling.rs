@@ -19,8 +19,9 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::sellers::FoundBy;
 use crate::http::{JsonBody, KommoId};
-use crate::openapi::schemas::{Phase, Seller};
+use crate::openapi::schemas::Seller;
 use crate::sellers::DirectoryError;
+use conversa_actors::PhaseName;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(request))
@@ -54,7 +55,7 @@ pub struct SchedulingAnswer {
     pub accepted: bool,
     pub contact_id: u64,
     pub lead_id: Option<u64>,
-    pub phase: Phase,
+    pub phase: PhaseName,
     pub dispatch_id: Option<String>,
     /// The responsible seller, when one was found.
     pub vendedor: Option<Seller>,

@@ -21,7 +21,7 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::auth::require_bearer;
 use crate::http::{JsonBody, KommoId, MAX_DETAILS_BYTES, bounded_json, bounded_text};
-use crate::openapi::schemas::Phase;
+use conversa_actors::PhaseName;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(send_response))
@@ -108,7 +108,7 @@ pub struct CallbackAnswer {
     pub parts_sent: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
-    pub phase: Option<Phase>,
+    pub phase: Option<PhaseName>,
     /// With `scheduling`: `confirmed`, `failed`, or `stale_dispatch`.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use conversa_actors::conversation::InFlight;
 use conversa_actors::effect::Effect;
 use conversa_actors::timeline::Entry;
-use conversa_actors::{Conversation, Links, Millis, Phase, SellerRef};
+use conversa_actors::{Conversation, Links, Millis, Phase, PhaseName, SellerRef};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -37,8 +37,7 @@ use crate::openapi::schemas;
 pub struct ConversationView<'a> {
     pub account_id: u64,
     pub contact_id: u64,
-    #[schema(value_type = schemas::Phase)]
-    pub phase: &'static str,
+    pub phase: PhaseName,
     /// The seller holding the conversation, else the one who opened it proactively.
     #[schema(value_type = Option<schemas::SellerRef>)]
     pub seller: Option<&'a SellerRef>,
@@ -102,7 +101,7 @@ impl<'a> ConversationView<'a> {
         Self {
             account_id: c.key.account_id,
             contact_id: c.key.contact_id,
-            phase: c.phase.name(),
+            phase: c.phase.kind(),
             seller: c.phase.seller().or(c.proactive.as_ref().map(|o| &o.seller)),
             area_atuacao: c.proactive.as_ref().and_then(|o| o.area.as_deref()),
             phase_since: since,
