@@ -29,7 +29,7 @@ pub struct ApiError {
     pub field: Option<String>,
     /// For a conversation held by another seller: who holds it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<crate::openapi::schemas::SellerRef>, nullable = false)]
+    #[schema(value_type = Option<conversa_actors::SellerRef>, nullable = false)]
     pub holder: Option<conversa_actors::SellerRef>,
 }
 

@@ -476,14 +476,6 @@ pub mod schemas {
     use serde::Serialize;
     use utoipa::ToSchema;
 
-    /// A seller as a conversation names them.
-    #[derive(Serialize, ToSchema)]
-    #[schema(example = json!({"id": "custom-1", "name": "Ana Souza"}))]
-    pub struct SellerRef {
-        pub id: String,
-        pub name: String,
-    }
-
     /// A seller of the directory.
     #[derive(Serialize, ToSchema)]
     #[schema(example = json!({"id": "custom-1", "name": "Ana Souza", "kommo_user_id": null,
@@ -536,97 +528,5 @@ pub mod schemas {
         Expiring,
         ReauthorizeNeeded,
         NotConfigured,
-    }
-
-    /// The Kommo objects a conversation is attached to.
-    #[derive(Serialize, ToSchema)]
-    #[schema(example = json!({"lead_id": 878244, "talk_id": 109}))]
-    pub struct Links {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        #[schema(nullable = false)]
-        pub lead_id: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        #[schema(nullable = false)]
-        pub talk_id: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        #[schema(nullable = false)]
-        pub chat_id: Option<String>,
-    }
-
-    /// The n8n dispatch whose answer is awaited.
-    #[derive(Serialize, ToSchema)]
-    pub struct InFlight {
-        pub dispatch_id: String,
-        pub kind: DispatchKind,
-        /// A newer customer message came in: the reply to this dispatch will be dropped.
-        pub superseded: bool,
-    }
-
-    /// Why n8n is called.
-    #[derive(Serialize, ToSchema)]
-    #[serde(rename_all = "snake_case")]
-    pub enum DispatchKind {
-        Message,
-        Proactive,
-        Scheduling,
-        Released,
-    }
-
-    /// One decision of a conversation's timeline (the last 100 are kept).
-    #[derive(Serialize, ToSchema)]
-    #[schema(example = json!({"at": 1767225600000u64, "what": "reply_dropped",
-        "dispatch_id": "0-1298200-1", "detail": "human_assigned"}))]
-    pub struct TimelineEntry {
-        /// Unix milliseconds.
-        pub at: u64,
-        pub what: What,
-        /// The Kommo message id it concerns.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        #[schema(nullable = false)]
-        pub message_id: Option<String>,
-        /// The n8n dispatch it concerns.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        #[schema(nullable = false)]
-        pub dispatch_id: Option<String>,
-        /// Why (e.g. the reason a reply was dropped).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        #[schema(nullable = false)]
-        pub detail: Option<String>,
-    }
-
-    /// What happened.
-    #[derive(Serialize, ToSchema)]
-    #[serde(rename_all = "snake_case")]
-    pub enum What {
-        MessageIn,
-        AttachmentMerged,
-        MessageHeld,
-        DispatchQueued,
-        DispatchSent,
-        DispatchSuperseded,
-        DispatchRetry,
-        DeadLettered,
-        ReplyAccepted,
-        ReplyDropped,
-        ReplySent,
-        EchoSeen,
-        EffectCancelled,
-        NoteAdded,
-        Takeover,
-        LeaseExtended,
-        Released,
-        LeaseExpired,
-        Paused,
-        Resumed,
-        ProactiveStarted,
-        SchedulingStarted,
-        SchedulingDone,
-        SchedulingTimeout,
-        PartSent,
-        EffectExpired,
-        MessageDropped,
-        ConversationEnded,
-        MessageTruncated,
-        Trimmed,
     }
 }

@@ -103,7 +103,9 @@ pub struct ProactiveOrigin {
     pub at: Millis,
 }
 
+/// The n8n dispatch whose answer is awaited.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InFlight {
     pub dispatch_id: String,
     pub kind: DispatchKind,

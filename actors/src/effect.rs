@@ -18,6 +18,7 @@ use crate::message::{InboundMessage, SellerRef};
 /// Why n8n is being called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum DispatchKind {
     /// Customer messages to answer.
     Message,

@@ -88,12 +88,20 @@ pub struct Attachment {
 
 /// The Kommo objects a conversation is attached to.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(example = json!({"lead_id": 878244, "talk_id": 109}))
+)]
 pub struct Links {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub lead_id: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub talk_id: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub chat_id: Option<String>,
 }
 
@@ -119,6 +127,11 @@ impl Links {
 /// A seller as the conversation remembers them (the directory with areas, phones and Kommo
 /// users lives at the edge).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(example = json!({"id": "custom-1", "name": "Ana Souza"}))
+)]
 pub struct SellerRef {
     pub id: String,
     pub name: String,

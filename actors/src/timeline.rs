@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::compact::PushCompact;
 use crate::contact::Millis;
 
+/// What happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum What {
     MessageIn,
     AttachmentMerged,
@@ -56,15 +58,30 @@ pub enum What {
     Trimmed,
 }
 
+/// One decision of a conversation's timeline (the last 100 are kept).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(as = TimelineEntry, example = json!({"at": 1767225600000u64, "what": "reply_dropped",
+        "dispatch_id": "0-1298200-1", "detail": "human_assigned"}))
+)]
 pub struct Entry {
+    /// Unix milliseconds.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub at: Millis,
     pub what: What,
+    /// The Kommo message id it concerns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub message_id: Option<String>,
+    /// The n8n dispatch it concerns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub dispatch_id: Option<String>,
+    /// Why (e.g. the reason a reply was dropped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub detail: Option<String>,
 }
 

@@ -14,8 +14,9 @@ use crate::app::AppState;
 use crate::commands;
 use crate::error::ApiError;
 use crate::http::{JsonBody, KommoId};
-use crate::openapi::schemas::{Seller, SellerRef};
+use crate::openapi::schemas::Seller;
 use conversa_actors::PhaseName;
+use conversa_actors::SellerRef;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(command))

@@ -15,8 +15,9 @@ use utoipa_axum::routes;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::view::ConversationView;
-use crate::openapi::schemas::{SellerRef, TimelineEntry};
 use conversa_actors::PhaseName;
+use conversa_actors::SellerRef;
+use conversa_actors::timeline::Entry as TimelineEntry;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

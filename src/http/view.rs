@@ -12,8 +12,6 @@ use conversa_actors::{Conversation, Links, Millis, Phase, PhaseName, SellerRef};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::openapi::schemas;
-
 /// A conversation: phase, seller, pending work, timers, outbox and the timeline of its last
 /// decisions (times are Unix milliseconds).
 #[derive(Serialize, ToSchema)]
@@ -39,7 +37,7 @@ pub struct ConversationView<'a> {
     pub contact_id: u64,
     pub phase: PhaseName,
     /// The seller holding the conversation, else the one who opened it proactively.
-    #[schema(value_type = Option<schemas::SellerRef>)]
+    #[schema(value_type = Option<SellerRef>)]
     pub seller: Option<&'a SellerRef>,
     /// The practice area of a proactive conversation.
     pub area_atuacao: Option<&'a str>,
@@ -51,11 +49,11 @@ pub struct ConversationView<'a> {
     pub epoch: u64,
     /// The snapshot's version (compare-and-set).
     pub version: u64,
-    #[schema(value_type = schemas::Links)]
+    #[schema(value_type = Links)]
     pub links: &'a Links,
     /// Ids of customer messages waiting for the debounce.
     pub pending_messages: Vec<&'a str>,
-    #[schema(value_type = Option<schemas::InFlight>)]
+    #[schema(value_type = Option<conversa_actors::conversation::InFlight>)]
     pub in_flight: Option<&'a InFlight>,
     /// Armed timers: `debounce`, `lease_nudge`, `lease_expiry`, `scheduling_timeout`, `idle_end` → when.
     #[schema(value_type = BTreeMap<String, u64>)]
@@ -65,7 +63,7 @@ pub struct ConversationView<'a> {
     pub created_at: Millis,
     #[schema(value_type = u64)]
     pub updated_at: Millis,
-    #[schema(value_type = Vec<schemas::TimelineEntry>)]
+    #[schema(value_type = Vec<conversa_actors::timeline::Entry>)]
     pub timeline: Vec<&'a Entry>,
 }
 
