@@ -476,40 +476,6 @@ pub mod schemas {
     use serde::Serialize;
     use utoipa::ToSchema;
 
-    /// A seller of the directory.
-    #[derive(Serialize, ToSchema)]
-    #[schema(example = json!({"id": "custom-1", "name": "Ana Souza", "kommo_user_id": null,
-        "contact_id": 99999, "phone": null, "areas": ["Previdenciário"], "active": true,
-        "source": "custom"}))]
-    pub struct Seller {
-        /// `kommo-<user id>`, `ficticio-<n>` or `custom-<n>`.
-        pub id: String,
-        pub name: String,
-        /// The seller's Kommo user, when they have one.
-        pub kommo_user_id: Option<u64>,
-        /// The seller's own WhatsApp contact in Kommo (their commands are recognised by it).
-        pub contact_id: Option<u64>,
-        /// Digits only.
-        pub phone: Option<String>,
-        /// Practice areas ("áreas de atuação").
-        pub areas: Vec<String>,
-        pub active: bool,
-        pub source: SellerSource,
-        /// A Kommo user's id in the chat service (real sellers, when Kommo gives it).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        #[schema(nullable = false)]
-        pub amojo_id: Option<String>,
-    }
-
-    /// Where a seller comes from: an active Kommo user, configuration, or the API.
-    #[derive(Serialize, ToSchema)]
-    #[serde(rename_all = "snake_case")]
-    pub enum SellerSource {
-        Real,
-        Ficticio,
-        Custom,
-    }
-
     /// The Kommo authorization: `reauthorize_needed` (with a `reason`) when a human must
     /// authorize the integration again at `/oauth/authorize`.
     #[derive(Serialize, ToSchema)]

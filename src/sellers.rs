@@ -10,7 +10,7 @@
 //!   fetches a new one. [`SellerDirectory::sync`] forces a refresh. The last good list is
 //!   persisted under the store value `sellers:real`, so a restart while Kommo is unreachable still
 //!   knows the sellers. Ids are `kommo-<user id>`.
-//! * **fictitious** ([`Source::Ficticio`]) — from configuration, for tests and demos
+//! * **fictitious** ([`Source::Fictitious`]) — from configuration, for tests and demos
 //!   (ids `ficticio-1`, `ficticio-2`, ... unless configured).
 //! * **custom** ([`Source::Custom`]) — added through the API, persisted as one JSON list under
 //!   the store value `sellers:custom`; ids `custom-<n>`, `n` one more than the largest stored.
@@ -63,12 +63,15 @@ const LOOKUP_CACHE_MAX: usize = 10_000;
 /// Longest accepted seller name, in characters.
 const NAME_MAX: usize = 120;
 
-/// One seller, as every endpoint shows it:
-/// `{"id","name","kommo_user_id","contact_id","phone","areas":[..],"active","source"}`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// A seller of the directory, as every endpoint shows it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
+#[schema(example = json!({"id": "custom-1", "name": "Ana Souza", "kommo_user_id": null,
+    "contact_id": 99999, "phone": null, "areas": ["Previdenciário"], "active": true,
+    "source": "custom"}))]
 pub struct Seller {
     /// `kommo-<user id>`, `ficticio-<n>` or `custom-<n>`. Empty in configuration = assigned.
     #[serde(default)]
+    #[schema(required = true)]
     pub id: String,
     pub name: String,
     /// The seller's Kommo user, when they have one.
@@ -82,13 +85,16 @@ pub struct Seller {
     pub phone: Option<String>,
     /// Practice areas ("áreas de atuação").
     #[serde(default)]
+    #[schema(required = true)]
     pub areas: Vec<String>,
     #[serde(default = "yes")]
+    #[schema(required = true)]
     pub active: bool,
     pub source: Source,
     /// A Kommo user's id in the chat service (amojo): the `author[id]` of the messages they
     /// write in a customer's chat, so a takeover by chat names the same seller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub amojo_id: Option<String>,
 }
 
@@ -114,14 +120,16 @@ fn yes() -> bool {
     true
 }
 
-/// Where a seller comes from.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Where a seller comes from: an active Kommo user, configuration, or the API.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = SellerSource)]
 pub enum Source {
     /// An active Kommo user.
     Real,
-    /// From configuration, for tests and demos.
-    Ficticio,
+    /// From configuration, for tests and demos (`ficticio`, the original's word).
+    #[serde(rename = "ficticio")]
+    Fictitious,
     /// Added through the API.
     Custom,
 }
@@ -130,7 +138,7 @@ impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Real => "real",
-            Source::Ficticio => "ficticio",
+            Source::Fictitious => "ficticio",
             Source::Custom => "custom",
         }
     }
@@ -580,7 +588,7 @@ impl SellerDirectory {
                 if s.id.trim().is_empty() {
                     s.id = format!("ficticio-{}", i + 1);
                 }
-                s.source = Source::Ficticio;
+                s.source = Source::Fictitious;
                 s.phone = s
                     .phone
                     .as_deref()

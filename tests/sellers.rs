@@ -183,7 +183,7 @@ fn seller_json_has_exactly_the_documented_shape() {
     );
     for (source, text) in [
         (Source::Real, "real"),
-        (Source::Ficticio, "ficticio"),
+        (Source::Fictitious, "ficticio"),
         (Source::Custom, "custom"),
     ] {
         assert_eq!(serde_json::to_value(source).unwrap(), json!(text));
@@ -229,7 +229,7 @@ async fn sync_reads_the_active_kommo_users() {
 
     let fict = dir.fictitious();
     assert_eq!(ids(&fict), ["ficticio-1"]);
-    assert_eq!(fict[0].source, Source::Ficticio);
+    assert_eq!(fict[0].source, Source::Fictitious);
 
     let custom = dir.add_custom(new_seller("Carla")).await.unwrap();
     assert_eq!(
@@ -640,7 +640,7 @@ async fn recognising_a_sellers_own_contact() {
                 phone: Some("(21) 3333-4444".into()),
                 areas: vec![],
                 active: true,
-                source: Source::Ficticio,
+                source: Source::Fictitious,
                 amojo_id: None,
             }],
             ..DirectorySettings::default()

@@ -94,7 +94,7 @@ impl Server {
                     phone: None,
                     areas: vec!["Demonstração".into()],
                     active: true,
-                    source: Source::Ficticio,
+                    source: Source::Fictitious,
                     amojo_id: None,
                 }],
                 ..DirectorySettings::default()

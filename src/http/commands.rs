@@ -14,7 +14,7 @@ use crate::app::AppState;
 use crate::commands;
 use crate::error::ApiError;
 use crate::http::{JsonBody, KommoId};
-use crate::openapi::schemas::Seller;
+use crate::sellers::Seller;
 use conversa_actors::PhaseName;
 use conversa_actors::SellerRef;
 

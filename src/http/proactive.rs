@@ -100,7 +100,7 @@ pub struct ProactiveAnswer {
     pub trigger_type: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
-    pub vendedor: Option<crate::openapi::schemas::Seller>,
+    pub vendedor: Option<crate::sellers::Seller>,
     /// Why nothing was created (200): `duplicate` (a conversation is already live),
     /// `human_assigned`, `paused`.
     #[serde(skip_serializing_if = "Option::is_none")]

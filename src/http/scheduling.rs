@@ -19,8 +19,8 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::sellers::FoundBy;
 use crate::http::{JsonBody, KommoId};
-use crate::openapi::schemas::Seller;
 use crate::sellers::DirectoryError;
+use crate::sellers::Seller;
 use conversa_actors::PhaseName;
 
 pub fn routes() -> OpenApiRouter<AppState> {

@@ -60,7 +60,7 @@ where
     "active": true, "source": "custom"}]}))]
 pub struct SellerList {
     pub total: u64,
-    pub vendedores: Vec<crate::openapi::schemas::Seller>,
+    pub vendedores: Vec<crate::sellers::Seller>,
 }
 
 /// Who is responsible, and how it was found.
@@ -69,7 +69,7 @@ pub struct SellerList {
     "kommo_user_id": 5551, "contact_id": 99999, "phone": null, "areas": ["Previdenciário"],
     "active": true, "source": "real"}, "found_by": "lead"}))]
 pub struct Responsible {
-    pub vendedor: crate::openapi::schemas::Seller,
+    pub vendedor: crate::sellers::Seller,
     pub found_by: FoundBy,
 }
 
@@ -327,7 +327,7 @@ impl<'de> Deserialize<'de> for Areas {
     tag = "sellers",
     request_body = AddSeller,
     responses(
-        (status = 201, description = "The new seller", body = crate::openapi::schemas::Seller),
+        (status = 201, description = "The new seller", body = crate::sellers::Seller),
         (status = 400, description = "A missing name, or an invalid field", body = ApiError,
          example = json!({"error": "bad_request", "message": "name (or nome) is required", "field": "name"})),
         (status = 409, description = "The contact or Kommo user already belongs to a seller", body = ApiError,
@@ -379,7 +379,7 @@ pub struct AttachWhatsApp {
     params(("id" = String, Path, pattern = "^kommo-", description = "The seller id, `kommo-<user id>` (only Kommo-synced sellers)", example = "kommo-10004026")),
     request_body = AttachWhatsApp,
     responses(
-        (status = 200, description = "The seller, with the WhatsApp attached", body = crate::openapi::schemas::Seller),
+        (status = 200, description = "The seller, with the WhatsApp attached", body = crate::sellers::Seller),
         (status = 400, description = "Neither `contact_id` nor `phone`, a bad phone, or not a Kommo-synced seller", body = ApiError,
          example = json!({"error": "bad_request", "message": "contact_id: give contact_id and/or phone", "field": "contact_id"})),
         (status = 404, description = "No such seller", body = ApiError,
