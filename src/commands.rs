@@ -8,8 +8,8 @@
 use axum::http::StatusCode;
 use conversa_actors::{Event, PhaseName, Rejection, SellerRef};
 use serde::Serialize;
-use serde_json::json;
 use tracing::{info, warn};
+use utoipa::ToSchema;
 
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -22,12 +22,40 @@ pub const COMMANDS: [&str; 3] = [
     "/status <contact_id>",
 ];
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// What a seller asks (the Portuguese words are the commands' and the JSON's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(as = CommandVerb)]
 pub enum Verb {
-    Assumir,
-    Liberar,
+    /// Take the conversation over (the bot goes silent).
+    #[serde(rename = "assumir")]
+    Takeover,
+    /// Hand it back to the bot.
+    #[serde(rename = "liberar")]
+    Release,
+    /// Only say the phase.
+    #[serde(rename = "status")]
     Status,
+}
+
+/// The conversation after a command.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"ok": true, "command": "assumir", "contact_id": 1298200,
+    "phase": "human_assigned", "bot_active": false,
+    "vendedor": {"id": "custom-1", "name": "Ana Souza", "kommo_user_id": null,
+        "contact_id": 99999, "phone": null, "areas": ["Previdenciário"], "active": true,
+        "source": "custom"},
+    "holder": {"id": "custom-1", "name": "Ana Souza"}}))]
+pub struct CommandAnswer {
+    pub ok: bool,
+    pub command: Verb,
+    /// The customer's contact the command is about.
+    pub contact_id: u64,
+    pub phase: PhaseName,
+    pub bot_active: bool,
+    /// The seller who gave the command.
+    pub vendedor: Seller,
+    /// Who holds the conversation now, if anyone.
+    pub holder: Option<SellerRef>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,8 +89,8 @@ pub fn parse(text: &str) -> Result<Command, ApiError> {
     };
     let mut words = text.split_whitespace();
     let verb = match words.next().map(str::to_lowercase).as_deref() {
-        Some("/assumir") => Verb::Assumir,
-        Some("/liberar") => Verb::Liberar,
+        Some("/assumir") => Verb::Takeover,
+        Some("/liberar") => Verb::Release,
         Some("/status") => Verb::Status,
         _ => return Err(unknown()),
     };
@@ -108,13 +136,13 @@ pub async fn commanding_seller(app: &AppState, contact_id: u64) -> Result<Seller
     }
 }
 
-/// Carries out `command` for `seller`; the JSON answer says the phase after it.
+/// Carries out `command` for `seller`; the answer says the phase after it.
 pub async fn execute(
     app: &AppState,
     seller: &Seller,
     command: Command,
     via: &str,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<CommandAnswer, ApiError> {
     let key = app.contact(command.contact_id);
     let me = SellerRef {
         id: seller.id.clone(),
@@ -122,8 +150,8 @@ pub async fn execute(
     };
     let by = format!("{} via {via}", seller.name);
     let event = match command.verb {
-        Verb::Assumir => Some(Event::Assume { seller: me, by }),
-        Verb::Liberar => Some(Event::Release {
+        Verb::Takeover => Some(Event::Assume { seller: me, by }),
+        Verb::Release => Some(Event::Release {
             seller: Some(me),
             by,
         }),
@@ -143,15 +171,15 @@ pub async fn execute(
         },
     };
     info!(contact = %key, seller = %seller.id, command = ?command.verb, phase = phase.as_str(), "seller command");
-    Ok(json!({
-        "ok": true,
-        "command": command.verb,
-        "contact_id": command.contact_id,
-        "phase": phase,
-        "bot_active": phase.bot_active(),
-        "vendedor": seller,
-        "holder": holder,
-    }))
+    Ok(CommandAnswer {
+        ok: true,
+        command: command.verb,
+        contact_id: command.contact_id,
+        phase,
+        bot_active: phase.bot_active(),
+        vendedor: seller.clone(),
+        holder,
+    })
 }
 
 fn refused(rejection: Rejection) -> ApiError {
@@ -179,11 +207,11 @@ mod tests {
         assert_eq!(
             parse("/assumir 12345").unwrap(),
             Command {
-                verb: Verb::Assumir,
+                verb: Verb::Takeover,
                 contact_id: 12345
             }
         );
-        assert_eq!(parse("  /LIBERAR #7 ").unwrap().verb, Verb::Liberar);
+        assert_eq!(parse("  /LIBERAR #7 ").unwrap().verb, Verb::Release);
         assert_eq!(parse("/status 9").unwrap().contact_id, 9);
         assert_eq!(parse("/voar 1").unwrap_err().error, "unknown_command");
         assert_eq!(

@@ -4,19 +4,15 @@
 
 use axum::Json;
 use axum::extract::State;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
-use crate::commands;
+use crate::commands::{self, CommandAnswer};
 use crate::error::ApiError;
 use crate::http::{JsonBody, KommoId};
-use crate::sellers::Seller;
-use conversa_actors::PhaseName;
-use conversa_actors::SellerRef;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(command))
@@ -53,38 +49,6 @@ impl CommandBody {
     }
 }
 
-/// The conversation after the command.
-#[derive(Serialize, ToSchema)]
-#[schema(example = json!({"ok": true, "command": "assumir", "contact_id": 1298200,
-    "phase": "human_assigned", "bot_active": false,
-    "vendedor": {"id": "custom-1", "name": "Ana Souza", "kommo_user_id": null,
-        "contact_id": 99999, "phone": null, "areas": ["Previdenciário"], "active": true,
-        "source": "custom"},
-    "holder": {"id": "custom-1", "name": "Ana Souza"}}))]
-pub struct CommandAnswer {
-    pub ok: bool,
-    pub command: CommandVerb,
-    /// The customer's contact the command is about.
-    pub contact_id: u64,
-    pub phase: PhaseName,
-    pub bot_active: bool,
-    /// The seller who gave the command.
-    pub vendedor: Seller,
-    /// Who holds the conversation now, if anyone.
-    pub holder: Option<SellerRef>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum CommandVerb {
-    /// Take the conversation over (the bot goes silent).
-    Assumir,
-    /// Hand it back to the bot.
-    Liberar,
-    /// Only say the phase.
-    Status,
-}
-
 /// Seller command
 ///
 /// A seller's `/assumir`, `/liberar` or `/status` (the same text typed by the seller in their
@@ -115,7 +79,7 @@ pub enum CommandVerb {
 async fn command(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<CommandBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CommandAnswer>, ApiError> {
     let command = commands::parse(body.text()?)?;
     let seller = commands::commanding_seller(&app, body.contact_id.0).await?;
     Ok(Json(

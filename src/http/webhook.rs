@@ -253,7 +253,7 @@ async fn ingest(app: AppState, body: &[u8]) -> Result<Json<Value>, ApiError> {
             Err(e) => Err(e),
         };
         match done {
-            Ok(answer) => commands_done.push(answer),
+            Ok(answer) => commands_done.push(json!(answer)),
             // The store is down: let Kommo retry the whole body.
             Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => return Err(e),
             // A refused command is the seller's mistake, not Kommo's: answer 2xx anyway.
