@@ -5,14 +5,12 @@ use axum::Json;
 use axum::extract::State;
 use conversa_actors::{BotCommand, Event};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::http::view::ConversationView;
 use crate::http::{JsonBody, KommoId};
 use conversa_actors::PhaseName;
 
@@ -32,7 +30,7 @@ pub struct BotControl {
 }
 
 /// What `/bot-control` does.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Copy, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BotCommandName {
     /// Switch the bot off for this contact (phase `paused`).
@@ -59,6 +57,30 @@ pub struct BotControlAnswer {
 
 const COMMANDS: [&str; 3] = ["pause", "resume", "status"];
 
+impl BotCommandName {
+    /// `pause`, `resume` or `status`, case-insensitive; anything else is a 400 naming `command`.
+    fn parse(raw: &str) -> Result<Self, ApiError> {
+        match raw.trim().to_lowercase().as_str() {
+            "pause" => Ok(BotCommandName::Pause),
+            "resume" => Ok(BotCommandName::Resume),
+            "status" => Ok(BotCommandName::Status),
+            other => Err(ApiError::bad_field(
+                "command",
+                format!("unknown command {other:?}; expected one of {COMMANDS:?}"),
+            )),
+        }
+    }
+
+    /// The conversation's event, if the command changes anything.
+    fn event(self) -> Option<BotCommand> {
+        match self {
+            BotCommandName::Pause => Some(BotCommand::Pause),
+            BotCommandName::Resume => Some(BotCommand::Resume),
+            BotCommandName::Status => None,
+        }
+    }
+}
+
 /// Pause or resume the bot
 ///
 /// An operator pauses or resumes the bot for one contact, or asks its status. The answer comes
@@ -83,41 +105,28 @@ const COMMANDS: [&str; 3] = ["pause", "resume", "status"];
 async fn bot_control(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<BotControl>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BotControlAnswer>, ApiError> {
     let key = app.contact(body.contact_id.0);
-    let command = match body.command.trim().to_lowercase().as_str() {
-        "pause" => Some(BotCommand::Pause),
-        "resume" => Some(BotCommand::Resume),
-        "status" => None,
-        other => {
-            return Err(ApiError::bad_field(
-                "command",
-                format!("unknown command {other:?}; expected one of {COMMANDS:?}"),
-            ));
-        }
-    };
-    let (phase, version) = match command {
-        Some(command) => {
+    let command = BotCommandName::parse(&body.command)?;
+    let (phase, version) = match command.event() {
+        Some(event) => {
             let event = Event::BotControl {
-                command,
+                command: event,
                 by: "bot-control".into(),
             };
             let applied = app.engine().apply(key, event).await?;
             (applied.phase.kind(), applied.version)
         }
         None => match app.engine().conversation(&key).await? {
-            Some((c, v)) => {
-                let view = ConversationView::new(&c, v);
-                (view.phase, v)
-            }
+            Some((c, v)) => (c.phase.kind(), v),
             None => (PhaseName::Idle, 0),
         },
     };
-    Ok(Json(json!({
-        "contact_id": key.contact_id,
-        "command": body.command.trim().to_lowercase(),
-        "phase": phase,
-        "bot_active": phase.bot_active(),
-        "version": version,
-    })))
+    Ok(Json(BotControlAnswer {
+        bot_active: phase.bot_active(),
+        command,
+        contact_id: key.contact_id,
+        phase,
+        version,
+    }))
 }
