@@ -201,7 +201,7 @@ impl ContactState {
             match self.persist(now).await {
                 Ok(claimed) => {
                     self.core.stats.count_event(event_name);
-                    if event_name == "reply" {
+                    if matches!(event, Event::Reply { .. }) {
                         let dropped = outcome.as_ref().ok().and_then(|o| o.dropped);
                         self.core.stats.reply(dropped.map(|d| d.as_str()));
                     }

@@ -517,19 +517,24 @@ impl Step<'_> {
             }
             seen.attachment = true;
             let in_buffer = self.c.pending.iter_mut().find(|m| m.id == msg.id);
-            let detail = match in_buffer {
+            let merged = match in_buffer {
                 Some(existing) => {
                     existing.attachment = msg.attachment;
                     if !msg.text.is_empty() {
                         existing.text = msg.text;
                     }
-                    "merged into the pending message"
+                    true
                 }
-                None => "arrived after the message was answered or held",
+                None => false,
+            };
+            let detail = if merged {
+                "merged into the pending message"
+            } else {
+                "arrived after the message was answered or held"
             };
             self.log(What::AttachmentMerged, Some(&msg.id), None, Some(detail));
             self.bound_pending();
-            if detail.starts_with("merged") && self.bot_may_speak() {
+            if merged && self.bot_may_speak() {
                 self.burst();
             }
             return;
