@@ -93,8 +93,7 @@ struct ApiDoc;
 /// `allOf` [the type's schema, the rule], so the document accepts exactly what the handlers
 /// accept. (Applied to the JSON: utoipa's schema model has no `not`.)
 fn request_rules(doc: &mut serde_json::Value) {
-    /// [`crate::http::parse_id`]'s rule, or blank.
-    const ID_OR_BLANK: &str = "^[ \t\n\r]*(0*[1-9][0-9]{0,14})?[ \t\n\r]*$";
+    use crate::http::ID_OR_BLANK_PATTERN as ID_OR_BLANK;
     use serde_json::json;
     let not_blank = json!({"not": {"type": "string", "pattern": "^\\s*$"}});
     let one_of_pair = |a: &str, b: &str| json!({"not": {"required": [a, b]}});

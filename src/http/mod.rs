@@ -165,6 +165,13 @@ pub fn parse_id(raw: &str) -> Option<u64> {
         .filter(|id| (1..=MAX_ID).contains(id))
 }
 
+/// [`parse_id`]'s rule as a pattern, for the OpenAPI document (route attributes, which take
+/// only literals, spell it out as `r"^[ \t\n\r]*0*[1-9][0-9]{0,14}[ \t\n\r]*$"`).
+pub const ID_PATTERN: &str = r"^[ \t\n\r]*0*[1-9][0-9]{0,14}[ \t\n\r]*$";
+
+/// [`ID_PATTERN`], or blank (an id that may be left out, as `account[id]`).
+pub const ID_OR_BLANK_PATTERN: &str = r"^[ \t\n\r]*(0*[1-9][0-9]{0,14})?[ \t\n\r]*$";
+
 /// A path segment that must be a Kommo id, or a 400 naming the parameter.
 pub fn path_id(field: &str, raw: &str) -> Result<u64, ApiError> {
     parse_id(raw).ok_or_else(|| {
@@ -237,7 +244,7 @@ impl utoipa::PartialSchema for KommoId {
             .item(
                 ObjectBuilder::new()
                     .schema_type(Type::String)
-                    .pattern(Some(r"^[ \t\n\r]*0*[1-9][0-9]{0,14}[ \t\n\r]*$")),
+                    .pattern(Some(ID_PATTERN)),
             )
             .description(Some(
                 "A Kommo id: a positive integer, or a string of digits (as the original API took it)",
