@@ -9,7 +9,6 @@ use conversa_actors::{ContactKey, Engine};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::Config;
-use crate::error::ApiError;
 use crate::http;
 use crate::kommo::client::KommoClient;
 use crate::openapi;
@@ -36,7 +35,7 @@ pub struct Inner {
     /// When set, operator endpoints require it as a bearer token.
     pub api_key: Option<String>,
     /// What is configured and what is not (secrets left out), for `/ready` and the start-up log.
-    pub configured: serde_json::Value,
+    pub configured: crate::config::Summary,
     /// The sellers: real (Kommo users), fictitious (configuration), custom (API).
     pub sellers: Arc<SellerDirectory>,
     /// Webhook items that could not be read, for an operator (`GET /dead-letters`).
@@ -48,7 +47,7 @@ pub struct Inner {
     /// For reachability checks (n8n).
     pub http: reqwest::Client,
     /// The latest n8n probe and when it was made (`/ready` reuses it for a few seconds).
-    pub n8n_probe: Arc<tokio::sync::Mutex<Option<(Instant, serde_json::Value)>>>,
+    pub n8n_probe: Arc<tokio::sync::Mutex<Option<(Instant, http::kommo::N8nCheck)>>>,
     pub n8n_webhook_url: Option<String>,
     /// The reply channel in use (`None` without Kommo: replies cannot be delivered).
     pub reply_channel: Option<crate::reply::Strategy>,
@@ -129,46 +128,6 @@ impl AppState {
     pub fn area_is_eligible(&self, area: &str) -> bool {
         let area = fold(area);
         self.0.eligible_areas.is_empty() || self.0.eligible_areas.contains(&area)
-    }
-
-    /// The lead a contact's conversation is on: its link, else the highest lead id (the most
-    /// recently created) Kommo lists for the contact (`GET /api/v4/contacts/{id}?with=leads`).
-    /// `None`: no lead anywhere, or no Kommo to ask.
-    pub async fn contact_lead(&self, contact_id: u64) -> Result<Option<u64>, ApiError> {
-        if let Some((c, _)) = self
-            .engine()
-            .conversation(&self.contact(contact_id))
-            .await?
-            && let Some(lead) = c.links.lead_id
-        {
-            return Ok(Some(lead));
-        }
-        let Some(kommo) = self.kommo() else {
-            return Ok(None);
-        };
-        let contact = kommo.contact(contact_id).await.map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "kommo_unavailable",
-                e.to_string(),
-            )
-        })?;
-        Ok(contact.and_then(|c| c.lead_ids.iter().copied().max()))
-    }
-
-    /// The first contact of a lead, asked of Kommo (`None` without a Kommo connection).
-    pub async fn lead_contact(&self, lead_id: u64) -> Result<Option<u64>, ApiError> {
-        let Some(kommo) = self.kommo() else {
-            return Ok(None);
-        };
-        match kommo.lead(lead_id, true).await {
-            Ok(lead) => Ok(lead.and_then(|l| l.contact_ids.first().copied())),
-            Err(e) => Err(ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "kommo_unavailable",
-                e.to_string(),
-            )),
-        }
     }
 }
 

@@ -439,24 +439,26 @@ impl Config {
     }
 
     /// What is configured, with every secret reduced to whether it is set.
-    pub fn summary(&self, store_backend: &str) -> serde_json::Value {
+    pub fn summary(&self, store_backend: &str) -> Summary {
         let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
-        serde_json::json!({
-            "store": store_backend,
-            "kommo_account_id": self.kommo_account_id,
-            "kommo_subdomain": self.kommo_subdomain,
-            "n8n_webhook_url": self.n8n_webhook_url.as_deref().map(crate::redact::url),
-            "kommo_api_url": self.kommo_api_url.as_deref().map(crate::redact::url),
-            "reply_channel": match self.reply_strategy() { Some(s) => serde_json::json!(s), None => serde_json::json!("not configured") },
-            "unauthenticated_routes": self.unauthenticated_public_routes(),
-            "public_url": self.public_url.as_deref().map(crate::redact::url),
-            "api_key": set(&self.api_key),
-            "webhook_secret": set(&self.webhook_secret),
-            "n8n_callback_token": set(&self.n8n_callback_token),
-            "n8n_shared_secret": set(&self.n8n_shared_secret),
-            "debounce_ms": self.debounce_ms,
-            "human_lease_minutes": self.human_lease_minutes,
-        })
+        Summary {
+            store: store_backend.to_owned(),
+            kommo_account_id: self.kommo_account_id,
+            kommo_subdomain: self.kommo_subdomain.clone(),
+            n8n_webhook_url: self.n8n_webhook_url.as_deref().map(crate::redact::url),
+            kommo_api_url: self.kommo_api_url.as_deref().map(crate::redact::url),
+            reply_channel: self
+                .reply_strategy()
+                .map_or("not configured", crate::reply::Strategy::as_str),
+            unauthenticated_routes: self.unauthenticated_public_routes(),
+            public_url: self.public_url.as_deref().map(crate::redact::url),
+            api_key: set(&self.api_key),
+            webhook_secret: set(&self.webhook_secret),
+            n8n_callback_token: set(&self.n8n_callback_token),
+            n8n_shared_secret: set(&self.n8n_shared_secret),
+            debounce_ms: self.debounce_ms,
+            human_lease_minutes: self.human_lease_minutes,
+        }
     }
 
     pub fn policy(&self) -> Policy {
@@ -498,4 +500,30 @@ impl Config {
             ..EngineConfig::default()
         }
     }
+}
+
+/// What is configured, for `/ready` and the start-up log: every secret reduced to whether it
+/// is set, URLs without their credentials.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Configured)]
+pub struct Summary {
+    /// `redis` or `embedded`.
+    pub store: String,
+    pub kommo_account_id: u64,
+    pub kommo_subdomain: Option<String>,
+    pub n8n_webhook_url: Option<String>,
+    pub kommo_api_url: Option<String>,
+    /// `salesbot`, `note` or `not configured`.
+    #[schema(value_type = String)]
+    pub reply_channel: &'static str,
+    /// Routes that answer without a credential although `API_KEY` protects the others.
+    #[schema(value_type = Vec<String>)]
+    pub unauthenticated_routes: Vec<&'static str>,
+    pub public_url: Option<String>,
+    pub api_key: bool,
+    pub webhook_secret: bool,
+    pub n8n_callback_token: bool,
+    pub n8n_shared_secret: bool,
+    pub debounce_ms: u64,
+    pub human_lease_minutes: f64,
 }

@@ -11,6 +11,9 @@ use conversa_actors::EngineError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::flows::FlowError;
+use crate::sellers::DirectoryError;
+
 /// Every error of the API: a stable machine-readable `error` code, a human `message`, and, when
 /// one key of the request is to blame, that key in `field`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -84,6 +87,61 @@ impl From<EngineError> for ApiError {
             EngineError::ActorFailed(_) | EngineError::Corrupt(_) => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             }
+        }
+    }
+}
+
+impl From<FlowError> for ApiError {
+    fn from(e: FlowError) -> Self {
+        let message = e.to_string();
+        match e {
+            FlowError::Invalid { field, code, .. } => ApiError {
+                field: Some(field),
+                ..Self::new(StatusCode::BAD_REQUEST, code, message)
+            },
+            FlowError::Forbidden { code, .. } => Self::new(StatusCode::FORBIDDEN, code, message),
+            FlowError::NotFound(_) => Self::not_found(message),
+            FlowError::Conflict { code, holder, .. } => ApiError {
+                holder,
+                ..Self::new(StatusCode::CONFLICT, code, message)
+            },
+            FlowError::Unprocessable { field, code, .. } => ApiError {
+                field: field.map(str::to_owned),
+                ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+            },
+            FlowError::KommoUnavailable(detail) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "kommo_unavailable", detail)
+            }
+            FlowError::Engine(e) => e.into(),
+            FlowError::Directory(e) => e.into(),
+        }
+    }
+}
+
+impl From<DirectoryError> for ApiError {
+    fn from(e: DirectoryError) -> Self {
+        let message = e.to_string();
+        match e {
+            DirectoryError::Invalid { field, message } => ApiError::bad_field(field, message),
+            DirectoryError::Duplicate { field, .. } => ApiError {
+                field: Some(field.to_owned()),
+                ..ApiError::new(StatusCode::CONFLICT, "conflict", message)
+            },
+            DirectoryError::NotFound(_) => ApiError::not_found(message),
+            DirectoryError::StoreUnavailable(_) => ApiError::unavailable(message),
+            DirectoryError::Corrupt(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+            }
+            DirectoryError::NotConfigured => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "kommo_not_configured",
+                message,
+            ),
+            DirectoryError::Upstream(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "kommo_unavailable",
+                message,
+            ),
         }
     }
 }

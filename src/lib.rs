@@ -5,6 +5,8 @@
 //! actors); this crate is the edge around it:
 //! * [`config`] — settings from environment variables and CLI flags;
 //! * [`app`] and [`http`] — the axum router and its handlers; [`error`] — the JSON error type;
+//! * [`flows`] — the use cases the handlers adapt (webhook ingest, seller commands, proactive
+//!   openings, scheduling, who is responsible), HTTP-free;
 //!   [`openapi`] — the OpenAPI document (`/openapi.json`) and Swagger UI (`/docs`);
 //! * [`store`] — the Redis and embedded (redb) backends;
 //! * [`server`] — start-up, logging and graceful shutdown; [`serve`] — the listener (header-read
@@ -13,10 +15,10 @@
 //!   logs and public answers.
 
 pub mod app;
-pub mod commands;
 pub mod config;
 pub mod dead_letters;
 pub mod error;
+pub mod flows;
 pub mod http;
 pub mod kommo;
 pub mod n8n;

@@ -138,8 +138,8 @@ fn request_rules(doc: &mut serde_json::Value) {
                 {"anyOf": [present("message"), present("mensagem")]},
                 {"not": {"allOf": [present("message"), present("mensagem")]}},
                 {"properties": {
-                    "message": {"pattern": crate::commands::PATTERN},
-                    "mensagem": {"pattern": crate::commands::PATTERN},
+                    "message": {"pattern": crate::flows::commands::PATTERN},
+                    "mensagem": {"pattern": crate::flows::commands::PATTERN},
                 }},
             ]}),
         ),
@@ -465,33 +465,5 @@ fn common_response(name: &str) -> Response {
              contact's actor failed; other contacts are unaffected)...",
             serde_json::json!({"error": "internal", "message": "internal error"}),
         ),
-    }
-}
-
-/// Schemas of types the API returns that are defined outside this crate's HTTP layer (the
-/// actors crate, the sellers directory): mirrors of their JSON shape, checked against the real
-/// types' serialization by `tests/openapi.rs`.
-pub mod schemas {
-    use serde::Serialize;
-    use utoipa::ToSchema;
-
-    /// The Kommo authorization: `reauthorize_needed` (with a `reason`) when a human must
-    /// authorize the integration again at `/oauth/authorize`.
-    #[derive(Serialize, ToSchema)]
-    #[schema(example = json!({"state": "not_configured"}))]
-    pub struct TokenState {
-        pub state: TokenStateName,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        #[schema(nullable = false)]
-        pub reason: Option<String>,
-    }
-
-    #[derive(Serialize, ToSchema)]
-    #[serde(rename_all = "snake_case")]
-    pub enum TokenStateName {
-        Ok,
-        Expiring,
-        ReauthorizeNeeded,
-        NotConfigured,
     }
 }

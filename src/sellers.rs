@@ -219,6 +219,28 @@ pub struct NewSeller {
     pub kommo_user_id: Option<u64>,
 }
 
+/// How the responsible seller was found ([`SellerDirectory::responsible`]): the seller holding
+/// the conversation, the contact's assignment (or its responsible Kommo user), or the lead's
+/// responsible Kommo user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FoundBy {
+    Conversation,
+    Contact,
+    Lead,
+}
+
+impl FoundBy {
+    /// The name in JSON answers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FoundBy::Conversation => "conversation",
+            FoundBy::Contact => "contact",
+            FoundBy::Lead => "lead",
+        }
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum DirectoryError {
     /// Bad input, naming the offending field.
@@ -844,12 +866,12 @@ impl SellerDirectory {
             .ok_or(DirectoryError::NotConfigured)
     }
 
-    /// Who is responsible for a conversation, and how that was found:
-    /// 1. `"conversation"` — `assigned`, the seller the conversation holds (or who opened it
+    /// Who is responsible for a conversation, and how that was found ([`FoundBy`]):
+    /// 1. `Conversation` — `assigned`, the seller the conversation holds (or who opened it
     ///    proactively);
-    /// 2. `"contact"` — the contact's assignment, else the Kommo user responsible for the
+    /// 2. `Contact` — the contact's assignment, else the Kommo user responsible for the
     ///    contact (a `talk_id` is resolved to its contact when no `contact_id` is given);
-    /// 3. `"lead"` — the Kommo user responsible for the lead (a `talk_id` names its lead when
+    /// 3. `Lead` — the Kommo user responsible for the lead (a `talk_id` names its lead when
     ///    no `lead_id` is given).
     ///
     /// A step that cannot answer falls through to the next; a Kommo error (or no Kommo
@@ -860,10 +882,10 @@ impl SellerDirectory {
         contact_id: Option<u64>,
         lead_id: Option<u64>,
         assigned: Option<&str>,
-    ) -> Result<Option<(Seller, &'static str)>, DirectoryError> {
+    ) -> Result<Option<(Seller, FoundBy)>, DirectoryError> {
         if let Some(id) = assigned {
             match self.by_id(id).await? {
-                Some(seller) => return Ok(Some((seller, "conversation"))),
+                Some(seller) => return Ok(Some((seller, FoundBy::Conversation))),
                 None => debug!(seller = id, "conversation held by a seller unknown here"),
             }
         }
@@ -881,13 +903,13 @@ impl SellerDirectory {
             None => None,
         };
         if let Some(seller) = by_contact {
-            return Ok(Some((seller, "contact")));
+            return Ok(Some((seller, FoundBy::Contact)));
         }
         if let Some(contact) = contact_id {
             match self.contact_user(contact).await {
                 Ok(Some(user)) => {
                     if let Some(seller) = self.by_kommo_user(user).await? {
-                        return Ok(Some((seller, "contact")));
+                        return Ok(Some((seller, FoundBy::Contact)));
                     }
                     debug!(
                         contact,
@@ -910,7 +932,7 @@ impl SellerDirectory {
             match self.lead_user(lead).await {
                 Ok(Some(user)) => {
                     if let Some(seller) = self.by_kommo_user(user).await? {
-                        return Ok(Some((seller, "lead")));
+                        return Ok(Some((seller, FoundBy::Lead)));
                     }
                     debug!(lead, user, "lead responsible user is not a known seller");
                 }
@@ -928,7 +950,7 @@ impl SellerDirectory {
     pub async fn lookup_for_talk(
         &self,
         talk_id: u64,
-    ) -> Result<Option<(Seller, &'static str)>, DirectoryError> {
+    ) -> Result<Option<(Seller, FoundBy)>, DirectoryError> {
         self.responsible(Some(talk_id), None, None, None).await
     }
 
@@ -936,7 +958,7 @@ impl SellerDirectory {
     pub async fn lookup_for_contact(
         &self,
         contact_id: u64,
-    ) -> Result<Option<(Seller, &'static str)>, DirectoryError> {
+    ) -> Result<Option<(Seller, FoundBy)>, DirectoryError> {
         self.responsible(None, Some(contact_id), None, None).await
     }
 
@@ -944,7 +966,7 @@ impl SellerDirectory {
     pub async fn lookup_for_lead(
         &self,
         lead_id: u64,
-    ) -> Result<Option<(Seller, &'static str)>, DirectoryError> {
+    ) -> Result<Option<(Seller, FoundBy)>, DirectoryError> {
         self.responsible(None, None, Some(lead_id), None).await
     }
 

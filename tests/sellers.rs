@@ -513,7 +513,7 @@ async fn lookup_order_is_conversation_then_contact_then_lead() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((seller.id.as_str(), how), ("kommo-100", "lead"));
+    assert_eq!((seller.id.as_str(), how.as_str()), ("kommo-100", "lead"));
 
     // The talk's contact (900) is assigned to Bruno: contact beats lead.
     assert_eq!(
@@ -525,11 +525,11 @@ async fn lookup_order_is_conversation_then_contact_then_lead() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((seller.id.as_str(), how), ("kommo-200", "contact"));
+    assert_eq!((seller.id.as_str(), how.as_str()), ("kommo-200", "contact"));
     let (seller, how) = dir.lookup_for_talk(55).await.unwrap().unwrap();
-    assert_eq!((seller.id.as_str(), how), ("kommo-200", "contact"));
+    assert_eq!((seller.id.as_str(), how.as_str()), ("kommo-200", "contact"));
     let (seller, how) = dir.lookup_for_contact(900).await.unwrap().unwrap();
-    assert_eq!((seller.id.as_str(), how), ("kommo-200", "contact"));
+    assert_eq!((seller.id.as_str(), how.as_str()), ("kommo-200", "contact"));
 
     // A seller holding the conversation beats both.
     let (seller, how) = dir
@@ -537,7 +537,7 @@ async fn lookup_order_is_conversation_then_contact_then_lead() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((seller, how), (carla.clone(), "conversation"));
+    assert_eq!((seller, how.as_str()), (carla.clone(), "conversation"));
 
     // An assigned id the directory does not know falls through.
     let (seller, how) = dir
@@ -545,7 +545,7 @@ async fn lookup_order_is_conversation_then_contact_then_lead() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((seller.id.as_str(), how), ("kommo-200", "contact"));
+    assert_eq!((seller.id.as_str(), how.as_str()), ("kommo-200", "contact"));
 
     // An explicit contact id is used as is (no talk resolution needed).
     let (seller, how) = dir
@@ -553,11 +553,11 @@ async fn lookup_order_is_conversation_then_contact_then_lead() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((seller.id.as_str(), how), ("kommo-100", "lead"));
+    assert_eq!((seller.id.as_str(), how.as_str()), ("kommo-100", "lead"));
 
     // The lead alone; a lead whose user is no seller; an unknown lead; an unassigned contact.
     let (seller, how) = dir.lookup_for_lead(7).await.unwrap().unwrap();
-    assert_eq!((seller.id.as_str(), how), ("kommo-100", "lead"));
+    assert_eq!((seller.id.as_str(), how.as_str()), ("kommo-100", "lead"));
     assert_eq!(dir.lookup_for_lead(8).await.unwrap(), None);
     assert_eq!(dir.lookup_for_lead(12345).await.unwrap(), None);
     assert_eq!(dir.lookup_for_contact(12345).await.unwrap(), None);
@@ -570,7 +570,7 @@ async fn lookup_order_is_conversation_then_contact_then_lead() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(how, "lead");
+    assert_eq!(how.as_str(), "lead");
 
     // Kommo answers are cached: lead 7 and talk 55 were each asked once.
     assert_eq!(
@@ -603,7 +603,8 @@ async fn lookups_without_kommo() {
             .await
             .unwrap()
             .unwrap()
-            .1,
+            .1
+            .as_str(),
         "conversation"
     );
     dir.assign_contact(1, &ana.id).await.unwrap();
@@ -612,7 +613,8 @@ async fn lookups_without_kommo() {
             .await
             .unwrap()
             .unwrap()
-            .1,
+            .1
+            .as_str(),
         "contact"
     );
     assert_eq!(

@@ -445,6 +445,13 @@ impl Conversation {
     pub fn seller(&self) -> Option<&SellerRef> {
         self.phase.seller()
     }
+
+    /// The seller holding the conversation, else the one who opened it proactively.
+    pub fn held_or_opened_by(&self) -> Option<&SellerRef> {
+        self.phase
+            .seller()
+            .or(self.proactive.as_ref().map(|o| &o.seller))
+    }
 }
 
 /// One event being applied: the conversation, the time, the policy and what came out.

@@ -1,6 +1,6 @@
 //! `POST /vendedor/comandos` (the original path and body): a seller's command
 //! `{"message": "/assumir 12345", "contact_id": 99999}`, where `contact_id` is the seller's own
-//! WhatsApp contact. See [`crate::commands`] for the rules.
+//! WhatsApp contact. See [`crate::flows::commands`] for the rules.
 
 use axum::Json;
 use axum::extract::State;
@@ -10,8 +10,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
-use crate::commands::{self, CommandAnswer};
 use crate::error::ApiError;
+use crate::flows::commands::{self, CommandAnswer};
 use crate::http::{JsonBody, KommoId};
 
 pub fn routes() -> OpenApiRouter<AppState> {

@@ -7,7 +7,6 @@ use crate::http::QueryParams;
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -117,7 +116,7 @@ async fn one(
     State(app): State<AppState>,
     Path(contact_id): Path<String>,
     QueryParams(account): QueryParams<Account>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ConversationView>, ApiError> {
     let contact_id = crate::http::path_id("contact_id", &contact_id)?;
     let mut key = app.contact(contact_id);
     if let Some(account_id) = account.account_id {
@@ -127,9 +126,7 @@ async fn one(
         app.engine().conversation(&key).await?.ok_or_else(|| {
             ApiError::not_found(format!("no conversation for contact {contact_id}"))
         })?;
-    Ok(Json(
-        serde_json::to_value(ConversationView::new(&conversation, version)).unwrap_or_default(),
-    ))
+    Ok(Json(ConversationView::new(conversation, version)))
 }
 
 /// Live conversations
@@ -148,16 +145,24 @@ async fn one(
 async fn active(
     State(app): State<AppState>,
     QueryParams(q): QueryParams<Listing>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ActiveConversations>, ApiError> {
     let limit = q.limit.map_or(1000, |c| c.0).min(100_000);
     let phases = app.engine().store().phases(usize::MAX).await?;
-    let live: Vec<Value> = phases
+    let live: Vec<ActiveConversation> = phases
         .into_iter()
-        .filter(|(_, p)| PhaseName::parse(p) != Some(PhaseName::Idle))
+        .filter_map(|(k, p)| Some((k, PhaseName::parse(&p)?)))
+        .filter(|(_, p)| *p != PhaseName::Idle)
         .take(limit)
-        .map(|(k, p)| json!({"account_id": k.account_id, "contact_id": k.contact_id, "phase": p}))
+        .map(|(k, phase)| ActiveConversation {
+            account_id: k.account_id,
+            contact_id: k.contact_id,
+            phase,
+        })
         .collect();
-    Ok(Json(json!({ "count": live.len(), "conversations": live })))
+    Ok(Json(ActiveConversations {
+        count: live.len() as u64,
+        conversations: live,
+    }))
 }
 
 /// Debug listing
@@ -176,30 +181,30 @@ async fn active(
 async fn debug(
     State(app): State<AppState>,
     QueryParams(q): QueryParams<Listing>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DebugConversations>, ApiError> {
     let limit = q.limit.map_or(50, |c| c.0).min(1000);
     let engine = app.engine();
     let mut items = Vec::new();
     for (key, _) in engine.store().phases(limit).await? {
         if let Some((c, version)) = engine.conversation(&key).await? {
-            items.push(json!({
-                "account_id": key.account_id,
-                "contact_id": key.contact_id,
-                "phase": c.phase.name(),
-                "seller": c.phase.seller(),
-                "version": version,
-                "epoch": c.epoch,
-                "pending_messages": c.pending.len(),
-                "outbox": c.outbox.len(),
-                "timers": c.timers.len(),
-                "last": c.timeline.last(),
-            }));
+            items.push(DebugConversation {
+                account_id: key.account_id,
+                contact_id: key.contact_id,
+                phase: c.phase.kind(),
+                seller: c.phase.seller().cloned(),
+                version,
+                epoch: c.epoch,
+                pending_messages: c.pending.len() as u64,
+                outbox: c.outbox.len() as u64,
+                timers: c.timers.len() as u64,
+                last: c.timeline.last().cloned(),
+            });
         }
     }
-    Ok(Json(json!({
-        "node_id": engine.node_id(),
-        "active_actors": engine.active_actors(),
-        "count": items.len(),
-        "conversations": items,
-    })))
+    Ok(Json(DebugConversations {
+        node_id: engine.node_id().to_owned(),
+        active_actors: engine.active_actors() as u64,
+        count: items.len() as u64,
+        conversations: items,
+    }))
 }

@@ -7,15 +7,15 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use conversa_actors::PhaseName;
 use serde::Serialize;
-use serde_json::{Value, json};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
+use crate::config::Summary;
 use crate::error::ApiError;
 use crate::http::kommo::N8nCheck;
-use crate::openapi::schemas::TokenState;
+use crate::kommo::oauth::TokenState;
 
 /// Upper bound of contacts read from the phase index for `/stats`.
 const STATS_SCAN_LIMIT: usize = 1_000_000;
@@ -34,7 +34,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
     "kommo": {"state": "not_configured"}}))]
 pub struct Health {
     /// Always `ok`.
-    pub status: String,
+    #[schema(value_type = String)]
+    pub status: &'static str,
     pub uptime_seconds: u64,
     /// The Kommo token state (`reauthorize_needed` when a human must re-authorise).
     pub kommo: TokenState,
@@ -50,7 +51,7 @@ pub struct Health {
         "n8n_callback_token": true, "n8n_shared_secret": false, "kommo_account_id": 0,
         "kommo_subdomain": null, "kommo_api_url": null, "n8n_webhook_url": null,
         "public_url": null, "reply_channel": "not configured", "debounce_ms": 3000,
-        "human_lease_minutes": 30.0}}))]
+        "human_lease_minutes": 30.0, "unauthenticated_routes": []}}))]
 pub struct Ready {
     /// Whether the store answers (else the status is 503).
     pub ready: bool,
@@ -58,19 +59,18 @@ pub struct Ready {
     pub kommo: TokenState,
     pub n8n: N8nCheck,
     /// What is configured (secrets reduced to whether they are set).
-    #[schema(value_type = Object)]
-    pub configured: Value,
+    pub configured: Summary,
 }
 
 /// The store's reachability.
 #[derive(Serialize, ToSchema)]
 pub struct StoreCheck {
     /// `ok` or `unavailable`.
-    #[schema(example = "ok")]
-    pub status: String,
+    #[schema(value_type = String, example = "ok")]
+    pub status: &'static str,
     /// `redis` or `embedded`.
-    #[schema(example = "redis")]
-    pub backend: String,
+    #[schema(value_type = String, example = "redis")]
+    pub backend: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub latency_ms: Option<f64>,
@@ -84,9 +84,12 @@ pub struct StoreCheck {
 #[schema(example = json!({"name": "conversa", "version": "0.1.0", "git_commit": "606e0fe1a2b3",
     "build_time_unix": 1767225600}))]
 pub struct Version {
-    pub name: String,
-    pub version: String,
-    pub git_commit: String,
+    #[schema(value_type = String)]
+    pub name: &'static str,
+    #[schema(value_type = String)]
+    pub version: &'static str,
+    #[schema(value_type = String)]
+    pub git_commit: &'static str,
     pub build_time_unix: u64,
 }
 
@@ -104,8 +107,7 @@ pub struct Stats {
     /// Contacts with a stored conversation.
     pub contacts: u64,
     /// Contacts per phase (every phase is listed).
-    #[schema(value_type = std::collections::BTreeMap<String, u64>)]
-    pub contacts_by_phase: Value,
+    pub contacts_by_phase: BTreeMap<PhaseName, u64>,
     pub active_actors: u64,
     pub activations: u64,
     pub passivations: u64,
@@ -117,7 +119,7 @@ pub struct Stats {
     pub effects: EffectStats,
     /// The engine's raw counters.
     #[schema(value_type = Object)]
-    pub engine: Value,
+    pub engine: conversa_actors::EngineStats,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -139,16 +141,17 @@ pub struct EffectStats {
     tag = "probes",
     responses((status = 200, description = "Up", body = Health)),
 )]
-async fn health(State(app): State<AppState>) -> Json<Value> {
-    let kommo = match app.kommo() {
-        Some(k) => json!(k.tokens().state()),
-        None => json!({"state": "not_configured"}),
-    };
-    Json(json!({
-        "status": "ok",
-        "uptime_seconds": app.0.started.elapsed().as_secs(),
-        "kommo": kommo,
-    }))
+async fn health(State(app): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        uptime_seconds: app.0.started.elapsed().as_secs(),
+        kommo: token_state(&app),
+    })
+}
+
+fn token_state(app: &AppState) -> TokenState {
+    app.kommo()
+        .map_or(TokenState::NotConfigured, |k| k.tokens().state())
 }
 
 /// Readiness
@@ -166,35 +169,44 @@ async fn health(State(app): State<AppState>) -> Json<Value> {
             "store": {"status": "unavailable", "backend": "redis",
                 "error": "store unavailable: connection refused"},
             "kommo": {"state": "not_configured"}, "n8n": {"configured": false, "ok": false},
-            "configured": {"store": "redis"}})),
+            "configured": {"store": "redis", "api_key": true, "webhook_secret": true,
+                "n8n_callback_token": true, "n8n_shared_secret": false, "kommo_account_id": 0,
+                "kommo_subdomain": null, "kommo_api_url": null, "n8n_webhook_url": null,
+                "public_url": null, "reply_channel": "not configured", "debounce_ms": 3000,
+                "human_lease_minutes": 30.0, "unauthenticated_routes": []}})),
     ),
 )]
-async fn ready(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
+async fn ready(State(app): State<AppState>) -> (StatusCode, Json<Ready>) {
     let started = std::time::Instant::now();
-    let store = app.engine().store().ping().await;
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let (status, store_json) = match store {
-        Ok(()) => (
-            StatusCode::OK,
-            json!({"status": "ok", "backend": app.engine().store().backend(), "latency_ms": latency_ms}),
-        ),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"status": "unavailable", "backend": app.engine().store().backend(), "error": e.to_string()}),
-        ),
+    let backend = app.engine().store().backend();
+    let store = match app.engine().store().ping().await {
+        Ok(()) => StoreCheck {
+            status: "ok",
+            backend,
+            latency_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
+            error: None,
+        },
+        Err(e) => StoreCheck {
+            status: "unavailable",
+            backend,
+            latency_ms: None,
+            error: Some(e.to_string()),
+        },
     };
-    let kommo = match app.kommo() {
-        Some(k) => json!(k.tokens().state()),
-        None => json!({"state": "not_configured"}),
+    let ready = store.error.is_none();
+    let answer = Ready {
+        ready,
+        store,
+        kommo: token_state(&app),
+        n8n: crate::http::kommo::n8n_check(&app).await,
+        configured: app.0.configured.clone(),
     };
-    let body = json!({
-        "ready": status == StatusCode::OK,
-        "store": store_json,
-        "kommo": kommo,
-        "n8n": crate::http::kommo::n8n_check(&app).await,
-        "configured": app.0.configured,
-    });
-    (status, Json(body))
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(answer))
 }
 
 /// Version
@@ -206,13 +218,13 @@ async fn ready(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
     tag = "probes",
     responses((status = 200, description = "The build", body = Version)),
 )]
-async fn version() -> Json<Value> {
-    Json(json!({
-        "name": env!("CARGO_PKG_NAME"),
-        "version": env!("CARGO_PKG_VERSION"),
-        "git_commit": env!("CONVERSA_GIT_COMMIT"),
-        "build_time_unix": env!("CONVERSA_BUILD_UNIX").parse::<u64>().unwrap_or(0),
-    }))
+async fn version() -> Json<Version> {
+    Json(Version {
+        name: env!("CARGO_PKG_NAME"),
+        version: env!("CARGO_PKG_VERSION"),
+        git_commit: env!("CONVERSA_GIT_COMMIT"),
+        build_time_unix: env!("CONVERSA_BUILD_UNIX").parse::<u64>().unwrap_or(0),
+    })
 }
 
 /// Statistics
@@ -228,14 +240,13 @@ async fn version() -> Json<Value> {
         (status = 503, response = crate::openapi::StoreUnavailable),
     ),
 )]
-async fn stats(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn stats(State(app): State<AppState>) -> Result<Json<Stats>, ApiError> {
     let engine = app.engine();
     let store = engine.store();
     let phases = store.phases(STATS_SCAN_LIMIT).await?;
-    let mut by_phase: BTreeMap<&str, u64> =
-        PhaseName::ALL.iter().map(|p| (p.as_str(), 0)).collect();
+    let mut by_phase: BTreeMap<PhaseName, u64> = PhaseName::ALL.iter().map(|p| (*p, 0)).collect();
     for (_, phase) in &phases {
-        if let Some(n) = by_phase.get_mut(phase.as_str()) {
+        if let Some(n) = PhaseName::parse(phase).and_then(|p| by_phase.get_mut(&p)) {
             *n += 1;
         }
     }
@@ -243,23 +254,23 @@ async fn stats(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
     let stats = engine.stats();
     let done = stats.effects_executed;
     let tried = done + stats.effects_failed + stats.effects_retried;
-    Ok(Json(json!({
-        "contacts": phases.len(),
-        "contacts_by_phase": by_phase,
-        "active_actors": stats.active_actors,
-        "activations": stats.activations,
-        "passivations": stats.passivations,
-        "restarts": stats.restarts,
-        "store_backend": stats.store_backend,
-        "uptime_seconds": app.0.started.elapsed().as_secs(),
-        "outbox_pending_contacts": pending,
-        "effects": {
-            "executed": done,
-            "retried": stats.effects_retried,
-            "failed": stats.effects_failed,
-            "running": stats.effects_running,
-            "success_rate": if tried == 0 { Value::Null } else { json!(done as f64 / tried as f64) },
+    Ok(Json(Stats {
+        contacts: phases.len() as u64,
+        contacts_by_phase: by_phase,
+        active_actors: stats.active_actors as u64,
+        activations: stats.activations,
+        passivations: stats.passivations,
+        restarts: stats.restarts,
+        store_backend: stats.store_backend.to_string(),
+        uptime_seconds: app.0.started.elapsed().as_secs(),
+        outbox_pending_contacts: pending as u64,
+        effects: EffectStats {
+            executed: done,
+            retried: stats.effects_retried,
+            failed: stats.effects_failed,
+            running: stats.effects_running as u64,
+            success_rate: (tried > 0).then(|| done as f64 / tried as f64),
         },
-        "engine": stats,
-    })))
+        engine: stats,
+    }))
 }

@@ -14,10 +14,9 @@ use crate::http::QueryParams;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use sha2::Sha256;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -26,8 +25,9 @@ use utoipa_axum::routes;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::auth::secret_matches;
+use crate::kommo::client::Account;
 use crate::kommo::client::KommoClient;
-use crate::openapi::schemas::TokenState;
+use crate::kommo::oauth::TokenState;
 
 /// How long an authorisation started by `/oauth/authorize` may take.
 const STATE_TTL_SECS: u64 = 10 * 60;
@@ -63,7 +63,7 @@ pub struct KommoCheck {
     pub token_state: TokenState,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
-    pub account: Option<KommoAccount>,
+    pub account: Option<Account>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub error: Option<String>,
@@ -72,16 +72,8 @@ pub struct KommoCheck {
     pub latency_ms: Option<f64>,
 }
 
-/// The Kommo account.
-#[derive(Serialize, ToSchema)]
-pub struct KommoAccount {
-    pub id: u64,
-    pub name: String,
-    pub subdomain: String,
-}
-
 /// n8n's reachability (its `/healthz` on the `N8N_WEBHOOK_URL` host).
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Default, Serialize, ToSchema)]
 #[schema(example = json!({"configured": true, "ok": true, "status": 200, "latency_ms": 3.1}))]
 pub struct N8nCheck {
     pub configured: bool,
@@ -304,7 +296,7 @@ async fn callback(
     State(app): State<AppState>,
     headers: axum::http::HeaderMap,
     QueryParams(q): QueryParams<CallbackQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OAuthDone>, ApiError> {
     let kommo = kommo(&app)?;
     if let Some(error) = q.error {
         return Err(ApiError::bad_field("error", format!("Kommo said: {error}")));
@@ -339,10 +331,10 @@ async fn callback(
         .exchange_code(&code)
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "oauth_failed", e.to_string()))?;
-    Ok(Json(json!({
-        "ok": true,
-        "token_state": kommo.tokens().state(),
-    })))
+    Ok(Json(OAuthDone {
+        ok: true,
+        token_state: kommo.tokens().state(),
+    }))
 }
 
 /// Kommo connectivity
@@ -355,32 +347,42 @@ async fn callback(
     tag = "kommo",
     responses((status = 200, description = "Kommo's reachability", body = KommoCheck)),
 )]
-async fn connectivity(State(app): State<AppState>) -> Json<Value> {
+async fn connectivity(State(app): State<AppState>) -> Json<KommoCheck> {
     Json(kommo_check(&app).await)
 }
 
-async fn kommo_check(app: &AppState) -> Value {
+async fn kommo_check(app: &AppState) -> KommoCheck {
     let Some(kommo) = app.kommo() else {
-        return json!({"configured": false, "ok": false, "token_state": {"state": "not_configured"}});
+        return KommoCheck {
+            configured: false,
+            ok: false,
+            token_state: TokenState::NotConfigured,
+            account: None,
+            error: None,
+            latency_ms: None,
+        };
     };
     let started = Instant::now();
     let account = kommo.account().await;
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+    let token_state = kommo.tokens().state();
     match account {
-        Ok(a) => json!({
-            "configured": true,
-            "ok": true,
-            "token_state": kommo.tokens().state(),
-            "account": a,
-            "latency_ms": latency_ms,
-        }),
-        Err(e) => json!({
-            "configured": true,
-            "ok": false,
-            "token_state": kommo.tokens().state(),
-            "error": e.to_string(),
-            "latency_ms": latency_ms,
-        }),
+        Ok(a) => KommoCheck {
+            configured: true,
+            ok: true,
+            token_state,
+            account: Some(a),
+            error: None,
+            latency_ms,
+        },
+        Err(e) => KommoCheck {
+            configured: true,
+            ok: false,
+            token_state,
+            account: None,
+            error: Some(e.to_string()),
+            latency_ms,
+        },
     }
 }
 
@@ -393,21 +395,31 @@ async fn kommo_check(app: &AppState) -> Value {
     tag = "kommo",
     responses((status = 200, description = "Reachability of Kommo, the store and n8n", body = IntegrationCheck)),
 )]
-async fn integration(State(app): State<AppState>) -> Json<Value> {
+async fn integration(State(app): State<AppState>) -> Json<IntegrationCheck> {
     let kommo = kommo_check(&app).await;
     let started = Instant::now();
+    let backend = app.engine().store().backend().to_owned();
     let store = match app.engine().store().ping().await {
-        Ok(()) => json!({"ok": true, "backend": app.engine().store().backend(),
-                         "latency_ms": started.elapsed().as_secs_f64() * 1000.0}),
-        Err(e) => {
-            json!({"ok": false, "backend": app.engine().store().backend(), "error": e.to_string()})
-        }
+        Ok(()) => StorePing {
+            ok: true,
+            backend,
+            latency_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
+            error: None,
+        },
+        Err(e) => StorePing {
+            ok: false,
+            backend,
+            latency_ms: None,
+            error: Some(e.to_string()),
+        },
     };
     let n8n = n8n_check(&app).await;
-    let ok = [&kommo, &store, &n8n]
-        .iter()
-        .all(|c| c["ok"].as_bool().unwrap_or(false));
-    Json(json!({"ok": ok, "kommo": kommo, "store": store, "n8n": n8n}))
+    Json(IntegrationCheck {
+        ok: kommo.ok && store.ok && n8n.ok,
+        kommo,
+        store,
+        n8n,
+    })
 }
 
 /// Whether n8n answers: its `/healthz` on the webhook URL's host.
@@ -417,7 +429,7 @@ const N8N_PROBE_FRESH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// n8n's reachability, probed at most once per [`N8N_PROBE_FRESH`] whatever the number of
 /// callers (they wait for the one probe in progress).
-pub async fn n8n_check(app: &AppState) -> Value {
+pub async fn n8n_check(app: &AppState) -> N8nCheck {
     let mut cached = app.0.n8n_probe.lock().await;
     if let Some((at, answer)) = cached.as_ref()
         && at.elapsed() < N8N_PROBE_FRESH
@@ -429,23 +441,29 @@ pub async fn n8n_check(app: &AppState) -> Value {
     answer
 }
 
-async fn n8n_probe(app: &AppState) -> Value {
+async fn n8n_probe(app: &AppState) -> N8nCheck {
     let Some(url) = app.0.n8n_webhook_url.as_deref() else {
-        return json!({"configured": false, "ok": false});
+        return N8nCheck::default();
+    };
+    let unreachable = |error: String| N8nCheck {
+        configured: true,
+        error: Some(error),
+        ..N8nCheck::default()
     };
     let Ok(parsed) = reqwest::Url::parse(url) else {
-        return json!({"configured": true, "ok": false, "error": "N8N_WEBHOOK_URL is not a URL"});
+        return unreachable("N8N_WEBHOOK_URL is not a URL".into());
     };
     let health = format!("{}://{}/healthz", parsed.scheme(), parsed.authority());
     let started = Instant::now();
     match app.0.http.get(&health).send().await {
-        Ok(r) => json!({
-            "configured": true,
-            "ok": true,
-            "status": r.status().as_u16(),
-            "latency_ms": started.elapsed().as_secs_f64() * 1000.0,
-        }),
-        Err(e) => json!({"configured": true, "ok": false, "error": crate::redact::client_error(e)}),
+        Ok(r) => N8nCheck {
+            configured: true,
+            ok: true,
+            status: Some(r.status().as_u16()),
+            latency_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
+            error: None,
+        },
+        Err(e) => unreachable(crate::redact::client_error(e)),
     }
 }
 
@@ -470,7 +488,7 @@ async fn n8n_probe(app: &AppState) -> Value {
 async fn test_note(
     State(app): State<AppState>,
     Path(lead_id): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<TestNote>), ApiError> {
     let lead_id = crate::http::path_id("lead_id", &lead_id)?;
     let kommo = kommo(&app)?;
     let note_id = kommo
@@ -482,9 +500,12 @@ async fn test_note(
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "kommo_error", e.to_string()))?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"ok": true, "lead_id": lead_id, "note_id": note_id})),
-    )
-        .into_response())
+        Json(TestNote {
+            ok: true,
+            lead_id,
+            note_id,
+        }),
+    ))
 }
 
 #[cfg(test)]

@@ -114,34 +114,7 @@ fn is_json_content_type(value: &str) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// The most bytes of free-form JSON (`lead_data`, a scheduling request's details, a
-/// scheduling outcome) one request may hand to a conversation: it is kept in the snapshot and
-/// sent to n8n.
-pub const MAX_DETAILS_BYTES: usize = 16 * 1024;
-
-/// Refuses a free-form JSON value larger than `max` bytes, naming its field.
-pub fn bounded_json(field: &str, value: &serde_json::Value, max: usize) -> Result<(), ApiError> {
-    let size = serde_json::to_vec(value).map_or(usize::MAX, |v| v.len());
-    if size > max {
-        return Err(ApiError::bad_field(
-            field,
-            format!("`{field}` is {size} bytes of JSON: at most {max}"),
-        ));
-    }
-    Ok(())
-}
-
-/// Refuses a text longer than `max` characters, naming its field.
-pub fn bounded_text(field: &str, text: &str, max: usize) -> Result<(), ApiError> {
-    let chars = text.chars().count();
-    if chars > max {
-        return Err(ApiError::bad_field(
-            field,
-            format!("`{field}` is {chars} characters: at most {max}"),
-        ));
-    }
-    Ok(())
-}
+pub use crate::flows::limits::{MAX_DETAILS_BYTES, bounded_json, bounded_text};
 
 pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::not_found(format!("no route for {}", uri.path()))

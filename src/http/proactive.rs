@@ -10,21 +10,18 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use conversa_actors::{Effect, Event, Links, Rejection, SellerRef};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::flows::FlowError;
+use crate::flows::proactive::{self, NotOpened, Opened, Opening, Trigger, WantedSeller};
 use crate::http::{JsonBody, KommoId};
-use crate::sellers::Seller;
-use crate::text::fold;
 use conversa_actors::PhaseName;
-
-pub const TRIGGERS: [&str; 3] = ["formulario_preenchido", "material_baixado", "agendamento"];
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(start_proactive))
@@ -57,15 +54,6 @@ pub struct StartProactive {
 /// The longest practice area accepted, in characters.
 const MAX_NAME_CHARS: usize = 200;
 
-/// What happened.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    FormularioPreenchido,
-    MaterialBaixado,
-    Agendamento,
-}
-
 /// A seller's id or name, or an object with `id` and/or `name` (`nome`).
 #[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
@@ -96,8 +84,8 @@ pub struct ProactiveAnswer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dispatch_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Trigger>, nullable = false)]
-    pub trigger_type: Option<String>,
+    #[schema(nullable = false)]
+    pub trigger_type: Option<Trigger>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub vendedor: Option<crate::sellers::Seller>,
@@ -105,83 +93,42 @@ pub struct ProactiveAnswer {
     /// `human_assigned`, `paused`.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
-    pub reason: Option<String>,
+    pub reason: Option<NotOpened>,
 }
 
-fn unprocessable(field: &str, error: &'static str, message: String) -> ApiError {
-    ApiError {
-        field: Some(field.to_owned()),
-        ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error, message)
+impl From<Opened> for ProactiveAnswer {
+    fn from(opened: Opened) -> Self {
+        match opened {
+            Opened::Yes {
+                contact_id,
+                phase,
+                dispatch_id,
+                seller,
+                trigger,
+            } => ProactiveAnswer {
+                created: true,
+                contact_id,
+                phase,
+                dispatch_id,
+                trigger_type: Some(trigger),
+                vendedor: Some(seller),
+                reason: None,
+            },
+            Opened::No {
+                contact_id,
+                phase,
+                reason,
+            } => ProactiveAnswer {
+                created: false,
+                contact_id,
+                phase,
+                dispatch_id: None,
+                trigger_type: None,
+                vendedor: None,
+                reason: Some(reason),
+            },
+        }
     }
-}
-
-/// Finds the seller by id, else by name: the one active seller whose name is the given one
-/// (ignoring case and accents). An ambiguous or unknown name is a 422 listing the candidates
-/// (the sellers of that name, or those whose name contains it).
-async fn find_seller(app: &AppState, wanted: &SellerName) -> Result<Seller, ApiError> {
-    let (id, name) = match wanted {
-        SellerName::Text(t) => (Some(t.trim()), Some(t.trim())),
-        SellerName::Object { id, name } => (id.as_deref(), name.as_deref()),
-    };
-    if let Some(id) = id.filter(|i| !i.is_empty())
-        && let Some(s) = app.sellers().by_id(id).await?
-        && s.active
-    {
-        return Ok(s);
-    }
-    let Some(name) = name.filter(|n| !n.is_empty()) else {
-        return Err(unprocessable(
-            "vendedor",
-            "unknown_seller",
-            format!("no active seller {:?}", id.unwrap_or_default()),
-        ));
-    };
-    let folded = fold(name);
-    let active: Vec<Seller> = app
-        .sellers()
-        .all()
-        .await?
-        .into_iter()
-        .filter(|s| s.active)
-        .collect();
-    let mut same: Vec<&Seller> = active.iter().filter(|s| fold(&s.name) == folded).collect();
-    if same.len() == 1 {
-        return Ok(same.remove(0).clone());
-    }
-    let listed = |sellers: Vec<&Seller>| {
-        sellers
-            .iter()
-            .take(10)
-            .map(|s| format!("{} ({})", s.name, s.id))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    if same.len() > 1 {
-        return Err(unprocessable(
-            "vendedor",
-            "ambiguous_seller",
-            format!(
-                "{} active sellers are named {name:?}: {}; give the seller's id",
-                same.len(),
-                listed(same)
-            ),
-        ));
-    }
-    let similar: Vec<&Seller> = active
-        .iter()
-        .filter(|s| {
-            fold(&s.name).split(' ').any(|w| w == folded) || fold(&s.name).contains(&folded)
-        })
-        .collect();
-    let message = if similar.is_empty() {
-        format!("no active seller {name:?}")
-    } else {
-        format!(
-            "no active seller {name:?}; did you mean: {}?",
-            listed(similar)
-        )
-    };
-    Err(unprocessable("vendedor", "unknown_seller", message))
 }
 
 /// Start a proactive conversation
@@ -216,7 +163,7 @@ async fn find_seller(app: &AppState, wanted: &SellerName) -> Result<Seller, ApiE
 async fn start_proactive(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<StartProactive>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<ProactiveAnswer>), ApiError> {
     if !(body.lead_data.is_object() || body.lead_data.is_null()) {
         return Err(ApiError::bad_field(
             "lead_data",
@@ -225,97 +172,36 @@ async fn start_proactive(
     }
     crate::http::bounded_json("lead_data", &body.lead_data, crate::http::MAX_DETAILS_BYTES)?;
     crate::http::bounded_text("area_atuacao", &body.area_atuacao, MAX_NAME_CHARS)?;
-    let trigger = body.trigger_type.trim().to_lowercase();
-    if !TRIGGERS.contains(&trigger.as_str()) {
-        return Err(unprocessable(
+    let trigger = Trigger::parse(&body.trigger_type).ok_or_else(|| {
+        let words = Trigger::ALL.map(Trigger::as_str);
+        FlowError::unprocessable(
             "trigger_type",
             "unknown_trigger",
-            format!("trigger_type must be one of {TRIGGERS:?}"),
-        ));
-    }
-    if !app.area_is_eligible(&body.area_atuacao) {
-        return Err(unprocessable(
-            "area_atuacao",
-            "area_not_eligible",
-            format!("area {:?} is not in ELIGIBLE_AREAS", body.area_atuacao),
-        ));
-    }
-    let seller = find_seller(&app, &body.vendedor).await?;
-    let key = app.contact(body.contact_id.0);
-    // No lead anywhere: refused before n8n is called (the reply would have nowhere to go).
-    let lead_id = match body.lead_id {
-        Some(lead) => Some(lead.0),
-        None => match app.contact_lead(key.contact_id).await? {
-            Some(lead) => Some(lead),
-            None if app.kommo().is_none() => None,
-            None => {
-                return Err(unprocessable(
-                    "lead_id",
-                    "no_lead",
-                    format!(
-                        "contact {} has no lead in Kommo: give lead_id, or create a lead for the contact",
-                        key.contact_id
-                    ),
-                ));
-            }
+            format!("trigger_type must be one of {words:?}"),
+        )
+    })?;
+    let seller = match &body.vendedor {
+        SellerName::Text(t) => WantedSeller {
+            id: Some(t.trim()),
+            name: Some(t.trim()),
+        },
+        SellerName::Object { id, name } => WantedSeller {
+            id: id.as_deref(),
+            name: name.as_deref(),
         },
     };
-    if let Some(lead) = lead_id {
-        let links = Links {
-            lead_id: Some(lead),
-            ..Links::default()
-        };
-        app.engine().apply(key, Event::LinksSeen(links)).await?;
-    }
-    let details = json!({
-        "area_atuacao": body.area_atuacao,
-        "trigger_type": trigger,
-        "lead_data": body.lead_data,
-        "lead_id": lead_id,
-        "seller": {"id": seller.id, "name": seller.name},
-    });
-    let event = Event::ProactiveStart {
-        trigger: trigger.clone(),
-        area: Some(body.area_atuacao.trim().to_owned()).filter(|a| !a.is_empty()),
-        seller: SellerRef {
-            id: seller.id.clone(),
-            name: seller.name.clone(),
-        },
-        details,
+    let opening = Opening {
+        contact_id: body.contact_id.0,
+        lead_id: body.lead_id.map(|l| l.0),
+        seller,
+        area: &body.area_atuacao,
+        trigger,
+        lead_data: body.lead_data.clone(),
     };
-    let applied = app.engine().apply(key, event).await?;
-    let outcome = match applied.outcome {
-        Ok(o) => o,
-        Err(rejection) => {
-            let reason = match rejection {
-                Rejection::HumanAssigned => "human_assigned",
-                Rejection::Paused => "paused",
-                _ => "duplicate",
-            };
-            return Ok((
-                StatusCode::OK,
-                Json(json!({
-                    "created": false,
-                    "reason": reason,
-                    "contact_id": key.contact_id,
-                    "phase": applied.phase.name(),
-                })),
-            ));
-        }
+    let opened = proactive::start(&app, opening).await?;
+    let status = match opened {
+        Opened::Yes { .. } => StatusCode::CREATED,
+        Opened::No { .. } => StatusCode::OK,
     };
-    let dispatch_id = outcome.effects.iter().find_map(|e| match e {
-        Effect::Dispatch(d) => Some(d.dispatch_id.clone()),
-        _ => None,
-    });
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "created": true,
-            "contact_id": key.contact_id,
-            "phase": applied.phase.name(),
-            "dispatch_id": dispatch_id,
-            "trigger_type": trigger,
-            "vendedor": seller,
-        })),
-    ))
+    Ok((status, Json(opened.into())))
 }

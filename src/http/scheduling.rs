@@ -8,19 +8,17 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use conversa_actors::{Effect, Event, Links, Rejection, SellerRef};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::http::sellers::FoundBy;
+use crate::flows::scheduling::{self, MeetingRequest};
 use crate::http::{JsonBody, KommoId};
-use crate::sellers::DirectoryError;
-use crate::sellers::Seller;
+use crate::sellers::{FoundBy, Seller};
 use conversa_actors::PhaseName;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -114,7 +112,7 @@ fn id_field(body: &Map<String, Value>, field: &str) -> Result<Option<u64>, ApiEr
 async fn request(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<Map<String, Value>>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<SchedulingAnswer>), ApiError> {
     for (field, value) in &body {
         crate::http::bounded_json(field, value, crate::http::MAX_DETAILS_BYTES)?;
     }
@@ -123,135 +121,23 @@ async fn request(
         &Value::Object(body.clone()),
         crate::http::MAX_DETAILS_BYTES,
     )?;
-    let contact_id = id_field(&body, "contact_id")?;
-    let talk_id = id_field(&body, "talk_id")?;
-    let lead_id = id_field(&body, "lead_id")?;
-    if contact_id.is_none() && talk_id.is_none() && lead_id.is_none() {
-        return Err(ApiError::bad_field(
-            "contact_id",
-            "give at least one of contact_id, talk_id, lead_id",
-        ));
-    }
-    let sellers = app.sellers();
-    // A talk of another contact is a mistake, not a link to record.
-    if let (Some(contact), Some(talk)) = (contact_id, talk_id) {
-        match sellers.talk_contact(talk).await {
-            Ok(Some(of_talk)) if of_talk != contact => {
-                return Err(unprocessable(
-                    "talk_id",
-                    format!("talk {talk} belongs to contact {of_talk}, not {contact}"),
-                ));
-            }
-            Ok(_) | Err(crate::sellers::DirectoryError::NotConfigured) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    // The conversation is the contact's; a talk names its contact.
-    let contact_id = match (contact_id, talk_id) {
-        (Some(c), _) => Some(c),
-        (None, Some(t)) => sellers.talk_contact(t).await?,
-        (None, None) => None,
+    let asked = MeetingRequest {
+        contact_id: id_field(&body, "contact_id")?,
+        talk_id: id_field(&body, "talk_id")?,
+        lead_id: id_field(&body, "lead_id")?,
+        details: body,
     };
-    let contact_id = match (contact_id, lead_id) {
-        (Some(c), _) => c,
-        (None, Some(lead)) => app.lead_contact(lead).await?.ok_or_else(|| {
-            unprocessable(
-                "lead_id",
-                format!("lead {lead} has no contact to schedule with"),
-            )
-        })?,
-        (None, None) => {
-            return Err(unprocessable(
-                "talk_id",
-                "the talk's contact could not be found".into(),
-            ));
-        }
-    };
-    let key = app.contact(contact_id);
-    let conversation = app.engine().conversation(&key).await?;
-    // The seller holding the conversation, or the one who opened it proactively.
-    let held_by = conversation.as_ref().and_then(|(c, _)| {
-        c.phase
-            .seller()
-            .or(c.proactive.as_ref().map(|o| &o.seller))
-            .map(|s| s.id.clone())
-    });
-    let mut lead_id = lead_id.or_else(|| conversation.as_ref().and_then(|(c, _)| c.links.lead_id));
-    if let (None, Some(talk)) = (lead_id, talk_id) {
-        lead_id = sellers.talk_lead(talk).await?;
-    }
-    if lead_id.is_none() {
-        lead_id = app.contact_lead(contact_id).await?;
-    }
-    // Without Kommo nothing more can be found: no seller, not a passing outage.
-    let found = match sellers
-        .responsible(talk_id, Some(contact_id), lead_id, held_by.as_deref())
-        .await
-    {
-        Err(DirectoryError::NotConfigured) => None,
-        other => other?,
-    };
-    let Some((seller, found_by)) = found else {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "no_seller",
-            format!(
-                "no seller is responsible for contact {contact_id}: none holds or opened its \
-                 conversation, and neither the contact nor the lead has a responsible Kommo user \
-                 who is a seller"
-            ),
-        ));
-    };
-    let (seller, found_by) = (Some(seller), Some(found_by));
-    if lead_id.is_some() || talk_id.is_some() {
-        let links = Links {
-            lead_id,
-            talk_id,
-            chat_id: None,
-        };
-        app.engine().apply(key, Event::LinksSeen(links)).await?;
-    }
-    let mut request = body.clone();
-    request.insert("contact_id".into(), json!(contact_id));
-    request.insert("lead_id".into(), json!(lead_id));
-    request.insert("seller".into(), json!(seller));
-    let event = Event::SchedulingRequest {
-        seller: seller.as_ref().map(|s| SellerRef {
-            id: s.id.clone(),
-            name: s.name.clone(),
-        }),
-        request: Value::Object(request),
-    };
-    let applied = app.engine().apply(key, event).await?;
-    let outcome = applied.outcome.map_err(|r| {
-        let code = match r {
-            Rejection::HumanAssigned => "human_assigned",
-            Rejection::Paused => "paused",
-            _ => "already_scheduling",
-        };
-        ApiError::new(StatusCode::CONFLICT, code, r.to_string())
-    })?;
-    let dispatch_id = outcome.effects.iter().find_map(|e| match e {
-        Effect::Dispatch(d) => Some(d.dispatch_id.clone()),
-        _ => None,
-    });
+    let done = scheduling::request(&app, asked).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "accepted": true,
-            "contact_id": contact_id,
-            "lead_id": lead_id,
-            "phase": applied.phase.name(),
-            "dispatch_id": dispatch_id,
-            "vendedor": seller,
-            "found_by": found_by,
-        })),
+        Json(SchedulingAnswer {
+            accepted: true,
+            contact_id: done.contact_id,
+            lead_id: done.lead_id,
+            phase: done.phase,
+            dispatch_id: done.dispatch_id,
+            vendedor: Some(done.seller),
+            found_by: Some(done.found_by),
+        }),
     ))
-}
-
-fn unprocessable(field: &str, message: String) -> ApiError {
-    ApiError {
-        field: Some(field.to_owned()),
-        ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", message)
-    }
 }

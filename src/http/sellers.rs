@@ -25,15 +25,15 @@ use axum::Json;
 use axum::extract::{FromRef, Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::{Value, json};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::http::{JsonBody, KommoId};
-use crate::sellers::{DirectoryError, NewSeller, Seller, SellerDirectory};
+use crate::flows::responsibility::{self, Responsible};
+use crate::http::{JsonBody, KommoId, path_id};
+use crate::sellers::{FoundBy, NewSeller, Seller, SellerDirectory};
 
 pub fn routes<S>() -> OpenApiRouter<S>
 where
@@ -68,19 +68,10 @@ pub struct SellerList {
 #[schema(example = json!({"vendedor": {"id": "kommo-5551", "name": "Ana Souza",
     "kommo_user_id": 5551, "contact_id": 99999, "phone": null, "areas": ["Previdenciário"],
     "active": true, "source": "real"}, "found_by": "lead"}))]
-pub struct Responsible {
+#[schema(as = Responsible)]
+pub struct ResponsibleAnswer {
     pub vendedor: crate::sellers::Seller,
     pub found_by: FoundBy,
-}
-
-/// How the responsible seller was found: the seller holding the conversation, the contact's
-/// assignment, or the lead's responsible Kommo user.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum FoundBy {
-    Conversation,
-    Contact,
-    Lead,
 }
 
 /// `POST /vendedores/sincronizar`.
@@ -91,36 +82,19 @@ pub struct Synced {
     pub synced: u64,
 }
 
-impl From<DirectoryError> for ApiError {
-    fn from(e: DirectoryError) -> Self {
-        let message = e.to_string();
-        match e {
-            DirectoryError::Invalid { field, message } => ApiError::bad_field(field, message),
-            DirectoryError::Duplicate { field, .. } => ApiError {
-                field: Some(field.to_owned()),
-                ..ApiError::new(StatusCode::CONFLICT, "conflict", message)
-            },
-            DirectoryError::NotFound(_) => ApiError::not_found(message),
-            DirectoryError::StoreUnavailable(_) => ApiError::unavailable(message),
-            DirectoryError::Corrupt(_) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
-            }
-            DirectoryError::NotConfigured => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "kommo_not_configured",
-                message,
-            ),
-            DirectoryError::Upstream(_) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "kommo_unavailable",
-                message,
-            ),
+impl From<Vec<Seller>> for SellerList {
+    fn from(sellers: Vec<Seller>) -> Self {
+        SellerList {
+            total: sellers.len() as u64,
+            vendedores: sellers,
         }
     }
 }
 
-fn listing(sellers: Vec<Seller>) -> Json<Value> {
-    Json(json!({ "total": sellers.len(), "vendedores": sellers }))
+impl From<Responsible> for ResponsibleAnswer {
+    fn from((vendedor, found_by): Responsible) -> Self {
+        ResponsibleAnswer { vendedor, found_by }
+    }
 }
 
 /// All sellers
@@ -139,8 +113,8 @@ fn listing(sellers: Vec<Seller>) -> Json<Value> {
          )),
     ),
 )]
-async fn all(State(dir): State<Arc<SellerDirectory>>) -> Result<Json<Value>, ApiError> {
-    Ok(listing(dir.all().await?))
+async fn all(State(dir): State<Arc<SellerDirectory>>) -> Result<Json<SellerList>, ApiError> {
+    Ok(Json(dir.all().await?.into()))
 }
 
 /// Real sellers
@@ -159,8 +133,8 @@ async fn all(State(dir): State<Arc<SellerDirectory>>) -> Result<Json<Value>, Api
          )),
     ),
 )]
-async fn real(State(dir): State<Arc<SellerDirectory>>) -> Result<Json<Value>, ApiError> {
-    Ok(listing(dir.real().await?))
+async fn real(State(dir): State<Arc<SellerDirectory>>) -> Result<Json<SellerList>, ApiError> {
+    Ok(Json(dir.real().await?.into()))
 }
 
 /// Real and custom sellers
@@ -179,8 +153,8 @@ async fn real(State(dir): State<Arc<SellerDirectory>>) -> Result<Json<Value>, Ap
          )),
     ),
 )]
-async fn dynamic(State(dir): State<Arc<SellerDirectory>>) -> Result<Json<Value>, ApiError> {
-    Ok(listing(dir.dynamic().await?))
+async fn dynamic(State(dir): State<Arc<SellerDirectory>>) -> Result<Json<SellerList>, ApiError> {
+    Ok(Json(dir.dynamic().await?.into()))
 }
 
 /// `POST /vendedores/adicionar` as the original took it: Portuguese or English keys, areas as
@@ -418,38 +392,9 @@ async fn attach_whatsapp(
          )),
     ),
 )]
-async fn sync(State(dir): State<Arc<SellerDirectory>>) -> Result<Json<Value>, ApiError> {
-    let synced = dir.sync().await?;
-    Ok(Json(json!({ "synced": synced })))
-}
-
-fn parse_id(field: &str, raw: &str) -> Result<u64, ApiError> {
-    crate::http::path_id(field, raw)
-}
-
-/// The seller id the contact's conversation holds, and the lead it is linked to.
-async fn conversation_hints(
-    app: &AppState,
-    contact_id: u64,
-) -> Result<(Option<String>, Option<u64>), ApiError> {
-    Ok(
-        match app.engine().conversation(&app.contact(contact_id)).await? {
-            Some((c, _)) => (
-                c.phase
-                    .seller()
-                    .or(c.proactive.as_ref().map(|o| &o.seller))
-                    .map(|s| s.id.clone()),
-                c.links.lead_id,
-            ),
-            None => (None, None),
-        },
-    )
-}
-
-fn found(hit: Option<(Seller, &'static str)>, what: String) -> Result<Json<Value>, ApiError> {
-    let (seller, how) =
-        hit.ok_or_else(|| ApiError::not_found(format!("no seller found for {what}")))?;
-    Ok(Json(json!({ "vendedor": seller, "found_by": how })))
+async fn sync(State(dir): State<Arc<SellerDirectory>>) -> Result<Json<Synced>, ApiError> {
+    let synced = dir.sync().await? as u64;
+    Ok(Json(Synced { synced }))
 }
 
 /// Seller of a talk
@@ -464,7 +409,7 @@ fn found(hit: Option<(Seller, &'static str)>, what: String) -> Result<Json<Value
     tag = "sellers",
     params(("talk_id" = String, Path, pattern = r"^[ \t\n\r]*0*[1-9][0-9]{0,14}[ \t\n\r]*$", description = "A Kommo talk id (1 to 15 digits)", example = "109")),
     responses(
-        (status = 200, description = "The responsible seller", body = Responsible),
+        (status = 200, description = "The responsible seller", body = ResponsibleAnswer),
         (status = 400, description = "The id is not a positive integer", body = ApiError,
          example = json!({"error": "bad_request", "message": "talk_id must be a positive integer", "field": "talk_id"})),
         (status = 404, description = "No seller found", body = ApiError,
@@ -479,24 +424,10 @@ fn found(hit: Option<(Seller, &'static str)>, what: String) -> Result<Json<Value
 )]
 async fn for_talk(
     State(app): State<AppState>,
-    State(dir): State<Arc<SellerDirectory>>,
     Path(raw): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let talk_id = parse_id("talk_id", &raw)?;
-    let contact_id = dir
-        .talk_contact(talk_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("talk {talk_id} not found in Kommo")))?;
-    let (assigned, lead_id) = conversation_hints(&app, contact_id).await?;
-    let hit = dir
-        .responsible(
-            Some(talk_id),
-            Some(contact_id),
-            lead_id,
-            assigned.as_deref(),
-        )
-        .await?;
-    found(hit, format!("talk {talk_id}"))
+) -> Result<Json<ResponsibleAnswer>, ApiError> {
+    let id = path_id("talk_id", &raw)?;
+    Ok(Json(responsibility::for_talk(&app, id).await?.into()))
 }
 
 /// Seller of a contact
@@ -511,7 +442,7 @@ async fn for_talk(
     tag = "sellers",
     params(("contact_id" = String, Path, pattern = r"^[ \t\n\r]*0*[1-9][0-9]{0,14}[ \t\n\r]*$", description = "A customer's Kommo contact id (1 to 15 digits)", example = "1298200")),
     responses(
-        (status = 200, description = "The responsible seller", body = Responsible),
+        (status = 200, description = "The responsible seller", body = ResponsibleAnswer),
         (status = 400, description = "The id is not a positive integer", body = ApiError,
          example = json!({"error": "bad_request", "message": "contact_id must be a positive integer", "field": "contact_id"})),
         (status = 404, description = "No seller found", body = ApiError,
@@ -526,15 +457,10 @@ async fn for_talk(
 )]
 async fn for_contact(
     State(app): State<AppState>,
-    State(dir): State<Arc<SellerDirectory>>,
     Path(raw): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let contact_id = parse_id("contact_id", &raw)?;
-    let (assigned, lead_id) = conversation_hints(&app, contact_id).await?;
-    let hit = dir
-        .responsible(None, Some(contact_id), lead_id, assigned.as_deref())
-        .await?;
-    found(hit, format!("contact {contact_id}"))
+) -> Result<Json<ResponsibleAnswer>, ApiError> {
+    let id = path_id("contact_id", &raw)?;
+    Ok(Json(responsibility::for_contact(&app, id).await?.into()))
 }
 
 /// Seller of a lead
@@ -549,7 +475,7 @@ async fn for_contact(
     tag = "sellers",
     params(("lead_id" = String, Path, pattern = r"^[ \t\n\r]*0*[1-9][0-9]{0,14}[ \t\n\r]*$", description = "A Kommo lead id (1 to 15 digits)", example = "878244")),
     responses(
-        (status = 200, description = "The responsible seller", body = Responsible),
+        (status = 200, description = "The responsible seller", body = ResponsibleAnswer),
         (status = 400, description = "The id is not a positive integer", body = ApiError,
          example = json!({"error": "bad_request", "message": "lead_id must be a positive integer", "field": "lead_id"})),
         (status = 404, description = "No seller found", body = ApiError,
@@ -564,18 +490,8 @@ async fn for_contact(
 )]
 async fn for_lead(
     State(app): State<AppState>,
-    State(dir): State<Arc<SellerDirectory>>,
     Path(raw): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let lead_id = parse_id("lead_id", &raw)?;
-    // The lead's contact leads to its conversation (a seller holding it comes first).
-    let contact_id = app.lead_contact(lead_id).await?;
-    let assigned = match contact_id {
-        Some(contact) => conversation_hints(&app, contact).await?.0,
-        None => None,
-    };
-    let hit = dir
-        .responsible(None, contact_id, Some(lead_id), assigned.as_deref())
-        .await?;
-    found(hit, format!("lead {lead_id}"))
+) -> Result<Json<ResponsibleAnswer>, ApiError> {
+    let id = path_id("lead_id", &raw)?;
+    Ok(Json(responsibility::for_lead(&app, id).await?.into()))
 }

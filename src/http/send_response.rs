@@ -10,17 +10,18 @@ use axum::Json;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
-use conversa_actors::{ContactKey, Effect, Event, ExecError, Progress, Rejection};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::flows::reply::{self, Received, ReplyIn, Settled, Undelivered};
 use crate::http::auth::require_bearer;
-use crate::http::{JsonBody, KommoId, MAX_DETAILS_BYTES, bounded_json, bounded_text};
+use crate::http::{JsonBody, KommoId};
+use crate::reply::Strategy;
 use conversa_actors::PhaseName;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -87,8 +88,8 @@ pub struct CallbackAnswer {
     pub delivered: Option<bool>,
     /// The channel that took it: `salesbot` (WhatsApp) or `note` (a note on the lead only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub channel: Option<String>,
+    #[schema(value_type = Option<String>, nullable = false)]
+    pub channel: Option<Strategy>,
     /// Why it was not delivered: `queued` (still in the outbox, being retried or waiting for
     /// its next part), `no_lead` (nothing to deliver to), `kommo_not_configured`,
     /// `outcome_unknown` (the Salesbot may have run; never sent again), `failed`, or the
@@ -96,8 +97,8 @@ pub struct CallbackAnswer {
     /// `unknown_dispatch`, `already_answered` (a retried callback; dropped before any
     /// delivery).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub reason: Option<String>,
+    #[schema(value_type = Option<String>, nullable = false)]
+    pub reason: Option<Undelivered>,
     /// With `reason: "failed"` or `"queued"`: the channel's last error.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
@@ -111,8 +112,8 @@ pub struct CallbackAnswer {
     pub phase: Option<PhaseName>,
     /// With `scheduling`: `confirmed`, `failed`, or `stale_dispatch`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub scheduling: Option<String>,
+    #[schema(value_type = Option<String>, nullable = false)]
+    pub scheduling: Option<Settled>,
 }
 
 /// A part of a multi-part reply: a string, or an object with `text`.
@@ -123,21 +124,7 @@ pub enum Part {
     Object { text: String },
 }
 
-/// The longest part of a reply, in characters (WhatsApp's limit for one text message).
-pub const MAX_REPLY_CHARS: usize = 4096;
-/// The most parts in `messages` (`text`, when given too, goes first: 11 WhatsApp messages at
-/// most).
-pub const MAX_REPLY_PARTS: usize = 10;
-/// The longest `dispatch_id` (conversa's are far shorter).
-const MAX_DISPATCH_ID_CHARS: usize = 128;
-
 impl Part {
-    fn text(&self) -> &str {
-        match self {
-            Part::Text(t) | Part::Object { text: t } => t,
-        }
-    }
-
     fn into_text(self) -> String {
         match self {
             Part::Text(t) | Part::Object { text: t } => t,
@@ -200,107 +187,33 @@ async fn send_response(
     State(app): State<AppState>,
     proof: ReplyProof,
     JsonBody(mut body): JsonBody<Callback>,
-) -> Result<Json<Value>, ApiError> {
-    let key = app.contact(body.contact_id.0);
-    proof.check(key.contact_id, &mut body.dispatch_id)?;
-    if app.engine().conversation(&key).await?.is_none() {
-        return Err(ApiError::not_found(format!(
-            "no conversation for contact {}",
-            key.contact_id
-        )));
-    }
-    if let Some(text) = &body.text {
-        bounded_text("text", text, MAX_REPLY_CHARS)?;
-    }
-    if body.messages.len() > MAX_REPLY_PARTS {
-        return Err(ApiError::bad_field(
-            "messages",
-            format!(
-                "`messages` has at most {MAX_REPLY_PARTS} parts, got {}",
-                body.messages.len()
-            ),
-        ));
-    }
-    for (i, part) in body.messages.iter().enumerate() {
-        bounded_text(&format!("messages[{i}]"), part.text(), MAX_REPLY_CHARS)?;
-    }
-    if let Some(scheduling) = &body.scheduling {
-        bounded_json("scheduling", scheduling, MAX_DETAILS_BYTES)?;
-    }
-    if let Some(id) = &body.dispatch_id {
-        bounded_text("dispatch_id", id, MAX_DISPATCH_ID_CHARS)?;
-    }
-    let texts: Vec<String> = body
-        .text
-        .into_iter()
-        .chain(body.messages.into_iter().map(Part::into_text))
-        .filter(|t| !t.trim().is_empty())
-        .collect();
-    if texts.is_empty() && body.scheduling.is_none() {
-        return Err(ApiError::bad_field(
-            "text",
-            "a reply needs `text`, `messages` or `scheduling`",
-        ));
-    }
-    let mut answer = json!({
-        "contact_id": key.contact_id,
-        "dispatch_id": body.dispatch_id,
-    });
-    if !texts.is_empty() {
-        let event = Event::Reply {
-            dispatch_id: body.dispatch_id.clone(),
-            texts,
-        };
-        let applied = app.engine().apply(key, event).await?;
-        let outcome = applied.outcome.map_err(rejection)?;
-        let delivery = match (outcome.dropped, outcome.queued.first()) {
-            (Some(reason), _) => Delivery::not(reason.as_str()),
-            (None, Some(id)) => follow(&app, key, id).await,
-            (None, None) => Delivery::not("failed"),
-        };
-        answer["delivered"] = json!(delivery.delivered);
-        for (field, value) in [
-            ("channel", delivery.channel),
-            ("reason", delivery.reason),
-            ("error", delivery.error.as_deref()),
-        ] {
-            if let Some(v) = value {
-                answer[field] = json!(v);
-            }
+) -> Result<Json<CallbackAnswer>, ApiError> {
+    proof.check(body.contact_id.0, &mut body.dispatch_id)?;
+    let reply = ReplyIn {
+        contact_id: body.contact_id.0,
+        text: body.text,
+        parts: body.messages.into_iter().map(Part::into_text).collect(),
+        dispatch_id: body.dispatch_id,
+        scheduling: body.scheduling,
+    };
+    Ok(Json(reply::receive(&app, reply).await?.into()))
+}
+
+impl From<Received> for CallbackAnswer {
+    fn from(r: Received) -> Self {
+        let delivery = r.delivery;
+        CallbackAnswer {
+            contact_id: r.contact_id,
+            dispatch_id: r.dispatch_id,
+            delivered: delivery.as_ref().map(|d| d.delivered),
+            channel: delivery.as_ref().and_then(|d| d.channel),
+            reason: delivery.as_ref().and_then(|d| d.reason),
+            error: delivery.as_ref().and_then(|d| d.error.clone()),
+            parts_sent: delivery.as_ref().and_then(|d| d.parts_sent),
+            phase: r.phase,
+            scheduling: r.scheduling,
         }
-        if let Some(n) = delivery.parts_sent {
-            answer["parts_sent"] = json!(n);
-        }
-        answer["phase"] = json!(applied.phase.name());
     }
-    if let Some(scheduling) = body.scheduling {
-        let confirmed = match scheduling.get("status").and_then(Value::as_str) {
-            Some("confirmed") => true,
-            Some("failed") => false,
-            _ => {
-                return Err(ApiError::bad_field(
-                    "scheduling.status",
-                    "scheduling.status must be \"confirmed\" or \"failed\"",
-                ));
-            }
-        };
-        let event = Event::SchedulingOutcome {
-            dispatch_id: body.dispatch_id,
-            confirmed,
-            details: scheduling,
-        };
-        let applied = app.engine().apply(key, event).await?;
-        let outcome = applied.outcome.map_err(rejection)?;
-        answer["scheduling"] = json!(if outcome.dropped.is_some() {
-            "stale_dispatch"
-        } else if confirmed {
-            "confirmed"
-        } else {
-            "failed"
-        });
-        answer["phase"] = json!(applied.phase.name());
-    }
-    Ok(Json(answer))
 }
 
 /// How a callback proves it comes from the n8n run conversa called: the bearer token
@@ -380,77 +293,4 @@ impl ReplyProof {
 
 fn unauthorized(message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
-}
-
-/// What `/send-response` can truthfully say about a reply.
-struct Delivery {
-    delivered: bool,
-    channel: Option<&'static str>,
-    reason: Option<&'static str>,
-    error: Option<String>,
-    parts_sent: Option<usize>,
-}
-
-impl Delivery {
-    fn not(reason: &'static str) -> Self {
-        Delivery {
-            delivered: false,
-            channel: None,
-            reason: Some(reason),
-            error: None,
-            parts_sent: None,
-        }
-    }
-}
-
-/// Waits (up to `REPLY_WAIT_MS`) for the reply channel to take the reply queued under `id`.
-async fn follow(app: &AppState, key: ContactKey, id: &str) -> Delivery {
-    let Some(channel) = app.0.reply_channel else {
-        return Delivery::not("kommo_not_configured");
-    };
-    let progress = app.engine().follow(id, app.0.reply_wait).await;
-    let failed = |e: &ExecError| {
-        let reason = match e {
-            ExecError::NoLead(_) => "no_lead",
-            ExecError::Uncertain(_) => "outcome_unknown",
-            ExecError::Retry(_) => "queued",
-            ExecError::Permanent(_) => "failed",
-        };
-        Delivery {
-            error: Some(e.to_string()),
-            ..Delivery::not(reason)
-        }
-    };
-    match progress {
-        Progress::Finished(Ok(())) => Delivery {
-            delivered: true,
-            channel: Some(channel.as_str()),
-            reason: None,
-            error: None,
-            parts_sent: None,
-        },
-        Progress::Finished(Err(e)) => failed(&e),
-        Progress::Waiting { last } => {
-            let mut answer = match &last {
-                Some(Err(e)) => Delivery {
-                    reason: Some("queued"),
-                    ..failed(e)
-                },
-                _ => Delivery::not("queued"),
-            };
-            if let Ok(Some((c, _))) = app.engine().conversation(&key).await
-                && let Some(Effect::DeliverReply { sent, .. }) = c.outbox.get(id).map(|e| &e.effect)
-            {
-                answer.parts_sent = Some(*sent);
-            }
-            answer
-        }
-    }
-}
-
-fn rejection(r: Rejection) -> ApiError {
-    match r {
-        Rejection::EmptyReply => ApiError::bad_field("text", r.to_string()),
-        other => ApiError::new(StatusCode::CONFLICT, "conflict", other.to_string()),
-    }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use conversa_actors::conversation::InFlight;
 use conversa_actors::effect::Effect;
 use conversa_actors::timeline::Entry;
-use conversa_actors::{Conversation, Links, Millis, Phase, PhaseName, SellerRef};
+use conversa_actors::{Conversation, Links, Millis, Phase, PhaseName, SellerRef, TimerKind};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -32,65 +32,61 @@ use utoipa::ToSchema;
         {"at": 1767225661000u64, "what": "reply_dropped", "dispatch_id": "0-1298200-1",
          "detail": "human_assigned"}
     ]}))]
-pub struct ConversationView<'a> {
+pub struct ConversationView {
     pub account_id: u64,
     pub contact_id: u64,
     pub phase: PhaseName,
     /// The seller holding the conversation, else the one who opened it proactively.
-    #[schema(value_type = Option<SellerRef>)]
-    pub seller: Option<&'a SellerRef>,
+    pub seller: Option<SellerRef>,
     /// The practice area of a proactive conversation.
-    pub area_atuacao: Option<&'a str>,
+    pub area_atuacao: Option<String>,
     pub phase_since: Option<u64>,
-    pub assigned_by: Option<&'a str>,
+    pub assigned_by: Option<String>,
     /// When a seller's hold returns to the bot.
     pub lease_expires_at: Option<u64>,
     /// Bumped on every change of who may speak.
     pub epoch: u64,
     /// The snapshot's version (compare-and-set).
     pub version: u64,
-    #[schema(value_type = Links)]
-    pub links: &'a Links,
+    pub links: Links,
     /// Ids of customer messages waiting for the debounce.
-    pub pending_messages: Vec<&'a str>,
-    #[schema(value_type = Option<conversa_actors::conversation::InFlight>)]
-    pub in_flight: Option<&'a InFlight>,
+    pub pending_messages: Vec<String>,
+    pub in_flight: Option<InFlight>,
     /// Armed timers: `debounce`, `lease_nudge`, `lease_expiry`, `scheduling_timeout`, `idle_end` → when.
     #[schema(value_type = BTreeMap<String, u64>)]
-    pub timers: BTreeMap<String, Millis>,
-    pub outbox: Vec<OutboxView<'a>>,
+    pub timers: BTreeMap<TimerKind, Millis>,
+    pub outbox: Vec<OutboxView>,
     #[schema(value_type = u64)]
     pub created_at: Millis,
     #[schema(value_type = u64)]
     pub updated_at: Millis,
-    #[schema(value_type = Vec<conversa_actors::timeline::Entry>)]
-    pub timeline: Vec<&'a Entry>,
+    pub timeline: Vec<Entry>,
 }
 
 /// An effect waiting to run (or being retried).
 #[derive(Serialize, ToSchema)]
 #[schema(as = OutboxEntry)]
-pub struct OutboxView<'a> {
-    pub id: &'a str,
+pub struct OutboxView {
+    pub id: String,
     /// `dispatch`, `deliver_reply`, `add_note`.
     pub kind: &'static str,
     pub attempts: u32,
     #[schema(value_type = u64)]
     pub not_before: Millis,
-    pub claimed_by: Option<&'a str>,
-    pub last_error: Option<&'a str>,
+    pub claimed_by: Option<String>,
+    pub last_error: Option<String>,
 }
 
-impl<'a> ConversationView<'a> {
-    pub fn new(c: &'a Conversation, version: u64) -> Self {
+impl ConversationView {
+    pub fn new(c: Conversation, version: u64) -> Self {
         let (since, by, expires) = match &c.phase {
             Phase::HumanAssigned {
                 since,
                 by,
                 expires_at,
                 ..
-            } => (Some(*since), Some(by.as_str()), *expires_at),
-            Phase::Paused { since, by } => (Some(*since), Some(by.as_str()), None),
+            } => (Some(*since), Some(by.clone()), *expires_at),
+            Phase::Paused { since, by } => (Some(*since), Some(by.clone()), None),
             Phase::Proactive { since, .. } | Phase::Scheduling { since, .. } => {
                 (Some(*since), None, None)
             }
@@ -100,45 +96,34 @@ impl<'a> ConversationView<'a> {
             account_id: c.key.account_id,
             contact_id: c.key.contact_id,
             phase: c.phase.kind(),
-            seller: c.phase.seller().or(c.proactive.as_ref().map(|o| &o.seller)),
-            area_atuacao: c.proactive.as_ref().and_then(|o| o.area.as_deref()),
+            seller: c.held_or_opened_by().cloned(),
+            area_atuacao: c.proactive.as_ref().and_then(|o| o.area.clone()),
             phase_since: since,
             assigned_by: by,
             lease_expires_at: expires,
             epoch: c.epoch,
             version,
-            links: &c.links,
-            pending_messages: c.pending.iter().map(|m| m.id.as_str()).collect(),
-            in_flight: c.in_flight.as_ref(),
-            timers: c
-                .timers
-                .iter()
-                .map(|(k, at)| (timer_name(*k), *at))
-                .collect(),
+            pending_messages: c.pending.iter().map(|m| m.id.clone()).collect(),
+            timers: c.timers.clone(),
             outbox: c
                 .outbox
                 .entries()
                 .map(|e| OutboxView {
-                    id: &e.id,
+                    id: e.id.clone(),
                     kind: effect_kind(&e.effect),
                     attempts: e.attempts,
                     not_before: e.not_before,
-                    claimed_by: e.claim.as_ref().map(|c| c.node.as_str()),
-                    last_error: e.last_error.as_deref(),
+                    claimed_by: e.claim.as_ref().map(|c| c.node.clone()),
+                    last_error: e.last_error.clone(),
                 })
                 .collect(),
             created_at: c.created_at,
             updated_at: c.updated_at,
-            timeline: c.timeline.entries().collect(),
+            timeline: c.timeline.entries().cloned().collect(),
+            links: c.links,
+            in_flight: c.in_flight,
         }
     }
-}
-
-fn timer_name(kind: conversa_actors::TimerKind) -> String {
-    serde_json::to_value(kind)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 pub fn effect_kind(effect: &Effect) -> &'static str {

@@ -173,7 +173,9 @@ pub struct Talk {
     pub is_in_work: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The Kommo account (`GET /api/v4/account`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = KommoAccount)]
 pub struct Account {
     pub id: u64,
     pub name: String,

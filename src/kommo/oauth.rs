@@ -115,9 +115,11 @@ impl Tokens {
     }
 }
 
-/// What `/health` shows about the Kommo authorization.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What `/health` shows about the Kommo authorization: `reauthorize_needed` (with a `reason`)
+/// when a human must authorize the integration again at `/oauth/authorize`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "state")]
+#[schema(example = json!({"state": "not_configured"}))]
 pub enum TokenState {
     /// A token is available and not about to expire.
     Ok,

@@ -5,14 +5,13 @@
 //! Only registered, active sellers may command; a conversation held by another seller is
 //! refused naming the holder.
 
-use axum::http::StatusCode;
 use conversa_actors::{Event, PhaseName, Rejection, SellerRef};
 use serde::Serialize;
 use tracing::{info, warn};
 use utoipa::ToSchema;
 
 use crate::app::AppState;
-use crate::error::ApiError;
+use crate::flows::FlowError;
 use crate::sellers::Seller;
 
 /// The commands, as the error for an unknown one lists them.
@@ -38,7 +37,7 @@ pub enum Verb {
 }
 
 /// The conversation after a command.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 #[schema(example = json!({"ok": true, "command": "assumir", "contact_id": 1298200,
     "phase": "human_assigned", "bot_active": false,
     "vendedor": {"id": "custom-1", "name": "Ana Souza", "kommo_user_id": null,
@@ -74,18 +73,15 @@ pub fn looks_like_command(text: &str) -> bool {
 pub const PATTERN: &str = r"^[\t\n\u000B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*/([Aa][Ss][Ss][Uu][Mm][Ii][Rr]|[Ll][Ii][Bb][Ee][Rr][Aa][Rr]|[Ss][Tt][Aa][Tt][Uu][Ss])[\t\n\u000B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]+#*0*[1-9][0-9]{0,14}[\t\n\u000B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$";
 
 /// Parses `/assumir 12345` (case-insensitive; `#12345` accepted).
-pub fn parse(text: &str) -> Result<Command, ApiError> {
-    let unknown = || {
-        let mut e = ApiError::bad_field(
-            "message",
-            format!(
-                "unknown command {:?}; commands: {}",
-                text.trim(),
-                COMMANDS.join(", ")
-            ),
-        );
-        e.error = "unknown_command";
-        e
+pub fn parse(text: &str) -> Result<Command, FlowError> {
+    let unknown = || FlowError::Invalid {
+        field: "message".into(),
+        code: "unknown_command",
+        message: format!(
+            "unknown command {:?}; commands: {}",
+            text.trim(),
+            COMMANDS.join(", ")
+        ),
     };
     let mut words = text.split_whitespace();
     let verb = match words.next().map(str::to_lowercase).as_deref() {
@@ -99,7 +95,7 @@ pub fn parse(text: &str) -> Result<Command, ApiError> {
         .map(|w| w.trim_start_matches('#'))
         .and_then(crate::http::parse_id)
         .ok_or_else(|| {
-            ApiError::bad_field(
+            FlowError::invalid(
                 "message",
                 format!(
                     "{} needs a contact id, e.g. \"/assumir 12345\"",
@@ -114,12 +110,8 @@ pub fn parse(text: &str) -> Result<Command, ApiError> {
 }
 
 /// The seller behind `contact_id` (their own WhatsApp contact), if registered and active.
-pub async fn commanding_seller(app: &AppState, contact_id: u64) -> Result<Seller, ApiError> {
-    let seller = app
-        .sellers()
-        .by_contact_id(contact_id)
-        .await
-        .map_err(ApiError::from)?;
+pub async fn commanding_seller(app: &AppState, contact_id: u64) -> Result<Seller, FlowError> {
+    let seller = app.sellers().by_contact_id(contact_id).await?;
     match seller {
         Some(s) if s.active => Ok(s),
         _ => {
@@ -127,11 +119,10 @@ pub async fn commanding_seller(app: &AppState, contact_id: u64) -> Result<Seller
                 contact_id,
                 "command from a contact that is not an active seller refused"
             );
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "not_a_seller",
-                format!("contact {contact_id} is not a registered, active seller"),
-            ))
+            Err(FlowError::Forbidden {
+                code: "not_a_seller",
+                message: format!("contact {contact_id} is not a registered, active seller"),
+            })
         }
     }
 }
@@ -142,7 +133,7 @@ pub async fn execute(
     seller: &Seller,
     command: Command,
     via: &str,
-) -> Result<CommandAnswer, ApiError> {
+) -> Result<CommandAnswer, FlowError> {
     let key = app.contact(command.contact_id);
     let me = SellerRef {
         id: seller.id.clone(),
@@ -182,19 +173,18 @@ pub async fn execute(
     })
 }
 
-fn refused(rejection: Rejection) -> ApiError {
+fn refused(rejection: Rejection) -> FlowError {
     match rejection {
-        Rejection::HeldBy(holder) => {
-            let mut e = ApiError::new(
-                StatusCode::CONFLICT,
-                "held_by_another_seller",
-                format!("conversation is held by {} ({})", holder.name, holder.id),
-            );
-            e.field = None;
-            e.holder = Some(holder);
-            e
-        }
-        other => ApiError::new(StatusCode::CONFLICT, "conflict", other.to_string()),
+        Rejection::HeldBy(holder) => FlowError::Conflict {
+            code: "held_by_another_seller",
+            message: format!("conversation is held by {} ({})", holder.name, holder.id),
+            holder: Some(holder),
+        },
+        other => FlowError::Conflict {
+            code: "conflict",
+            message: other.to_string(),
+            holder: None,
+        },
     }
 }
 
@@ -213,12 +203,13 @@ mod tests {
         );
         assert_eq!(parse("  /LIBERAR #7 ").unwrap().verb, Verb::Release);
         assert_eq!(parse("/status 9").unwrap().contact_id, 9);
-        assert_eq!(parse("/voar 1").unwrap_err().error, "unknown_command");
+        let error = |text| crate::error::ApiError::from(parse(text).unwrap_err());
+        assert_eq!(error("/voar 1").error, "unknown_command");
         assert_eq!(
-            parse("/assumir").unwrap_err().status,
-            StatusCode::BAD_REQUEST
+            error("/assumir").status,
+            axum::http::StatusCode::BAD_REQUEST
         );
-        assert_eq!(parse("/assumir 1 2").unwrap_err().error, "unknown_command");
+        assert_eq!(error("/assumir 1 2").error, "unknown_command");
         assert!(looks_like_command(" /assumir 1"));
         assert!(!looks_like_command("olá /assumir"));
     }
