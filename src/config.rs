@@ -124,6 +124,10 @@ pub struct Config {
     #[arg(long, env = "LEAD_NOTES", default_value_t = true, action = clap::ArgAction::Set)]
     pub lead_notes: bool,
 
+    /// The language of those notes: `pt` (Portuguese) or `en` (English).
+    #[arg(long, env = "NOTE_LANGUAGE", value_enum, default_value_t = crate::notes::Language::Pt)]
+    pub note_language: crate::notes::Language,
+
     /// The Kommo account's subdomain; when set, webhooks from another account are refused.
     #[arg(long, env = "KOMMO_SUBDOMAIN")]
     pub kommo_subdomain: Option<String>,

@@ -11,6 +11,7 @@
 //! * [`store`] — the Redis and embedded (redb) backends;
 //! * [`server`] — start-up, logging and graceful shutdown; [`serve`] — the listener (header-read
 //!   timeout, connection cap, open-file limit);
+//! * [`notes`] — the words of the notes left on leads (the core says which note);
 //! * [`reply_token`] — the per-dispatch proof a reply must carry; [`redact`] — secrets kept out of
 //!   logs and public answers.
 
@@ -22,6 +23,7 @@ pub mod flows;
 pub mod http;
 pub mod kommo;
 pub mod n8n;
+pub mod notes;
 pub mod openapi;
 pub mod redact;
 pub mod reply;

@@ -174,25 +174,27 @@ impl Executor for ReplyChannel {
     }
 }
 
-/// Writes the notes a seller should see on the lead.
+/// Writes the notes a seller should see on the lead, in their language.
 pub struct LeadNotes {
     kommo: Arc<KommoClient>,
+    language: crate::notes::Language,
 }
 
 impl LeadNotes {
-    pub fn new(kommo: Arc<KommoClient>) -> Self {
-        Self { kommo }
+    pub fn new(kommo: Arc<KommoClient>, language: crate::notes::Language) -> Self {
+        Self { kommo, language }
     }
 }
 
 #[async_trait]
 impl Executor for LeadNotes {
     async fn execute(&self, job: &Job) -> Result<(), ExecError> {
-        let Effect::AddNote { text } = &job.effect else {
+        let Effect::AddNote { note } = &job.effect else {
             return Err(ExecError::Permanent("not a note".into()));
         };
         let lead = lead_of(&self.kommo, job).await?;
-        self.kommo.add_note(lead, text).await.map_err(classify)?;
+        let text = crate::notes::render(note, self.language);
+        self.kommo.add_note(lead, &text).await.map_err(classify)?;
         Ok(())
     }
 }

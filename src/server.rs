@@ -175,7 +175,10 @@ fn executors(
             _ => Channel::Note,
         };
         executors.reply = Some(Arc::new(ReplyChannel::new(kommo.clone(), channel)));
-        executors.note = Some(Arc::new(LeadNotes::new(kommo.clone())));
+        executors.note = Some(Arc::new(LeadNotes::new(
+            kommo.clone(),
+            config.note_language,
+        )));
     }
     if let Some(url) = &config.n8n_webhook_url {
         let client = N8nClient::new(N8nSettings {

@@ -369,7 +369,9 @@ async fn client_errors_are_permanent_except_a_webhook_not_registered() {
 
     // An effect that is not a dispatch is not this executor's business.
     let mut note = job(&d);
-    note.effect = Effect::AddNote { text: "x".into() };
+    note.effect = Effect::AddNote {
+        note: conversa_actors::note::Note::SchedulingTimedOut,
+    };
     assert_eq!(
         client.execute(&note).await,
         Err(ExecError::Permanent("not a dispatch".into()))

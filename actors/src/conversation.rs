@@ -31,6 +31,7 @@ use crate::contact::{ContactKey, Millis};
 use crate::effect::{Dispatch, DispatchKind, Effect, Outbox, OutboxEntry, TimerKind};
 use crate::event::{BotCommand, Event};
 use crate::message::{InboundMessage, Links, SellerRef};
+use crate::note::Note;
 use crate::phase::Phase;
 use crate::policy::Policy;
 use crate::timeline::{Entry, Timeline, What};
@@ -770,7 +771,10 @@ impl Step<'_> {
         self.silence_bot();
         let expires_at = self.policy.human_lease_ms.map(|l| self.now + l);
         let detail = format!("{} ({}) by {by}", seller.name, seller.id);
-        let note = format!("Atendimento assumido por {} ({by}).", seller.name);
+        let note = Note::TakenOver {
+            seller: seller.clone(),
+            by: by.clone(),
+        };
         self.c.phase = Phase::HumanAssigned {
             seller,
             since: self.now,
@@ -937,11 +941,9 @@ impl Step<'_> {
         });
         self.touch();
         self.dispatch(DispatchKind::Released, unanswered, previous, details);
-        let note = match what {
-            What::LeaseExpired => "Tempo de atendimento humano esgotado: a IA voltou a responder.",
-            _ => "A IA voltou a responder nesta conversa.",
-        };
-        self.note(note.to_owned());
+        self.note(Note::BotBack {
+            lease_expired: what == What::LeaseExpired,
+        });
     }
 
     // ---- proactive and scheduling ----------------------------------------------------------
@@ -967,10 +969,10 @@ impl Step<'_> {
             since: self.now,
             trigger: trigger.clone(),
         };
-        let note = format!(
-            "Conversa proativa iniciada ({trigger}) para {}.",
-            seller.name
-        );
+        let note = Note::ProactiveStarted {
+            trigger: trigger.clone(),
+            seller: seller.clone(),
+        };
         self.log(What::ProactiveStarted, None, None, Some(&trigger));
         self.dispatch(DispatchKind::Proactive, Vec::new(), Some(seller), details);
         self.note(note);
@@ -1042,12 +1044,7 @@ impl Step<'_> {
             dispatch_id.as_deref(),
             Some(status),
         );
-        let note = if confirmed {
-            format!("Agendamento confirmado{}.", words(&details))
-        } else {
-            format!("Agendamento não concluído{}.", words(&details))
-        };
-        self.note(note);
+        self.note(Note::SchedulingSettled { confirmed, details });
     }
 
     // ---- timers and effects -----------------------------------------------------------------
@@ -1064,10 +1061,7 @@ impl Step<'_> {
             (TimerKind::LeaseNudge, Phase::HumanAssigned { expires_at, .. }) => {
                 // Rounded up: a nudge never says "0 minutes".
                 let minutes = expires_at.map_or(0, |e| e.saturating_sub(self.now).div_ceil(60_000));
-                self.note(format!(
-                    "A conversa volta para a IA em {} se ninguém responder.",
-                    duration_words(minutes)
-                ));
+                self.note(Note::LeaseEnding { minutes });
             }
             (
                 TimerKind::LeaseExpiry,
@@ -1081,7 +1075,7 @@ impl Step<'_> {
                 self.c.phase = Phase::BotActive;
                 self.c.in_flight = None;
                 self.log(What::SchedulingTimeout, None, None, None);
-                self.note("Agendamento sem resposta: a IA voltou a responder.".to_owned());
+                self.note(Note::SchedulingTimedOut);
             }
             _ => {}
         }
@@ -1143,11 +1137,16 @@ impl Step<'_> {
         }
         self.log(What::DeadLettered, None, Some(&id), Some(&error));
         match entry.effect {
-            Effect::Dispatch(_) => self.note(format!("Falha ao enviar para a IA ({id}): {error}")),
-            Effect::DeliverReply { texts, sent, .. } => self.note(format!(
-                "A resposta da IA pode não ter chegado ao cliente ({error}): {}",
-                texts[sent.min(texts.len())..].join(" / ")
-            )),
+            Effect::Dispatch(_) => self.note(Note::DispatchFailed {
+                dispatch_id: id,
+                error,
+            }),
+            Effect::DeliverReply {
+                mut texts, sent, ..
+            } => self.note(Note::ReplyFailed {
+                error,
+                texts: texts.split_off(sent.min(texts.len())),
+            }),
             // A failed note is not reported with another note.
             _ => {}
         }
@@ -1203,15 +1202,15 @@ impl Step<'_> {
                 .retain(|m| !d.messages.iter().any(|x| x.id == m.id));
         }
         match entry.effect {
-            Effect::Dispatch(d) if d.kind == DispatchKind::Message => self.note(format!(
-                "A mensagem do cliente não chegou à IA a tempo (ficou {} na fila): responda pelo chat.",
-                duration_words(minutes)
-            )),
-            Effect::DeliverReply { texts, sent, .. } => self.note(format!(
-                "A resposta da IA não foi enviada porque ficou {} na fila: {}",
-                duration_words(minutes),
-                texts[sent.min(texts.len())..].join(" / ")
-            )),
+            Effect::Dispatch(d) if d.kind == DispatchKind::Message => {
+                self.note(Note::MessageExpired { minutes })
+            }
+            Effect::DeliverReply {
+                mut texts, sent, ..
+            } => self.note(Note::ReplyExpired {
+                minutes,
+                texts: texts.split_off(sent.min(texts.len())),
+            }),
             _ => {}
         }
     }
@@ -1266,9 +1265,9 @@ impl Step<'_> {
         self.queue(Effect::Dispatch(dispatch), 'd');
     }
 
-    fn note(&mut self, text: String) {
+    fn note(&mut self, note: Note) {
         if self.policy.notes {
-            self.queue(Effect::AddNote { text }, 'n');
+            self.queue(Effect::AddNote { note }, 'n');
         }
     }
 
@@ -1396,40 +1395,3 @@ pub fn echo_key(text: &str) -> String {
 
 /// How many characters of a reply its echo key keeps.
 pub const ECHO_KEY_CHARS: usize = 256;
-
-/// A number of minutes as words for a note ("45 minutos", "3 horas").
-fn duration_words(minutes: u64) -> String {
-    match minutes {
-        0 | 1 => "1 minuto".to_owned(),
-        m if m < 120 => format!("{m} minutos"),
-        m => format!("{} horas", m / 60),
-    }
-}
-
-/// The details of a scheduling outcome as words for a note: `": amanhã 10h"` for a text,
-/// `" (when: amanhã 10h, sala: 2)"` for an object's fields (its `status` left out), nothing
-/// for anything else. Never raw JSON.
-fn words(v: &serde_json::Value) -> String {
-    use serde_json::Value;
-    let scalar = |v: &Value| match v {
-        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(if *b { "sim" } else { "não" }.to_owned()),
-        _ => None,
-    };
-    match v {
-        Value::Object(map) => {
-            let parts: Vec<String> = map
-                .iter()
-                .filter(|(k, _)| k.as_str() != "status")
-                .filter_map(|(k, v)| scalar(v).map(|v| format!("{}: {v}", k.replace('_', " "))))
-                .collect();
-            if parts.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", parts.join(", "))
-            }
-        }
-        other => scalar(other).map_or(String::new(), |s| format!(": {s}")),
-    }
-}

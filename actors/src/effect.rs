@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::contact::Millis;
 use crate::message::{InboundMessage, SellerRef};
+use crate::note::Note;
 
 /// Why n8n is being called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,7 +65,10 @@ pub enum Effect {
         sent: usize,
     },
     /// Leave a note on the lead for the seller.
-    AddNote { text: String },
+    AddNote {
+        #[serde(alias = "text", deserialize_with = "crate::note::note_or_text")]
+        note: Note,
+    },
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -283,7 +287,9 @@ mod tests {
     fn note(id: &str, not_before: Millis) -> OutboxEntry {
         OutboxEntry {
             id: id.into(),
-            effect: Effect::AddNote { text: "x".into() },
+            effect: Effect::AddNote {
+                note: Note::SchedulingTimedOut,
+            },
             created_at: 0,
             attempts: 0,
             not_before,

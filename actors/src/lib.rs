@@ -16,6 +16,7 @@ pub mod engine;
 pub mod event;
 pub mod executor;
 pub mod message;
+pub mod note;
 pub mod phase;
 pub mod policy;
 mod registry;

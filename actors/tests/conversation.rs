@@ -5,6 +5,7 @@
 //! it was.
 
 use conversa_actors::conversation::InFlight;
+use conversa_actors::note::Note;
 use conversa_actors::timeline::{Timeline, What};
 use conversa_actors::*;
 
@@ -336,11 +337,11 @@ fn deliveries(out: &Outcome) -> Vec<(Option<String>, Vec<String>)> {
         .collect()
 }
 
-fn notes(out: &Outcome) -> Vec<String> {
+fn notes(out: &Outcome) -> Vec<Note> {
     out.effects
         .iter()
         .filter_map(|e| match e {
-            Effect::AddNote { text } => Some(text.clone()),
+            Effect::AddNote { note } => Some(note.clone()),
             _ => None,
         })
         .collect()
@@ -783,7 +784,12 @@ fn resuming_hands_the_conversation_back_with_a_released_dispatch() {
         s.c.in_flight.as_ref().map(|f| f.kind),
         Some(DispatchKind::Released)
     );
-    assert_eq!(notes(&out), ["A IA voltou a responder nesta conversa."]);
+    assert_eq!(
+        notes(&out),
+        [Note::BotBack {
+            lease_expired: false
+        }]
+    );
     assert!(s.whats().contains(&What::Resumed));
     // A reply to the dispatch made before the pause is stale now.
     let out = s.ok(reply(&d1));
@@ -885,7 +891,10 @@ fn a_seller_assuming_silences_the_bot_and_bumps_the_epoch() {
     );
     assert_eq!(
         notes(&out),
-        ["Atendimento assumido por Seller ana (/assumir from ana)."]
+        [Note::TakenOver {
+            seller: seller("ana"),
+            by: "/assumir from ana".into()
+        }]
     );
     let takeover =
         s.c.timeline
@@ -956,7 +965,12 @@ fn release_by_the_holder_hands_the_conversation_back_to_the_bot() {
     assert_eq!(d.seller, Some(seller("ana")));
     assert_eq!(d.details["reason"], "released");
     assert_eq!(d.details["by"], "/liberar from ana");
-    assert_eq!(notes(&out), ["A IA voltou a responder nesta conversa."]);
+    assert_eq!(
+        notes(&out),
+        [Note::BotBack {
+            lease_expired: false
+        }]
+    );
     assert!(s.whats().contains(&What::Released));
 }
 
@@ -1023,7 +1037,9 @@ fn lease_expiry_returns_the_conversation_to_the_bot() {
     assert_eq!(d.details["by"], "lease");
     assert_eq!(
         notes(&out),
-        ["Tempo de atendimento humano esgotado: a IA voltou a responder."]
+        [Note::BotBack {
+            lease_expired: true
+        }]
     );
     assert!(s.decision_timers().is_empty(), "the nudge went with it");
     assert!(s.whats().contains(&What::LeaseExpired));
@@ -1036,10 +1052,7 @@ fn the_lease_nudge_reminds_the_seller_with_a_note() {
     let nudge_at = s.c.timers[&TimerKind::LeaseNudge];
     s.now = nudge_at;
     let out = s.ok(fire(TimerKind::LeaseNudge));
-    assert_eq!(
-        notes(&out),
-        ["A conversa volta para a IA em 10 minutos se ninguém responder."]
-    );
+    assert_eq!(notes(&out), [Note::LeaseEnding { minutes: 10 }]);
     assert!(s.c.phase.is_human());
     assert!(!s.c.timers.contains_key(&TimerKind::LeaseNudge));
     assert!(s.c.timers.contains_key(&TimerKind::LeaseExpiry));
@@ -1171,7 +1184,10 @@ fn a_proactive_start_from_idle_opens_a_proactive_conversation() {
     );
     assert_eq!(
         notes(&out),
-        ["Conversa proativa iniciada (form_filled) para Seller ana."]
+        [Note::ProactiveStarted {
+            trigger: "form_filled".into(),
+            seller: seller("ana")
+        }]
     );
     assert!(s.c.is_live_at(s.now, &s.p));
     let started =
@@ -1330,7 +1346,13 @@ fn a_confirmed_scheduling_outcome_returns_to_the_bot_with_a_note() {
     assert_eq!(s.c.phase, Phase::BotActive);
     assert_eq!(s.c.in_flight, None);
     assert_eq!(s.timers_cancelled(), [TimerKind::SchedulingTimeout]);
-    assert_eq!(notes(&out), ["Agendamento confirmado: terça 10h."]);
+    assert_eq!(
+        notes(&out),
+        [Note::SchedulingSettled {
+            confirmed: true,
+            details: serde_json::json!("terça 10h")
+        }]
+    );
     let entry =
         s.c.timeline
             .entries()
@@ -1346,7 +1368,13 @@ fn a_failed_scheduling_outcome_returns_to_the_bot_with_a_note() {
     s.ok(scheduling("ana"));
     let out = s.advance(60_000).ok(outcome(None, false));
     assert_eq!(s.c.phase, Phase::BotActive);
-    assert_eq!(notes(&out), ["Agendamento não concluído: terça 10h."]);
+    assert_eq!(
+        notes(&out),
+        [Note::SchedulingSettled {
+            confirmed: false,
+            details: serde_json::json!("terça 10h")
+        }]
+    );
     assert!(s.whats().contains(&What::SchedulingDone));
 }
 
@@ -1371,10 +1399,7 @@ fn a_scheduling_timeout_returns_to_the_bot() {
     let out = s.ok(fire(TimerKind::SchedulingTimeout));
     assert_eq!(s.c.phase, Phase::BotActive);
     assert_eq!(s.c.in_flight, None);
-    assert_eq!(
-        notes(&out),
-        ["Agendamento sem resposta: a IA voltou a responder."]
-    );
+    assert_eq!(notes(&out), [Note::SchedulingTimedOut]);
     assert!(s.whats().contains(&What::SchedulingTimeout));
 }
 
@@ -1507,7 +1532,10 @@ fn a_failure_that_cannot_be_retried_is_dead_lettered_with_a_note() {
     assert_eq!(s.c.in_flight, None);
     assert_eq!(
         notes(&out),
-        [format!("Falha ao enviar para a IA ({d1}): n8n: 502")]
+        [Note::DispatchFailed {
+            dispatch_id: d1.clone(),
+            error: "n8n: 502".into()
+        }]
     );
     let dead =
         s.c.timeline
@@ -2236,9 +2264,7 @@ fn dispatches_and_replies_that_waited_too_long_are_dropped_with_a_note() {
             .find(|e| e.what == What::EffectExpired)
             .unwrap();
     assert_eq!(expired.dispatch_id.as_deref(), Some(d.as_str()));
-    let note = notes(&out);
-    assert_eq!(note.len(), 1);
-    assert!(note[0].contains("60 minutos"), "{note:?}");
+    assert_eq!(notes(&out), [Note::MessageExpired { minutes: 60 }]);
     // One being executed right now is left to finish.
     let mut s = Sim::immediate();
     let d = s.dispatched("m1");

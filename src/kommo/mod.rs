@@ -3,14 +3,18 @@
 //! * [`webhook`] — a pure, allocation-light parser of Kommo's standard webhooks (form-urlencoded
 //!   PHP bracket keys, or the same tree as JSON) into typed [`webhook::Webhook`] events.
 //! * [`oauth`] — the OAuth token pair: stored, rotated single-flight, persisted before use.
-//! * [`client`] — the REST client: ≤ 7 req/s per account, 429 backoff, 403 circuit, typed errors
-//!   ([`error::KommoError`]).
+//! * [`client`] — the REST endpoints conversa calls; [`model`] — what they return; `wire` — how
+//!   Kommo spells it; [`transport`] — how a request goes out: ≤ 7 req/s per account, 429
+//!   backoff, 403 circuit, typed errors ([`error::KommoError`]).
 //! * [`setup`] — builds both from the configuration; [`sources`] — the client as the sellers
 //!   directory's source of users, lead owners and talk contacts.
 
 pub mod client;
 pub mod error;
+pub mod model;
 pub mod oauth;
 pub mod setup;
 pub mod sources;
+pub mod transport;
 pub mod webhook;
+mod wire;

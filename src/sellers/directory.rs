@@ -1,183 +1,16 @@
-//! The sellers directory (the original system's "vendedores dinâmicos"): who may hold a
-//! conversation, how a seller's own WhatsApp contact is recognised, and who is responsible for a
-//! conversation.
-//!
-//! Three kinds of [`Seller`], listed together by [`SellerDirectory::all`]:
-//! * **real** ([`Source::Real`]) — the active users of the Kommo account, read through a
-//!   [`UserSource`] (the Kommo client implements it; this module does not depend on it). The list
-//!   is cached for [`DirectorySettings::ttl`]; once stale it is still served at once while one
-//!   background refresh (single-flight: however many readers notice, one call to the source)
-//!   fetches a new one. [`SellerDirectory::sync`] forces a refresh. The last good list is
-//!   persisted under the store value `sellers:real`, so a restart while Kommo is unreachable still
-//!   knows the sellers. Ids are `kommo-<user id>`.
-//! * **fictitious** ([`Source::Fictitious`]) — from configuration, for tests and demos
-//!   (ids `ficticio-1`, `ficticio-2`, ... unless configured).
-//! * **custom** ([`Source::Custom`]) — added through the API, persisted as one JSON list under
-//!   the store value `sellers:custom`; ids `custom-<n>`, `n` one more than the largest stored.
-//!
-//! The "dynamic" sellers (`dinâmicos`) are real + custom.
-//!
-//! Who is responsible for a conversation ([`SellerDirectory::responsible`]) follows the original
-//! order: the seller holding the conversation, else a contact-level assignment (store value
-//! `sellers:contact:<contact id>` = seller id, see [`SellerDirectory::assign_contact`]), else the
-//! Kommo user responsible for the lead, mapped to a seller. Lead → user and talk → contact
-//! answers from Kommo are cached for the same TTL.
-//!
-//! Several nodes on one store: each node caches the real list itself (each refreshes from Kommo)
-//! and re-reads the custom list from the store at least every 10 s. Adding a custom seller is a
-//! read-modify-write of `sellers:custom`, serialised inside a process; the `Store` trait has no
-//! compare-and-set for named values, so two nodes adding a seller in the same instant could lose
-//! one. Adding sellers is a rare operator action, so this is accepted rather than engineered away.
+//! The [`SellerDirectory`]: the three lists (real, fictitious, custom) with their caches,
+//! refreshes and persistence, and the lookups by id, contact, phone, Kommo user and chat author.
+//! Who is responsible for a conversation is `responsible.rs`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use conversa_actors::store::{Store, StoreError};
-use serde::{Deserialize, Serialize};
+use conversa_actors::store::Store;
 use tracing::{debug, info, warn};
 
-/// Store value holding the last good list of real sellers (JSON list of [`Seller`]).
-pub const REAL_KEY: &str = "sellers:real";
-/// Store value holding the custom sellers (JSON list of [`Seller`]).
-pub const CUSTOM_KEY: &str = "sellers:custom";
-
-/// Store value holding the id of the seller assigned to a contact.
-pub fn contact_key(contact_id: u64) -> String {
-    format!("sellers:contact:{contact_id}")
-}
-
-/// A safety net around every call to a [`UserSource`] or [`LeadSource`] (whose own timeouts
-/// should be shorter), so a hung Kommo never holds readers forever.
-const SOURCE_TIMEOUT: Duration = Duration::from_secs(30);
-/// After a failed refresh of the real sellers, the stale list is served this long (or the TTL,
-/// if shorter) before the next attempt, so a Kommo outage is not hammered.
-const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
-/// The custom list is re-read from the store at least this often (or every TTL, if shorter),
-/// so sellers added on another node show up.
-const CUSTOM_TTL: Duration = Duration::from_secs(10);
-/// Cached lead and talk lookups kept at most (expired ones are dropped first).
-const LOOKUP_CACHE_MAX: usize = 10_000;
-/// Longest accepted seller name, in characters.
-const NAME_MAX: usize = 120;
-
-/// A seller of the directory, as every endpoint shows it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
-#[schema(example = json!({"id": "custom-1", "name": "Ana Souza", "kommo_user_id": null,
-    "contact_id": 99999, "phone": null, "areas": ["Previdenciário"], "active": true,
-    "source": "custom"}))]
-pub struct Seller {
-    /// `kommo-<user id>`, `ficticio-<n>` or `custom-<n>`. Empty in configuration = assigned.
-    #[serde(default)]
-    #[schema(required = true)]
-    pub id: String,
-    pub name: String,
-    /// The seller's Kommo user, when they have one.
-    #[serde(default)]
-    pub kommo_user_id: Option<u64>,
-    /// The seller's own WhatsApp contact in Kommo, so their commands can be recognised.
-    #[serde(default)]
-    pub contact_id: Option<u64>,
-    /// Digits only.
-    #[serde(default)]
-    pub phone: Option<String>,
-    /// Practice areas ("áreas de atuação").
-    #[serde(default)]
-    #[schema(required = true)]
-    pub areas: Vec<String>,
-    #[serde(default = "yes")]
-    #[schema(required = true)]
-    pub active: bool,
-    pub source: Source,
-    /// A Kommo user's id in the chat service (amojo): the `author[id]` of the messages they
-    /// write in a customer's chat, so a takeover by chat names the same seller.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub amojo_id: Option<String>,
-}
-
-/// A Kommo-synced seller's own WhatsApp (`contact_id` and/or `phone`), attached by
-/// configuration (`SELLER_WHATSAPP`) or `POST /vendedores/{id}/whatsapp`, so their commands are
-/// recognised; kept across syncs and restarts (store value [`WHATSAPP_KEY`]).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-pub struct WhatsApp {
-    #[serde(default)]
-    pub contact_id: Option<u64>,
-    /// Digits only.
-    #[serde(default)]
-    pub phone: Option<String>,
-}
-
-/// Store value holding the WhatsApp attached to real sellers (JSON map: Kommo user id → it).
-pub const WHATSAPP_KEY: &str = "sellers:whatsapp";
-
-/// Kommo user id → the WhatsApp attached to that seller.
-type WhatsAppMap = HashMap<u64, WhatsApp>;
-
-fn yes() -> bool {
-    true
-}
-
-/// Where a seller comes from: an active Kommo user, configuration, or the API.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[schema(as = SellerSource)]
-pub enum Source {
-    /// An active Kommo user.
-    Real,
-    /// From configuration, for tests and demos (`ficticio`, the original's word).
-    #[serde(rename = "ficticio")]
-    Fictitious,
-    /// Added through the API.
-    Custom,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Real => "real",
-            Source::Fictitious => "ficticio",
-            Source::Custom => "custom",
-        }
-    }
-}
-
-/// A Kommo user as the directory needs it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UserRecord {
-    pub kommo_user_id: u64,
-    pub name: String,
-    pub phone: Option<String>,
-    pub active: bool,
-    /// The user's id in the chat service (`with=amojo_id`).
-    pub amojo_id: Option<String>,
-}
-
-/// Where real sellers come from (the Kommo users API).
-#[async_trait]
-pub trait UserSource: Send + Sync + 'static {
-    /// The account's users; inactive ones may be included (they are filtered out).
-    async fn active_users(&self) -> Result<Vec<UserRecord>, String>;
-}
-
-/// What the directory asks Kommo about leads and talks.
-#[async_trait]
-pub trait LeadSource: Send + Sync + 'static {
-    /// The Kommo user responsible for the lead (`None`: no such lead, or nobody responsible).
-    async fn responsible_user(&self, lead_id: u64) -> Result<Option<u64>, String>;
-    /// The contact a talk (conversation) belongs to (`None`: no such talk).
-    async fn talk_contact(&self, talk_id: u64) -> Result<Option<u64>, String>;
-    /// The Kommo user responsible for the contact (`None`: no such contact, or nobody).
-    async fn contact_user(&self, _contact_id: u64) -> Result<Option<u64>, String> {
-        Ok(None)
-    }
-    /// The lead a talk belongs to (`None`: no such talk, or not on a lead).
-    async fn talk_lead(&self, _talk_id: u64) -> Result<Option<u64>, String> {
-        Ok(None)
-    }
-}
+use super::model::*;
 
 /// How the directory is set up.
 #[derive(Clone, Debug)]
@@ -204,138 +37,38 @@ impl Default for DirectorySettings {
     }
 }
 
-/// A custom seller to add ([`SellerDirectory::add_custom`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-pub struct NewSeller {
-    pub name: String,
-    #[serde(default)]
-    pub contact_id: Option<u64>,
-    /// Any formatting; kept as digits.
-    #[serde(default)]
-    pub phone: Option<String>,
-    #[serde(default)]
-    pub areas: Vec<String>,
-    #[serde(default)]
-    pub kommo_user_id: Option<u64>,
-}
-
-/// How the responsible seller was found ([`SellerDirectory::responsible`]): the seller holding
-/// the conversation, the contact's assignment (or its responsible Kommo user), or the lead's
-/// responsible Kommo user.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum FoundBy {
-    Conversation,
-    Contact,
-    Lead,
-}
-
-impl FoundBy {
-    /// The name in JSON answers.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FoundBy::Conversation => "conversation",
-            FoundBy::Contact => "contact",
-            FoundBy::Lead => "lead",
-        }
-    }
-}
-
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum DirectoryError {
-    /// Bad input, naming the offending field.
-    #[error("{field}: {message}")]
-    Invalid {
-        field: &'static str,
-        message: String,
-    },
-    /// The value of `field` already belongs to seller `seller_id`.
-    #[error("{field} {value} already belongs to seller {seller_id}")]
-    Duplicate {
-        field: &'static str,
-        value: String,
-        seller_id: String,
-    },
-    /// No such seller.
-    #[error("seller {0:?} not found")]
-    NotFound(String),
-    /// The store cannot be reached.
-    #[error("store unavailable: {0}")]
-    StoreUnavailable(String),
-    /// A stored sellers value cannot be read.
-    #[error("stored sellers data corrupt: {0}")]
-    Corrupt(String),
-    /// No [`UserSource`] / [`LeadSource`] was configured.
-    #[error("Kommo is not configured: real sellers and lead owners cannot be read")]
-    NotConfigured,
-    /// Kommo (the source) failed or did not answer.
-    #[error("Kommo unavailable: {0}")]
-    Upstream(String),
-}
-
-impl From<StoreError> for DirectoryError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Corrupt(m) => DirectoryError::Corrupt(m),
-            other => DirectoryError::StoreUnavailable(other.to_string()),
-        }
-    }
-}
-
-fn invalid(field: &'static str, message: impl Into<String>) -> DirectoryError {
-    DirectoryError::Invalid {
-        field,
-        message: message.into(),
-    }
-}
-
-/// Keeps only the digits of a phone number (`"+55 (11) 98765-4321"` → `"5511987654321"`).
-pub fn normalize_phone(raw: &str) -> String {
-    raw.chars().filter(char::is_ascii_digit).collect()
-}
-
-/// Whether two digit-only phones are the same number: equal, or one is the other with a
-/// country code in front (the shorter must keep at least area code + number, 10 digits).
-pub fn phones_match(a: &str, b: &str) -> bool {
-    if a.is_empty() || b.is_empty() {
-        return false;
-    }
-    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
-    short == long || (short.len() >= 10 && long.ends_with(short))
-}
-
 /// The directory. Cheap to share (`Arc` it once); every method takes `&self`.
 pub struct SellerDirectory {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
-    store: Arc<dyn Store>,
-    users: Option<Arc<dyn UserSource>>,
-    leads: Option<Arc<dyn LeadSource>>,
-    ttl: Duration,
-    fictitious: Vec<Seller>,
-    real_areas: HashMap<u64, Vec<String>>,
-    real_whatsapp: HashMap<u64, WhatsApp>,
+pub(super) struct Inner {
+    pub(super) store: Arc<dyn Store>,
+    pub(super) users: Option<Arc<dyn UserSource>>,
+    pub(super) leads: Option<Arc<dyn LeadSource>>,
+    pub(super) ttl: Duration,
+    pub(super) fictitious: Vec<Seller>,
+    pub(super) real_areas: HashMap<u64, Vec<String>>,
+    pub(super) real_whatsapp: HashMap<u64, WhatsApp>,
     /// What the store holds under [`WHATSAPP_KEY`], and when it was read.
-    whatsapp: Mutex<Option<(Arc<WhatsAppMap>, Instant)>>,
-    whatsapp_write: tokio::sync::Mutex<()>,
-    real: Mutex<RealCache>,
+    pub(super) whatsapp: Mutex<Option<(Arc<WhatsAppMap>, Instant)>>,
+    pub(super) whatsapp_write: tokio::sync::Mutex<()>,
+    pub(super) real: Mutex<RealCache>,
     /// Set while a background refresh is scheduled or running (single-flight).
-    refreshing: AtomicBool,
+    pub(super) refreshing: AtomicBool,
     /// Serialises every refresh of the real list (background, forced, first load).
-    refresh_lock: tokio::sync::Mutex<()>,
-    custom: Mutex<CustomCache>,
+    pub(super) refresh_lock: tokio::sync::Mutex<()>,
+    pub(super) custom: Mutex<CustomCache>,
     /// Serialises the read-modify-write of the custom list.
-    custom_write: tokio::sync::Mutex<()>,
-    lead_users: TtlMap,
-    talk_contacts: TtlMap,
-    contact_users: TtlMap,
-    talk_leads: TtlMap,
+    pub(super) custom_write: tokio::sync::Mutex<()>,
+    pub(super) lead_users: TtlMap,
+    pub(super) talk_contacts: TtlMap,
+    pub(super) contact_users: TtlMap,
+    pub(super) talk_leads: TtlMap,
 }
 
 #[derive(Default)]
-struct RealCache {
+pub(super) struct RealCache {
     /// `None` until a list was loaded (from the source or the store).
     sellers: Option<Arc<Vec<Seller>>>,
     fresh_until: Option<Instant>,
@@ -344,18 +77,18 @@ struct RealCache {
 }
 
 #[derive(Default)]
-struct CustomCache {
+pub(super) struct CustomCache {
     list: Option<(Arc<Vec<Seller>>, Instant)>,
     /// Bumped by every write, so a read that started before it does not install older data.
     generation: u64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Clears the single-flight flag when the background refresh ends, even by a panic.
-struct ClearOnDrop<'a>(&'a AtomicBool);
+pub(super) struct ClearOnDrop<'a>(&'a AtomicBool);
 
 impl Drop for ClearOnDrop<'_> {
     fn drop(&mut self) {
@@ -364,7 +97,7 @@ impl Drop for ClearOnDrop<'_> {
 }
 
 /// A small id → optional id map whose entries expire.
-struct TtlMap {
+pub(super) struct TtlMap {
     ttl: Duration,
     map: Mutex<HashMap<u64, (Option<u64>, Instant)>>,
 }
@@ -397,7 +130,7 @@ impl TtlMap {
 }
 
 /// A Kommo id looked up through `cache` (a 0 or missing answer is cached as `None` too).
-async fn cached<F>(
+pub(super) async fn cached<F>(
     cache: &TtlMap,
     key: u64,
     ask: impl FnOnce() -> F,
@@ -413,7 +146,7 @@ where
     Ok(found)
 }
 
-async fn call<T>(
+pub(super) async fn call<T>(
     what: &str,
     fut: impl std::future::Future<Output = Result<T, String>>,
 ) -> Result<T, DirectoryError> {
@@ -589,7 +322,7 @@ impl Inner {
 }
 
 /// The three lists, for lookups.
-struct Lists {
+pub(super) struct Lists {
     real: Arc<Vec<Seller>>,
     custom: Arc<Vec<Seller>>,
 }
@@ -774,203 +507,7 @@ impl SellerDirectory {
         Ok(self.find(&lists, true, |s| s.kommo_user_id == Some(user_id)))
     }
 
-    /// Assigns a contact to a seller (the "contact" step of [`SellerDirectory::responsible`]).
-    pub async fn assign_contact(
-        &self,
-        contact_id: u64,
-        seller_id: &str,
-    ) -> Result<Seller, DirectoryError> {
-        if contact_id == 0 {
-            return Err(invalid("contact_id", "must be a positive integer"));
-        }
-        let seller = self
-            .by_id(seller_id)
-            .await?
-            .ok_or_else(|| DirectoryError::NotFound(seller_id.trim().to_owned()))?;
-        self.inner
-            .store
-            .put_value(&contact_key(contact_id), seller.id.as_bytes())
-            .await?;
-        Ok(seller)
-    }
-
-    /// Removes a contact's assignment, if any.
-    pub async fn unassign_contact(&self, contact_id: u64) -> Result<(), DirectoryError> {
-        Ok(self
-            .inner
-            .store
-            .put_value(&contact_key(contact_id), b"")
-            .await?)
-    }
-
-    /// The seller assigned to a contact, if any (an assignment to a seller that no longer
-    /// exists counts as none).
-    pub async fn contact_assignment(
-        &self,
-        contact_id: u64,
-    ) -> Result<Option<Seller>, DirectoryError> {
-        let Some(bytes) = self.inner.store.get_value(&contact_key(contact_id)).await? else {
-            return Ok(None);
-        };
-        let id = String::from_utf8_lossy(&bytes);
-        if id.trim().is_empty() {
-            return Ok(None);
-        }
-        let found = self.by_id(&id).await?;
-        if found.is_none() {
-            debug!(contact_id, seller = %id, "contact assigned to an unknown seller");
-        }
-        Ok(found)
-    }
-
-    /// The contact a Kommo talk belongs to (cached).
-    pub async fn talk_contact(&self, talk_id: u64) -> Result<Option<u64>, DirectoryError> {
-        let leads = self.lead_source()?;
-        cached(&self.inner.talk_contacts, talk_id, || {
-            call("talk", leads.talk_contact(talk_id))
-        })
-        .await
-    }
-
-    /// The Kommo user responsible for a lead (cached).
-    pub async fn lead_user(&self, lead_id: u64) -> Result<Option<u64>, DirectoryError> {
-        let leads = self.lead_source()?;
-        cached(&self.inner.lead_users, lead_id, || {
-            call("lead", leads.responsible_user(lead_id))
-        })
-        .await
-    }
-
-    /// The Kommo user responsible for a contact (cached).
-    pub async fn contact_user(&self, contact_id: u64) -> Result<Option<u64>, DirectoryError> {
-        let leads = self.lead_source()?;
-        cached(&self.inner.contact_users, contact_id, || {
-            call("contact", leads.contact_user(contact_id))
-        })
-        .await
-    }
-
-    /// The lead a Kommo talk belongs to (cached).
-    pub async fn talk_lead(&self, talk_id: u64) -> Result<Option<u64>, DirectoryError> {
-        let leads = self.lead_source()?;
-        cached(&self.inner.talk_leads, talk_id, || {
-            call("talk", leads.talk_lead(talk_id))
-        })
-        .await
-    }
-
-    fn lead_source(&self) -> Result<&Arc<dyn LeadSource>, DirectoryError> {
-        self.inner
-            .leads
-            .as_ref()
-            .ok_or(DirectoryError::NotConfigured)
-    }
-
-    /// Who is responsible for a conversation, and how that was found ([`FoundBy`]):
-    /// 1. `Conversation` — `assigned`, the seller the conversation holds (or who opened it
-    ///    proactively);
-    /// 2. `Contact` — the contact's assignment, else the Kommo user responsible for the
-    ///    contact (a `talk_id` is resolved to its contact when no `contact_id` is given);
-    /// 3. `Lead` — the Kommo user responsible for the lead (a `talk_id` names its lead when
-    ///    no `lead_id` is given).
-    ///
-    /// A step that cannot answer falls through to the next; a Kommo error (or no Kommo
-    /// configured) is returned only when no step found a seller.
-    pub async fn responsible(
-        &self,
-        talk_id: Option<u64>,
-        contact_id: Option<u64>,
-        lead_id: Option<u64>,
-        assigned: Option<&str>,
-    ) -> Result<Option<(Seller, FoundBy)>, DirectoryError> {
-        if let Some(id) = assigned {
-            match self.by_id(id).await? {
-                Some(seller) => return Ok(Some((seller, FoundBy::Conversation))),
-                None => debug!(seller = id, "conversation held by a seller unknown here"),
-            }
-        }
-        let mut source_error = None;
-        let contact_id = match (contact_id.filter(|c| *c > 0), talk_id) {
-            (Some(c), _) => Some(c),
-            (None, Some(talk)) => self.talk_contact(talk).await.unwrap_or_else(|e| {
-                source_error = Some(e);
-                None
-            }),
-            (None, None) => None,
-        };
-        let by_contact = match contact_id {
-            Some(contact) => self.contact_assignment(contact).await?,
-            None => None,
-        };
-        if let Some(seller) = by_contact {
-            return Ok(Some((seller, FoundBy::Contact)));
-        }
-        if let Some(contact) = contact_id {
-            match self.contact_user(contact).await {
-                Ok(Some(user)) => {
-                    if let Some(seller) = self.by_kommo_user(user).await? {
-                        return Ok(Some((seller, FoundBy::Contact)));
-                    }
-                    debug!(
-                        contact,
-                        user, "contact responsible user is not a known seller"
-                    );
-                }
-                Ok(None) => {}
-                Err(e) => source_error = Some(e),
-            }
-        }
-        let lead_id = match (lead_id, talk_id) {
-            (Some(lead), _) => Some(lead),
-            (None, Some(talk)) => self.talk_lead(talk).await.unwrap_or_else(|e| {
-                source_error = Some(e);
-                None
-            }),
-            (None, None) => None,
-        };
-        if let Some(lead) = lead_id {
-            match self.lead_user(lead).await {
-                Ok(Some(user)) => {
-                    if let Some(seller) = self.by_kommo_user(user).await? {
-                        return Ok(Some((seller, FoundBy::Lead)));
-                    }
-                    debug!(lead, user, "lead responsible user is not a known seller");
-                }
-                Ok(None) => {}
-                Err(e) => source_error = Some(e),
-            }
-        }
-        match source_error {
-            Some(e) => Err(e),
-            None => Ok(None),
-        }
-    }
-
-    /// [`SellerDirectory::responsible`] for a talk alone.
-    pub async fn lookup_for_talk(
-        &self,
-        talk_id: u64,
-    ) -> Result<Option<(Seller, FoundBy)>, DirectoryError> {
-        self.responsible(Some(talk_id), None, None, None).await
-    }
-
-    /// [`SellerDirectory::responsible`] for a contact alone.
-    pub async fn lookup_for_contact(
-        &self,
-        contact_id: u64,
-    ) -> Result<Option<(Seller, FoundBy)>, DirectoryError> {
-        self.responsible(None, Some(contact_id), None, None).await
-    }
-
-    /// [`SellerDirectory::responsible`] for a lead alone.
-    pub async fn lookup_for_lead(
-        &self,
-        lead_id: u64,
-    ) -> Result<Option<(Seller, FoundBy)>, DirectoryError> {
-        self.responsible(None, None, Some(lead_id), None).await
-    }
-
-    async fn lists(&self) -> Result<Lists, DirectoryError> {
+    pub(super) async fn lists(&self) -> Result<Lists, DirectoryError> {
         Ok(Lists {
             real: self.real_list().await?,
             custom: self.custom_list().await?,
@@ -979,7 +516,7 @@ impl SellerDirectory {
 
     /// The first seller matching `pred`: custom, real, fictitious — or real first when
     /// `real_first` (Kommo user lookups).
-    fn find(
+    pub(super) fn find(
         &self,
         lists: &Lists,
         real_first: bool,
@@ -1206,136 +743,5 @@ impl SellerDirectory {
                 None => Err(e),
             },
         }
-    }
-}
-
-fn clean_areas(areas: Vec<String>) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(areas.len());
-    for area in areas {
-        let area = area.split_whitespace().collect::<Vec<_>>().join(" ");
-        if !area.is_empty() && !out.iter().any(|a| a.to_lowercase() == area.to_lowercase()) {
-            out.push(area);
-        }
-    }
-    out
-}
-
-/// A custom seller from `new`, without its id yet.
-fn validate(new: NewSeller) -> Result<Seller, DirectoryError> {
-    let name = new.name.split_whitespace().collect::<Vec<_>>().join(" ");
-    if name.is_empty() {
-        return Err(invalid("name", "must not be empty"));
-    }
-    if name.chars().count() > NAME_MAX {
-        return Err(invalid(
-            "name",
-            format!("must be at most {NAME_MAX} characters"),
-        ));
-    }
-    if new.contact_id == Some(0) {
-        return Err(invalid("contact_id", "must be a positive integer"));
-    }
-    if new.kommo_user_id == Some(0) {
-        return Err(invalid("kommo_user_id", "must be a positive integer"));
-    }
-    let phone = match new.phone.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(raw) => {
-            let digits = normalize_phone(raw);
-            if !(8..=15).contains(&digits.len()) {
-                return Err(invalid(
-                    "phone",
-                    format!("must have 8 to 15 digits, got {raw:?}"),
-                ));
-            }
-            Some(digits)
-        }
-    };
-    Ok(Seller {
-        id: String::new(),
-        name,
-        kommo_user_id: new.kommo_user_id,
-        contact_id: new.contact_id,
-        phone,
-        areas: clean_areas(new.areas),
-        active: true,
-        source: Source::Custom,
-        amojo_id: None,
-    })
-}
-
-/// Rejects `seller` when its contact or phone belongs to another seller, or its Kommo user to
-/// another custom seller (a custom seller may enrich a real one with a contact and areas).
-fn check_duplicates<'a>(
-    seller: &Seller,
-    custom: &[Seller],
-    everyone: impl Iterator<Item = &'a Seller>,
-) -> Result<(), DirectoryError> {
-    let name = crate::text::fold(&seller.name);
-    for other in everyone {
-        // Names are how people (and the original's `"vendedor": "Asaf"`) pick a seller: unique
-        // among active sellers, ignoring case and accents. A custom entry enriching a Kommo
-        // user (same `kommo_user_id`) is the same person.
-        let same_person =
-            seller.kommo_user_id.is_some() && seller.kommo_user_id == other.kommo_user_id;
-        if other.active && !same_person && crate::text::fold(&other.name) == name {
-            return Err(DirectoryError::Duplicate {
-                field: "name",
-                value: seller.name.clone(),
-                seller_id: other.id.clone(),
-            });
-        }
-        if let Some(contact) = seller.contact_id.filter(|c| other.contact_id == Some(*c)) {
-            return Err(DirectoryError::Duplicate {
-                field: "contact_id",
-                value: contact.to_string(),
-                seller_id: other.id.clone(),
-            });
-        }
-        let same_phone = |p: &&String| other.phone.as_ref().is_some_and(|o| phones_match(p, o));
-        if let Some(phone) = seller.phone.as_ref().filter(same_phone) {
-            return Err(DirectoryError::Duplicate {
-                field: "phone",
-                value: phone.clone(),
-                seller_id: other.id.clone(),
-            });
-        }
-    }
-    let user = seller.kommo_user_id;
-    if let Some(other) = custom
-        .iter()
-        .find(|s| user.is_some() && s.kommo_user_id == user)
-    {
-        return Err(DirectoryError::Duplicate {
-            field: "kommo_user_id",
-            value: user.unwrap_or_default().to_string(),
-            seller_id: other.id.clone(),
-        });
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn phones() {
-        assert_eq!(normalize_phone("+55 (11) 98765-4321"), "5511987654321");
-        assert!(phones_match("5511987654321", "11987654321"));
-        assert!(phones_match("11987654321", "11987654321"));
-        assert!(!phones_match("987654321", "11987654321"));
-        assert!(!phones_match("", ""));
-    }
-
-    #[test]
-    fn areas_are_trimmed_and_deduplicated() {
-        let areas = clean_areas(vec![
-            " Trabalhista ".into(),
-            "".into(),
-            "trabalhista".into(),
-            "Direito  de Família".into(),
-        ]);
-        assert_eq!(areas, ["Trabalhista", "Direito de Família"]);
     }
 }
