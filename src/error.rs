@@ -244,3 +244,15 @@ fn humane(problem: &str) -> String {
     }
     out.join(" ").replace("a a ", "a ").replace("a an ", "an ")
 }
+
+/// The store cannot be reached, did not answer in time, or a contact is too contended: not
+/// known to be applied; retrying the same request is safe.
+#[derive(utoipa::ToResponse)]
+#[response(
+    description = "The store cannot be reached, did not answer in time, or the contact is too \
+                   contended: the change is not known to be applied; retrying the same request \
+                   is safe",
+    content_type = "application/json",
+    example = json!({"error": "store_unavailable", "message": "store unavailable: connection refused"})
+)]
+pub struct StoreUnavailable(pub ApiError);

@@ -9,7 +9,8 @@
 //!   openings, scheduling, who is responsible), HTTP-free;
 //!   [`openapi`] — the OpenAPI document (`/openapi.json`) and Swagger UI (`/docs`);
 //! * [`store`] — the Redis and embedded (redb) backends;
-//! * [`server`] — start-up, logging and graceful shutdown; [`serve`] — the listener (header-read
+//! * [`server`] — start-up, logging and graceful shutdown ([`setup`] builds the store and the
+//!   Kommo connection from the configuration); [`serve`] — the listener (header-read
 //!   timeout, connection cap, open-file limit);
 //! * [`notes`] — the words of the notes left on leads (the core says which note);
 //! * [`reply_token`] — the per-dispatch proof a reply must carry; [`redact`] — secrets kept out of
@@ -25,11 +26,14 @@ pub mod kommo;
 pub mod n8n;
 pub mod notes;
 pub mod openapi;
+pub mod recorder;
 pub mod redact;
 pub mod reply;
 pub mod reply_token;
 pub mod sellers;
 pub mod serve;
 pub mod server;
+pub mod setup;
+pub mod state;
 pub mod store;
 pub mod text;

@@ -415,6 +415,24 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// n8n's reachability (its `/healthz` on the `N8N_WEBHOOK_URL` host).
+#[derive(Clone, Default, serde::Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"configured": true, "ok": true, "status": 200, "latency_ms": 3.1}))]
+pub struct N8nCheck {
+    pub configured: bool,
+    pub ok: bool,
+    /// The HTTP status n8n answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub latency_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub error: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,24 +15,18 @@
 //! Served at `GET /openapi.json`; `GET /docs` is Swagger UI from assets compiled into the
 //! binary (`utoipa-swagger-ui` with `vendored`: nothing is fetched at build or run time).
 
-use std::sync::LazyLock;
-
 use axum::Router;
-use axum::http::header;
-use axum::response::IntoResponse;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{HttpMethod, Operation, OperationBuilder, PathItem};
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder, SecurityRequirement};
-use utoipa::{Modify, OpenApi, ToResponse};
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
+use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::layers::is_public;
+use crate::state::AppState;
 
 /// The operator API key (`API_KEY`), as `Authorization: Bearer <key>`.
 pub const API_KEY: &str = "api_key";
@@ -75,7 +69,7 @@ headers_too_large`, `500 internal` come from the middleware with the same shape;
 #[openapi(
     info(title = "conversa", description = DESCRIPTION),
     modifiers(&SecuritySchemes),
-    components(schemas(ApiError), responses(StoreUnavailable)),
+    components(schemas(ApiError), responses(crate::error::StoreUnavailable)),
     tags(
         (name = "probes", description = "Liveness, readiness, version, statistics, metrics"),
         (name = "webhooks", description = "Kommo webhooks in, and n8n's callback with the AI's reply"),
@@ -92,8 +86,8 @@ struct ApiDoc;
 /// "at least one of", "not blank". Each rule is added to the served document's schema as
 /// `allOf` [the type's schema, the rule], so the document accepts exactly what the handlers
 /// accept. (Applied to the JSON: utoipa's schema model has no `not`.)
-fn request_rules(doc: &mut serde_json::Value) {
-    use crate::http::ID_OR_BLANK_PATTERN as ID_OR_BLANK;
+pub fn request_rules(doc: &mut serde_json::Value) {
+    use crate::kommo::id::ID_OR_BLANK_PATTERN as ID_OR_BLANK;
     use serde_json::json;
     let not_blank = json!({"not": {"type": "string", "pattern": "^\\s*$"}});
     let one_of_pair = |a: &str, b: &str| json!({"not": {"required": [a, b]}});
@@ -204,18 +198,6 @@ fn open_properties(rule: &mut serde_json::Value) {
     }
 }
 
-/// The store cannot be reached, did not answer in time, or a contact is too contended: not
-/// known to be applied; retrying the same request is safe.
-#[derive(ToResponse)]
-#[response(
-    description = "The store cannot be reached, did not answer in time, or the contact is too \
-                   contended: the change is not known to be applied; retrying the same request \
-                   is safe",
-    content_type = "application/json",
-    example = json!({"error": "store_unavailable", "message": "store unavailable: connection refused"})
-)]
-pub struct StoreUnavailable(pub ApiError);
-
 struct SecuritySchemes;
 
 impl Modify for SecuritySchemes {
@@ -261,11 +243,6 @@ pub fn base() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
-/// `GET /openapi.json` (registered like every other route, so it is in the document too).
-pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(openapi_json))
-}
-
 /// `GET /docs`: Swagger UI, from the assets compiled into the binary, reading `/openapi.json`.
 /// (`/docs` redirects to `/docs/`; the assets are under `/docs/`.)
 pub fn docs_ui() -> Router<AppState> {
@@ -277,38 +254,6 @@ pub fn docs_ui() -> Router<AppState> {
         .filter(true)
         .try_it_out_enabled(false);
     Router::from(SwaggerUi::new(DOCS_PATH).config(config))
-}
-
-/// The full document: every route of the router, with security and the common responses.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    DOC.0.clone()
-}
-
-/// The document as served: the generated one with the [`request_rules`].
-pub fn openapi_json_text() -> &'static str {
-    DOC.1.as_str()
-}
-
-static DOC: LazyLock<(utoipa::openapi::OpenApi, String)> = LazyLock::new(|| {
-    let (_, doc) = crate::app::router_and_doc();
-    let mut json = serde_json::to_value(&doc).expect("the OpenAPI document serializes");
-    request_rules(&mut json);
-    let text = serde_json::to_string_pretty(&json).expect("the OpenAPI document serializes");
-    (doc, text)
-});
-
-/// The OpenAPI 3.1 document of this service (what `/docs` shows).
-#[utoipa::path(
-    get,
-    path = "/openapi.json",
-    tag = "docs",
-    responses(
-        (status = 200, description = "The OpenAPI document", content_type = "application/json",
-         body = Object),
-    )
-)]
-pub async fn openapi_json() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], DOC.1.as_str())
 }
 
 /// `GET /docs`, served by Swagger UI's own router (not `routes!`), described here.

@@ -1,8 +1,14 @@
-//! Secrets kept out of logs and public answers.
+//! Secrets kept out of logs and public answers, and compared in constant time.
 //!
 //! A URL may carry credentials (`https://user:password@n8n.example/…`, `?token=…`): wherever a
 //! configured URL is shown (the start-up line, `/ready`) or an HTTP client error is described
 //! (they name the URL they failed on), it goes through here first.
+
+/// Whether `given` equals `expected`, compared in constant time (only the lengths may leak).
+pub fn secret_matches(expected: &str, given: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    expected.as_bytes().ct_eq(given.as_bytes()).into()
+}
 
 /// `raw` with its user, password, query values and fragment replaced by `***`; a value that is
 /// not a URL is not shown at all.

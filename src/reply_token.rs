@@ -15,7 +15,7 @@ use conversa_actors::store::{Store, StoreError};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::http::auth::secret_matches;
+use crate::redact::secret_matches;
 
 /// The store value holding the key.
 const KEY_NAME: &str = "reply_token:key";

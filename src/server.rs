@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use conversa_actors::{Engine, Executors};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -29,71 +28,26 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
-static METRICS: std::sync::OnceLock<Option<PrometheusHandle>> = std::sync::OnceLock::new();
-
-/// How often histogram samples are folded into their buckets.
-const METRICS_UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// The process-wide Prometheus recorder, installed on first use.
-pub fn metrics_handle() -> Option<PrometheusHandle> {
-    METRICS
-        .get_or_init(|| {
-            let buckets = [
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ];
-            let handle = PrometheusBuilder::new()
-                .set_buckets(&buckets)
-                .ok()?
-                .install_recorder()
-                .ok()?;
-            // The recorder keeps every histogram sample until upkeep folds them into buckets;
-            // a scrape does that too, but a node nobody scrapes would grow without bound
-            // (≈ 30 bytes per request). Fold them every few seconds on a thread of its own.
-            let upkeep = handle.clone();
-            std::thread::Builder::new()
-                .name("metrics-upkeep".into())
-                .spawn(move || {
-                    loop {
-                        std::thread::sleep(METRICS_UPKEEP_EVERY);
-                        upkeep.run_upkeep();
-                    }
-                })
-                .ok()?;
-            // Families that must show from the first scrape, even at zero.
-            for name in [
-                "conversa_actor_activations_total",
-                "conversa_actor_passivations_total",
-                "conversa_actor_restarts_total",
-                "conversa_store_cas_conflicts_total",
-                "kommo_limiter_waits_total",
-                "kommo_token_refreshes_total",
-            ] {
-                metrics::counter!(name).increment(0);
-            }
-            Some(handle)
-        })
-        .clone()
-}
-
 /// Runs the service until SIGINT/SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let addr = config.listen_addr()?;
     config.check_exposure()?;
     config.check_consistency()?;
-    let store = crate::store::open(&config)
-        .await
-        .with_context(|| match &config.redis_url {
-            Some(_) => "cannot reach Redis (REDIS_URL)".to_owned(),
-            None => format!(
-                "cannot open the embedded store in {}",
-                config.data_dir.display()
-            ),
-        })?;
+    let store =
+        crate::setup::open_store(&config)
+            .await
+            .with_context(|| match &config.redis_url {
+                Some(_) => "cannot reach Redis (REDIS_URL)".to_owned(),
+                None => format!(
+                    "cannot open the embedded store in {}",
+                    config.data_dir.display()
+                ),
+            })?;
     let backend = store.backend();
     let reply_tokens = ReplyTokens::load_or_create(store.as_ref())
         .await
         .context("reading the reply-token key from the store")?;
-    let kommo = crate::kommo::setup::connect(&config, store.clone()).await?;
+    let kommo = crate::setup::connect_kommo(&config, store.clone()).await?;
     let executors = executors(&config, kommo.as_ref(), &reply_tokens)?;
     let n8n = match &config.n8n_webhook_url {
         Some(url) => format!("dispatching to {}", crate::redact::url(url)),

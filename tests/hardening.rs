@@ -14,7 +14,7 @@ use support::service::Service;
 /// operations with a request body get `{}`. A new route is in this list without anyone
 /// having to remember to add it.
 fn documented_operations() -> Vec<(String, String, Option<Value>)> {
-    let doc = serde_json::to_value(conversa::openapi::openapi()).unwrap();
+    let doc = serde_json::to_value(conversa::app::openapi()).unwrap();
     let mut ops = Vec::new();
     for (template, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {

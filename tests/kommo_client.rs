@@ -23,7 +23,7 @@ use conversa::kommo::oauth::{OAuthSettings, TokenManager, TokenState, Tokens};
 use conversa::store::embedded::EmbeddedStore;
 use conversa::store::{IndexUpdate, MemoryStore, Store, StoreError, StoredSnapshot};
 use conversa_actors::Commitment;
-use conversa_actors::{ContactKey, Millis};
+use conversa_actors::{ContactKey, Millis, PhaseName};
 use serde_json::json;
 use support::fake_kommo::{
     self, FakeContact, FakeKommo, FakeLead, FakeMessage, FakeTalk, FakeUser, wait_until,
@@ -329,7 +329,7 @@ impl Store for FlakyStore {
     async fn pending_outbox_count(&self) -> Result<u64, StoreError> {
         self.inner.pending_outbox_count().await
     }
-    async fn phases(&self, limit: usize) -> Result<Vec<(ContactKey, String)>, StoreError> {
+    async fn phases(&self, limit: usize) -> Result<Vec<(ContactKey, PhaseName)>, StoreError> {
         self.inner.phases(limit).await
     }
     async fn get_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -22,7 +22,7 @@ const KEY: &str = "k3y";
 
 /// The document as served (with its request rules).
 fn doc() -> Value {
-    serde_json::from_str(conversa::openapi::openapi_json_text()).unwrap()
+    serde_json::from_str(conversa::app::openapi_json_text()).unwrap()
 }
 
 /// Every (METHOD, path template, operation) of the document.
@@ -1033,11 +1033,7 @@ async fn openapi_json_and_docs_are_served_offline() {
         "{}",
         served["openapi"]
     );
-    assert_eq!(
-        served,
-        doc(),
-        "/openapi.json is conversa::openapi::openapi()"
-    );
+    assert_eq!(served, doc(), "/openapi.json is conversa::app::openapi()");
 
     // /docs redirects to /docs/ (reqwest follows), no key needed.
     let r = s.client.get(s.url("/docs")).send().await.unwrap();

@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 use conversa::store::embedded::EmbeddedStore;
 use conversa::store::{IndexUpdate, Store, StoreError};
 use conversa_actors::contact::ContactKey;
+use conversa_actors::phase::PhaseName;
 
 fn index(wake_at: Option<u64>, outbox_pending: bool, phase: &str) -> IndexUpdate {
     IndexUpdate {
         wake_at,
         outbox_pending,
-        phase: phase.to_owned(),
+        phase: PhaseName::parse(phase).expect("a phase name"),
         previous: None,
     }
 }
@@ -83,9 +84,9 @@ async fn everything_survives_a_reopen() {
     assert_eq!(
         phases,
         BTreeSet::from([
-            (a, "bot_active".to_owned()),
-            (b, "human_assigned".to_owned()),
-            (c, "idle".to_owned()),
+            (a, PhaseName::BotActive),
+            (b, PhaseName::HumanAssigned),
+            (c, PhaseName::Idle),
         ])
     );
     assert_eq!(

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use conversa::store::redis::{RedisSettings, RedisStore};
 use conversa::store::{IndexUpdate, Store, StoreError};
 use conversa_actors::contact::ContactKey;
+use conversa_actors::phase::PhaseName;
 use support::redis_server::{RedisServer, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -25,7 +26,7 @@ fn index(wake_at: Option<u64>, outbox_pending: bool, phase: &str) -> IndexUpdate
     IndexUpdate {
         wake_at,
         outbox_pending,
-        phase: phase.to_owned(),
+        phase: PhaseName::parse(phase).expect("a phase name"),
         previous: None,
     }
 }
@@ -227,7 +228,7 @@ async fn survives_kill_9() {
     phases.sort();
     assert_eq!(
         phases,
-        vec![(a, "human_assigned".to_owned()), (b, "idle".to_owned())]
+        vec![(a, PhaseName::HumanAssigned), (b, PhaseName::Idle)]
     );
     assert_eq!(
         store.get_value("oauth").await.unwrap(),

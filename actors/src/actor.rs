@@ -21,7 +21,7 @@ use crate::conversation::{Conversation, Outcome, Rejection};
 use crate::engine::{Core, EngineError};
 use crate::event::Event;
 use crate::executor::{ExecError, Job};
-use crate::phase::Phase;
+use crate::phase::{Phase, PhaseName};
 use crate::registry::Slot;
 use crate::store::{IndexUpdate, StoreError};
 
@@ -88,7 +88,7 @@ struct Indexed {
     version: u64,
     wake_at: Option<Millis>,
     outbox_pending: bool,
-    phase: &'static str,
+    phase: PhaseName,
 }
 
 impl Actor for ContactActor {
@@ -346,7 +346,7 @@ impl ContactState {
         let index = IndexUpdate {
             wake_at: conversation.poll_timeout(|e| core.can_run(e)),
             outbox_pending: !conversation.outbox.is_empty(),
-            phase: conversation.phase.name().to_owned(),
+            phase: conversation.phase.kind(),
             // What our own write of the version we replace put in the indexes.
             previous: self
                 .indexed
@@ -356,7 +356,7 @@ impl ContactState {
                     Box::new(IndexUpdate {
                         wake_at: i.wake_at,
                         outbox_pending: i.outbox_pending,
-                        phase: i.phase.to_owned(),
+                        phase: i.phase,
                         previous: None,
                     })
                 }),
@@ -390,7 +390,7 @@ impl ContactState {
             version,
             wake_at: index.wake_at,
             outbox_pending: index.outbox_pending,
-            phase: conversation.phase.name(),
+            phase: index.phase,
         });
         if claimed.is_empty() {
             // The common case: nothing to run, so no history to copy on this hot path.

@@ -22,6 +22,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use crate::contact::{ContactKey, Millis};
+use crate::phase::PhaseName;
 
 /// A snapshot as the store holds it: the serialized conversation and its version
 /// (1 for the first write; 0 means "nothing stored").
@@ -38,8 +39,8 @@ pub struct IndexUpdate {
     pub wake_at: Option<Millis>,
     /// Whether the snapshot holds outbox entries.
     pub outbox_pending: bool,
-    /// The conversation's phase name (`idle`, `bot_active`, ...).
-    pub phase: String,
+    /// The conversation's phase.
+    pub phase: PhaseName,
     /// The entries the writer's own previous save wrote for the version this save replaces,
     /// when it knows them (it wrote that version itself). A store that writes indexes apart from
     /// the snapshot may use them to skip corrections that cannot change anything. `None` when
@@ -108,7 +109,7 @@ pub trait Store: Send + Sync + 'static {
     async fn pending_outbox_count(&self) -> Result<u64, StoreError>;
 
     /// Contacts with their phase, at most `limit`, in no particular order.
-    async fn phases(&self, limit: usize) -> Result<Vec<(ContactKey, String)>, StoreError>;
+    async fn phases(&self, limit: usize) -> Result<Vec<(ContactKey, PhaseName)>, StoreError>;
 
     /// A small named value outside any conversation (OAuth tokens, custom sellers...).
     async fn get_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
@@ -139,7 +140,7 @@ struct MemoryInner {
     snapshots: BTreeMap<ContactKey, StoredSnapshot>,
     wake: BTreeMap<ContactKey, Millis>,
     outbox: std::collections::BTreeSet<ContactKey>,
-    phases: BTreeMap<ContactKey, String>,
+    phases: BTreeMap<ContactKey, PhaseName>,
     values: BTreeMap<String, Vec<u8>>,
 }
 
@@ -192,7 +193,7 @@ impl Store for MemoryStore {
         } else {
             inner.outbox.remove(key);
         }
-        inner.phases.insert(*key, index.phase.clone());
+        inner.phases.insert(*key, index.phase);
         Ok(version)
     }
 
@@ -222,13 +223,13 @@ impl Store for MemoryStore {
         Ok(self.inner.lock().unwrap().outbox.len() as u64)
     }
 
-    async fn phases(&self, limit: usize) -> Result<Vec<(ContactKey, String)>, StoreError> {
+    async fn phases(&self, limit: usize) -> Result<Vec<(ContactKey, PhaseName)>, StoreError> {
         let inner = self.inner.lock().unwrap();
         Ok(inner
             .phases
             .iter()
             .take(limit)
-            .map(|(k, p)| (*k, p.clone()))
+            .map(|(k, p)| (*k, *p))
             .collect())
     }
 
@@ -265,10 +266,11 @@ pub mod conformance {
     use std::sync::Arc;
 
     fn index(wake_at: Option<Millis>, outbox_pending: bool, phase: &str) -> IndexUpdate {
+        let phase = PhaseName::parse(phase).expect("a phase name");
         IndexUpdate {
             wake_at,
             outbox_pending,
-            phase: phase.to_owned(),
+            phase,
             previous: None,
         }
     }
@@ -503,7 +505,7 @@ pub mod conformance {
         let phase_change = after(&prev, index(Some(6_000), false, "paused"));
         store.save(&b, 8, b"b", &phase_change).await.unwrap();
         let phases = store.phases(10_000).await.unwrap();
-        assert!(phases.contains(&(b, "paused".to_owned())), "{phases:?}");
+        assert!(phases.contains(&(b, PhaseName::Paused)), "{phases:?}");
     }
 
     async fn phase_index(store: &dyn Store) {
@@ -523,7 +525,7 @@ pub mod conformance {
             .into_iter()
             .filter(|(k, _)| k.account_id == 6)
             .collect();
-        assert_eq!(phases, vec![(a, "human_assigned".to_owned())]);
+        assert_eq!(phases, vec![(a, PhaseName::HumanAssigned)]);
     }
 
     async fn named_values(store: &dyn Store) {

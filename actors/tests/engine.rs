@@ -270,7 +270,7 @@ impl Store for PanickyStore {
     async fn pending_outbox_count(&self) -> Result<u64, StoreError> {
         self.inner.pending_outbox_count().await
     }
-    async fn phases(&self, limit: usize) -> Result<Vec<(ContactKey, String)>, StoreError> {
+    async fn phases(&self, limit: usize) -> Result<Vec<(ContactKey, PhaseName)>, StoreError> {
         self.inner.phases(limit).await
     }
     async fn get_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -10,9 +10,9 @@ use serde::Serialize;
 use tracing::{info, warn};
 use utoipa::ToSchema;
 
-use crate::app::AppState;
 use crate::flows::FlowError;
 use crate::sellers::Seller;
+use crate::state::AppState;
 
 /// The commands, as the error for an unknown one lists them.
 pub const COMMANDS: [&str; 3] = [
@@ -93,7 +93,7 @@ pub fn parse(text: &str) -> Result<Command, FlowError> {
     let contact_id = words
         .next()
         .map(|w| w.trim_start_matches('#'))
-        .and_then(crate::http::parse_id)
+        .and_then(crate::kommo::id::parse_id)
         .ok_or_else(|| {
             FlowError::invalid(
                 "message",

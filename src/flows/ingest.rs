@@ -16,11 +16,11 @@ use conversa_actors::{
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::app::AppState;
 use crate::flows::FlowError;
 use crate::flows::commands::{self, CommandAnswer};
 use crate::kommo::webhook::{self, Direction, MessageItem, Webhook, WebhookEvent};
 use crate::sellers::Seller;
+use crate::state::AppState;
 
 /// What a webhook body did.
 #[derive(Debug)]

@@ -10,10 +10,10 @@ use conversa_actors::{Effect, Event, Links, PhaseName, Rejection, SellerRef};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::app::AppState;
 use crate::flows::FlowError;
 use crate::flows::responsibility::contact_lead;
 use crate::sellers::Seller;
+use crate::state::AppState;
 use crate::text::fold;
 
 /// What happened to the contact (the original's `trigger_type` words on the wire).

@@ -13,10 +13,10 @@ use conversa_actors::{
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 
-use crate::app::AppState;
 use crate::flows::FlowError;
 use crate::flows::limits::{MAX_DETAILS_BYTES, bounded_json, bounded_text};
 use crate::reply::Strategy;
+use crate::state::AppState;
 
 /// The longest part of a reply, in characters (WhatsApp's limit for one text message).
 pub const MAX_REPLY_CHARS: usize = 4096;

@@ -6,9 +6,9 @@
 //! lead's responsible Kommo user — [`SellerDirectory::responsible`](crate::sellers::SellerDirectory::responsible)
 //! walks it; this file finds what it needs from the conversation and Kommo first.
 
-use crate::app::AppState;
 use crate::flows::FlowError;
 use crate::sellers::{FoundBy, Seller};
+use crate::state::AppState;
 
 /// A responsible seller and how it was found.
 pub type Responsible = (Seller, FoundBy);

@@ -11,10 +11,10 @@
 use conversa_actors::{Effect, Event, Links, PhaseName, Rejection, SellerRef};
 use serde_json::{Map, Value, json};
 
-use crate::app::AppState;
 use crate::flows::FlowError;
 use crate::flows::responsibility::{contact_lead, lead_contact};
 use crate::sellers::{DirectoryError, FoundBy, Seller};
+use crate::state::AppState;
 
 /// A scheduling request, its ids read by the edge; `details` is passed to n8n as given.
 pub struct MeetingRequest {

@@ -2,14 +2,9 @@
 //! timing tells an attacker nothing about how much of a guess was right.
 
 use axum::http::{HeaderMap, StatusCode, header};
-use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
-
-/// Whether `given` equals `expected`, compared in constant time (only the lengths may leak).
-pub fn secret_matches(expected: &str, given: &str) -> bool {
-    expected.as_bytes().ct_eq(given.as_bytes()).into()
-}
+pub use crate::redact::secret_matches;
 
 /// Checks `Authorization: Bearer <expected>` when a token is configured.
 pub fn require_bearer(expected: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {

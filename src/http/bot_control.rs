@@ -9,9 +9,9 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::{JsonBody, KommoId};
+use crate::state::AppState;
 use conversa_actors::PhaseName;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -99,7 +99,7 @@ impl BotCommandName {
             ("contact_id" = (value = json!({"error": "bad_request", "field": "contact_id",
                 "message": "Failed to deserialize the JSON body into the target type: contact_id: must be a positive integer, got 0 at line 1 column 16"}))),
          )),
-        (status = 503, response = crate::openapi::StoreUnavailable),
+        (status = 503, response = crate::error::StoreUnavailable),
     ),
 )]
 async fn bot_control(

@@ -9,10 +9,10 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::flows::commands::{self, CommandAnswer};
 use crate::http::{JsonBody, KommoId};
+use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(command))
@@ -73,7 +73,7 @@ impl CommandBody {
          example = json!({"error": "held_by_another_seller",
             "message": "conversation is held by Bruno Lima (custom-2)",
             "holder": {"id": "custom-2", "name": "Bruno Lima"}})),
-        (status = 503, response = crate::openapi::StoreUnavailable),
+        (status = 503, response = crate::error::StoreUnavailable),
     ),
 )]
 async fn command(

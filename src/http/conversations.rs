@@ -11,9 +11,9 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::view::ConversationView;
+use crate::state::AppState;
 use conversa_actors::PhaseName;
 use conversa_actors::SellerRef;
 use conversa_actors::timeline::Entry as TimelineEntry;
@@ -109,7 +109,7 @@ pub struct DebugConversation {
          example = json!({"error": "bad_request", "message": "contact_id must be a positive integer", "field": "contact_id"})),
         (status = 404, description = "No conversation for this contact", body = ApiError,
          example = json!({"error": "not_found", "message": "no conversation for contact 1298200"})),
-        (status = 503, response = crate::openapi::StoreUnavailable),
+        (status = 503, response = crate::error::StoreUnavailable),
     ),
 )]
 async fn one(
@@ -139,7 +139,7 @@ async fn one(
     params(Listing),
     responses(
         (status = 200, description = "Live conversations", body = ActiveConversations),
-        (status = 503, response = crate::openapi::StoreUnavailable),
+        (status = 503, response = crate::error::StoreUnavailable),
     ),
 )]
 async fn active(
@@ -150,7 +150,6 @@ async fn active(
     let phases = app.engine().store().phases(usize::MAX).await?;
     let live: Vec<ActiveConversation> = phases
         .into_iter()
-        .filter_map(|(k, p)| Some((k, PhaseName::parse(&p)?)))
         .filter(|(_, p)| *p != PhaseName::Idle)
         .take(limit)
         .map(|(k, phase)| ActiveConversation {
@@ -175,7 +174,7 @@ async fn active(
     params(Listing),
     responses(
         (status = 200, description = "Stored conversations", body = DebugConversations),
-        (status = 503, response = crate::openapi::StoreUnavailable),
+        (status = 503, response = crate::error::StoreUnavailable),
     ),
 )]
 async fn debug(

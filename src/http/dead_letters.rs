@@ -9,9 +9,9 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::dead_letters::DeadLetter;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list))
@@ -46,7 +46,7 @@ pub struct DeadLetterList {
         (status = 200, description = "The records kept (the newest 500)", body = DeadLetterList),
         (status = 400, description = "A `limit` that is not a whole number", body = ApiError,
          example = json!({"error": "bad_request", "field": "limit", "message": "limit: must be a whole number, got \"abc\""})),
-        (status = 503, response = crate::openapi::StoreUnavailable),
+        (status = 503, response = crate::error::StoreUnavailable),
     ),
 )]
 async fn list(

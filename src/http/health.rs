@@ -11,11 +11,11 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::config::Summary;
 use crate::error::ApiError;
 use crate::http::kommo::N8nCheck;
 use crate::kommo::oauth::TokenState;
+use crate::state::AppState;
 
 /// Upper bound of contacts read from the phase index for `/stats`.
 const STATS_SCAN_LIMIT: usize = 1_000_000;
@@ -237,7 +237,7 @@ async fn version() -> Json<Version> {
     tag = "probes",
     responses(
         (status = 200, description = "Statistics", body = Stats),
-        (status = 503, response = crate::openapi::StoreUnavailable),
+        (status = 503, response = crate::error::StoreUnavailable),
     ),
 )]
 async fn stats(State(app): State<AppState>) -> Result<Json<Stats>, ApiError> {
@@ -246,7 +246,7 @@ async fn stats(State(app): State<AppState>) -> Result<Json<Stats>, ApiError> {
     let phases = store.phases(STATS_SCAN_LIMIT).await?;
     let mut by_phase: BTreeMap<PhaseName, u64> = PhaseName::ALL.iter().map(|p| (*p, 0)).collect();
     for (_, phase) in &phases {
-        if let Some(n) = PhaseName::parse(phase).and_then(|p| by_phase.get_mut(&p)) {
+        if let Some(n) = by_phase.get_mut(phase) {
             *n += 1;
         }
     }

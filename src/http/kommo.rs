@@ -22,12 +22,13 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::auth::secret_matches;
 use crate::kommo::client::Account;
 use crate::kommo::client::KommoClient;
 use crate::kommo::oauth::TokenState;
+pub use crate::n8n::N8nCheck;
+use crate::state::AppState;
 
 /// How long an authorisation started by `/oauth/authorize` may take.
 const STATE_TTL_SECS: u64 = 10 * 60;
@@ -70,24 +71,6 @@ pub struct KommoCheck {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub latency_ms: Option<f64>,
-}
-
-/// n8n's reachability (its `/healthz` on the `N8N_WEBHOOK_URL` host).
-#[derive(Clone, Default, Serialize, ToSchema)]
-#[schema(example = json!({"configured": true, "ok": true, "status": 200, "latency_ms": 3.1}))]
-pub struct N8nCheck {
-    pub configured: bool,
-    pub ok: bool,
-    /// The HTTP status n8n answered.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub status: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub latency_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub error: Option<String>,
 }
 
 /// The store's reachability.

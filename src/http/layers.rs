@@ -24,9 +24,9 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::{Span, error, info_span, warn};
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::http::auth::require_bearer;
+use crate::state::AppState;
 
 /// Paths that never need the API key: probes, docs, and endpoints with their own secret
 /// (the Kommo webhook, n8n's callback, the OAuth redirect).

@@ -16,11 +16,11 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::flows::FlowError;
 use crate::flows::proactive::{self, NotOpened, Opened, Opening, Trigger, WantedSeller};
 use crate::http::{JsonBody, KommoId};
+use crate::state::AppState;
 use conversa_actors::PhaseName;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -157,7 +157,7 @@ impl From<Opened> for ProactiveAnswer {
             ("unknown_seller" = (value = json!({"error": "unknown_seller", "field": "vendedor",
                 "message": "no active seller \"Ana Souza\""}))),
          )),
-        (status = 503, response = crate::openapi::StoreUnavailable),
+        (status = 503, response = crate::error::StoreUnavailable),
     ),
 )]
 async fn start_proactive(

@@ -14,11 +14,11 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::flows::scheduling::{self, MeetingRequest};
 use crate::http::{JsonBody, KommoId};
 use crate::sellers::{FoundBy, Seller};
+use crate::state::AppState;
 use conversa_actors::PhaseName;
 
 pub fn routes() -> OpenApiRouter<AppState> {

@@ -29,11 +29,11 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::flows::responsibility::{self, Responsible};
 use crate::http::{JsonBody, KommoId, path_id};
 use crate::sellers::{FoundBy, NewSeller, Seller, SellerDirectory};
+use crate::state::AppState;
 
 pub fn routes<S>() -> OpenApiRouter<S>
 where
@@ -306,7 +306,7 @@ impl<'de> Deserialize<'de> for Areas {
          example = json!({"error": "bad_request", "message": "name (or nome) is required", "field": "name"})),
         (status = 409, description = "The contact or Kommo user already belongs to a seller", body = ApiError,
          example = json!({"error": "conflict", "message": "contact_id 99999 already belongs to seller custom-1", "field": "contact_id"})),
-        (status = 503, response = crate::openapi::StoreUnavailable),
+        (status = 503, response = crate::error::StoreUnavailable),
     ),
 )]
 async fn add(
@@ -360,7 +360,7 @@ pub struct AttachWhatsApp {
          example = json!({"error": "not_found", "message": "seller \"kommo-1\" not found"})),
         (status = 409, description = "The contact or phone belongs to another seller", body = ApiError,
          example = json!({"error": "conflict", "message": "contact_id 99999 already belongs to seller custom-1", "field": "contact_id"})),
-        (status = 503, response = crate::openapi::StoreUnavailable),
+        (status = 503, response = crate::error::StoreUnavailable),
     ),
 )]
 async fn attach_whatsapp(

@@ -16,12 +16,12 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::flows::reply::{self, Received, ReplyIn, Settled, Undelivered};
 use crate::http::auth::require_bearer;
 use crate::http::{JsonBody, KommoId};
 use crate::reply::Strategy;
+use crate::state::AppState;
 use conversa_actors::PhaseName;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -180,7 +180,7 @@ impl Part {
          example = json!({"error": "not_found", "message": "no conversation for contact 1298200"})),
         (status = 409, description = "The conversation refused the reply", body = ApiError,
          example = json!({"error": "conflict", "message": "the conversation is not scheduling"})),
-        (status = 503, response = crate::openapi::StoreUnavailable),
+        (status = 503, response = crate::error::StoreUnavailable),
     ),
 )]
 async fn send_response(

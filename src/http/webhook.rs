@@ -16,11 +16,11 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::flows::commands::CommandAnswer;
 use crate::flows::ingest::{Ingested, ingest};
 use crate::http::auth::secret_matches;
+use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -169,7 +169,7 @@ pub struct RejectedItem {
          example = json!({"error": "unauthorized", "message": "missing or wrong webhook secret"})),
         (status = 403, description = "The body comes from another Kommo account", body = ApiError,
          example = json!({"error": "wrong_account", "message": "this webhook comes from another Kommo account"})),
-        (status = 503, response = crate::openapi::StoreUnavailable),
+        (status = 503, response = crate::error::StoreUnavailable),
     ),
 )]
 async fn with_query_token(
@@ -210,7 +210,7 @@ async fn with_query_token(
          example = json!({"error": "unauthorized", "message": "missing or wrong webhook secret"})),
         (status = 403, description = "The body comes from another Kommo account", body = ApiError,
          example = json!({"error": "wrong_account", "message": "this webhook comes from another Kommo account"})),
-        (status = 503, response = crate::openapi::StoreUnavailable),
+        (status = 503, response = crate::error::StoreUnavailable),
     ),
 )]
 async fn with_path_secret(

@@ -6,14 +6,15 @@
 //! * [`client`] — the REST endpoints conversa calls; [`model`] — what they return; `wire` — how
 //!   Kommo spells it; [`transport`] — how a request goes out: ≤ 7 req/s per account, 429
 //!   backoff, 403 circuit, typed errors ([`error::KommoError`]).
-//! * [`setup`] — builds both from the configuration; [`sources`] — the client as the sellers
-//!   directory's source of users, lead owners and talk contacts.
+//! * [`id`] — what a Kommo id looks like (1 to 15 digits), one rule for every input;
+//! * [`sources`] — the client as the sellers directory's source of users, lead owners and talk
+//!   contacts. (`crate::setup` builds the client from the configuration.)
 
 pub mod client;
 pub mod error;
+pub mod id;
 pub mod model;
 pub mod oauth;
-pub mod setup;
 pub mod sources;
 pub mod transport;
 pub mod webhook;

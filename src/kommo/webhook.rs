@@ -645,13 +645,13 @@ fn account_ref(account: &Map<'_>) -> Result<AccountRef, ParseError> {
     })
 }
 
-/// `account[id]` follows the one id rule ([`crate::http::parse_id`]: 1 to 15 digits, blanks
+/// `account[id]` follows the one id rule ([`crate::kommo::id::parse_id`]: 1 to 15 digits, blanks
 /// around allowed); blank is the same as absent.
 fn account_id(value: &str) -> Result<Option<u64>, ParseError> {
     if value.trim_matches([' ', '\t', '\n', '\r']).is_empty() {
         return Ok(None);
     }
-    crate::http::parse_id(value).map(Some).ok_or_else(|| {
+    crate::kommo::id::parse_id(value).map(Some).ok_or_else(|| {
         ParseError::new(
             "account[id]",
             format!(

@@ -43,6 +43,7 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use conversa_actors::contact::{ContactKey, Millis};
+use conversa_actors::phase::PhaseName;
 use redb::{
     Database, DatabaseError, Durability, ReadTransaction, ReadableDatabase, ReadableTable,
     ReadableTableMetadata, TableDefinition, WriteTransaction,
@@ -539,13 +540,16 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn phases(&self, limit: usize) -> Result<Vec<(ContactKey, String)>, StoreError> {
+    async fn phases(&self, limit: usize) -> Result<Vec<(ContactKey, PhaseName)>, StoreError> {
         self.read(move |txn| {
             let table = txn.open_table(PHASES).map_err(map_err)?;
             let mut out = Vec::new();
             for entry in table.iter().map_err(map_err)?.take(limit) {
                 let (k, phase) = entry.map_err(map_err)?;
-                out.push((contact_from(&k.value()), phase.value().to_owned()));
+                // A name this version does not know (written by a newer one) is left out.
+                if let Some(phase) = PhaseName::parse(phase.value()) {
+                    out.push((contact_from(&k.value()), phase));
+                }
             }
             Ok(out)
         })

@@ -79,6 +79,7 @@ use ::redis::{
 };
 use async_trait::async_trait;
 use conversa_actors::contact::{ContactKey, Millis};
+use conversa_actors::phase::PhaseName;
 use dashmap::DashSet;
 
 use super::{IndexUpdate, Store, StoreError, StoredSnapshot};
@@ -358,7 +359,7 @@ impl RedisStore {
         pipe.cmd("HSET")
             .arg(&self.phases_key)
             .arg(&member)
-            .arg(&index.phase);
+            .arg(index.phase.as_str());
         pipe.cmd("HMGET")
             .arg(snap_key)
             .arg("v")
@@ -554,7 +555,7 @@ impl Store for RedisStore {
             .arg(data)
             .arg(&wake_arg)
             .arg(if index.outbox_pending { "1" } else { "0" })
-            .arg(&index.phase);
+            .arg(index.phase.as_str());
 
         // Round trip 1: over-approximate the indexes, then compare-and-set.
         let mut pipe = ::redis::pipe();
@@ -696,7 +697,7 @@ impl Store for RedisStore {
         Ok(found.into_iter().map(|(k, ())| k).collect())
     }
 
-    async fn phases(&self, limit: usize) -> Result<Vec<(ContactKey, String)>, StoreError> {
+    async fn phases(&self, limit: usize) -> Result<Vec<(ContactKey, PhaseName)>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -705,7 +706,7 @@ impl Store for RedisStore {
             let pairs: Vec<(Vec<u8>, String)> = decode("phase index", batch)?;
             Ok(pairs
                 .into_iter()
-                .filter_map(|(m, phase)| Some((parse_member(hash, &m)?, phase)))
+                .filter_map(|(m, phase)| Some((parse_member(hash, &m)?, PhaseName::parse(&phase)?)))
                 .collect())
         })
         .await

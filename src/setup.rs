@@ -1,19 +1,22 @@
-//! Builds the Kommo connection from the configuration: the token manager (tokens live in the
-//! store; the environment only seeds them) and the rate-limited client.
+//! Start-up wiring from the configuration: the store backend (Redis when `REDIS_URL` is set,
+//! else the embedded one) and the Kommo connection (the token manager — tokens live in the store;
+//! the environment only seeds them — and the rate-limited client). Only [`crate::server`] uses
+//! it, so the modules it builds never depend on the configuration.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use conversa_actors::store::Store;
+use conversa_actors::store::{Store, StoreError};
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::kommo::client::{KommoClient, KommoSettings, http_client};
 use crate::kommo::oauth::{OAuthSettings, TokenManager, TokenState, Tokens};
+use crate::store::{embedded, redis};
 
 /// The client for `KOMMO_API_URL`, or `None` when Kommo is not configured.
-pub async fn connect(
+pub async fn connect_kommo(
     config: &Config,
     store: Arc<dyn Store>,
 ) -> anyhow::Result<Option<Arc<KommoClient>>> {
@@ -65,4 +68,26 @@ pub async fn connect(
     settings.timeout = Duration::from_secs(config.effect_timeout_secs.clamp(1, 30));
     let client = KommoClient::new(settings, tokens).context("KOMMO_API_URL")?;
     Ok(Some(Arc::new(client)))
+}
+
+/// Opens the configured backend: Redis when `REDIS_URL` is set, else the embedded store.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    match &config.redis_url {
+        Some(url) => {
+            let timeout = Duration::from_millis(config.redis_timeout_ms.max(1));
+            let settings = redis::RedisSettings {
+                connect_timeout: timeout,
+                response_timeout: timeout,
+                ..redis::RedisSettings::default()
+            };
+            Ok(Arc::new(redis::RedisStore::connect(url, settings).await?))
+        }
+        None => {
+            let dir = config.data_dir.clone();
+            let store = tokio::task::spawn_blocking(move || embedded::EmbeddedStore::open(&dir))
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+            Ok(Arc::new(store))
+        }
+    }
 }
