@@ -75,7 +75,7 @@ use conversa_actors::Policy;
 use serde_json::Value;
 use support::fake_kommo::{
     ACCOUNT_ID, CLIENT_ID, CLIENT_SECRET, FakeKommo, FakeLead, FakeMessage, RATE_LIMIT,
-    REDIRECT_URI, SUBDOMAIN, message_add_form,
+    REDIRECT_URI, SUBDOMAIN, customer_message, message_add_form,
 };
 use support::fake_n8n::FakeN8n;
 use support::redis_server::RedisServer;
@@ -148,17 +148,6 @@ async fn outbox_pending_contacts(node: &Service) -> Option<u64> {
         .flatten()
 }
 
-async fn metrics(node: &Service) -> String {
-    node.client
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 // ---- 1. n8n down for a minute -------------------------------------------------------------
 
 /// How long n8n stays down.
@@ -211,9 +200,7 @@ fn paced_senders(
                 while !stop.load(Ordering::Relaxed) {
                     let contact = 20_000 + (w * 7919 + n * 31) % CONTACTS;
                     let id = format!("o-{w}-{n}");
-                    let body = format!(
-                        "message%5Badd%5D%5B0%5D%5Bid%5D={id}&message%5Badd%5D%5B0%5D%5Bcontact_id%5D={contact}&message%5Badd%5D%5B0%5D%5Btext%5D=oi&message%5Badd%5D%5B0%5D%5Btype%5D=incoming"
-                    );
+                    let body = customer_message(contact, &id, "oi");
                     let status = post_form(&client, &url, body).await;
                     ledger.record(&id, status);
                     n += 1;
@@ -321,9 +308,7 @@ async fn n8n_down_for_a_minute_under_load_loses_nothing_and_recovers_within_the_
     while down_at.elapsed() < OUTAGE {
         let contact = QUIET_CONTACT + quiet.len() as u64;
         let id = format!("q-{contact}");
-        let body = format!(
-            "message%5Badd%5D%5B0%5D%5Bid%5D={id}&message%5Badd%5D%5B0%5D%5Bcontact_id%5D={contact}&message%5Badd%5D%5B0%5D%5Btext%5D=oi&message%5Badd%5D%5B0%5D%5Btype%5D=incoming"
-        );
+        let body = customer_message(contact, &id, "oi");
         ledger.record(
             &id,
             post_form(&client, &node.url("/webhooks/kommo"), body).await,
@@ -404,7 +389,7 @@ async fn n8n_down_for_a_minute_under_load_loses_nothing_and_recovers_within_the_
     tally.update(&n8n);
     let missing = tally.missing(&acked);
     let twice = tally.accepted_twice();
-    let metrics = metrics(&node).await;
+    let metrics = node.metrics().await;
     let dead_lettered: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("conversa_effects_dead_lettered_total"))

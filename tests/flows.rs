@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use support::fake_n8n::{FakeN8n, Received};
 use support::redis_server::RedisServer;
 use support::service::Service;
@@ -47,24 +47,6 @@ async fn world(extra: &[(&str, &str)]) -> World {
     }
 }
 
-async fn customer_says(s: &Service, contact: u64, id: &str, text: &str) -> Value {
-    let body = format!(
-        "message%5Badd%5D%5B0%5D%5Bid%5D={id}&message%5Badd%5D%5B0%5D%5Bcontact_id%5D={contact}\
-         &message%5Badd%5D%5B0%5D%5Btext%5D={}&message%5Badd%5D%5B0%5D%5Btype%5D=incoming",
-        text.replace(' ', "+")
-    );
-    let r = s
-        .client
-        .post(s.url("/webhooks/kommo"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
-}
-
 fn events(received: &[Received]) -> Vec<String> {
     received
         .iter()
@@ -97,7 +79,8 @@ async fn phase_becomes(s: &Service, contact: u64, want: &str, secs: u64) {
 async fn an_ai_reply_in_flight_when_a_seller_takes_over_never_reaches_the_customer() {
     let w = world(&[]).await;
     let s = &w.service;
-    customer_says(s, 42, "m1", "Quero saber do meu benefício").await;
+    s.customer_says(42, "m1", "Quero saber do meu benefício")
+        .await;
     let d = w.n8n.wait_for_accepted(1, Duration::from_secs(10)).await;
     let dispatch_id = d[0].body["dispatch_id"].as_str().unwrap().to_owned();
 
@@ -124,7 +107,7 @@ async fn an_ai_reply_in_flight_when_a_seller_takes_over_never_reaches_the_custom
     );
 
     // Customer messages while the seller holds it never go to n8n.
-    customer_says(s, 42, "m2", "Oi?").await;
+    s.customer_says(42, "m2", "Oi?").await;
     // Another seller is refused, naming the holder; a stranger is forbidden; nonsense is 400.
     let (status, err) = s
         .post(
@@ -179,15 +162,15 @@ async fn an_ai_reply_in_flight_when_a_seller_takes_over_never_reaches_the_custom
 async fn a_seller_command_typed_in_whatsapp_acts_and_never_reaches_n8n() {
     let w = world(&[]).await;
     let s = &w.service;
-    customer_says(s, 43, "c1", "Oi").await;
+    s.customer_says(43, "c1", "Oi").await;
     w.n8n.wait_for_accepted(1, Duration::from_secs(10)).await;
-    let reply = customer_says(s, 9002, "s1", "/assumir 43").await;
+    let reply = s.customer_says(9002, "s1", "/assumir 43").await;
     assert_eq!(reply["commands"][0]["phase"], "human_assigned", "{reply}");
     assert_eq!(phase(s, 43).await, "human_assigned");
     let (status, _) = s.get("/conversations/9002").await;
     assert_eq!(status, 404, "the seller's own chat is not a conversation");
     // A customer typing something that looks like a command is just a customer.
-    customer_says(s, 44, "c2", "/assumir 43").await;
+    s.customer_says(44, "c2", "/assumir 43").await;
     let got = w.n8n.wait_for_accepted(2, Duration::from_secs(10)).await;
     assert_eq!(got[1].body["contact_id"], 44);
     assert_eq!(events(&w.n8n.accepted()), ["message", "message"]);
@@ -274,7 +257,7 @@ async fn proactive_starts_are_eligible_personalised_and_never_duplicated() {
     );
 
     // The customer's first answer moves it to the bot.
-    customer_says(s, 50, "p1", "Oi, pode falar").await;
+    s.customer_says(50, "p1", "Oi, pode falar").await;
     assert_eq!(phase(s, 50).await, "bot_active");
     let got = w.n8n.wait_for_accepted(2, Duration::from_secs(10)).await;
     assert_eq!(events(&got), ["proactive", "message"]);
@@ -285,7 +268,7 @@ async fn a_scheduling_request_goes_to_n8n_and_its_outcome_ends_the_phase() {
     let w = world(&[]).await;
     let s = &w.service;
     // Nobody responsible (no seller opened or holds it, no Kommo to ask): 422, nothing sent.
-    customer_says(s, 61, "n1", "Quero marcar").await;
+    s.customer_says(61, "n1", "Quero marcar").await;
     w.n8n.wait_for_accepted(1, Duration::from_secs(10)).await;
     let (status, err) = s
         .post("/agendamento/request", json!({"contact_id": 61}))
@@ -304,7 +287,7 @@ async fn a_scheduling_request_goes_to_n8n_and_its_outcome_ends_the_phase() {
         "trigger_type": "material_baixado"});
     let (status, opened) = s.post("/start-proactive", start).await;
     assert_eq!(status, 201, "{opened}");
-    customer_says(s, 60, "s1", "Quero marcar uma reunião").await;
+    s.customer_says(60, "s1", "Quero marcar uma reunião").await;
     w.n8n.wait_for_accepted(3, Duration::from_secs(10)).await;
     let (status, acc) = s
         .post(
@@ -348,8 +331,8 @@ async fn a_scheduling_request_goes_to_n8n_and_its_outcome_ends_the_phase() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_debounce_buffer_survives_kill9() {
     let mut w = world(&[("DEBOUNCE_MS", "1500")]).await;
-    customer_says(&w.service, 70, "b1", "Oi").await;
-    customer_says(&w.service, 70, "b2", "tudo bem?").await;
+    w.service.customer_says(70, "b1", "Oi").await;
+    w.service.customer_says(70, "b2", "tudo bem?").await;
     w.service.kill9();
     assert!(
         w.n8n.accepted().is_empty(),
@@ -383,7 +366,7 @@ async fn n8n_down_for_a_while_loses_nothing() {
     let s = &w.service;
     w.n8n.set_down(true);
     for c in 80..85u64 {
-        customer_says(s, c, &format!("d{c}"), "Oi").await;
+        s.customer_says(c, &format!("d{c}"), "Oi").await;
     }
     // Retries are happening against the down n8n.
     w.n8n

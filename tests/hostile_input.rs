@@ -29,22 +29,10 @@ fn webhook(items: &[(&str, u64, &str)]) -> String {
     message_add_form(ACCOUNT, SUBDOMAIN, &messages)
 }
 
-async fn post_form(s: &Service, path: &str, body: String) -> (u16, Value) {
-    let r = s
-        .client
-        .post(s.url(path))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 /// One customer message through the Kommo webhook, as Kommo posts it.
 async fn says(s: &Service, id: &str, contact: u64, text: &str) -> (u16, Value) {
-    post_form(s, "/webhooks/kommo", webhook(&[(id, contact, text)])).await
+    s.post_form("/webhooks/kommo", webhook(&[(id, contact, text)]))
+        .await
 }
 
 /// POSTs `body` as it is, with `content_type` and no credential; the status.
@@ -480,7 +468,7 @@ async fn metric_labels_come_from_closed_sets() {
         for i in 0..500 {
             body.push_str(&format!("&attacker{round}x{i}[add][0][id]=1"));
         }
-        let (status, answer) = post_form(&s, "/webhooks/kommo", body).await;
+        let (status, answer) = s.post_form("/webhooks/kommo", body).await;
         assert_eq!(status, 200, "{answer}");
     }
     // Made-up methods and paths.
@@ -492,7 +480,7 @@ async fn metric_labels_come_from_closed_sets() {
             .await
             .unwrap();
     }
-    let text = s.get_text("/metrics").await;
+    let text = s.metrics().await;
     for made_up in ["attacker", "BREW", "PROPFIND", "X-ATTACK", "nowhere"] {
         assert!(!text.contains(made_up), "{made_up} became a label:\n{text}");
     }
@@ -526,7 +514,7 @@ async fn a_webhook_naming_many_contacts_queues_instead_of_stampeding() {
         .enumerate()
         .map(|(i, id)| (id.as_str(), 20_000 + i as u64, "Oi"))
         .collect();
-    let (status, answer) = post_form(&s, "/webhooks/kommo", webhook(&items)).await;
+    let (status, answer) = s.post_form("/webhooks/kommo", webhook(&items)).await;
     assert_eq!(status, 200, "{answer}");
     let got = n8n.wait_for_accepted(60, Duration::from_secs(60)).await;
     assert!(n8n.max_in_flight() <= 3, "{} at once", n8n.max_in_flight());
@@ -574,7 +562,7 @@ async fn a_slow_n8n_never_sees_more_than_its_turns_nor_a_dispatch_twice() {
         ("slow-2", 30_302, "Oi"),
         ("slow-3", 30_303, "Oi"),
     ];
-    let (status, _) = post_form(&s, "/webhooks/kommo", webhook(&items)).await;
+    let (status, _) = s.post_form("/webhooks/kommo", webhook(&items)).await;
     assert_eq!(status, 200);
     n8n.wait_for_accepted(3, Duration::from_secs(60)).await;
     // Settled: nothing left in any of the three outboxes.
@@ -616,7 +604,7 @@ async fn a_503_from_a_frozen_store_is_safe_to_retry() {
     .await;
     let body = webhook(&[("frozen-1", 7171, "Oi")]);
     redis.pause();
-    let (status, answer) = post_form(&s, "/webhooks/kommo", body.clone()).await;
+    let (status, answer) = s.post_form("/webhooks/kommo", body.clone()).await;
     redis.resume();
     assert_eq!(status, 503, "{answer}");
     // Not known to be applied (the write may land once Redis thaws); the retry is safe.
@@ -637,7 +625,7 @@ async fn a_503_from_a_frozen_store_is_safe_to_retry() {
 async fn wait_for_200(s: &Service, body: &str) -> (u16, Value) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let answer = post_form(s, "/webhooks/kommo", body.to_owned()).await;
+        let answer = s.post_form("/webhooks/kommo", body.to_owned()).await;
         if answer.0 == 200 || tokio::time::Instant::now() > deadline {
             return answer;
         }
@@ -674,14 +662,14 @@ async fn every_state_changing_route_is_safe_to_retry() {
         let s = &s;
         async move {
             let (first, a) = if path == "/webhooks/kommo" {
-                post_form(s, path, body.as_str().unwrap().to_owned()).await
+                s.post_form(path, body.as_str().unwrap().to_owned()).await
             } else {
                 s.post(path, body.clone()).await
             };
             assert!(first < 300, "{path}: {first} {a}");
             let (_, after_first) = s.get(&format!("/conversations/{contact}")).await;
             let (second, b) = if path == "/webhooks/kommo" {
-                post_form(s, path, body.as_str().unwrap().to_owned()).await
+                s.post_form(path, body.as_str().unwrap().to_owned()).await
             } else {
                 s.post(path, body).await
             };
@@ -790,8 +778,7 @@ async fn the_edges_of_input_are_refused_by_name_or_read_by_shape() {
     let (status, _) = s.get("/conversations/0").await;
     assert_eq!(status, 400);
     // With the account configured, a body naming none is refused.
-    let (status, err) = post_form(
-        &s,
+    let (status, err) = s.post_form(
         "/webhooks/kommo",
         "message[add][0][id]=x1&message[add][0][contact_id]=5&message[add][0][text]=Oi&message[add][0][type]=incoming"
             .into(),
@@ -808,7 +795,7 @@ async fn the_edges_of_input_are_refused_by_name_or_read_by_shape() {
         "message": {"add": [{"id": "j1", "contact_id": "9191", "talk_id": "1", "entity_id": "5",
             "entity_type": "lead", "text": "Oi", "type": "incoming", "created_at": "1700000000"}]}
     });
-    let (status, answer) = post_form(&s, "/webhooks/kommo", json_body.to_string()).await;
+    let (status, answer) = s.post_form("/webhooks/kommo", json_body.to_string()).await;
     assert_eq!(
         (status, answer["items"].as_u64()),
         (200, Some(1)),

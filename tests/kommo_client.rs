@@ -1,87 +1,28 @@
 //! The Kommo client and token manager against the faithful fake Kommo (`support::fake_kommo`):
 //! OAuth rotation that survives a restart, single-flight refresh, a dead authorization that
-//! fails fast, long-lived tokens, the 7 req/s limit as measured by the fake itself, 429 backoff,
-//! the 403 circuit, 204 = nothing, typed problem+json errors, users pagination and the
-//! write calls (notes, lead patches, Salesbot runs).
+//! fails fast, long-lived tokens, 429 backoff, the 403 circuit, 204 = nothing, typed
+//! problem+json errors, users pagination. The 7 req/s limit is `kommo_limiter.rs`; the write
+//! calls are `kommo_writes.rs` (each its own binary: they read the process's call counters).
 //!
-//! Only `limiter_200_calls_after_a_401_stay_under_7_per_second` is slow (~32 s: 200 calls at
-//! ≤ 7 req/s); it also covers a 401 storm through the client. The "100 concurrent callers hit
-//! a 401" check runs at the token-manager level, where all 100 really do hold the stale token at
-//! once (through the client, the limiter spaces calls 157 ms apart and the token is read after
-//! the permit, so later calls already carry the new token).
+//! The "100 concurrent callers hit a 401" check runs at the token-manager level, where all 100
+//! really do hold the stale token at once (through the client, the limiter spaces calls 157 ms
+//! apart and the token is read after the permit, so later calls already carry the new token).
 
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use conversa::kommo::client::{KommoClient, KommoSettings, LeadPatch};
+use conversa::kommo::client::{KommoSettings, LeadPatch};
 use conversa::kommo::error::KommoError;
-use conversa::kommo::oauth::{OAuthSettings, TokenManager, TokenState, Tokens};
+use conversa::kommo::oauth::{TokenState, Tokens};
+use conversa::store::Store;
 use conversa::store::embedded::EmbeddedStore;
-use conversa::store::{IndexUpdate, MemoryStore, Store, StoreError, StoredSnapshot};
 use conversa_actors::Commitment;
-use conversa_actors::{ContactKey, Millis, PhaseName};
+use conversa_actors::store::{FaultyStore, MemoryStore};
 use serde_json::json;
-use support::fake_kommo::{
-    self, FakeContact, FakeKommo, FakeLead, FakeMessage, FakeTalk, FakeUser, wait_until,
-};
-
-const KEY: &str = "kommo:tokens:fakeconta";
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn oauth(fake: &FakeKommo, seed: Option<Tokens>) -> OAuthSettings {
-    OAuthSettings {
-        client_id: fake_kommo::CLIENT_ID.into(),
-        client_secret: fake_kommo::CLIENT_SECRET.into(),
-        redirect_uri: fake_kommo::REDIRECT_URI.into(),
-        base_url: fake.base_url(),
-        account_key: KEY.into(),
-        seed,
-    }
-}
-
-fn seed_pair(fake: &FakeKommo) -> Tokens {
-    let (access, refresh) = fake.issue_tokens();
-    Tokens {
-        access_token: access,
-        refresh_token: Some(refresh),
-        expires_at: Some(now_unix() + 86_400),
-    }
-}
-
-fn settings(fake: &FakeKommo) -> KommoSettings {
-    KommoSettings {
-        timeout: Duration::from_secs(5),
-        ..KommoSettings::new(fake.api_url())
-    }
-}
-
-fn manager(fake: &FakeKommo, store: Arc<dyn Store>, seed: Option<Tokens>) -> TokenManager {
-    TokenManager::new(
-        store,
-        conversa::kommo::client::http_client(),
-        oauth(fake, seed),
-    )
-}
-
-fn client_with(tokens: TokenManager, s: KommoSettings) -> KommoClient {
-    KommoClient::new(s, tokens).expect("client")
-}
-
-/// A client on a fresh in-memory store, seeded with a valid pair.
-fn client(fake: &FakeKommo) -> KommoClient {
-    let tokens = manager(fake, Arc::new(MemoryStore::new()), Some(seed_pair(fake)));
-    client_with(tokens, settings(fake))
-}
+use support::fake_kommo::{self, FakeKommo, FakeLead, FakeMessage, FakeUser, wait_until};
+use support::kommo_client::{KEY, client, client_with, manager, now_unix, seed_pair, settings};
 
 #[tokio::test]
 async fn oauth_rotation_survives_a_restart() {
@@ -290,72 +231,16 @@ async fn refreshes_ahead_of_expiry() {
     assert_eq!(tokens.state(), TokenState::Ok);
 }
 
-/// A store whose `put_value` can be made to fail.
-struct FlakyStore {
-    inner: MemoryStore,
-    fail_puts: AtomicBool,
-}
-
-#[async_trait]
-impl Store for FlakyStore {
-    fn backend(&self) -> &'static str {
-        "flaky"
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-    async fn load(&self, key: &ContactKey) -> Result<Option<StoredSnapshot>, StoreError> {
-        self.inner.load(key).await
-    }
-    async fn save(
-        &self,
-        key: &ContactKey,
-        expected: u64,
-        data: &[u8],
-        index: &IndexUpdate,
-    ) -> Result<u64, StoreError> {
-        self.inner.save(key, expected, data, index).await
-    }
-    async fn due(
-        &self,
-        upto: Millis,
-        limit: usize,
-    ) -> Result<Vec<(ContactKey, Millis)>, StoreError> {
-        self.inner.due(upto, limit).await
-    }
-    async fn pending_outbox(&self, limit: usize) -> Result<Vec<ContactKey>, StoreError> {
-        self.inner.pending_outbox(limit).await
-    }
-    async fn pending_outbox_count(&self) -> Result<u64, StoreError> {
-        self.inner.pending_outbox_count().await
-    }
-    async fn phases(&self, limit: usize) -> Result<Vec<(ContactKey, PhaseName)>, StoreError> {
-        self.inner.phases(limit).await
-    }
-    async fn get_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get_value(name).await
-    }
-    async fn put_value(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
-        if self.fail_puts.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("injected".into()));
-        }
-        self.inner.put_value(name, data).await
-    }
-}
-
 #[tokio::test]
 async fn rotated_pair_is_persisted_before_use_and_never_lost() {
     let fake = FakeKommo::start().await;
-    let store = Arc::new(FlakyStore {
-        inner: MemoryStore::new(),
-        fail_puts: AtomicBool::new(false),
-    });
+    let store = Arc::new(FaultyStore::new());
     let seed = seed_pair(&fake);
     let tokens = manager(&fake, store.clone(), Some(seed.clone()));
     let client = client_with(tokens.clone(), settings(&fake));
     client.account().await.unwrap();
 
-    store.fail_puts.store(true, Ordering::SeqCst);
+    store.fail_puts(true);
     fake.expire_access_token();
     let err = client.account().await.unwrap_err();
     assert!(matches!(err, KommoError::TokenStore(_)), "{err:?}");
@@ -368,11 +253,11 @@ async fn rotated_pair_is_persisted_before_use_and_never_lost() {
     ));
     assert_eq!(fake.token_requests().len(), 1);
     let stored: serde_json::Value =
-        serde_json::from_slice(&store.inner.get_value(KEY).await.unwrap().unwrap()).unwrap();
+        serde_json::from_slice(&store.get_value(KEY).await.unwrap().unwrap()).unwrap();
     assert_eq!(stored["tokens"]["access_token"], json!(seed.access_token));
 
     // The store heals: the background task stores the pending pair, which then works.
-    store.fail_puts.store(false, Ordering::SeqCst);
+    store.fail_puts(false);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match client.account().await {
@@ -384,45 +269,13 @@ async fn rotated_pair_is_persisted_before_use_and_never_lost() {
         }
     }
     let stored: serde_json::Value =
-        serde_json::from_slice(&store.inner.get_value(KEY).await.unwrap().unwrap()).unwrap();
+        serde_json::from_slice(&store.get_value(KEY).await.unwrap().unwrap()).unwrap();
     let last = fake.api_requests().pop().unwrap();
     assert_eq!(
         stored["tokens"]["access_token"],
         json!(last.bearer.unwrap())
     );
     assert_eq!(fake.token_requests().len(), 1, "still one refresh");
-}
-
-#[tokio::test]
-async fn limiter_200_calls_after_a_401_stay_under_7_per_second() {
-    let fake = FakeKommo::start().await;
-    let client = client(&fake);
-    fake.expire_access_token();
-    let started = Instant::now();
-    let calls: Vec<_> = (0..200)
-        .map(|_| {
-            let c = client.clone();
-            tokio::spawn(async move { c.account().await })
-        })
-        .collect();
-    for c in calls {
-        c.await.unwrap().expect("every call succeeds");
-    }
-    let elapsed = started.elapsed();
-    let max = fake.max_requests_in_any_second();
-    assert!(max <= 7, "the fake saw {max} requests within one second");
-    let requests = fake.api_requests();
-    assert!(requests.iter().all(|r| r.status != 429), "no 429");
-    assert_eq!(requests.iter().filter(|r| r.status == 200).count(), 200);
-    assert_eq!(fake.refresh_count(), 1, "one refresh for the whole burst");
-    assert!(client.limiter_waits() > 150, "{}", client.limiter_waits());
-    // 201 requests at ≤ 7/s take at least 28 s.
-    assert!(elapsed >= Duration::from_secs(28), "{elapsed:?}");
-    let calls = client.calls_snapshot();
-    assert!(
-        calls.contains(&(("GET /api/v4/account".to_owned(), 200), 200)),
-        "{calls:?}"
-    );
 }
 
 #[tokio::test]
@@ -586,114 +439,6 @@ async fn users_come_from_every_page() {
         .collect();
     assert_eq!(pages.len(), 3, "{pages:?}");
     assert!(pages[2].contains("page=3") && pages[2].contains("limit=250"));
-}
-
-#[tokio::test]
-async fn reads_and_writes_entities() {
-    let fake = FakeKommo::start().await;
-    let client = client(&fake);
-    let account = client.account().await.unwrap();
-    assert_eq!(
-        (
-            account.id,
-            account.name.as_str(),
-            account.subdomain.as_str()
-        ),
-        (
-            fake_kommo::ACCOUNT_ID,
-            fake_kommo::ACCOUNT_NAME,
-            "fakeconta"
-        )
-    );
-
-    let mut lead = FakeLead::new(878_244);
-    lead.responsible_user_id = 504_141;
-    lead.contact_ids = vec![1_298_200];
-    fake.add_lead(lead);
-    fake.add_lead_field(3);
-    let mut contact = FakeContact::new(1_298_200, "Douglas Augusto");
-    contact.phones = vec!["+5511999990000".into()];
-    fake.add_contact(contact);
-    fake.add_talk(FakeTalk::new(109, 1_298_200, Some(878_244)));
-
-    let lead = client.lead(878_244, true).await.unwrap().unwrap();
-    assert_eq!(lead.contact_ids, vec![1_298_200]);
-    assert_eq!(lead.responsible_user_id, 504_141);
-    assert!(lead.custom_fields.is_null());
-    let no_contacts = client.lead(878_244, false).await.unwrap().unwrap();
-    assert!(no_contacts.contact_ids.is_empty());
-
-    let contact = client.contact(1_298_200).await.unwrap().unwrap();
-    assert_eq!(contact.phones, vec!["+5511999990000".to_owned()]);
-    let talk = client.talk(109).await.unwrap().unwrap();
-    assert_eq!(
-        (talk.id, talk.contact_id, talk.lead_id, talk.is_in_work),
-        (109, 1_298_200, Some(878_244), true)
-    );
-
-    let note_id = client.add_note(878_244, "IA pausada").await.unwrap();
-    assert_eq!(fake.notes().len(), 1);
-    assert_eq!(fake.notes()[0].id, note_id);
-    assert_eq!(fake.notes()[0].text, "IA pausada");
-    assert_eq!(fake.notes()[0].note_type, "common");
-
-    let patch = LeadPatch {
-        custom_fields: vec![(3, json!("resposta da IA"))],
-        tags_to_add: vec!["ia-off".into()],
-        tags_to_delete: vec![],
-    };
-    client.patch_lead(878_244, &patch).await.unwrap();
-    let lead = client.lead(878_244, false).await.unwrap().unwrap();
-    assert_eq!(
-        lead.custom_fields[0]["values"][0]["value"],
-        json!("resposta da IA")
-    );
-    assert_eq!(lead.tags, vec!["ia-off".to_owned()]);
-    assert_eq!(fake.patches().len(), 1);
-
-    client
-        .run_salesbot(84_562, 878_244, &Commitment::default())
-        .await
-        .unwrap();
-    let runs = fake.salesbot_runs();
-    assert_eq!(runs.len(), 1);
-    assert_eq!(
-        (runs[0].bot_id, runs[0].entity_id, runs[0].entity_type),
-        (84_562, 878_244, 2)
-    );
-
-    // A 5xx is not retried by the client (the bot may have run already), and the caller is
-    // told the run is in doubt.
-    fake.set_server_error_on_salesbot(1);
-    let in_doubt = Commitment::default();
-    let err = client
-        .run_salesbot(84_562, 878_244, &in_doubt)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, KommoError::Server { status: 500, .. }),
-        "{err:?}"
-    );
-    assert!(err.is_retryable(), "the caller decides");
-    assert!(in_doubt.is_marked(), "a 5xx leaves the run in doubt");
-    let runs = fake.salesbot_runs();
-    assert_eq!(runs.len(), 2, "exactly one attempt");
-    assert_eq!(runs[1].status, 500);
-
-    // 429s prove the bot did not run: once the client gives up on them, nothing is in doubt.
-    fake.fail_next("/api/v2/salesbot/run", 429, 10);
-    let in_doubt = Commitment::default();
-    let err = client
-        .run_salesbot(84_562, 878_244, &in_doubt)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, KommoError::RateLimited { .. }), "{err:?}");
-    assert!(!in_doubt.is_marked(), "refused runs are safe to retry");
-    assert_eq!(fake.salesbot_runs().len(), 2, "no run was carried out");
-
-    let calls = client.calls_snapshot();
-    assert!(calls.contains(&(("POST /api/v2/salesbot/run".to_owned(), 500), 1)));
-    assert!(calls.contains(&(("GET /api/v4/leads/{id}".to_owned(), 200), 3)));
 }
 
 #[tokio::test]

@@ -269,15 +269,7 @@ async fn decisions_leave_notes_and_the_connection_can_be_checked() {
     assert_eq!(health["kommo"]["state"], "ok");
     let _ = &w.n8n;
     // Kommo calls are in /metrics by endpoint and status.
-    let metrics = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     for family in [
         "kommo_calls_total{endpoint=\"GET /api/v4/users\",status=\"200\"}",
         "kommo_call_seconds_bucket",

@@ -3,9 +3,12 @@
 //! variants, spaces and UTF-8, malformed bodies and the abuse limits, and a property test that the
 //! form and JSON encodings of random messages parse to the same `Webhook`.
 
+mod support;
+
 use conversa::kommo::webhook::*;
 use proptest::prelude::*;
 use serde_json::json;
+use support::fake_kommo::form;
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
@@ -126,15 +129,6 @@ fn capture_voice_message() -> MessageItem {
         }),
         ..capture_text_message()
     }
-}
-
-/// Encodes pairs the way Kommo does (`form_urlencoded`: brackets percent-encoded, space → `+`).
-fn form(pairs: &[(&str, &str)]) -> String {
-    let mut s = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in pairs {
-        s.append_pair(k, v);
-    }
-    s.finish()
 }
 
 fn messages(w: &Webhook) -> Vec<&MessageItem> {

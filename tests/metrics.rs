@@ -41,15 +41,7 @@ async fn metrics_cover_http_actors_events_effects_replies_outbox_and_store() {
         .await;
     assert_eq!((status, reply["reason"].as_str()), (200, Some("paused")));
 
-    let text = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     for family in [
         "http_requests_total{route=\"/webhooks/kommo\",method=\"POST\",status=\"200\"}",
         "http_request_duration_seconds_bucket",

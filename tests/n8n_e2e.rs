@@ -127,24 +127,6 @@ impl Drop for N8n {
     }
 }
 
-async fn customer_says(s: &Service, contact: u64, id: &str, text: &str) {
-    let body = form_urlencoded::Serializer::new(String::new())
-        .append_pair("message[add][0][id]", id)
-        .append_pair("message[add][0][contact_id]", &contact.to_string())
-        .append_pair("message[add][0][text]", text)
-        .append_pair("message[add][0][type]", "incoming")
-        .finish();
-    let r = s
-        .client
-        .post(s.url("/webhooks/kommo"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
-}
-
 async fn conversation(s: &Service, contact: u64) -> Value {
     let (status, c) = s.get(&format!("/conversations/{contact}")).await;
     assert_eq!(status, 200, "{c}");
@@ -198,7 +180,7 @@ struct Answered {
 /// reply_accepted.
 async fn say_and_wait_reply(s: &Service, contact: u64, id: &str, text: &str) -> Answered {
     let t0 = Instant::now();
-    customer_says(s, contact, id, text).await;
+    s.customer_says(contact, id, text).await;
     let ((dispatch_id, service_ms), c) = wait_until(s, contact, "reply_accepted", |c| {
         let tl = timeline(c);
         let i = tl

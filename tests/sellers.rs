@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use conversa::sellers::*;
+use conversa::store::Store;
 use conversa::store::embedded::EmbeddedStore;
-use conversa::store::{MemoryStore, Store};
+use conversa_actors::store::MemoryStore;
 use serde_json::json;
 use tokio::sync::watch;
 

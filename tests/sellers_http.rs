@@ -15,7 +15,8 @@ use clap::Parser;
 use conversa::app::AppState;
 use conversa::config::Config;
 use conversa::sellers::*;
-use conversa::store::{MemoryStore, Store};
+use conversa::store::Store;
+use conversa_actors::store::MemoryStore;
 use conversa_actors::{Engine, EngineConfig, Event, Executors, Links, SellerRef};
 use serde_json::{Value, json};
 

@@ -9,22 +9,6 @@ use serde_json::{Value, json};
 use support::fake_n8n::FakeN8n;
 use support::service::Service;
 
-async fn webhook_message(service: &Service, contact: u64, id: &str, text: &str) {
-    let body = format!(
-        "message%5Badd%5D%5B0%5D%5Bid%5D={id}&message%5Badd%5D%5B0%5D%5Bcontact_id%5D={contact}\
-         &message%5Badd%5D%5B0%5D%5Btext%5D={text}&message%5Badd%5D%5B0%5D%5Btype%5D=incoming"
-    );
-    let r = service
-        .client
-        .post(service.url("/webhooks/kommo"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-}
-
 async fn callback(service: &Service, token: Option<&str>, body: Value) -> (u16, Value) {
     let mut req = service
         .client
@@ -54,7 +38,7 @@ async fn the_reply_to_the_current_dispatch_is_delivered_and_a_late_one_dropped()
     let n8n = FakeN8n::start().await;
     let dir = tempfile::tempdir().unwrap();
     let service = start(&n8n, &dir).await;
-    webhook_message(&service, 42, "m1", "Oi").await;
+    service.customer_says(42, "m1", "Oi").await;
     let first = n8n.wait_for_accepted(1, Duration::from_secs(10)).await;
     let d1 = first[0].body["dispatch_id"].as_str().unwrap().to_owned();
     let callback_url = first[0].body["callback_url"].as_str().unwrap();
@@ -67,7 +51,7 @@ async fn the_reply_to_the_current_dispatch_is_delivered_and_a_late_one_dropped()
     );
 
     // The customer writes again before n8n answers: the first dispatch is superseded.
-    webhook_message(&service, 42, "m2", "Quanto custa?").await;
+    service.customer_says(42, "m2", "Quanto custa?").await;
     let second = n8n.wait_for_accepted(2, Duration::from_secs(10)).await;
     let d2 = second[1].body["dispatch_id"].as_str().unwrap().to_owned();
     let ids: Vec<_> = second[1].body["messages"]
@@ -114,7 +98,7 @@ async fn the_reply_to_the_current_dispatch_is_delivered_and_a_late_one_dropped()
     assert!(conv["pending_messages"].as_array().unwrap().is_empty());
 
     // After a pause, even the current dispatch's reply is dropped.
-    webhook_message(&service, 42, "m3", "Oi de novo").await;
+    service.customer_says(42, "m3", "Oi de novo").await;
     let third = n8n.wait_for_accepted(3, Duration::from_secs(10)).await;
     let d3 = third[2].body["dispatch_id"].as_str().unwrap().to_owned();
     let (status, _) = service
@@ -139,7 +123,7 @@ async fn bad_callbacks_are_refused_and_change_nothing() {
     let n8n = FakeN8n::start().await;
     let dir = tempfile::tempdir().unwrap();
     let service = start(&n8n, &dir).await;
-    webhook_message(&service, 7, "m1", "Oi").await;
+    service.customer_says(7, "m1", "Oi").await;
     let body = json!({"contact_id": 7, "text": "Olá"});
     let (status, err) = callback(&service, None, body.clone()).await;
     assert_eq!((status, err["error"].as_str()), (401, Some("unauthorized")));

@@ -5,32 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::Value;
+use support::fake_kommo::form;
 use support::fake_n8n::FakeN8n;
 use support::service::Service;
-
-/// Percent-encodes like Kommo: brackets as %5B/%5D, spaces as `+`.
-fn form(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-fn enc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => {
-                out.push(b as char)
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
 
 /// The real WhatsApp Lite capture of docs/kommo.md (*Capture B*), as Kommo form-encodes it.
 fn capture_b(message_id: &str, text: &str) -> String {
@@ -68,20 +45,6 @@ fn capture_b(message_id: &str, text: &str) -> String {
     form(&refs)
 }
 
-async fn post_form(service: &Service, path: &str, body: String) -> (u16, Value) {
-    let r = service
-        .client
-        .post(service.url(path))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("user-agent", "amoCRM-WebHook-client/1.0")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_kommo_message_reaches_n8n_once_however_often_it_is_redelivered() {
     let n8n = FakeN8n::start().await;
@@ -95,7 +58,7 @@ async fn a_real_kommo_message_reaches_n8n_once_however_often_it_is_redelivered()
     .await;
     let body = capture_b("c0925911-ce8f-4994-b117-542b5f28d036", "Oi");
     for _ in 0..20 {
-        let (status, reply) = post_form(&service, "/webhooks/kommo", body.clone()).await;
+        let (status, reply) = service.post_form("/webhooks/kommo", body.clone()).await;
         assert_eq!(status, 200, "{reply}");
     }
     let got = n8n.wait_for_accepted(1, Duration::from_secs(10)).await;
@@ -138,7 +101,7 @@ async fn one_bad_item_never_blocks_the_others_and_is_reported() {
         ("message[add][2][id]", "bad-2"),
         ("message[add][2][contact_id]", "0"),
     ]);
-    let (status, answer) = post_form(&service, "/webhooks/kommo", body).await;
+    let (status, answer) = service.post_form("/webhooks/kommo", body).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["items"], 1, "{answer}");
     assert_eq!(answer["changed"], 1, "{answer}");
@@ -167,7 +130,9 @@ async fn one_bad_item_never_blocks_the_others_and_is_reported() {
         "logged at WARN"
     );
     // A body with nothing usable is still refused, and changes nothing.
-    let (status, err) = post_form(&service, "/webhooks/kommo", "account[id]=acme".into()).await;
+    let (status, err) = service
+        .post_form("/webhooks/kommo", "account[id]=acme".into())
+        .await;
     assert_eq!(status, 400, "{err}");
     assert_eq!(err["field"], "account[id]", "{err}");
     let (_, stats) = service.get("/stats").await;
@@ -188,15 +153,17 @@ async fn the_webhook_secret_is_required_in_the_query_or_the_path() {
         "/webhooks/kommo?token=wrong",
         "/webhooks/kommo/wrong",
     ] {
-        let (status, err) = post_form(&service, path, body.clone()).await;
+        let (status, err) = service.post_form(path, body.clone()).await;
         assert_eq!(status, 401, "{path}: {err}");
         assert_eq!(err["error"], "unauthorized");
     }
     let (_, stats) = service.get("/stats").await;
     assert_eq!(stats["contacts"], 0);
-    let (status, _) = post_form(&service, "/webhooks/kommo?token=s3cr3t-hook", body.clone()).await;
+    let (status, _) = service
+        .post_form("/webhooks/kommo?token=s3cr3t-hook", body.clone())
+        .await;
     assert_eq!(status, 200);
-    let (status, _) = post_form(&service, "/webhooks/kommo/s3cr3t-hook", body).await;
+    let (status, _) = service.post_form("/webhooks/kommo/s3cr3t-hook", body).await;
     assert_eq!(status, 200);
 }
 
@@ -208,7 +175,9 @@ async fn bodies_from_another_account_are_refused() {
         ("KOMMO_ACCOUNT_ID", "1"),
     ])
     .await;
-    let (status, err) = post_form(&service, "/webhooks/kommo", capture_b("m1", "Oi")).await;
+    let (status, err) = service
+        .post_form("/webhooks/kommo", capture_b("m1", "Oi"))
+        .await;
     assert_eq!(status, 403, "{err}");
     assert_eq!(err["error"], "wrong_account");
     let (status, _) = service.get("/conversations/1298200").await;
@@ -242,7 +211,7 @@ async fn a_mixed_body_applies_every_item_and_counts_the_unknown() {
         ("talk[add][0][entity_type]", "lead"),
         ("task[add][0][id]", "5"),
     ]);
-    let (status, reply) = post_form(&service, "/webhooks/kommo", body).await;
+    let (status, reply) = service.post_form("/webhooks/kommo", body).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["items"], 3);
     assert_eq!(reply["unknown"][0], "task[add]");

@@ -12,16 +12,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::oneshot;
 use tracing::{debug, error, warn};
 
 use crate::clock::now_millis;
 use crate::contact::{ContactKey, Millis};
 use crate::conversation::{Conversation, Outcome, Rejection};
-use crate::engine::{Core, EngineError};
+use crate::error::EngineError;
 use crate::event::Event;
 use crate::executor::{ExecError, Job};
-use crate::phase::{Phase, PhaseName};
+use crate::mailbox::{Applied, ContactMsg};
+use crate::node::Core;
+use crate::phase::PhaseName;
 use crate::registry::Slot;
 use crate::store::{IndexUpdate, StoreError};
 
@@ -29,37 +30,6 @@ use crate::store::{IndexUpdate, StoreError};
 const MAX_CONFLICTS: usize = 16;
 /// How many timeline entries go to executors as history.
 const HISTORY: usize = 20;
-
-pub enum ContactMsg {
-    /// Apply an event and answer once it is durable.
-    Apply {
-        event: Event,
-        reply: oneshot::Sender<Result<Applied, EngineError>>,
-    },
-    /// Run whatever is due: timers, outbox retries, expired claims.
-    Wake,
-    /// An outbox entry finished; `found` are links the executor discovered.
-    Executed {
-        id: String,
-        result: Result<(), ExecError>,
-        found: Option<crate::message::Links>,
-    },
-    /// Stop if still idle (sent by the engine's passivation sweep).
-    Passivate { idle_ms: u64 },
-    /// The last message of a passivated actor.
-    Stop,
-}
-
-/// The answer to an applied event.
-#[derive(Clone, Debug)]
-pub struct Applied {
-    /// What the event did, or why it was refused (then nothing changed).
-    pub outcome: Result<Outcome, Rejection>,
-    /// The phase after the event.
-    pub phase: Phase,
-    /// The stored version after the event.
-    pub version: u64,
-}
 
 pub(crate) struct ContactActor;
 
@@ -307,7 +277,7 @@ impl ContactState {
             .conversation
             .as_ref()
             .and_then(|c| c.outbox.get(&id))
-            .map_or("unknown", |e| crate::engine::effect_label(&e.effect));
+            .map_or("unknown", |e| crate::node::effect_label(&e.effect));
         let failed = result.is_err();
         let applied = self.apply(event).await;
         if applied.is_ok() {
@@ -318,7 +288,7 @@ impl ContactState {
             if failed && gone {
                 self.core.stats.count_dead_letter(kind);
             }
-            self.core.reports.record(crate::engine::Report {
+            self.core.reports.record(crate::node::Report {
                 id: id.clone(),
                 result: result.clone(),
                 finished: gone,
@@ -449,11 +419,55 @@ impl ContactState {
                     Ok(r) => r,
                     Err(_) => Err(job.committed.timeout_outcome()),
                 };
-                let kind = crate::engine::effect_label(&job.effect);
+                let kind = crate::node::effect_label(&job.effect);
                 core.stats.count_execution(kind, &result, started.elapsed());
                 let found = job.found.take();
                 core.deliver_result(job.key, job.id, result, found).await;
             });
+        }
+    }
+}
+
+/// Spawns the actor of `key`, linked to the node's supervisor (the node's [`Core::activate`]).
+pub(crate) fn activate(
+    core: Arc<Core>,
+    key: ContactKey,
+    slot: Arc<Slot>,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<ActorRef<ContactMsg>, EngineError>> + Send>,
+> {
+    Box::pin(spawn(core, key, slot))
+}
+
+async fn spawn(
+    core: Arc<Core>,
+    key: ContactKey,
+    slot: Arc<Slot>,
+) -> Result<ractor::ActorRef<ContactMsg>, EngineError> {
+    let supervisor = core.supervisor.get().expect("supervisor started").clone();
+    let args = ContactArgs {
+        key,
+        core: core.clone(),
+        slot: slot.clone(),
+    };
+    match Actor::spawn_linked(None, ContactActor, args, supervisor).await {
+        Ok((actor, _join)) => {
+            core.by_actor.insert(actor.get_id(), (key, slot));
+            Ok(actor)
+        }
+        Err(e) => {
+            // pre_start failed: the store could not load the snapshot. The answer names
+            // the store's error, not the actor framework's wording around it.
+            let text = e.to_string();
+            if text.contains("corrupt") {
+                Err(EngineError::Corrupt(text))
+            } else {
+                let cause = text
+                    .find("store unavailable: ")
+                    .map(|at| text[at + "store unavailable: ".len()..].to_owned())
+                    .unwrap_or_else(|| "the conversation could not be loaded".to_owned());
+                Err(EngineError::Unavailable(cause))
+            }
         }
     }
 }

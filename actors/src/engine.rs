@@ -6,29 +6,30 @@
 //! re-arms due timers and resumes pending outbox entries from the store's indexes, so its cost
 //! does not grow with the number of stored contacts.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use ractor::{Actor, ActorCell, ActorId};
+use ractor::Actor;
 use serde::Serialize;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::actor::{Applied, ContactActor, ContactArgs, ContactMsg};
 use crate::clock::now_millis;
 use crate::contact::ContactKey;
 use crate::conversation::Conversation;
+pub use crate::error::EngineError;
 use crate::event::Event;
 use crate::executor::{ExecError, Executors};
+use crate::mailbox::{Applied, ContactMsg};
+use crate::node::{Core, Reports, Stats};
 use crate::policy::Policy;
-use crate::registry::{Delivery, Slot};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 use crate::supervisor::Supervisor;
-use crate::timers::{self, TimerHandle};
+use crate::timers::{self};
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -63,136 +64,6 @@ impl Default for EngineConfig {
     }
 }
 
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum EngineError {
-    /// The store is down: answer 503, nothing changed.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    /// Too many concurrent writers on one contact: answer 503, nothing changed.
-    #[error("contact too contended; try again")]
-    Contended,
-    /// The contact's actor failed while handling the request: answer 500.
-    #[error("contact actor failed: {0}")]
-    ActorFailed(String),
-    #[error("stored data corrupt: {0}")]
-    Corrupt(String),
-}
-
-impl From<StoreError> for EngineError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(m) => EngineError::Unavailable(m),
-            StoreError::Conflict { .. } => EngineError::Contended,
-            StoreError::Corrupt(m) => EngineError::Corrupt(m),
-        }
-    }
-}
-
-/// Counters shown by `/stats` and `/metrics`.
-#[derive(Default)]
-pub(crate) struct Stats {
-    pub activations: AtomicU64,
-    pub passivations: AtomicU64,
-    pub restarts: AtomicU64,
-    pub conflicts: AtomicU64,
-    pub saves: AtomicU64,
-    pub save_micros: AtomicU64,
-    pub executed_ok: AtomicU64,
-    pub executed_retry: AtomicU64,
-    pub executed_failed: AtomicU64,
-    pub events: DashMap<&'static str, AtomicU64>,
-}
-
-impl Stats {
-    pub fn count_event(&self, name: &'static str) {
-        self.events
-            .entry(name)
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("conversa_events_total", "type" => name).increment(1);
-    }
-
-    pub fn count_execution(
-        &self,
-        kind: &'static str,
-        result: &Result<(), ExecError>,
-        took: Duration,
-    ) {
-        let (counter, label) = match result {
-            Ok(()) => (&self.executed_ok, "ok"),
-            Err(ExecError::Retry(_)) => (&self.executed_retry, "retry"),
-            Err(ExecError::Permanent(_)) => (&self.executed_failed, "failed"),
-            Err(ExecError::Uncertain(_)) => (&self.executed_failed, "unknown"),
-            Err(ExecError::NoLead(_)) => (&self.executed_failed, "no_lead"),
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("conversa_effects_total", "kind" => kind, "result" => label).increment(1);
-        metrics::histogram!("conversa_effect_seconds", "kind" => kind).record(took.as_secs_f64());
-    }
-
-    pub fn count_dead_letter(&self, kind: &'static str) {
-        metrics::counter!("conversa_effects_dead_lettered_total", "kind" => kind).increment(1);
-    }
-
-    pub fn record_save(&self, took: Duration) {
-        self.saves.fetch_add(1, Ordering::Relaxed);
-        self.save_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        metrics::histogram!("conversa_store_seconds", "op" => "save").record(took.as_secs_f64());
-    }
-
-    pub fn record_load(&self, took: Duration) {
-        metrics::histogram!("conversa_store_seconds", "op" => "load").record(took.as_secs_f64());
-    }
-
-    pub fn activation(&self) {
-        self.activations.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("conversa_actor_activations_total").increment(1);
-    }
-
-    pub fn passivation(&self) {
-        self.passivations.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("conversa_actor_passivations_total").increment(1);
-    }
-
-    pub fn restart(&self) {
-        self.restarts.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("conversa_actor_restarts_total").increment(1);
-    }
-
-    pub fn conflict(&self) {
-        self.conflicts.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("conversa_store_cas_conflicts_total").increment(1);
-    }
-
-    /// A reply from n8n: accepted for delivery, or dropped with its reason.
-    pub fn reply(&self, dropped: Option<&'static str>) {
-        match dropped {
-            None => metrics::counter!("conversa_replies_total", "result" => "accepted", "reason" => "")
-                .increment(1),
-            Some(reason) => {
-                metrics::counter!("conversa_replies_total", "result" => "dropped", "reason" => reason)
-                    .increment(1)
-            }
-        }
-    }
-}
-
-/// The metric label of an effect: `dispatch_message`, `deliver_reply`, `add_note`...
-pub(crate) fn effect_label(effect: &crate::effect::Effect) -> &'static str {
-    use crate::effect::{DispatchKind, Effect};
-    match effect {
-        Effect::Dispatch(d) => match d.kind {
-            DispatchKind::Message => "dispatch_message",
-            DispatchKind::Proactive => "dispatch_proactive",
-            DispatchKind::Scheduling => "dispatch_scheduling",
-            DispatchKind::Released => "dispatch_released",
-        },
-        Effect::DeliverReply { .. } => "deliver_reply",
-        Effect::AddNote { .. } => "add_note",
-    }
-}
-
 /// A point-in-time copy of the engine's counters.
 #[derive(Clone, Debug, Serialize)]
 pub struct EngineStats {
@@ -212,64 +83,6 @@ pub struct EngineStats {
     pub events: BTreeMap<String, u64>,
 }
 
-/// State shared by the engine, its actors and its background tasks.
-pub(crate) struct Core {
-    pub store: Arc<dyn Store>,
-    pub executors: Executors,
-    pub policy: Policy,
-    pub node_id: String,
-    pub claim_lease_ms: u64,
-    pub execute_timeout: Duration,
-    pub retry_delay: Duration,
-    pub registry: DashMap<ContactKey, Arc<Slot>>,
-    /// Outbox entry ids being executed by this process.
-    pub executing: DashMap<String, ()>,
-    pub by_actor: DashMap<ActorId, (ContactKey, Arc<Slot>)>,
-    pub timers: TimerHandle,
-    pub stats: Stats,
-    /// The latest results of reply deliveries, for callers following one ([`Engine::follow`]).
-    pub reports: Reports,
-    supervisor: OnceLock<ActorCell>,
-}
-
-/// How many delivery results are remembered for callers following them.
-const REPORTS_KEPT: usize = 1024;
-
-/// What became of one execution of an outbox entry, as recorded by its conversation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Report {
-    pub id: String,
-    pub result: Result<(), ExecError>,
-    /// The entry left the outbox (done, or dead-lettered); otherwise it waits for a retry or,
-    /// for a reply in parts, for its next part.
-    pub finished: bool,
-}
-
-/// A bounded ring of recent [`Report`]s and a signal for each new one.
-#[derive(Default)]
-pub(crate) struct Reports {
-    ring: Mutex<VecDeque<Report>>,
-    changed: Notify,
-}
-
-impl Reports {
-    pub fn record(&self, report: Report) {
-        {
-            let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
-            if ring.len() == REPORTS_KEPT {
-                ring.pop_front();
-            }
-            ring.push_back(report);
-        }
-        self.changed.notify_waiters();
-    }
-
-    fn latest(&self, id: &str) -> Option<Report> {
-        let ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
-        ring.iter().rev().find(|r| r.id == id).cloned()
-    }
-}
-
 /// How far an outbox entry got while a caller followed it ([`Engine::follow`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Progress {
@@ -277,145 +90,6 @@ pub enum Progress {
     Finished(Result<(), ExecError>),
     /// Still in the outbox when the wait ended; `last` is its latest execution, if any.
     Waiting { last: Option<Result<(), ExecError>> },
-}
-
-impl Core {
-    /// Whether this node has an executor for `effect` (the others wait in the outbox).
-    pub(crate) fn can_run(&self, effect: &crate::effect::Effect) -> bool {
-        self.executors.for_effect(effect).is_some()
-    }
-
-    pub async fn load(&self, key: &ContactKey) -> Result<Option<(Conversation, u64)>, StoreError> {
-        let started = std::time::Instant::now();
-        let stored = self.store.load(key).await;
-        self.stats.record_load(started.elapsed());
-        let Some(stored) = stored? else {
-            return Ok(None);
-        };
-        let conversation = serde_json::from_slice(&stored.data)
-            .map_err(|e| StoreError::Corrupt(format!("snapshot of {key}: {e}")))?;
-        Ok(Some((conversation, stored.version)))
-    }
-
-    /// Hands `msg` to the contact's actor, activating it if needed; keeps arrival order across
-    /// passivation and restarts (see [`crate::registry`]).
-    pub async fn send(
-        self: &Arc<Self>,
-        key: ContactKey,
-        msg: ContactMsg,
-    ) -> Result<(), EngineError> {
-        let mut msg = msg;
-        loop {
-            let slot = self
-                .registry
-                .entry(key)
-                .or_insert_with(|| Arc::new(Slot::new()))
-                .clone();
-            let actor = match slot
-                .actor
-                .get_or_try_init(|| self.activate(key, slot.clone()))
-                .await
-            {
-                Ok(actor) => actor.clone(),
-                Err(e) => {
-                    slot.mark_stopped();
-                    self.forget(&key, &slot);
-                    return Err(e);
-                }
-            };
-            match slot.deliver(&actor, msg) {
-                Delivery::Sent => return Ok(()),
-                Delivery::Closing(back) => {
-                    msg = back;
-                    slot.wait_stopped().await;
-                }
-                Delivery::Dead(back) => {
-                    msg = back;
-                    slot.mark_stopped();
-                    self.forget(&key, &slot);
-                }
-                Delivery::Failed(e) => return Err(EngineError::ActorFailed(e)),
-            }
-        }
-    }
-
-    async fn activate(
-        self: &Arc<Self>,
-        key: ContactKey,
-        slot: Arc<Slot>,
-    ) -> Result<ractor::ActorRef<ContactMsg>, EngineError> {
-        let supervisor = self.supervisor.get().expect("supervisor started").clone();
-        let args = ContactArgs {
-            key,
-            core: self.clone(),
-            slot: slot.clone(),
-        };
-        match Actor::spawn_linked(None, ContactActor, args, supervisor).await {
-            Ok((actor, _join)) => {
-                self.by_actor.insert(actor.get_id(), (key, slot));
-                Ok(actor)
-            }
-            Err(e) => {
-                // pre_start failed: the store could not load the snapshot. The answer names
-                // the store's error, not the actor framework's wording around it.
-                let text = e.to_string();
-                if text.contains("corrupt") {
-                    Err(EngineError::Corrupt(text))
-                } else {
-                    let cause = text
-                        .find("store unavailable: ")
-                        .map(|at| text[at + "store unavailable: ".len()..].to_owned())
-                        .unwrap_or_else(|| "the conversation could not be loaded".to_owned());
-                    Err(EngineError::Unavailable(cause))
-                }
-            }
-        }
-    }
-
-    /// Removes `slot` from the registry if it is still the contact's current slot.
-    pub fn forget(&self, key: &ContactKey, slot: &Arc<Slot>) {
-        self.registry.remove_if(key, |_, s| Arc::ptr_eq(s, slot));
-    }
-
-    /// Wakes the contact in the background (timers, outbox).
-    pub fn wake(self: &Arc<Self>, key: ContactKey) {
-        let core = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = core.send(key, ContactMsg::Wake).await {
-                warn!(contact = %key, error = %e, "could not wake contact; retrying later");
-                core.retry_wake_later(key);
-            }
-        });
-    }
-
-    pub fn retry_wake_later(&self, key: ContactKey) {
-        let at = now_millis() + self.retry_delay.as_millis() as u64;
-        self.timers.arm(key, at);
-    }
-
-    /// Brings an execution result back to the contact, however long the store is down.
-    pub async fn deliver_result(
-        self: &Arc<Self>,
-        key: ContactKey,
-        id: String,
-        result: Result<(), ExecError>,
-        found: Option<crate::message::Links>,
-    ) {
-        loop {
-            let msg = ContactMsg::Executed {
-                id: id.clone(),
-                result: result.clone(),
-                found: found.clone(),
-            };
-            match self.send(key, msg).await {
-                Ok(()) => return,
-                Err(e) => {
-                    warn!(contact = %key, dispatch_id = %id, error = %e, "execution result waits for the store");
-                    tokio::time::sleep(self.retry_delay).await;
-                }
-            }
-        }
-    }
 }
 
 /// The running engine. Cheap to clone.
@@ -451,6 +125,7 @@ impl Engine {
             stats: Stats::default(),
             reports: Reports::default(),
             supervisor: OnceLock::new(),
+            activate: crate::actor::activate,
         });
         let (supervisor, _) = Actor::spawn(None, Supervisor, Arc::downgrade(&core))
             .await
@@ -459,7 +134,7 @@ impl Engine {
 
         let tasks = vec![
             tokio::spawn(timers::run(
-                Arc::downgrade(&core),
+                Arc::downgrade(&core) as std::sync::Weak<dyn timers::WakeTarget>,
                 timer_rx,
                 config.sweep_interval,
             )),

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use ractor::ActorRef;
 use tokio::sync::{Notify, OnceCell};
 
-use crate::actor::ContactMsg;
 use crate::clock::now_millis;
 use crate::contact::Millis;
+use crate::mailbox::ContactMsg;
 
 pub(crate) struct Slot {
     pub actor: OnceCell<ActorRef<ContactMsg>>,

@@ -9,7 +9,7 @@ use std::sync::Weak;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tracing::error;
 
-use crate::engine::Core;
+use crate::node::Core;
 
 pub(crate) struct Supervisor;
 

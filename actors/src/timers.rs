@@ -14,7 +14,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -23,10 +23,17 @@ use tracing::warn;
 
 use crate::clock::now_millis;
 use crate::contact::{ContactKey, Millis};
-use crate::engine::Core;
+use crate::store::Store;
 
 /// How many index entries one sweep reads at most.
 const SWEEP_BATCH: usize = 10_000;
+
+/// What the timer service wakes (the node, `crate::node::Core`): a contact whose time came, and
+/// the wake index it sweeps for timers armed on other nodes or before a restart.
+pub(crate) trait WakeTarget: Send + Sync {
+    fn wake(self: Arc<Self>, key: ContactKey);
+    fn store(&self) -> &Arc<dyn Store>;
+}
 
 #[derive(Clone)]
 pub(crate) struct TimerHandle {
@@ -47,7 +54,7 @@ pub(crate) fn channel() -> (TimerHandle, mpsc::UnboundedReceiver<(ContactKey, Mi
 
 /// Runs until the engine is dropped.
 pub(crate) async fn run(
-    core: Weak<Core>,
+    core: Weak<dyn WakeTarget>,
     mut rx: mpsc::UnboundedReceiver<(ContactKey, Millis)>,
     sweep_every: Duration,
 ) {
@@ -71,7 +78,7 @@ pub(crate) async fn run(
         if Instant::now() >= next_sweep {
             let Some(c) = core.upgrade() else { return };
             let horizon = now + 2 * sweep_every.as_millis() as Millis;
-            match c.store.due(horizon, SWEEP_BATCH).await {
+            match c.store().due(horizon, SWEEP_BATCH).await {
                 Ok(due) => {
                     for (key, at) in due {
                         arm(&mut heap, &mut armed, key, at, true);

@@ -1,12 +1,12 @@
 //! The engine over a real (in-memory) store with recording executors: activation, ordering,
 //! timers across passivation, supervision, the outbox and several nodes on one store.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use conversa_actors::store::{IndexUpdate, MemoryStore, Store, StoreError, StoredSnapshot};
+use conversa_actors::store::{FaultyStore, MemoryStore, Store};
 use conversa_actors::*;
 
 /// Records every job; optionally fails the first `fail_first` attempts.
@@ -231,66 +231,12 @@ async fn a_failing_executor_is_retried_until_it_succeeds() {
     assert_eq!(engine.stats().effects_retried, 3);
 }
 
-/// A store that panics once when saving a chosen contact: a bug in one contact's handling.
-struct PanickyStore {
-    inner: MemoryStore,
-    victim: ContactKey,
-    armed: AtomicBool,
-}
-
-#[async_trait]
-impl Store for PanickyStore {
-    fn backend(&self) -> &'static str {
-        "panicky"
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-    async fn load(&self, key: &ContactKey) -> Result<Option<StoredSnapshot>, StoreError> {
-        self.inner.load(key).await
-    }
-    async fn save(
-        &self,
-        key: &ContactKey,
-        expected: u64,
-        data: &[u8],
-        index: &IndexUpdate,
-    ) -> Result<u64, StoreError> {
-        if *key == self.victim && self.armed.swap(false, Ordering::SeqCst) {
-            panic!("injected failure");
-        }
-        self.inner.save(key, expected, data, index).await
-    }
-    async fn due(&self, upto: u64, limit: usize) -> Result<Vec<(ContactKey, u64)>, StoreError> {
-        self.inner.due(upto, limit).await
-    }
-    async fn pending_outbox(&self, limit: usize) -> Result<Vec<ContactKey>, StoreError> {
-        self.inner.pending_outbox(limit).await
-    }
-    async fn pending_outbox_count(&self) -> Result<u64, StoreError> {
-        self.inner.pending_outbox_count().await
-    }
-    async fn phases(&self, limit: usize) -> Result<Vec<(ContactKey, PhaseName)>, StoreError> {
-        self.inner.phases(limit).await
-    }
-    async fn get_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get_value(name).await
-    }
-    async fn put_value(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
-        self.inner.put_value(name, data).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_contact_restarts_from_its_snapshot_and_others_are_untouched() {
     let victim = ContactKey::new(1, 13);
     let other = ContactKey::new(1, 14);
-    let panicky = Arc::new(PanickyStore {
-        inner: MemoryStore::new(),
-        victim,
-        armed: AtomicBool::new(false),
-    });
-    let store: Arc<dyn Store> = panicky.clone();
+    let faulty = Arc::new(FaultyStore::new());
+    let store: Arc<dyn Store> = faulty.clone();
     let engine = Engine::start(store, Executors::default(), config(60_000))
         .await
         .unwrap();
@@ -298,7 +244,7 @@ async fn a_panicking_contact_restarts_from_its_snapshot_and_others_are_untouched
     engine.apply(other, message("o1")).await.unwrap();
 
     // Arm the panic for the victim's next write.
-    panicky.armed.store(true, Ordering::SeqCst);
+    faulty.panic_on_next_save(victim);
     let failed = engine.apply(victim, message("v2")).await;
     assert!(
         matches!(failed, Err(EngineError::ActorFailed(_))),

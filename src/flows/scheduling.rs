@@ -48,44 +48,8 @@ pub async fn request(app: &AppState, asked: MeetingRequest) -> Result<Requested,
             "give at least one of contact_id, talk_id, lead_id",
         ));
     }
+    let contact_id = contact_of(app, contact_id, talk_id, lead_id).await?;
     let sellers = app.sellers();
-    // A talk of another contact is a mistake, not a link to record.
-    if let (Some(contact), Some(talk)) = (contact_id, talk_id) {
-        match sellers.talk_contact(talk).await {
-            Ok(Some(of_talk)) if of_talk != contact => {
-                return Err(FlowError::unprocessable(
-                    "talk_id",
-                    "unprocessable",
-                    format!("talk {talk} belongs to contact {of_talk}, not {contact}"),
-                ));
-            }
-            Ok(_) | Err(DirectoryError::NotConfigured) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    // The conversation is the contact's; a talk names its contact.
-    let contact_id = match (contact_id, talk_id) {
-        (Some(c), _) => Some(c),
-        (None, Some(t)) => sellers.talk_contact(t).await?,
-        (None, None) => None,
-    };
-    let contact_id = match (contact_id, lead_id) {
-        (Some(c), _) => c,
-        (None, Some(lead)) => lead_contact(app, lead).await?.ok_or_else(|| {
-            FlowError::unprocessable(
-                "lead_id",
-                "unprocessable",
-                format!("lead {lead} has no contact to schedule with"),
-            )
-        })?,
-        (None, None) => {
-            return Err(FlowError::unprocessable(
-                "talk_id",
-                "unprocessable",
-                "the talk's contact could not be found",
-            ));
-        }
-    };
     let key = app.contact(contact_id);
     let conversation = app.engine().conversation(&key).await?;
     let held_by = conversation
@@ -161,4 +125,49 @@ pub async fn request(app: &AppState, asked: MeetingRequest) -> Result<Requested,
         seller,
         found_by,
     })
+}
+
+/// The contact the request is about: the one given (a talk of another contact is a mistake,
+/// not a link to record), else the talk's, else the lead's first contact.
+async fn contact_of(
+    app: &AppState,
+    contact_id: Option<u64>,
+    talk_id: Option<u64>,
+    lead_id: Option<u64>,
+) -> Result<u64, FlowError> {
+    let sellers = app.sellers();
+    // A talk of another contact is a mistake, not a link to record.
+    if let (Some(contact), Some(talk)) = (contact_id, talk_id) {
+        match sellers.talk_contact(talk).await {
+            Ok(Some(of_talk)) if of_talk != contact => {
+                return Err(FlowError::unprocessable(
+                    "talk_id",
+                    "unprocessable",
+                    format!("talk {talk} belongs to contact {of_talk}, not {contact}"),
+                ));
+            }
+            Ok(_) | Err(DirectoryError::NotConfigured) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let contact_id = match (contact_id, talk_id) {
+        (Some(c), _) => Some(c),
+        (None, Some(t)) => sellers.talk_contact(t).await?,
+        (None, None) => None,
+    };
+    match (contact_id, lead_id) {
+        (Some(c), _) => Ok(c),
+        (None, Some(lead)) => lead_contact(app, lead).await?.ok_or_else(|| {
+            FlowError::unprocessable(
+                "lead_id",
+                "unprocessable",
+                format!("lead {lead} has no contact to schedule with"),
+            )
+        }),
+        (None, None) => Err(FlowError::unprocessable(
+            "talk_id",
+            "unprocessable",
+            "the talk's contact could not be found",
+        )),
+    }
 }

@@ -19,7 +19,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// A seller's command: `message` (or the original's `mensagem`, one of the two) and the
-/// seller's own contact. Both keys follow [`commands::PATTERN`] (in the served document).
+/// seller's own contact. Both keys follow the command pattern given in the served document.
 #[derive(Deserialize, ToSchema)]
 #[schema(example = json!({"message": "/assumir 1298200", "contact_id": 99999}))]
 pub struct CommandBody {

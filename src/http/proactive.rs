@@ -164,44 +164,50 @@ async fn start_proactive(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<StartProactive>,
 ) -> Result<(StatusCode, Json<ProactiveAnswer>), ApiError> {
-    if !(body.lead_data.is_object() || body.lead_data.is_null()) {
-        return Err(ApiError::bad_field(
-            "lead_data",
-            "`lead_data` must be a JSON object (`{...}`)",
-        ));
-    }
-    crate::http::bounded_json("lead_data", &body.lead_data, crate::http::MAX_DETAILS_BYTES)?;
-    crate::http::bounded_text("area_atuacao", &body.area_atuacao, MAX_NAME_CHARS)?;
-    let trigger = Trigger::parse(&body.trigger_type).ok_or_else(|| {
-        let words = Trigger::ALL.map(Trigger::as_str);
-        FlowError::unprocessable(
-            "trigger_type",
-            "unknown_trigger",
-            format!("trigger_type must be one of {words:?}"),
-        )
-    })?;
-    let seller = match &body.vendedor {
-        SellerName::Text(t) => WantedSeller {
-            id: Some(t.trim()),
-            name: Some(t.trim()),
-        },
-        SellerName::Object { id, name } => WantedSeller {
-            id: id.as_deref(),
-            name: name.as_deref(),
-        },
-    };
-    let opening = Opening {
-        contact_id: body.contact_id.0,
-        lead_id: body.lead_id.map(|l| l.0),
-        seller,
-        area: &body.area_atuacao,
-        trigger,
-        lead_data: body.lead_data.clone(),
-    };
-    let opened = proactive::start(&app, opening).await?;
+    let opened = proactive::start(&app, body.opening()?).await?;
     let status = match opened {
         Opened::Yes { .. } => StatusCode::CREATED,
         Opened::No { .. } => StatusCode::OK,
     };
     Ok((status, Json(opened.into())))
+}
+
+impl StartProactive {
+    /// The event, once its free-form parts are within bounds and its trigger is known.
+    fn opening(&self) -> Result<Opening<'_>, ApiError> {
+        if !(self.lead_data.is_object() || self.lead_data.is_null()) {
+            return Err(ApiError::bad_field(
+                "lead_data",
+                "`lead_data` must be a JSON object (`{...}`)",
+            ));
+        }
+        crate::http::bounded_json("lead_data", &self.lead_data, crate::http::MAX_DETAILS_BYTES)?;
+        crate::http::bounded_text("area_atuacao", &self.area_atuacao, MAX_NAME_CHARS)?;
+        let trigger = Trigger::parse(&self.trigger_type).ok_or_else(|| {
+            let words = Trigger::ALL.map(Trigger::as_str);
+            FlowError::unprocessable(
+                "trigger_type",
+                "unknown_trigger",
+                format!("trigger_type must be one of {words:?}"),
+            )
+        })?;
+        let seller = match &self.vendedor {
+            SellerName::Text(t) => WantedSeller {
+                id: Some(t.trim()),
+                name: Some(t.trim()),
+            },
+            SellerName::Object { id, name } => WantedSeller {
+                id: id.as_deref(),
+                name: name.as_deref(),
+            },
+        };
+        Ok(Opening {
+            contact_id: self.contact_id.0,
+            lead_id: self.lead_id.map(|l| l.0),
+            seller,
+            area: &self.area_atuacao,
+            trigger,
+            lead_data: self.lead_data.clone(),
+        })
+    }
 }

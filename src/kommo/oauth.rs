@@ -123,7 +123,8 @@ impl Tokens {
 pub enum TokenState {
     /// A token is available and not about to expire.
     Ok,
-    /// Less than [`REFRESH_MARGIN`] left (a refresh is due, or a long-lived token is ending).
+    /// Less than the refresh margin (5 minutes) left: a refresh is due, or a long-lived token
+    /// is ending.
     Expiring,
     /// An operator must authorize the integration again (or set a new long-lived token).
     ReauthorizeNeeded { reason: String },
@@ -703,7 +704,7 @@ pub(crate) fn excerpt(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryStore;
+    use conversa_actors::store::MemoryStore;
 
     fn settings(seed: Option<Tokens>) -> OAuthSettings {
         OAuthSettings {

@@ -179,7 +179,6 @@ pub(super) struct Inner {
     pub(super) base: Url,
     pub(super) limiter: Arc<DefaultDirectRateLimiter>,
     pub(super) limiter_waits: AtomicU64,
-    pub(super) calls: DashMap<(String, u16), u64>,
     /// `Some(until)`: the circuit is open (a 403 block) until then.
     pub(super) blocked_until: Mutex<Option<Instant>>,
     /// Turns to have a request in flight ([`KommoSettings::max_concurrency`]).
@@ -223,7 +222,6 @@ impl KommoClient {
                 base,
                 limiter,
                 limiter_waits: AtomicU64::new(0),
-                calls: DashMap::new(),
                 blocked_until: Mutex::new(None),
                 turns: tokio::sync::Semaphore::new(settings.max_concurrency.max(1)),
                 settings,
@@ -248,19 +246,6 @@ impl KommoClient {
     /// Successful token refreshes.
     pub fn refresh_count(&self) -> u64 {
         self.inner.tokens.refresh_count()
-    }
-
-    /// Calls made so far by `(endpoint label, status)`; status 0 = no answer (network error).
-    /// Labels look like `GET /api/v4/leads/{id}`.
-    pub fn calls_snapshot(&self) -> Vec<((String, u16), u64)> {
-        let mut v: Vec<_> = self
-            .inner
-            .calls
-            .iter()
-            .map(|e| (e.key().clone(), *e.value()))
-            .collect();
-        v.sort();
-        v
     }
 
     /// Whether the 403 circuit is open right now.
@@ -429,9 +414,8 @@ impl KommoClient {
             Ok((status, json, body)) => {
                 metrics::counter!("kommo_calls_total", "endpoint" => label.clone(), "status" => status.to_string())
                     .increment(1);
-                metrics::histogram!("kommo_call_seconds", "endpoint" => label.clone())
+                metrics::histogram!("kommo_call_seconds", "endpoint" => label)
                     .record(started.elapsed().as_secs_f64());
-                *self.inner.calls.entry((label, status)).or_insert(0) += 1;
                 info!(
                     method = %request.method,
                     path,
@@ -442,9 +426,8 @@ impl KommoClient {
                 Ok((Answer { status, body }, !json))
             }
             Err(e) => {
-                metrics::counter!("kommo_calls_total", "endpoint" => label.clone(), "status" => "network_error")
+                metrics::counter!("kommo_calls_total", "endpoint" => label, "status" => "network_error")
                     .increment(1);
-                *self.inner.calls.entry((label, 0)).or_insert(0) += 1;
                 let error = e.without_url().to_string();
                 warn!(
                     method = %request.method,
@@ -522,7 +505,7 @@ mod tests {
     #[test]
     fn bad_api_url_is_a_config_error() {
         let tokens = TokenManager::new(
-            Arc::new(crate::store::MemoryStore::new()),
+            Arc::new(conversa_actors::store::MemoryStore::new()),
             reqwest::Client::new(),
             crate::kommo::oauth::OAuthSettings {
                 client_id: String::new(),

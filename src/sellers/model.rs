@@ -165,9 +165,8 @@ pub struct NewSeller {
     pub kommo_user_id: Option<u64>,
 }
 
-/// How the responsible seller was found ([`SellerDirectory::responsible`]): the seller holding
-/// the conversation, the contact's assignment (or its responsible Kommo user), or the lead's
-/// responsible Kommo user.
+/// How the responsible seller was found: the seller holding the conversation, the contact's
+/// assignment (or its responsible Kommo user), or the lead's responsible Kommo user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FoundBy {

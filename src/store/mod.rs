@@ -1,8 +1,9 @@
 //! The store backends behind [`conversa_actors::store::Store`]: embedded (redb, the default when
 //! no Redis is configured, so `cargo run` needs nothing installed) and Redis (production and
-//! several engine nodes). The in-memory backend lives in the actors crate, for tests.
+//! several engine nodes). The in-memory backend lives in the actors crate, behind its `testing`
+//! feature (tests only).
 
 pub mod embedded;
 pub mod redis;
 
-pub use conversa_actors::store::{IndexUpdate, MemoryStore, Store, StoreError, StoredSnapshot};
+pub use conversa_actors::store::{IndexUpdate, Store, StoreError, StoredSnapshot};

@@ -265,6 +265,27 @@ impl FakeMessage {
     }
 }
 
+/// Pairs percent-encoded the way Kommo posts its webhooks (`application/x-www-form-urlencoded`:
+/// brackets as `%5B`/`%5D`, a space as `+`), in the given order.
+pub fn form(pairs: &[(&str, &str)]) -> String {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        form.append_pair(k, v);
+    }
+    form.finish()
+}
+
+/// The smallest customer-message webhook: one `message[add]` item with only the keys a message
+/// needs (id, contact, text, `incoming`), form-encoded.
+pub fn customer_message(contact_id: u64, id: &str, text: &str) -> String {
+    form(&[
+        ("message[add][0][id]", id),
+        ("message[add][0][contact_id]", &contact_id.to_string()),
+        ("message[add][0][text]", text),
+        ("message[add][0][type]", "incoming"),
+    ])
+}
+
 /// The form body of a `message[add]` webhook, percent-encoded exactly as Kommo sends it
 /// (`message%5Badd%5D%5B0%5D%5Bid%5D=…`), every value a string; several items are numbered.
 pub fn message_add_form(account_id: u64, subdomain: &str, items: &[FakeMessage]) -> String {

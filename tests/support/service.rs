@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::fake_kommo::customer_message;
+
 /// The `N8N_CALLBACK_TOKEN` a test service gets unless the test sets one.
 pub const CALLBACK_TOKEN: &str = "test-n8n-callback-token";
 
@@ -161,6 +163,34 @@ impl Service {
             .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        self.get_text("/metrics").await
+    }
+
+    /// POSTs a form-encoded body as Kommo's webhook client does (its `User-Agent` included).
+    pub async fn post_form(&self, path: &str, body: String) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("user-agent", "amoCRM-WebHook-client/1.0")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A customer writes `text` ([`customer_message`]): the webhook must answer 200; its answer.
+    pub async fn customer_says(&self, contact: u64, id: &str, text: &str) -> Value {
+        let body = customer_message(contact, id, text);
+        let (status, answer) = self.post_form("/webhooks/kommo", body).await;
+        assert_eq!(status, 200, "{answer}");
+        answer
     }
 
     /// POSTs `body` as JSON; to `/send-response` with the callback token, as n8n would.

@@ -1,0 +1,141 @@
+//! The persistence contract every backend (memory, embedded redb, Redis) fulfils.
+//!
+//! A backend stores opaque snapshot bytes per contact under a `version`, and three small indexes
+//! that let the engine find work without scanning every contact:
+//!
+//! * **wake index** — contact → the earliest time its actor must run (a timer, an outbox retry, a
+//!   claim that expires). Read on start-up and swept periodically, so no timer is lost.
+//! * **outbox index** — contacts whose snapshot holds effects not yet executed.
+//! * **phase index** — contact → phase name, for `/stats` and the conversation listings.
+//!
+//! [`Store::save`] is a compare-and-set on the version: the write lands only when the stored
+//! version is the one the caller read, which is what makes several engine nodes on one store
+//! safe. Indexes are written *before* the snapshot in a way that can only over-approximate (an
+//! earlier wake time, an extra pending mark), then made exact after it: a crash in between leaves
+//! an actor woken for nothing, never a timer forgotten.
+//!
+//! With the `testing` feature (the workspace's tests turn it on): [`MemoryStore`], the in-memory
+//! backend; [`FaultyStore`], a wrapper that fails on demand; and [`conformance`], the one test
+//! suite all backends must pass. None of them ships in the service.
+
+use async_trait::async_trait;
+
+use crate::contact::{ContactKey, Millis};
+use crate::phase::PhaseName;
+
+/// A snapshot as the store holds it: the serialized conversation and its version
+/// (1 for the first write; 0 means "nothing stored").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    pub version: u64,
+    pub data: Vec<u8>,
+}
+
+/// What the indexes must say about a contact once its snapshot is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexUpdate {
+    /// When the contact's actor must next run, if ever.
+    pub wake_at: Option<Millis>,
+    /// Whether the snapshot holds outbox entries.
+    pub outbox_pending: bool,
+    /// The conversation's phase.
+    pub phase: PhaseName,
+    /// The entries the writer's own previous save wrote for the version this save replaces,
+    /// when it knows them (it wrote that version itself). A store that writes indexes apart from
+    /// the snapshot may use them to skip corrections that cannot change anything. `None` when
+    /// in doubt (first save after a load, after a conflict or an error).
+    pub previous: Option<Box<IndexUpdate>>,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    /// Another writer saved first; the stored version is `current`.
+    #[error("version conflict: stored version is {current}")]
+    Conflict { current: u64 },
+    /// The backend cannot be reached or did not answer in time. Maps to HTTP 503.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The backend answered with something that makes no sense.
+    #[error("store data corrupt: {0}")]
+    Corrupt(String),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `memory`, `embedded` or `redis`: shown in `/stats` and `/ready`.
+    fn backend(&self) -> &'static str;
+
+    /// Round-trips to the backend; `Err(Unavailable)` when it is down.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn load(&self, key: &ContactKey) -> Result<Option<StoredSnapshot>, StoreError>;
+
+    /// The stored version of a contact's snapshot (0 = none). Lets an actor confirm that its
+    /// copy is current before answering from it without a write.
+    async fn version(&self, key: &ContactKey) -> Result<u64, StoreError> {
+        Ok(self.load(key).await?.map_or(0, |s| s.version))
+    }
+
+    /// True when no other process can write this store (the embedded store holds a file
+    /// lock), so an actor's copy is always current and [`Store::version`] need not be asked.
+    fn exclusive(&self) -> bool {
+        false
+    }
+
+    /// Compare-and-set: writes `data` as version `expected + 1` if the stored version is
+    /// `expected` (0 = nothing stored yet) and returns the new version; otherwise
+    /// `Err(Conflict)` and nothing changes. Indexes follow the rules in the module docs.
+    async fn save(
+        &self,
+        key: &ContactKey,
+        expected: u64,
+        data: &[u8],
+        index: &IndexUpdate,
+    ) -> Result<u64, StoreError>;
+
+    /// Contacts whose wake time is at or before `upto`, earliest first, at most `limit`.
+    async fn due(
+        &self,
+        upto: Millis,
+        limit: usize,
+    ) -> Result<Vec<(ContactKey, Millis)>, StoreError>;
+
+    /// Contacts marked as having outbox entries, at most `limit`.
+    async fn pending_outbox(&self, limit: usize) -> Result<Vec<ContactKey>, StoreError>;
+
+    /// How many contacts are marked as having outbox entries (a gauge read at every metrics
+    /// scrape: backends answer it without listing them).
+    async fn pending_outbox_count(&self) -> Result<u64, StoreError>;
+
+    /// Contacts with their phase, at most `limit`, in no particular order.
+    async fn phases(&self, limit: usize) -> Result<Vec<(ContactKey, PhaseName)>, StoreError>;
+
+    /// A small named value outside any conversation (OAuth tokens, custom sellers...).
+    async fn get_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    async fn put_value(&self, name: &str, data: &[u8]) -> Result<(), StoreError>;
+
+    /// Stores `data` under `name` unless a value is there already, and returns the value that
+    /// is stored (the first writer's). The default reads then writes: right for a store only
+    /// one process writes ([`Store::exclusive`]) when callers of one name do not race; shared
+    /// stores override it with one atomic step.
+    async fn put_value_if_absent(&self, name: &str, data: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if let Some(existing) = self.get_value(name).await? {
+            return Ok(existing);
+        }
+        self.put_value(name, data).await?;
+        Ok(data.to_vec())
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
+#[cfg(any(test, feature = "testing"))]
+mod faulty;
+#[cfg(any(test, feature = "testing"))]
+mod memory;
+
+#[cfg(any(test, feature = "testing"))]
+pub use faulty::FaultyStore;
+#[cfg(any(test, feature = "testing"))]
+pub use memory::MemoryStore;
