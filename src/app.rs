@@ -52,7 +52,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     DOC.0.clone()
 }
 
-/// The document as served: the generated one with the [`request_rules`].
+/// The document as served: the generated one with the [`openapi::request_rules`].
 pub fn openapi_json_text() -> &'static str {
     DOC.1.as_str()
 }

@@ -3,18 +3,22 @@
 //!
 //! The decisions live in the `conversa-actors` crate (the conversation state machine and its
 //! actors); this crate is the edge around it:
-//! * [`config`] — settings from environment variables and CLI flags;
-//! * [`app`] and [`http`] — the axum router and its handlers; [`error`] — the JSON error type;
-//! * [`flows`] — the use cases the handlers adapt (webhook ingest, seller commands, proactive
-//!   openings, scheduling, who is responsible), HTTP-free;
-//!   [`openapi`] — the OpenAPI document (`/openapi.json`) and Swagger UI (`/docs`);
-//! * [`store`] — the Redis and embedded (redb) backends;
-//! * [`server`] — start-up, logging and graceful shutdown ([`setup`] builds the store and the
-//!   Kommo connection from the configuration); [`serve`] — the listener (header-read
-//!   timeout, connection cap, open-file limit);
+//! * [`config`] — settings from environment variables and CLI flags; [`setup`] builds the store
+//!   and the Kommo connection from them;
+//! * [`app`] — the router and the served OpenAPI document; [`state`] — what every handler and
+//!   use case can reach; [`http`] — the handlers, one module per resource; [`error`] — the one
+//!   JSON error type; [`openapi`] — the document's builders and Swagger UI (`/docs`);
+//! * [`flows`] — the use cases the handlers adapt (webhook ingest, seller commands, n8n's
+//!   reply, proactive openings, scheduling, who is responsible), HTTP-free;
+//! * [`kommo`] — Kommo's webhooks in, its REST API out; [`n8n`] — dispatches to the AI workflow;
+//!   [`reply`] — the reply channel; [`sellers`] — the sellers directory;
+//! * [`store`] — the Redis and embedded (redb) backends; [`dead_letters`] — webhook items that
+//!   could not be read;
+//! * [`server`] — start-up, logging and graceful shutdown; [`serve`] — the listener (header-read
+//!   timeout, connection cap, open-file limit); [`recorder`] — the Prometheus recorder;
 //! * [`notes`] — the words of the notes left on leads (the core says which note);
 //! * [`reply_token`] — the per-dispatch proof a reply must carry; [`redact`] — secrets kept out of
-//!   logs and public answers.
+//!   logs and public answers, and compared in constant time; [`text`] — accent folding.
 
 pub mod app;
 pub mod config;
