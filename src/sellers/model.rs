@@ -150,7 +150,7 @@ pub trait LeadSource: Send + Sync + 'static {
     }
 }
 
-/// A custom seller to add ([`SellerDirectory::add_custom`]).
+/// A custom seller to add ([`super::SellerDirectory::add_custom`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct NewSeller {
     pub name: String,
