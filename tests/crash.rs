@@ -207,13 +207,13 @@ async fn timer_and_outbox_survive_kill9(spec: String) {
     // the message arrived.
     let (c, _) = engine.conversation(&TIMER_CONTACT).await.unwrap().unwrap();
     let arrived = c
-        .timeline
+        .timeline()
         .entries()
         .find(|e| e.message_id.as_deref() == Some("timer-m1"))
         .unwrap()
         .at;
     let queued = c
-        .timeline
+        .timeline()
         .entries()
         .find(|e| e.what == conversa_actors::timeline::What::DispatchQueued)
         .unwrap()
@@ -222,7 +222,7 @@ async fn timer_and_outbox_survive_kill9(spec: String) {
         queued >= arrived + DEBOUNCE_MS,
         "fired early: {arrived} → {queued}"
     );
-    assert!(!c.timers.contains_key(&TimerKind::Debounce));
+    assert!(!c.timers().contains_key(&TimerKind::Debounce));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -185,7 +185,7 @@ async fn two_engines_on_one_redis_never_execute_a_dispatch_twice() {
     // Every message was applied exactly once, on whichever node.
     for key in &contacts {
         let (c, _) = engines[0].conversation(key).await.unwrap().unwrap();
-        let mut seen: Vec<_> = c.seen.iter().map(|s| s.id.clone()).collect();
+        let mut seen: Vec<_> = c.seen().iter().map(|s| s.id.clone()).collect();
         seen.sort();
         let mut want: Vec<_> = (0..15).map(|i| format!("{key}-m{i}")).collect();
         want.sort();
@@ -202,7 +202,7 @@ async fn two_engines_on_one_redis_never_execute_a_dispatch_twice() {
         drained = true;
         for key in &contacts {
             let (c, _) = engines[0].conversation(key).await.unwrap().unwrap();
-            drained &= c.outbox.is_empty();
+            drained &= c.outbox().is_empty();
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }

@@ -57,7 +57,7 @@ fn instant() -> Policy {
 
 /// The dispatch id the conversation waits a reply for.
 fn in_flight(c: &Conversation) -> String {
-    c.in_flight
+    c.in_flight()
         .as_ref()
         .expect("a dispatch in flight")
         .dispatch_id
@@ -66,7 +66,7 @@ fn in_flight(c: &Conversation) -> String {
 
 /// Marks every outbox entry as executed, as the actor does after running them.
 fn run_outbox(c: &mut Conversation, now: Millis, policy: &Policy) {
-    let ids: Vec<String> = c.outbox.entries().map(|e| e.id.clone()).collect();
+    let ids: Vec<String> = c.outbox().entries().map(|e| e.id.clone()).collect();
     for id in ids {
         c.handle(Event::EffectDone { id }, now, policy)
             .expect("effect done");
@@ -186,7 +186,7 @@ fn handle(c: &mut Criterion) {
     });
 
     let full = conversation_with(60);
-    assert_eq!(full.timeline.len(), Timeline::CAPACITY);
+    assert_eq!(full.timeline().len(), Timeline::CAPACITY);
     let next = Event::CustomerMessage(message(1_000));
     let later = T0 + 61 * 60_000;
     group.bench_function("message/full_timeline", |b| {

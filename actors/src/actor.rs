@@ -196,7 +196,7 @@ impl ContactState {
         let conversation = self.conversation.as_ref().expect("loaded");
         Applied {
             outcome,
-            phase: conversation.phase.clone(),
+            phase: conversation.phase().clone(),
             version: self.version,
         }
     }
@@ -315,8 +315,8 @@ impl ContactState {
         });
         let index = IndexUpdate {
             wake_at: conversation.poll_timeout(|e| core.can_run(e)),
-            outbox_pending: !conversation.outbox.is_empty(),
-            phase: conversation.phase.kind(),
+            outbox_pending: !conversation.outbox().is_empty(),
+            phase: conversation.phase().kind(),
             // What our own write of the version we replace put in the indexes.
             previous: self
                 .indexed
@@ -367,7 +367,7 @@ impl ContactState {
             return Ok(Vec::new());
         }
         let history: Vec<_> = {
-            let t = &conversation.timeline;
+            let t = conversation.timeline();
             t.entries()
                 .skip(t.len().saturating_sub(HISTORY))
                 .cloned()
@@ -376,15 +376,15 @@ impl ContactState {
         Ok(claimed
             .into_iter()
             .filter_map(|id| {
-                let entry = conversation.outbox.get(&id)?;
+                let entry = conversation.outbox().get(&id)?;
                 Some(Job {
                     key: self.key,
                     id,
                     effect: entry.effect.clone(),
                     attempt: entry.attempts + 1,
-                    links: conversation.links.clone(),
-                    phase: conversation.phase.name(),
-                    seller: conversation.phase.seller().cloned(),
+                    links: conversation.links().clone(),
+                    phase: conversation.phase().name(),
+                    seller: conversation.phase().seller().cloned(),
                     history: history.clone(),
                     committed: Default::default(),
                     found: Default::default(),

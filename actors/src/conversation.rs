@@ -54,44 +54,44 @@ const TRIMMED_TIMELINE: usize = 20;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Conversation {
-    pub key: ContactKey,
-    pub phase: Phase,
+    pub(crate) key: ContactKey,
+    pub(crate) phase: Phase,
     /// Bumped at every change of who may speak (takeover, release, pause, resume).
-    pub epoch: u64,
+    pub(crate) epoch: u64,
     #[serde(default)]
-    pub links: Links,
+    pub(crate) links: Links,
     /// Customer messages since the last delivered reply.
     #[serde(default)]
-    pub pending: Vec<InboundMessage>,
+    pub(crate) pending: Vec<InboundMessage>,
     /// The dispatch whose reply the conversation waits for.
     #[serde(default)]
-    pub in_flight: Option<InFlight>,
+    pub(crate) in_flight: Option<InFlight>,
     /// When the current burst of customer messages began (for the debounce cap).
     #[serde(default)]
-    pub burst_started_at: Option<Millis>,
+    pub(crate) burst_started_at: Option<Millis>,
     #[serde(default)]
-    pub recent_dispatches: VecDeque<DispatchRecord>,
+    pub(crate) recent_dispatches: VecDeque<DispatchRecord>,
     /// Normalised texts of replies this engine sent, to tell their echoes from a human.
     #[serde(default)]
-    pub recent_replies: VecDeque<String>,
+    pub(crate) recent_replies: VecDeque<String>,
     /// Message ids already acted on, with whether their attachment arrived.
     #[serde(default)]
-    pub seen: VecDeque<SeenMessage>,
+    pub(crate) seen: VecDeque<SeenMessage>,
     #[serde(default)]
-    pub timers: BTreeMap<TimerKind, Millis>,
+    pub(crate) timers: BTreeMap<TimerKind, Millis>,
     #[serde(default)]
-    pub outbox: Outbox,
+    pub(crate) outbox: Outbox,
     /// Source of every outbox id; never reused.
-    pub next_seq: u64,
+    pub(crate) next_seq: u64,
     #[serde(default)]
-    pub last_customer_at: Option<Millis>,
-    pub created_at: Millis,
-    pub updated_at: Millis,
+    pub(crate) last_customer_at: Option<Millis>,
+    pub(crate) created_at: Millis,
+    pub(crate) updated_at: Millis,
     #[serde(default)]
-    pub timeline: Timeline,
+    pub(crate) timeline: Timeline,
     /// Who opened the conversation proactively, and about what; kept until it ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proactive: Option<ProactiveOrigin>,
+    pub(crate) proactive: Option<ProactiveOrigin>,
 }
 
 /// The marketing event that opened a conversation, with its seller and practice area.
@@ -441,6 +441,95 @@ impl Conversation {
             .collect();
         due.sort();
         due.into_iter().map(|(_, k)| k).collect()
+    }
+
+    // ---- reading the conversation (its fields are the machine's own) ----
+
+    pub fn key(&self) -> ContactKey {
+        self.key
+    }
+
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// Bumped at every change of who may speak (takeover, release, pause, resume).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn links(&self) -> &Links {
+        &self.links
+    }
+
+    /// Customer messages since the last delivered reply.
+    pub fn pending(&self) -> &[InboundMessage] {
+        &self.pending
+    }
+
+    /// The dispatch whose reply the conversation waits for.
+    pub fn in_flight(&self) -> Option<&InFlight> {
+        self.in_flight.as_ref()
+    }
+
+    /// When the current burst of customer messages began (for the debounce cap).
+    pub fn burst_started_at(&self) -> Option<Millis> {
+        self.burst_started_at
+    }
+
+    /// The armed timers and when they fire.
+    pub fn timers(&self) -> &BTreeMap<TimerKind, Millis> {
+        &self.timers
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    pub fn created_at(&self) -> Millis {
+        self.created_at
+    }
+
+    pub fn updated_at(&self) -> Millis {
+        self.updated_at
+    }
+
+    pub fn timeline(&self) -> &Timeline {
+        &self.timeline
+    }
+
+    /// Who opened the conversation proactively, and about what.
+    pub fn proactive(&self) -> Option<&ProactiveOrigin> {
+        self.proactive.as_ref()
+    }
+
+    /// An executor on `node` takes the outbox entry `id` until `until`, as [`Conversation::poll_work`]
+    /// does for each due entry it hands out; `false` when there is no such entry.
+    pub fn claim(&mut self, id: &str, node: &str, until: Millis) -> bool {
+        match self.outbox.get_mut(id) {
+            Some(entry) => {
+                entry.claim = Some(crate::effect::Claim {
+                    node: node.to_owned(),
+                    until,
+                });
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn last_customer_at(&self) -> Option<Millis> {
+        self.last_customer_at
+    }
+
+    /// The recent dispatches, to judge a late reply.
+    pub fn recent_dispatches(&self) -> &VecDeque<DispatchRecord> {
+        &self.recent_dispatches
+    }
+
+    /// Message ids already acted on, with whether their attachment arrived.
+    pub fn seen(&self) -> &VecDeque<SeenMessage> {
+        &self.seen
     }
 
     pub fn seller(&self) -> Option<&SellerRef> {

@@ -65,7 +65,7 @@ impl Sim {
 
     fn try_handle(&mut self, event: Event) -> Result<Outcome, Rejection> {
         let before = self.c.clone();
-        self.timers_before = before.timers.clone();
+        self.timers_before = before.timers().clone();
         let result = self.c.handle(event, self.now, &self.p);
         if result.is_err() {
             assert_eq!(
@@ -88,7 +88,7 @@ impl Sim {
     fn timers_set(&self) -> Vec<(TimerKind, Millis)> {
         let before = &self.timers_before;
         self.c
-            .timers
+            .timers()
             .iter()
             .filter(|(kind, at)| **kind != TimerKind::IdleEnd && before.get(kind) != Some(at))
             .map(|(kind, at)| (*kind, *at))
@@ -97,7 +97,7 @@ impl Sim {
 
     /// The decision timers the last event cancelled, in kind order.
     fn timers_cancelled(&self) -> Vec<TimerKind> {
-        let after = &self.c.timers;
+        let after = self.c.timers();
         self.timers_before
             .keys()
             .filter(|kind| **kind != TimerKind::IdleEnd && !after.contains_key(kind))
@@ -132,34 +132,30 @@ impl Sim {
     /// Marks an outbox entry as taken by an executor (it is being sent).
     fn claim(&mut self, id: &str) {
         let until = self.now + 30_000;
-        let entry = self.c.outbox.get_mut(id).expect("entry in the outbox");
-        entry.claim = Some(conversa_actors::effect::Claim {
-            node: "node-a".into(),
-            until,
-        });
+        assert!(self.c.claim(id, "node-a", until), "entry in the outbox");
     }
 
     fn whats(&self) -> Vec<What> {
-        self.c.timeline.entries().map(|e| e.what).collect()
+        self.c.timeline().entries().map(|e| e.what).collect()
     }
 
     fn last_what(&self) -> What {
-        self.c.timeline.last().expect("a timeline entry").what
+        self.c.timeline().last().expect("a timeline entry").what
     }
 
     fn outbox_ids(&self) -> Vec<String> {
-        self.c.outbox.entries().map(|e| e.id.clone()).collect()
+        self.c.outbox().entries().map(|e| e.id.clone()).collect()
     }
 
     fn outbox_has(&self, id: &str) -> bool {
-        self.c.outbox.get(id).is_some()
+        self.c.outbox().get(id).is_some()
     }
 
     /// The timers that are decisions (debounce, lease, scheduling), without the idle end that
     /// every activity moves.
     fn decision_timers(&self) -> Vec<TimerKind> {
         self.c
-            .timers
+            .timers()
             .keys()
             .copied()
             .filter(|t| *t != TimerKind::IdleEnd)
@@ -167,7 +163,7 @@ impl Sim {
     }
 
     fn pending_ids(&self) -> Vec<&str> {
-        self.c.pending.iter().map(|m| m.id.as_str()).collect()
+        self.c.pending().iter().map(|m| m.id.as_str()).collect()
     }
 }
 
@@ -361,17 +357,17 @@ fn a_customer_message_in_idle_starts_the_bot_and_arms_the_debounce_timer() {
     let out = s.ok(Event::CustomerMessage(m.clone()));
 
     assert!(out.changed);
-    assert_eq!(s.c.phase, Phase::BotActive);
+    assert_eq!(*s.c.phase(), Phase::BotActive);
     assert!(out.effects.is_empty());
     assert_eq!(s.timers_set(), [(TimerKind::Debounce, T0 + 4_000)]);
-    assert_eq!(s.c.pending, vec![m]);
-    assert_eq!(s.c.in_flight, None);
-    assert_eq!(s.c.timers.get(&TimerKind::Debounce), Some(&(T0 + 4_000)));
-    assert_eq!(s.c.burst_started_at, Some(T0));
-    assert_eq!(s.c.last_customer_at, Some(T0));
-    assert_eq!(s.c.links.lead_id, Some(991));
-    assert!(s.c.outbox.is_empty());
-    let entry = s.c.timeline.last().unwrap();
+    assert_eq!(*s.c.pending(), vec![m]);
+    assert_eq!(s.c.in_flight(), None);
+    assert_eq!(s.c.timers().get(&TimerKind::Debounce), Some(&(T0 + 4_000)));
+    assert_eq!(s.c.burst_started_at(), Some(T0));
+    assert_eq!(s.c.last_customer_at(), Some(T0));
+    assert_eq!(s.c.links().lead_id, Some(991));
+    assert!(s.c.outbox().is_empty());
+    let entry = s.c.timeline().last().unwrap();
     assert_eq!(entry.what, What::MessageIn);
     assert_eq!(entry.message_id.as_deref(), Some("m1"));
 }
@@ -381,7 +377,7 @@ fn with_no_debounce_a_customer_message_is_dispatched_at_once() {
     let mut s = Sim::immediate();
     let out = s.ok(customer("m1"));
 
-    assert_eq!(s.c.phase, Phase::BotActive);
+    assert_eq!(*s.c.phase(), Phase::BotActive);
     assert!(s.timers_set().is_empty());
     let d = the_dispatch(&out, DispatchKind::Message);
     assert_eq!(d.messages, vec![message("m1")]);
@@ -389,7 +385,7 @@ fn with_no_debounce_a_customer_message_is_dispatched_at_once() {
     assert_eq!(d.seller, None);
     assert_eq!(d.dispatch_id, "7-42-1");
     assert_eq!(
-        s.c.in_flight,
+        s.c.in_flight().cloned(),
         Some(InFlight {
             dispatch_id: d.dispatch_id.clone(),
             kind: DispatchKind::Message,
@@ -397,14 +393,14 @@ fn with_no_debounce_a_customer_message_is_dispatched_at_once() {
         })
     );
     // The dispatch is in the outbox under its dispatch id, due at once.
-    let entry = s.c.outbox.get(&d.dispatch_id).unwrap();
+    let entry = s.c.outbox().get(&d.dispatch_id).unwrap();
     assert_eq!(entry.effect, Effect::Dispatch(d.clone()));
     assert_eq!((entry.attempts, entry.not_before), (0, T0));
     assert_eq!(
-        s.c.recent_dispatches.back().unwrap().dispatch_id,
+        s.c.recent_dispatches().back().unwrap().dispatch_id,
         d.dispatch_id
     );
-    let queued = s.c.timeline.last().unwrap();
+    let queued = s.c.timeline().last().unwrap();
     assert_eq!(queued.what, What::DispatchQueued);
     assert_eq!(queued.dispatch_id.as_deref(), Some(d.dispatch_id.as_str()));
     assert_eq!(queued.detail.as_deref(), Some("message"));
@@ -418,7 +414,7 @@ fn each_new_customer_message_pushes_the_debounce_back() {
     assert_eq!(s.timers_set(), vec![(TimerKind::Debounce, T0 + 5_000)]);
     assert!(dispatches(&out).is_empty());
     assert_eq!(s.pending_ids(), ["m1", "m2"]);
-    assert_eq!(s.c.burst_started_at, Some(T0), "the burst began with m1");
+    assert_eq!(s.c.burst_started_at(), Some(T0), "the burst began with m1");
 }
 
 #[test]
@@ -429,7 +425,7 @@ fn the_debounce_cap_bounds_the_wait_while_the_customer_keeps_typing() {
     for (i, id) in ["m2", "m3", "m4", "m5", "m6"].into_iter().enumerate() {
         s.advance(3_000).ok(customer(id));
         // Past the cap the timer stays where it is: read it, not what moved.
-        let at = s.c.timers[&TimerKind::Debounce];
+        let at = s.c.timers()[&TimerKind::Debounce];
         let elapsed = 3_000 * (i as u64 + 1);
         assert_eq!(at, (T0 + elapsed + 4_000).min(T0 + 15_000));
         assert!(at <= T0 + 15_000, "never later than the cap");
@@ -468,8 +464,8 @@ fn the_debounce_timer_dispatches_every_pending_message_once() {
     let d = the_dispatch(&out, DispatchKind::Message);
     assert_eq!(ids(&d), ["m1", "m2", "m3"]);
     assert!(s.decision_timers().is_empty());
-    assert_eq!(s.c.burst_started_at, None);
-    assert_eq!(s.c.in_flight.as_ref().unwrap().dispatch_id, d.dispatch_id);
+    assert_eq!(s.c.burst_started_at(), None);
+    assert_eq!(s.c.in_flight().unwrap().dispatch_id, d.dispatch_id);
     assert_eq!(s.outbox_ids(), std::slice::from_ref(&d.dispatch_id));
     // The messages stay pending until a reply is delivered...
     assert_eq!(s.pending_ids(), ["m1", "m2", "m3"]);
@@ -501,10 +497,10 @@ fn the_same_id_again_with_an_attachment_is_merged_into_the_pending_message() {
     let out = s.advance(1_000).ok(customer_voice("m1"));
 
     assert!(out.changed);
-    assert_eq!(s.c.pending.len(), 1, "merged, not added");
-    assert_eq!(s.c.pending[0], voice("m1"));
+    assert_eq!(s.c.pending().len(), 1, "merged, not added");
+    assert_eq!(s.c.pending()[0], voice("m1"));
     assert_eq!(s.timers_set(), vec![(TimerKind::Debounce, T0 + 5_000)]);
-    let entry = s.c.timeline.last().unwrap();
+    let entry = s.c.timeline().last().unwrap();
     assert_eq!(entry.what, What::AttachmentMerged);
     assert_eq!(entry.message_id.as_deref(), Some("m1"));
     // The merged message redelivered, with or without its attachment: nothing new.
@@ -522,7 +518,7 @@ fn a_message_first_seen_with_its_attachment_ignores_a_later_resend() {
     s.ok(customer_voice("m1"));
     s.advance(100).no_op(customer_voice("m1"));
     s.no_op(customer("m1"));
-    assert_eq!(s.c.pending, vec![voice("m1")]);
+    assert_eq!(*s.c.pending(), vec![voice("m1")]);
 }
 
 #[test]
@@ -534,7 +530,7 @@ fn an_attachment_for_a_message_in_flight_supersedes_the_dispatch_and_resends_the
     assert!(!s.outbox_has(&d1), "d1 was not sent yet: cancelled");
     let d2 = the_dispatch(&out, DispatchKind::Message);
     assert_eq!(d2.messages, vec![voice("m1")]);
-    assert_eq!(s.c.pending, vec![voice("m1")]);
+    assert_eq!(*s.c.pending(), vec![voice("m1")]);
     let out = s.ok(reply(&d1));
     assert_eq!(out.dropped, Some(DropReason::Superseded));
 }
@@ -548,8 +544,8 @@ fn an_attachment_for_an_answered_message_is_recorded_but_not_dispatched() {
 
     assert!(out.changed);
     assert!(out.effects.is_empty(), "answered already: {out:?}");
-    assert!(s.c.pending.is_empty());
-    let entry = s.c.timeline.last().unwrap();
+    assert!(s.c.pending().is_empty());
+    let entry = s.c.timeline().last().unwrap();
     assert_eq!(entry.what, What::AttachmentMerged);
     assert_eq!(entry.message_id.as_deref(), Some("m1"));
     s.no_op(customer_voice("m1"));
@@ -565,7 +561,7 @@ fn a_newer_message_supersedes_the_dispatch_in_flight() {
     let out = s.advance(1_000).ok(customer("m2"));
 
     let superseded =
-        s.c.timeline
+        s.c.timeline()
             .entries()
             .find(|e| e.what == What::DispatchSuperseded)
             .expect("a dispatch_superseded entry");
@@ -582,7 +578,7 @@ fn a_newer_message_supersedes_the_dispatch_in_flight() {
     assert_eq!(out.dropped, Some(DropReason::Superseded));
     assert!(deliveries(&out).is_empty());
     assert_eq!(s.pending_ids(), ["m1", "m2"]);
-    let dropped = s.c.timeline.last().unwrap();
+    let dropped = s.c.timeline().last().unwrap();
     assert_eq!(dropped.what, What::ReplyDropped);
     assert_eq!(dropped.dispatch_id.as_deref(), Some(d1.as_str()));
     assert_eq!(dropped.detail.as_deref(), Some("superseded"));
@@ -590,7 +586,7 @@ fn a_newer_message_supersedes_the_dispatch_in_flight() {
     // The answer to the new one is delivered.
     let out = s.ok(reply(&d2.dispatch_id));
     assert_eq!(deliveries(&out).len(), 1);
-    assert!(s.c.pending.is_empty());
+    assert!(s.c.pending().is_empty());
 }
 
 #[test]
@@ -603,8 +599,8 @@ fn a_superseded_dispatch_not_yet_sent_is_cancelled() {
 
     assert!(!s.outbox_has(&d1));
     assert!(dispatches(&out).is_empty(), "debounced: nothing yet");
-    assert!(s.c.in_flight.as_ref().unwrap().superseded);
-    let cancelled = s.c.timeline.last().unwrap();
+    assert!(s.c.in_flight().unwrap().superseded);
+    let cancelled = s.c.timeline().last().unwrap();
     assert_eq!(cancelled.what, What::EffectCancelled);
     assert_eq!(cancelled.dispatch_id.as_deref(), Some(d1.as_str()));
     let out = s.advance(4_000).ok(fire(TimerKind::Debounce));
@@ -639,11 +635,11 @@ fn a_reply_for_the_dispatch_in_flight_is_delivered_and_clears_pending() {
             sent: 0,
         }]
     );
-    assert!(s.c.pending.is_empty());
-    assert_eq!(s.c.in_flight, None);
+    assert!(s.c.pending().is_empty());
+    assert_eq!(s.c.in_flight(), None);
     // The reply is in the outbox under its own id.
     let entry =
-        s.c.outbox
+        s.c.outbox()
             .entries()
             .find(|e| matches!(e.effect, Effect::DeliverReply { .. }))
             .unwrap();
@@ -653,7 +649,7 @@ fn a_reply_for_the_dispatch_in_flight_is_delivered_and_clears_pending() {
         entry.id
     );
     let accepted =
-        s.c.timeline
+        s.c.timeline()
             .entries()
             .find(|e| e.what == What::ReplyAccepted)
             .unwrap();
@@ -666,7 +662,7 @@ fn a_reply_without_dispatch_id_answers_the_dispatch_in_flight() {
     s.dispatched("m1");
     let out = s.advance(1_000).ok(reply_without_id());
     assert_eq!(deliveries(&out), vec![(None, vec!["an answer".to_owned()])]);
-    assert!(s.c.pending.is_empty());
+    assert!(s.c.pending().is_empty());
 }
 
 #[test]
@@ -705,7 +701,7 @@ fn a_reply_for_an_unknown_dispatch_is_dropped() {
     assert_eq!(out.dropped, Some(DropReason::UnknownDispatch));
     assert!(out.effects.is_empty());
     assert_eq!(s.pending_ids(), ["m1"]);
-    let entry = s.c.timeline.last().unwrap();
+    let entry = s.c.timeline().last().unwrap();
     assert_eq!(entry.what, What::ReplyDropped);
     assert_eq!(entry.detail.as_deref(), Some("unknown_dispatch"));
 }
@@ -748,15 +744,15 @@ fn pausing_silences_the_bot_and_bumps_the_epoch() {
     s.ok(pause());
 
     assert!(
-        matches!(&s.c.phase, Phase::Paused { since, by } if *since == s.now && by == "operator")
+        matches!(s.c.phase(), Phase::Paused { since, by } if *since == s.now && by == "operator")
     );
-    assert_eq!(s.c.epoch, 1);
+    assert_eq!(s.c.epoch(), 1);
     assert_eq!(s.timers_cancelled(), [TimerKind::Debounce]);
     // Unanswered, kept for the bot's return; nothing dispatches them while paused.
     assert_eq!(s.pending_ids(), ["m1", "m2"]);
-    assert_eq!(s.c.in_flight, None);
+    assert_eq!(s.c.in_flight(), None);
     assert!(s.decision_timers().is_empty());
-    assert!(s.c.outbox.is_empty(), "{:?}", s.outbox_ids());
+    assert!(s.c.outbox().is_empty(), "{:?}", s.outbox_ids());
     assert_eq!(s.last_what(), What::Paused);
     // The reply to the old dispatch arrives while paused.
     let out = s.advance(1_000).ok(reply(&d1.dispatch_id));
@@ -771,8 +767,8 @@ fn resuming_hands_the_conversation_back_with_a_released_dispatch() {
     s.ok(pause());
     let out = s.advance(60_000).ok(resume());
 
-    assert_eq!(s.c.phase, Phase::BotActive);
-    assert_eq!(s.c.epoch, 2);
+    assert_eq!(*s.c.phase(), Phase::BotActive);
+    assert_eq!(s.c.epoch(), 2);
     let d = the_dispatch(&out, DispatchKind::Released);
     assert_eq!(d.epoch, 2);
     // m1 was never answered: the bot gets it back, and the released dispatch awaits a reply.
@@ -781,7 +777,7 @@ fn resuming_hands_the_conversation_back_with_a_released_dispatch() {
     assert_eq!(d.details["reason"], "resumed");
     assert_eq!(d.details["by"], "operator");
     assert_eq!(
-        s.c.in_flight.as_ref().map(|f| f.kind),
+        s.c.in_flight().map(|f| f.kind),
         Some(DispatchKind::Released)
     );
     assert_eq!(
@@ -813,7 +809,7 @@ fn resuming_a_held_conversation_releases_it() {
     let mut s = Sim::new();
     s.ok(assume("ana"));
     let out = s.advance(1_000).ok(resume());
-    assert_eq!(s.c.phase, Phase::BotActive);
+    assert_eq!(*s.c.phase(), Phase::BotActive);
     let d = the_dispatch(&out, DispatchKind::Released);
     assert_eq!(d.seller, Some(seller("ana")));
     assert_eq!(d.details["reason"], "released");
@@ -827,11 +823,11 @@ fn customer_messages_while_paused_are_held_and_never_dispatched() {
     assert!(out.effects.is_empty());
     // Kept for the bot (see the release tests), never dispatched while paused.
     assert_eq!(s.pending_ids(), ["m1"]);
-    let held = s.c.timeline.last().unwrap();
+    let held = s.c.timeline().last().unwrap();
     assert_eq!(held.what, What::MessageHeld);
     assert_eq!(held.message_id.as_deref(), Some("m1"));
     assert_eq!(held.detail.as_deref(), Some("paused"));
-    assert_eq!(s.c.last_customer_at, Some(s.now));
+    assert_eq!(s.c.last_customer_at(), Some(s.now));
     let out = s.advance(1_000).ok(resume());
     // The resume hands the unanswered message to the bot, in the released dispatch...
     let released = the_dispatch(&out, DispatchKind::Released);
@@ -849,13 +845,13 @@ fn a_seller_assuming_silences_the_bot_and_bumps_the_epoch() {
     let d1 = s.dispatched("m1");
     s.ok(reply(&d1)); // a reply waiting in the outbox to be delivered
     let d2 = s.advance(1_000).dispatched("m2"); // and a dispatch in flight
-    assert_eq!(s.c.outbox.len(), 3);
+    assert_eq!(s.c.outbox().len(), 3);
     let out = s.advance(1_000).ok(assume("ana"));
 
     let p = &s.p;
     let expires = s.now + p.human_lease_ms.unwrap();
     assert_eq!(
-        s.c.phase,
+        *s.c.phase(),
         Phase::HumanAssigned {
             seller: seller("ana"),
             since: s.now,
@@ -863,8 +859,8 @@ fn a_seller_assuming_silences_the_bot_and_bumps_the_epoch() {
             expires_at: Some(expires),
         }
     );
-    assert_eq!(s.c.epoch, 1);
-    assert_eq!(s.c.in_flight, None);
+    assert_eq!(s.c.epoch(), 1);
+    assert_eq!(s.c.in_flight(), None);
     // Kept until the seller answers them or hands them back; never dispatched meanwhile.
     assert!(dispatches(&out).is_empty());
     assert_eq!(
@@ -876,16 +872,16 @@ fn a_seller_assuming_silences_the_bot_and_bumps_the_epoch() {
     );
     // Every message dispatch and the undelivered reply are cancelled; only the note stays.
     let cancelled: Vec<_> =
-        s.c.timeline
+        s.c.timeline()
             .entries()
             .filter(|e| e.what == What::EffectCancelled)
             .filter_map(|e| e.dispatch_id.clone())
             .collect();
     assert_eq!(cancelled.len(), 3, "{cancelled:?}");
     assert!(cancelled.contains(&d1) && cancelled.contains(&d2));
-    assert_eq!(s.c.outbox.len(), 1);
+    assert_eq!(s.c.outbox().len(), 1);
     assert!(
-        s.c.outbox
+        s.c.outbox()
             .entries()
             .all(|e| matches!(e.effect, Effect::AddNote { .. }))
     );
@@ -897,7 +893,7 @@ fn a_seller_assuming_silences_the_bot_and_bumps_the_epoch() {
         }]
     );
     let takeover =
-        s.c.timeline
+        s.c.timeline()
             .entries()
             .find(|e| e.what == What::Takeover)
             .unwrap();
@@ -932,9 +928,9 @@ fn the_holder_assuming_again_extends_the_lease() {
     s.ok(assume("ana"));
     s.advance(600_000).ok(assume("ana"));
     let expires = s.now + s.p.human_lease_ms.unwrap();
-    assert_eq!(s.c.epoch, 1, "no new takeover");
+    assert_eq!(s.c.epoch(), 1, "no new takeover");
     assert!(
-        matches!(s.c.phase, Phase::HumanAssigned { expires_at: Some(e), since, .. }
+        matches!(*s.c.phase(), Phase::HumanAssigned { expires_at: Some(e), since, .. }
         if e == expires && since == T0)
     );
     assert_eq!(
@@ -953,8 +949,8 @@ fn release_by_the_holder_hands_the_conversation_back_to_the_bot() {
     s.ok(assume("ana"));
     let out = s.advance(60_000).ok(release("ana"));
 
-    assert_eq!(s.c.phase, Phase::BotActive);
-    assert_eq!(s.c.epoch, 2);
+    assert_eq!(*s.c.phase(), Phase::BotActive);
+    assert_eq!(s.c.epoch(), 2);
     assert!(s.decision_timers().is_empty());
     assert_eq!(
         s.timers_cancelled(),
@@ -1004,7 +1000,7 @@ fn an_operator_may_release_any_hold() {
     let mut s = Sim::new();
     s.ok(assume("ana"));
     let out = s.advance(1_000).ok(operator_release());
-    assert_eq!(s.c.phase, Phase::BotActive);
+    assert_eq!(*s.c.phase(), Phase::BotActive);
     let d = the_dispatch(&out, DispatchKind::Released);
     assert_eq!(d.seller, Some(seller("ana")));
     assert_eq!(d.details["by"], "operator");
@@ -1030,8 +1026,8 @@ fn lease_expiry_returns_the_conversation_to_the_bot() {
     s.now = expires;
     let out = s.ok(fire(TimerKind::LeaseExpiry));
 
-    assert_eq!(s.c.phase, Phase::BotActive);
-    assert_eq!(s.c.epoch, 2);
+    assert_eq!(*s.c.phase(), Phase::BotActive);
+    assert_eq!(s.c.epoch(), 2);
     let d = the_dispatch(&out, DispatchKind::Released);
     assert_eq!(d.details["reason"], "lease_expired");
     assert_eq!(d.details["by"], "lease");
@@ -1049,13 +1045,13 @@ fn lease_expiry_returns_the_conversation_to_the_bot() {
 fn the_lease_nudge_reminds_the_seller_with_a_note() {
     let mut s = Sim::new();
     s.ok(assume("ana"));
-    let nudge_at = s.c.timers[&TimerKind::LeaseNudge];
+    let nudge_at = s.c.timers()[&TimerKind::LeaseNudge];
     s.now = nudge_at;
     let out = s.ok(fire(TimerKind::LeaseNudge));
     assert_eq!(notes(&out), [Note::LeaseEnding { minutes: 10 }]);
-    assert!(s.c.phase.is_human());
-    assert!(!s.c.timers.contains_key(&TimerKind::LeaseNudge));
-    assert!(s.c.timers.contains_key(&TimerKind::LeaseExpiry));
+    assert!(s.c.phase().is_human());
+    assert!(!s.c.timers().contains_key(&TimerKind::LeaseNudge));
+    assert!(s.c.timers().contains_key(&TimerKind::LeaseExpiry));
 }
 
 #[test]
@@ -1067,7 +1063,7 @@ fn without_a_lease_a_hold_never_expires() {
     s.ok(assume("ana"));
     assert!(s.timers_set().is_empty());
     assert!(matches!(
-        s.c.phase,
+        *s.c.phase(),
         Phase::HumanAssigned {
             expires_at: None,
             ..
@@ -1094,7 +1090,7 @@ fn customer_messages_while_a_seller_holds_the_conversation_are_held() {
     for id in ["m1", "m2"] {
         let out = s.advance(1_000).ok(customer(id));
         assert!(out.effects.is_empty(), "{out:?}");
-        let held = s.c.timeline.last().unwrap();
+        let held = s.c.timeline().last().unwrap();
         assert_eq!(held.what, What::MessageHeld);
         assert_eq!(held.message_id.as_deref(), Some(id));
         assert_eq!(held.detail.as_deref(), Some("human_assigned"));
@@ -1103,7 +1099,7 @@ fn customer_messages_while_a_seller_holds_the_conversation_are_held() {
     let out = s.ok(customer_voice("m1"));
     assert!(out.effects.is_empty());
     assert_eq!(s.pending_ids(), ["m1", "m2"]);
-    assert!(s.c.pending[0].attachment.is_some());
+    assert!(s.c.pending()[0].attachment.is_some());
     // Nobody answered them: the bot gets them back with the release.
     let out = s.advance(1_000).ok(release("ana"));
     let ids: Vec<_> = the_dispatch(&out, DispatchKind::Released)
@@ -1120,9 +1116,11 @@ fn a_seller_writing_in_the_chat_extends_their_lease() {
     s.ok(assume("ana"));
     s.advance(30 * 60_000).ok(spoke("ana", "s1"));
     let expires = s.now + s.p.human_lease_ms.unwrap();
-    assert!(matches!(s.c.phase, Phase::HumanAssigned { expires_at: Some(e), .. } if e == expires));
+    assert!(
+        matches!(*s.c.phase(), Phase::HumanAssigned { expires_at: Some(e), .. } if e == expires)
+    );
     assert!(s.timers_set().contains(&(TimerKind::LeaseExpiry, expires)));
-    let entry = s.c.timeline.last().unwrap();
+    let entry = s.c.timeline().last().unwrap();
     assert_eq!(entry.what, What::LeaseExtended);
     assert_eq!(entry.message_id.as_deref(), Some("s1"));
     // The same chat message redelivered does not extend it again.
@@ -1135,10 +1133,10 @@ fn a_seller_writing_to_a_bot_conversation_takes_it_over() {
     let d1 = s.dispatched("m1");
     let out = s.advance(1_000).ok(spoke("ana", "s1"));
     assert!(
-        matches!(&s.c.phase, Phase::HumanAssigned { seller: who, by, .. }
+        matches!(s.c.phase(), Phase::HumanAssigned { seller: who, by, .. }
         if *who == seller("ana") && by == "chat message s1")
     );
-    assert_eq!(s.c.epoch, 1);
+    assert_eq!(s.c.epoch(), 1);
     assert!(!s.outbox_has(&d1));
     assert_eq!(notes(&out).len(), 1);
     assert_eq!(s.ok(reply(&d1)).dropped, Some(DropReason::HumanAssigned));
@@ -1154,8 +1152,8 @@ fn without_auto_takeover_a_seller_writing_does_not_take_over() {
     let d1 = s.dispatched("m1");
     let out = s.advance(1_000).ok(spoke("ana", "s1"));
     assert!(out.effects.is_empty());
-    assert_eq!(s.c.phase, Phase::BotActive);
-    assert_eq!(s.c.epoch, 0);
+    assert_eq!(*s.c.phase(), Phase::BotActive);
+    assert_eq!(s.c.epoch(), 0);
     assert!(s.outbox_has(&d1));
     assert_eq!(deliveries(&s.ok(reply(&d1))).len(), 1);
 }
@@ -1168,7 +1166,7 @@ fn a_proactive_start_from_idle_opens_a_proactive_conversation() {
     let out = s.ok(proactive("ana"));
 
     assert_eq!(
-        s.c.phase,
+        *s.c.phase(),
         Phase::Proactive {
             since: T0,
             trigger: "form_filled".into()
@@ -1178,10 +1176,7 @@ fn a_proactive_start_from_idle_opens_a_proactive_conversation() {
     assert_eq!(d.seller, Some(seller("ana")));
     assert_eq!(d.details["form"], "contato");
     assert!(d.messages.is_empty());
-    assert_eq!(
-        s.c.in_flight.as_ref().unwrap().kind,
-        DispatchKind::Proactive
-    );
+    assert_eq!(s.c.in_flight().unwrap().kind, DispatchKind::Proactive);
     assert_eq!(
         notes(&out),
         [Note::ProactiveStarted {
@@ -1191,7 +1186,7 @@ fn a_proactive_start_from_idle_opens_a_proactive_conversation() {
     );
     assert!(s.c.is_live_at(s.now, &s.p));
     let started =
-        s.c.timeline
+        s.c.timeline()
             .entries()
             .find(|e| e.what == What::ProactiveStarted)
             .unwrap();
@@ -1228,9 +1223,9 @@ fn the_customer_answering_turns_a_proactive_conversation_into_a_bot_conversation
     let mut s = Sim::new();
     let pd = the_dispatch(&s.ok(proactive("ana")), DispatchKind::Proactive);
     s.ok(reply(&pd.dispatch_id)); // the opening message reaches the customer
-    assert!(matches!(s.c.phase, Phase::Proactive { .. }));
+    assert!(matches!(*s.c.phase(), Phase::Proactive { .. }));
     s.advance(60_000).ok(customer("m1"));
-    assert_eq!(s.c.phase, Phase::BotActive);
+    assert_eq!(*s.c.phase(), Phase::BotActive);
     assert_eq!(s.timers_set(), [(TimerKind::Debounce, s.now + 4_000)]);
 }
 
@@ -1240,7 +1235,7 @@ fn a_reply_to_the_proactive_dispatch_is_delivered() {
     let pd = the_dispatch(&s.ok(proactive("ana")), DispatchKind::Proactive);
     let out = s.advance(2_000).ok(reply(&pd.dispatch_id));
     assert_eq!(deliveries(&out).len(), 1);
-    assert_eq!(s.c.in_flight, None);
+    assert_eq!(s.c.in_flight(), None);
 }
 
 #[test]
@@ -1263,7 +1258,7 @@ fn a_proactive_start_is_allowed_again_once_the_bot_conversation_is_quiet() {
     assert!(!s.c.is_live_at(s.now, &s.p));
     let out = s.ok(proactive("ana"));
     the_dispatch(&out, DispatchKind::Proactive);
-    assert!(matches!(s.c.phase, Phase::Proactive { .. }));
+    assert!(matches!(*s.c.phase(), Phase::Proactive { .. }));
 }
 
 #[test]
@@ -1279,7 +1274,7 @@ fn a_takeover_or_a_pause_cancels_a_proactive_opening_not_yet_sent() {
         the_dispatch(&out, DispatchKind::Proactive);
         let queued = s
             .c
-            .outbox
+            .outbox()
             .entries()
             .filter(
                 |e| matches!(&e.effect, Effect::Dispatch(d) if d.kind == DispatchKind::Proactive),
@@ -1314,7 +1309,7 @@ fn a_scheduling_request_starts_scheduling_with_a_timeout() {
     s.ok(customer("m1")); // a burst being debounced is dropped
     let out = s.advance(1_000).ok(scheduling("ana"));
 
-    assert!(matches!(&s.c.phase, Phase::Scheduling { since, request }
+    assert!(matches!(s.c.phase(), Phase::Scheduling { since, request }
         if *since == s.now && request["when"] == "tomorrow 10h"));
     let d = the_dispatch(&out, DispatchKind::Scheduling);
     assert_eq!(d.seller, Some(seller("ana")));
@@ -1322,8 +1317,8 @@ fn a_scheduling_request_starts_scheduling_with_a_timeout() {
     let timeout = s.now + s.p.scheduling_timeout_ms;
     assert_eq!(s.timers_set(), [(TimerKind::SchedulingTimeout, timeout)]);
     assert_eq!(s.timers_cancelled(), [TimerKind::Debounce]);
-    assert!(s.c.pending.is_empty());
-    assert_eq!(s.c.in_flight.as_ref().unwrap().dispatch_id, d.dispatch_id);
+    assert!(s.c.pending().is_empty());
+    assert_eq!(s.c.in_flight().unwrap().dispatch_id, d.dispatch_id);
     assert!(s.whats().contains(&What::SchedulingStarted));
 }
 
@@ -1334,7 +1329,7 @@ fn scheduling_replies_are_delivered_and_keep_the_request_in_flight() {
     for _ in 0..2 {
         let out = s.advance(1_000).ok(reply(&d.dispatch_id));
         assert_eq!(deliveries(&out).len(), 1);
-        assert_eq!(s.c.in_flight.as_ref().unwrap().dispatch_id, d.dispatch_id);
+        assert_eq!(s.c.in_flight().unwrap().dispatch_id, d.dispatch_id);
     }
 }
 
@@ -1343,8 +1338,8 @@ fn a_confirmed_scheduling_outcome_returns_to_the_bot_with_a_note() {
     let mut s = Sim::new();
     let d = the_dispatch(&s.ok(scheduling("ana")), DispatchKind::Scheduling);
     let out = s.advance(60_000).ok(outcome(Some(&d.dispatch_id), true));
-    assert_eq!(s.c.phase, Phase::BotActive);
-    assert_eq!(s.c.in_flight, None);
+    assert_eq!(*s.c.phase(), Phase::BotActive);
+    assert_eq!(s.c.in_flight(), None);
     assert_eq!(s.timers_cancelled(), [TimerKind::SchedulingTimeout]);
     assert_eq!(
         notes(&out),
@@ -1354,7 +1349,7 @@ fn a_confirmed_scheduling_outcome_returns_to_the_bot_with_a_note() {
         }]
     );
     let entry =
-        s.c.timeline
+        s.c.timeline()
             .entries()
             .find(|e| e.what == What::SchedulingDone)
             .unwrap();
@@ -1367,7 +1362,7 @@ fn a_failed_scheduling_outcome_returns_to_the_bot_with_a_note() {
     let mut s = Sim::new();
     s.ok(scheduling("ana"));
     let out = s.advance(60_000).ok(outcome(None, false));
-    assert_eq!(s.c.phase, Phase::BotActive);
+    assert_eq!(*s.c.phase(), Phase::BotActive);
     assert_eq!(
         notes(&out),
         [Note::SchedulingSettled {
@@ -1385,7 +1380,7 @@ fn a_scheduling_outcome_for_another_dispatch_is_dropped() {
     let out = s.ok(outcome(Some("7-42-999"), true));
     assert_eq!(out.dropped, Some(DropReason::StaleDispatch));
     assert!(out.effects.is_empty());
-    assert!(matches!(s.c.phase, Phase::Scheduling { .. }));
+    assert!(matches!(*s.c.phase(), Phase::Scheduling { .. }));
 }
 
 #[test]
@@ -1397,8 +1392,8 @@ fn a_scheduling_timeout_returns_to_the_bot() {
     s.no_op(fire(TimerKind::SchedulingTimeout));
     s.now = due;
     let out = s.ok(fire(TimerKind::SchedulingTimeout));
-    assert_eq!(s.c.phase, Phase::BotActive);
-    assert_eq!(s.c.in_flight, None);
+    assert_eq!(*s.c.phase(), Phase::BotActive);
+    assert_eq!(s.c.in_flight(), None);
     assert_eq!(notes(&out), [Note::SchedulingTimedOut]);
     assert!(s.whats().contains(&What::SchedulingTimeout));
 }
@@ -1430,7 +1425,7 @@ fn a_scheduling_request_is_refused_while_a_seller_holds_or_the_bot_is_paused_or_
     let mut s = Sim::new();
     s.ok(proactive("ana"));
     s.ok(scheduling("ana"));
-    assert_eq!(s.c.phase.name(), "scheduling");
+    assert_eq!(s.c.phase().name(), "scheduling");
 }
 
 #[test]
@@ -1439,8 +1434,8 @@ fn customer_messages_while_scheduling_are_held() {
     s.ok(scheduling("ana"));
     let out = s.advance(1_000).ok(customer("m1"));
     assert!(out.effects.is_empty());
-    assert!(s.c.pending.is_empty());
-    let held = s.c.timeline.last().unwrap();
+    assert!(s.c.pending().is_empty());
+    let held = s.c.timeline().last().unwrap();
     assert_eq!(held.what, What::MessageHeld);
     assert_eq!(held.detail.as_deref(), Some("scheduling"));
     s.ok(outcome(None, true));
@@ -1457,7 +1452,7 @@ fn effect_done_removes_the_outbox_entry() {
     let d1 = s.dispatched("m1");
     s.ok(reply(&d1));
     let reply_id =
-        s.c.outbox
+        s.c.outbox()
             .entries()
             .find(|e| matches!(e.effect, Effect::DeliverReply { .. }))
             .unwrap()
@@ -1467,19 +1462,19 @@ fn effect_done_removes_the_outbox_entry() {
     let out = s.ok(done(&d1));
     assert!(out.changed && out.effects.is_empty());
     assert!(!s.outbox_has(&d1));
-    let entry = s.c.timeline.last().unwrap();
+    let entry = s.c.timeline().last().unwrap();
     assert_eq!(
         (entry.what, entry.dispatch_id.as_deref()),
         (What::DispatchSent, Some(d1.as_str()))
     );
 
     s.ok(done(&reply_id));
-    let entry = s.c.timeline.last().unwrap();
+    let entry = s.c.timeline().last().unwrap();
     assert_eq!(
         (entry.what, entry.dispatch_id.as_deref()),
         (What::ReplySent, Some(reply_id.as_str()))
     );
-    assert!(s.c.outbox.is_empty());
+    assert!(s.c.outbox().is_empty());
 
     // A duplicate report, or one for a cancelled entry, changes nothing.
     s.no_op(done(&d1));
@@ -1504,23 +1499,23 @@ fn a_retryable_failure_is_retried_with_backoff() {
     s.advance(500);
     let out = s.ok(failed(&d1, true));
     assert!(out.changed && out.effects.is_empty());
-    let entry = s.c.outbox.get(&d1).unwrap();
+    let entry = s.c.outbox().get(&d1).unwrap();
     assert_eq!(entry.attempts, 1);
     assert_eq!(entry.not_before, s.now + s.p.retry_delay(1));
     assert_eq!(entry.claim, None);
     assert_eq!(entry.last_error.as_deref(), Some("n8n: 502"));
     assert_eq!(s.c.next_wake(), Some(s.now + 1_000));
-    let retry = s.c.timeline.last().unwrap();
+    let retry = s.c.timeline().last().unwrap();
     assert_eq!(retry.what, What::DispatchRetry);
     assert_eq!(retry.dispatch_id.as_deref(), Some(d1.as_str()));
     assert_eq!(retry.detail.as_deref(), Some("attempt 1: n8n: 502"));
 
     s.advance(1_000).ok(failed(&d1, true));
-    let entry = s.c.outbox.get(&d1).unwrap();
+    let entry = s.c.outbox().get(&d1).unwrap();
     assert_eq!(entry.attempts, 2);
     assert_eq!(entry.not_before, s.now + s.p.retry_delay(2));
     assert_eq!(s.p.retry_delay(2), 2_000);
-    assert!(s.c.in_flight.is_some(), "still awaiting its reply");
+    assert!(s.c.in_flight().is_some(), "still awaiting its reply");
 }
 
 #[test]
@@ -1529,7 +1524,7 @@ fn a_failure_that_cannot_be_retried_is_dead_lettered_with_a_note() {
     let d1 = s.dispatched("m1");
     let out = s.advance(500).ok(failed(&d1, false));
     assert!(!s.outbox_has(&d1));
-    assert_eq!(s.c.in_flight, None);
+    assert_eq!(s.c.in_flight(), None);
     assert_eq!(
         notes(&out),
         [Note::DispatchFailed {
@@ -1538,7 +1533,7 @@ fn a_failure_that_cannot_be_retried_is_dead_lettered_with_a_note() {
         }]
     );
     let dead =
-        s.c.timeline
+        s.c.timeline()
             .entries()
             .find(|e| e.what == What::DeadLettered)
             .unwrap();
@@ -1564,7 +1559,7 @@ fn a_failure_past_the_dead_letter_age_is_dead_lettered_even_if_retryable() {
     let out = s.ok(failed(&d1, true));
     assert!(!s.outbox_has(&d1));
     assert_eq!(notes(&out).len(), 1);
-    assert_eq!(s.c.in_flight, None);
+    assert_eq!(s.c.in_flight(), None);
 }
 
 #[test]
@@ -1574,7 +1569,7 @@ fn a_failed_reply_or_note_is_dead_lettered_without_a_note() {
     let note_id = s.outbox_ids().pop().unwrap();
     let out = s.ok(failed(&note_id, false));
     assert!(out.effects.is_empty());
-    assert!(s.c.outbox.is_empty());
+    assert!(s.c.outbox().is_empty());
     assert_eq!(s.last_what(), What::DeadLettered);
 }
 
@@ -1597,7 +1592,7 @@ fn without_notes_no_note_is_queued() {
     let out = s.ok(release("ana"));
     assert!(notes(&out).is_empty());
     assert!(
-        s.c.outbox
+        s.c.outbox()
             .entries()
             .all(|e| !matches!(e.effect, Effect::AddNote { .. }))
     );
@@ -1639,7 +1634,7 @@ fn a_stale_lease_timer_after_release_does_nothing() {
     s.now = T0 + s.p.human_lease_ms.unwrap() + 1;
     s.no_op(fire(TimerKind::LeaseExpiry));
     s.no_op(fire(TimerKind::LeaseNudge));
-    assert_eq!(s.c.phase, Phase::BotActive);
+    assert_eq!(*s.c.phase(), Phase::BotActive);
 }
 
 #[test]
@@ -1666,8 +1661,8 @@ fn next_wake_is_the_earliest_timer_or_outbox_wake() {
     s.ok(failed(&d1.dispatch_id, true));
     assert_eq!(s.c.next_wake(), Some(s.now + 1_000), "its retry");
     s.ok(assume("ana")); // cancels the dispatch; a note and two lease timers
-    let nudge = s.c.timers[&TimerKind::LeaseNudge];
-    let note_wake = s.c.outbox.entries().map(|e| e.wake_at()).min().unwrap();
+    let nudge = s.c.timers()[&TimerKind::LeaseNudge];
+    let note_wake = s.c.outbox().entries().map(|e| e.wake_at()).min().unwrap();
     assert_eq!(s.c.next_wake(), Some(nudge.min(note_wake)));
     let id = s.outbox_ids().pop().unwrap();
     s.ok(done(&id));
@@ -1697,7 +1692,10 @@ fn the_driver_asks_for_its_next_wake_up_and_only_counts_work_it_can_run() {
     let d = the_dispatch(&out, DispatchKind::Message);
     // The dispatch is due at once for a driver with n8n; one without it is not woken for it.
     assert_eq!(s.c.poll_timeout(|_| true), Some(s.now));
-    assert_eq!(s.c.poll_timeout(no_n8n), s.c.timers.values().copied().min());
+    assert_eq!(
+        s.c.poll_timeout(no_n8n),
+        s.c.timers().values().copied().min()
+    );
     assert!(s.c.has_due_work(s.now, |_| true));
     assert!(!s.c.has_due_work(s.now, no_n8n));
     assert!(
@@ -1722,9 +1720,9 @@ fn handle_timeout_fires_every_due_timer_earliest_first_and_nothing_early() {
     assert_eq!(s.c, before, "woken early: nothing changes");
     let out = s.c.handle_timeout(T0 + 100_000, &s.p);
     assert!(out.changed);
-    assert_eq!(s.c.phase, Phase::BotActive, "the lease expired");
-    assert!(!s.c.timers.contains_key(&TimerKind::LeaseNudge));
-    assert!(!s.c.timers.contains_key(&TimerKind::LeaseExpiry));
+    assert_eq!(*s.c.phase(), Phase::BotActive, "the lease expired");
+    assert!(!s.c.timers().contains_key(&TimerKind::LeaseNudge));
+    assert!(!s.c.timers().contains_key(&TimerKind::LeaseExpiry));
     assert_eq!(
         the_dispatch(&out, DispatchKind::Released).details["reason"],
         "lease_expired"
@@ -1742,8 +1740,8 @@ fn the_timeline_keeps_the_last_hundred_entries_naming_message_and_dispatch_ids()
         last_dispatch = s.advance(1_000).dispatched(&id);
         s.ok(reply(&last_dispatch));
     }
-    assert_eq!(s.c.timeline.len(), Timeline::CAPACITY);
-    let entries: Vec<_> = s.c.timeline.entries().collect();
+    assert_eq!(s.c.timeline().len(), Timeline::CAPACITY);
+    let entries: Vec<_> = s.c.timeline().entries().collect();
     let last_in = entries
         .iter()
         .rev()
@@ -1769,10 +1767,10 @@ fn the_timeline_keeps_the_last_hundred_entries_naming_message_and_dispatch_ids()
 fn updated_at_moves_only_when_something_changed() {
     let mut s = Sim::new();
     s.advance(1_000).ok(customer("m1"));
-    assert_eq!(s.c.updated_at, T0 + 1_000);
+    assert_eq!(s.c.updated_at(), T0 + 1_000);
     s.advance(1_000).no_op(customer("m1"));
-    assert_eq!(s.c.updated_at, T0 + 1_000);
-    assert_eq!(s.c.created_at, T0);
+    assert_eq!(s.c.updated_at(), T0 + 1_000);
+    assert_eq!(s.c.created_at(), T0);
 }
 
 fn round_trip(c: &Conversation) {
@@ -1794,7 +1792,7 @@ fn the_snapshot_round_trips_through_json_unchanged() {
     };
     s.ok(Event::CustomerMessage(m));
     s.advance(4_000).ok(fire(TimerKind::Debounce));
-    let d = s.c.in_flight.clone().unwrap().dispatch_id;
+    let d = s.c.in_flight().cloned().unwrap().dispatch_id;
     s.claim(&d);
     s.advance(100).ok(failed(&d, true));
     s.ok(customer("m2"));
@@ -1827,7 +1825,7 @@ fn the_snapshot_round_trips_through_json_unchanged() {
 fn an_unanswered_proactive_opening_stops_counting_as_live_after_the_live_window() {
     let mut s = Sim::new();
     s.ok(proactive("ana"));
-    let id = s.c.in_flight.clone().unwrap().dispatch_id;
+    let id = s.c.in_flight().cloned().unwrap().dispatch_id;
     s.ok(Event::EffectDone { id }); // the opening went out
     assert_eq!(s.rejected(proactive("bruno")), Rejection::AlreadyLive);
     let window = s.p.live_window_ms;
@@ -1842,10 +1840,10 @@ fn an_unanswered_proactive_opening_stops_counting_as_live_after_the_live_window(
 fn a_scheduling_request_carries_the_unanswered_messages_instead_of_a_message_dispatch() {
     let mut s = Sim::immediate();
     s.ok(customer("m1"));
-    let unsent = s.c.in_flight.clone().unwrap().dispatch_id;
+    let unsent = s.c.in_flight().cloned().unwrap().dispatch_id;
     let out = s.ok(scheduling("ana"));
     assert!(
-        s.c.outbox.get(&unsent).is_none(),
+        s.c.outbox().get(&unsent).is_none(),
         "the unsent message dispatch is cancelled"
     );
     let d = out
@@ -1860,7 +1858,7 @@ fn a_scheduling_request_carries_the_unanswered_messages_instead_of_a_message_dis
         d.messages.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
         ["m1"]
     );
-    assert!(s.c.pending.is_empty());
+    assert!(s.c.pending().is_empty());
 }
 
 fn outgoing(message_id: &str, text: &str) -> Event {
@@ -1875,7 +1873,7 @@ fn outgoing(message_id: &str, text: &str) -> Event {
 fn the_echo_of_a_sent_reply_is_only_recorded_but_a_human_message_takes_over() {
     let mut s = Sim::immediate();
     s.ok(customer("m1"));
-    let d = s.c.in_flight.clone().unwrap().dispatch_id;
+    let d = s.c.in_flight().cloned().unwrap().dispatch_id;
     s.ok(Event::Reply {
         dispatch_id: Some(d),
         texts: vec!["Olá! Veja https://exemplo.com 😀 Posso ajudar?".into()],
@@ -1887,13 +1885,13 @@ fn the_echo_of_a_sent_reply_is_only_recorded_but_a_human_message_takes_over() {
             .iter()
             .all(|e| !matches!(e, Effect::Dispatch(_) | Effect::AddNote { .. }))
     );
-    assert_eq!(s.c.phase.name(), "bot_active");
-    assert_eq!(s.c.timeline.last().unwrap().what, What::EchoSeen);
+    assert_eq!(s.c.phase().name(), "bot_active");
+    assert_eq!(s.c.timeline().last().unwrap().what, What::EchoSeen);
     // The same echo redelivered changes nothing.
     s.no_op(outgoing("out-1", "Olá! Veja kommo.cc/x1 Posso ajudar?"));
     // A text the bot never sent is a human speaking: with auto-takeover on, a takeover.
     s.ok(outgoing("out-2", "Oi, aqui é a Ana, vou te atender"));
-    assert_eq!(s.c.phase.name(), "human_assigned");
+    assert_eq!(s.c.phase().name(), "human_assigned");
     assert_eq!(s.c.seller().unwrap().id, "kommo-user-7");
 }
 
@@ -1901,16 +1899,16 @@ fn the_echo_of_a_sent_reply_is_only_recorded_but_a_human_message_takes_over() {
 fn an_echo_is_matched_once_per_sent_reply() {
     let mut s = Sim::immediate();
     s.ok(customer("m1"));
-    let d = s.c.in_flight.clone().unwrap().dispatch_id;
+    let d = s.c.in_flight().cloned().unwrap().dispatch_id;
     s.ok(Event::Reply {
         dispatch_id: Some(d),
         texts: vec!["Tudo bem".into()],
     });
     s.ok(outgoing("out-1", "Tudo bem"));
-    assert_eq!(s.c.phase.name(), "bot_active");
+    assert_eq!(s.c.phase().name(), "bot_active");
     // A second identical text was not sent by the bot a second time: a human typed it.
     s.ok(outgoing("out-2", "Tudo bem"));
-    assert_eq!(s.c.phase.name(), "human_assigned");
+    assert_eq!(s.c.phase().name(), "human_assigned");
 }
 
 #[test]
@@ -1922,7 +1920,7 @@ fn links_seen_update_the_conversation_only_when_they_say_something_new() {
         chat_id: None,
     };
     s.ok(Event::LinksSeen(links.clone()));
-    assert_eq!(s.c.links, links);
+    assert_eq!(*s.c.links(), links);
     s.no_op(Event::LinksSeen(Links {
         lead_id: Some(878244),
         talk_id: None,
@@ -1932,8 +1930,8 @@ fn links_seen_update_the_conversation_only_when_they_say_something_new() {
         chat_id: Some("7df3cc9c".into()),
         ..Links::default()
     }));
-    assert_eq!(s.c.links.lead_id, Some(878244));
-    assert_eq!(s.c.links.chat_id.as_deref(), Some("7df3cc9c"));
+    assert_eq!(s.c.links().lead_id, Some(878244));
+    assert_eq!(s.c.links().chat_id.as_deref(), Some("7df3cc9c"));
 }
 
 // ---- a real day: holds, parts, idle ends, late effects ------------------------------------------
@@ -1945,7 +1943,7 @@ fn the_released_dispatch_carries_what_the_customer_said_after_the_sellers_last_m
     s.advance(1_000).ok(customer("m1"));
     // The seller answers m1 in the chat...
     s.advance(1_000).ok(spoke("ana", "chat-1"));
-    assert!(s.c.pending.is_empty(), "the seller answered m1");
+    assert!(s.c.pending().is_empty(), "the seller answered m1");
     // ...then the customer asks again and the seller hands back without answering.
     s.advance(1_000).ok(customer("m2"));
     let out = s.advance(1_000).ok(release("ana"));
@@ -1958,7 +1956,7 @@ fn the_released_dispatch_carries_what_the_customer_said_after_the_sellers_last_m
     let out = s.advance(1_000).ok(reply(&released.dispatch_id));
     assert_eq!(out.dropped, None);
     assert_eq!(deliveries(&out).len(), 1);
-    assert!(s.c.pending.is_empty());
+    assert!(s.c.pending().is_empty());
 }
 
 #[test]
@@ -1968,7 +1966,7 @@ fn a_release_with_nothing_unanswered_awaits_no_reply() {
     let out = s.advance(1_000).ok(release("ana"));
     let released = the_dispatch(&out, DispatchKind::Released);
     assert!(released.messages.is_empty());
-    assert_eq!(s.c.in_flight, None);
+    assert_eq!(s.c.in_flight(), None);
 }
 
 #[test]
@@ -1982,7 +1980,7 @@ fn unanswered_messages_are_bounded_and_what_falls_off_is_recorded() {
     }
     assert_eq!(s.pending_ids(), ["m3", "m4", "m5"]);
     let dropped: Vec<_> =
-        s.c.timeline
+        s.c.timeline()
             .entries()
             .filter(|e| e.what == What::MessageDropped)
             .map(|e| e.message_id.clone().unwrap())
@@ -2003,12 +2001,12 @@ fn a_long_message_is_cut_marked_and_recorded() {
         ..Policy::default()
     });
     s.ok(long_message("m1", 200_000));
-    let kept = &s.c.pending[0].text;
+    let kept = &s.c.pending()[0].text;
     assert!(kept.len() <= 1_000, "{}", kept.len());
     assert!(kept.ends_with(" […]"), "the cut is marked");
     assert!(kept.starts_with("çç"), "cut on a character boundary");
     let entry =
-        s.c.timeline
+        s.c.timeline()
             .entries()
             .find(|e| e.what == What::MessageTruncated);
     assert_eq!(
@@ -2033,11 +2031,11 @@ fn unanswered_messages_are_bounded_in_bytes_too_and_one_dispatch_carries_at_most
             biggest = biggest.max(bytes);
         }
     }
-    let bytes: usize = s.c.pending.iter().map(InboundMessage::weight).sum();
+    let bytes: usize = s.c.pending().iter().map(InboundMessage::weight).sum();
     assert!(bytes <= 20_000, "{bytes}");
     assert!(biggest > 0 && biggest <= 20_000, "{biggest}");
     assert_eq!(s.pending_ids().last().copied(), Some("m29"));
-    let dropped = s.c.timeline.entries().filter(|e| {
+    let dropped = s.c.timeline().entries().filter(|e| {
         e.what == What::MessageDropped
             && e.detail.as_deref() == Some("unanswered messages too long")
     });
@@ -2050,17 +2048,21 @@ fn a_snapshot_over_its_cap_is_trimmed_and_says_what_went() {
     for i in 0..40 {
         s.advance(100).ok(customer(&format!("m{i}")));
     }
-    let (phase, epoch, timers) = (s.c.phase.clone(), s.c.epoch, s.c.timers.clone());
+    let (phase, epoch, timers) = (s.c.phase().clone(), s.c.epoch(), s.c.timers().clone());
     s.c.trim(s.now, 1024 * 1024);
-    assert_eq!(s.c.pending.len(), 10, "the newest unanswered messages stay");
-    assert_eq!(s.pending_ids().last().copied(), Some("m39"));
-    assert!(s.c.timeline.len() <= 21);
-    assert!(s.c.seen.len() <= 64);
     assert_eq!(
-        (s.c.phase.clone(), s.c.epoch, s.c.timers.clone()),
+        s.c.pending().len(),
+        10,
+        "the newest unanswered messages stay"
+    );
+    assert_eq!(s.pending_ids().last().copied(), Some("m39"));
+    assert!(s.c.timeline().len() <= 21);
+    assert!(s.c.seen().len() <= 64);
+    assert_eq!(
+        (s.c.phase().clone(), s.c.epoch(), s.c.timers().clone()),
         (phase, epoch, timers)
     );
-    let last = s.c.timeline.last().unwrap();
+    let last = s.c.timeline().last().unwrap();
     assert_eq!(last.what, What::Trimmed);
     assert!(
         last.detail
@@ -2088,20 +2090,20 @@ fn what_waits_in_the_outbox_stays_bounded_however_often_the_bot_is_toggled() {
     }
     let released = s
         .c
-        .outbox
+        .outbox()
         .entries()
         .filter(|e| matches!(&e.effect, Effect::Dispatch(d) if d.kind == DispatchKind::Released))
         .count();
     assert_eq!(released, 1, "the newest release replaces the ones not sent");
     let notes =
-        s.c.outbox
+        s.c.outbox()
             .entries()
             .filter(|e| matches!(e.effect, Effect::AddNote { .. }))
             .count();
     assert!(notes <= 20, "{notes} notes waiting");
     // The release that waits still carries what nobody answered.
     let waiting =
-        s.c.outbox
+        s.c.outbox()
             .entries()
             .find_map(|e| match &e.effect {
                 Effect::Dispatch(d) if d.kind == DispatchKind::Released => Some(d.clone()),
@@ -2109,7 +2111,7 @@ fn what_waits_in_the_outbox_stays_bounded_however_often_the_bot_is_toggled() {
             })
             .unwrap();
     assert_eq!(ids(&waiting), ["m1"]);
-    assert!(s.c.outbox.len() <= 25, "{}", s.c.outbox.len());
+    assert!(s.c.outbox().len() <= 25, "{}", s.c.outbox().len());
 }
 
 #[test]
@@ -2136,12 +2138,12 @@ fn a_reply_in_parts_goes_out_one_part_at_a_time_under_one_entry() {
     assert_eq!(out.queued.len(), 1, "one outbox entry for the whole reply");
     let id = out.queued[0].clone();
     assert_eq!(
-        s.c.outbox.get(&id).unwrap().effect.next_part(),
+        s.c.outbox().get(&id).unwrap().effect.next_part(),
         Some("Parte 1")
     );
     s.claim(&id);
     s.advance(500).ok(done(&id));
-    let entry = s.c.outbox.get(&id).expect("two parts still to go");
+    let entry = s.c.outbox().get(&id).expect("two parts still to go");
     assert_eq!(entry.effect.next_part(), Some("Parte 2"));
     assert_eq!(entry.claim, None);
     assert_eq!(entry.not_before, s.now + s.p.reply_part_delay_ms);
@@ -2150,7 +2152,7 @@ fn a_reply_in_parts_goes_out_one_part_at_a_time_under_one_entry() {
     s.claim(&id);
     s.advance(2_000).ok(failed(&id, true));
     assert_eq!(
-        s.c.outbox.get(&id).unwrap().effect.next_part(),
+        s.c.outbox().get(&id).unwrap().effect.next_part(),
         Some("Parte 2")
     );
     s.claim(&id);
@@ -2185,17 +2187,17 @@ fn a_quiet_bot_conversation_ends_after_the_idle_time() {
     let out = s.ok(proactive("ana"));
     let opening = the_dispatch(&out, DispatchKind::Proactive).dispatch_id;
     s.ok(done(&opening));
-    assert_eq!(s.c.proactive.as_ref().unwrap().seller, seller("ana"));
+    assert_eq!(s.c.proactive().unwrap().seller, seller("ana"));
     // Due at the idle time at the earliest (rounded up to a tenth of it, at most 5 minutes).
-    let end = s.c.timers[&TimerKind::IdleEnd];
+    let end = s.c.timers()[&TimerKind::IdleEnd];
     assert!(end >= s.now + idle && end < s.now + idle + 300_000, "{end}");
     // Not early.
     s.advance(end - s.now - 1).ok(fire(TimerKind::IdleEnd));
-    assert!(matches!(s.c.phase, Phase::Proactive { .. }));
+    assert!(matches!(*s.c.phase(), Phase::Proactive { .. }));
     s.advance(1).ok(fire(TimerKind::IdleEnd));
-    assert_eq!(s.c.phase, Phase::Idle);
+    assert_eq!(*s.c.phase(), Phase::Idle);
     assert_eq!(s.last_what(), What::ConversationEnded);
-    assert_eq!(s.c.proactive, None);
+    assert_eq!(s.c.proactive(), None);
     // A new proactive start is no duplicate.
     let out = s.advance(1_000).ok(proactive("bia"));
     the_dispatch(&out, DispatchKind::Proactive);
@@ -2206,11 +2208,14 @@ fn work_in_the_outbox_postpones_the_idle_end_and_a_hold_is_never_ended_by_it() {
     let idle = 24 * 3_600_000;
     let mut s = Sim::immediate();
     s.dispatched("m1"); // never acknowledged by n8n's executor
-    let end = s.c.timers[&TimerKind::IdleEnd];
+    let end = s.c.timers()[&TimerKind::IdleEnd];
     let out = s.advance(end - s.now).ok(fire(TimerKind::IdleEnd));
     assert!(out.changed, "the timer fired");
-    assert_eq!(s.c.phase, Phase::BotActive);
-    assert!(s.c.timers[&TimerKind::IdleEnd] >= s.now + idle, "re-armed");
+    assert_eq!(*s.c.phase(), Phase::BotActive);
+    assert!(
+        s.c.timers()[&TimerKind::IdleEnd] >= s.now + idle,
+        "re-armed"
+    );
 
     let mut s = Sim::with(Policy {
         human_lease_ms: None,
@@ -2218,10 +2223,10 @@ fn work_in_the_outbox_postpones_the_idle_end_and_a_hold_is_never_ended_by_it() {
     });
     s.ok(assume("ana"));
     s.advance(1_000).ok(customer("m1"));
-    let end = s.c.timers[&TimerKind::IdleEnd];
+    let end = s.c.timers()[&TimerKind::IdleEnd];
     let out = s.advance(end - s.now).ok(fire(TimerKind::IdleEnd));
     assert!(out.changed, "the timer fired");
-    assert!(s.c.phase.is_human());
+    assert!(s.c.phase().is_human());
 }
 
 #[test]
@@ -2257,9 +2262,9 @@ fn dispatches_and_replies_that_waited_too_long_are_dropped_with_a_note() {
     let out = s.c.expire_effects(s.now, &s.p);
     assert!(out.changed);
     assert!(!s.outbox_has(&d));
-    assert_eq!(s.c.in_flight, None);
+    assert_eq!(s.c.in_flight(), None);
     let expired =
-        s.c.timeline
+        s.c.timeline()
             .entries()
             .find(|e| e.what == What::EffectExpired)
             .unwrap();
@@ -2270,13 +2275,7 @@ fn dispatches_and_replies_that_waited_too_long_are_dropped_with_a_note() {
     let d = s.dispatched("m1");
     s.claim(&d);
     s.advance(max);
-    s.c.outbox
-        .get_mut(&d)
-        .unwrap()
-        .claim
-        .as_mut()
-        .unwrap()
-        .until = s.now + 1_000;
+    assert!(s.c.claim(&d, "node-a", s.now + 1_000));
     assert!(!s.c.expire_effects(s.now, &s.p).changed);
     assert!(s.outbox_has(&d));
 }
@@ -2340,7 +2339,7 @@ fn a_question_cut_off_by_a_takeover_is_handed_back_and_an_idless_reply_cannot_an
     // The reply to the released dispatch is.
     let out = s.ok(reply(&released.dispatch_id));
     assert_eq!(out.dropped, None);
-    assert!(s.c.pending.is_empty());
+    assert!(s.c.pending().is_empty());
 }
 
 #[test]
@@ -2348,8 +2347,11 @@ fn the_chat_message_that_takes_over_answers_what_the_customer_said() {
     let mut s = Sim::immediate();
     s.dispatched("m1");
     s.advance(1_000).ok(spoke("ana", "chat-1"));
-    assert!(s.c.phase.is_human());
-    assert!(s.c.pending.is_empty(), "the seller answered m1 by writing");
+    assert!(s.c.phase().is_human());
+    assert!(
+        s.c.pending().is_empty(),
+        "the seller answered m1 by writing"
+    );
     let out = s.advance(1_000).ok(release("ana"));
     assert!(
         the_dispatch(&out, DispatchKind::Released)
@@ -2362,9 +2364,9 @@ fn the_chat_message_that_takes_over_answers_what_the_customer_said() {
 fn a_burst_of_messages_leaves_the_idle_end_where_it_was() {
     let mut s = Sim::with(Policy::default());
     s.ok(customer("m1"));
-    let end = s.c.timers[&TimerKind::IdleEnd];
+    let end = s.c.timers()[&TimerKind::IdleEnd];
     // The store's wake index need not be rewritten for every message of a burst.
     let stays = (end - (s.now + s.p.conversation_idle_ms.unwrap())).min(2_000);
     s.advance(stays).ok(customer("m2"));
-    assert_eq!(s.c.timers[&TimerKind::IdleEnd], end);
+    assert_eq!(s.c.timers()[&TimerKind::IdleEnd], end);
 }

@@ -106,7 +106,7 @@ async fn a_message_is_durable_on_return_and_dispatched_once() {
     );
     eventually("the dispatch", || rec.dispatches().len() == 1).await;
     eventually("the outbox to empty", || {
-        futures_lite_block(engine.conversation(&key)).is_some_and(|(c, _)| c.outbox.is_empty())
+        futures_lite_block(engine.conversation(&key)).is_some_and(|(c, _)| c.outbox().is_empty())
     })
     .await;
     // A redelivery changes nothing and dispatches nothing.
@@ -163,7 +163,7 @@ async fn events_for_one_contact_apply_in_arrival_order() {
         "applied in arrival order"
     );
     let (c, _) = engine.conversation(&key).await.unwrap().unwrap();
-    let ids: Vec<_> = c.pending.iter().map(|m| m.id.clone()).collect();
+    let ids: Vec<_> = c.pending().iter().map(|m| m.id.clone()).collect();
     assert_eq!(ids, (0..50).map(|i| format!("m{i}")).collect::<Vec<_>>());
 }
 
@@ -202,7 +202,7 @@ async fn effects_without_an_executor_wait_in_the_outbox() {
     let key = ContactKey::new(1, 11);
     engine.apply(key, message("m1")).await.unwrap();
     let (c, _) = engine.conversation(&key).await.unwrap().unwrap();
-    assert_eq!(c.outbox.len(), 1);
+    assert_eq!(c.outbox().len(), 1);
     assert_eq!(store.pending_outbox(10).await.unwrap(), vec![key]);
     // The only wake-up is the conversation's idle end, a day away.
     let an_hour = conversa_actors::clock::now_millis() + 3_600_000;
@@ -225,7 +225,7 @@ async fn a_failing_executor_is_retried_until_it_succeeds() {
     })
     .await;
     eventually("the outbox to empty", || {
-        futures_lite_block(engine.conversation(&key)).is_some_and(|(c, _)| c.outbox.is_empty())
+        futures_lite_block(engine.conversation(&key)).is_some_and(|(c, _)| c.outbox().is_empty())
     })
     .await;
     assert_eq!(engine.stats().effects_retried, 3);
@@ -257,7 +257,7 @@ async fn a_panicking_contact_restarts_from_its_snapshot_and_others_are_untouched
     let again = engine.apply(victim, message("v3")).await.unwrap();
     assert_eq!(again.version, 2, "v1 was durable, v2 never was");
     let (c, _) = engine.conversation(&victim).await.unwrap().unwrap();
-    let ids: Vec<_> = c.pending.iter().map(|m| m.id.as_str()).collect();
+    let ids: Vec<_> = c.pending().iter().map(|m| m.id.as_str()).collect();
     assert_eq!(ids, vec!["v1", "v3"]);
 }
 
@@ -288,7 +288,7 @@ async fn two_nodes_on_one_store_serialize_and_never_execute_twice() {
     }
     for key in &keys {
         let (c, version) = a.conversation(key).await.unwrap().unwrap();
-        let mut ids: Vec<_> = c.seen.iter().map(|s| s.id.clone()).collect();
+        let mut ids: Vec<_> = c.seen().iter().map(|s| s.id.clone()).collect();
         ids.sort();
         let mut want: Vec<_> = (0..20).map(|i| format!("{key}-m{i}")).collect();
         want.sort();
@@ -297,7 +297,7 @@ async fn two_nodes_on_one_store_serialize_and_never_execute_twice() {
     }
     eventually("all outboxes to drain", || {
         keys.iter().all(|k| {
-            futures_lite_block(a.conversation(k)).is_some_and(|(c, _)| c.outbox.is_empty())
+            futures_lite_block(a.conversation(k)).is_some_and(|(c, _)| c.outbox().is_empty())
         })
     })
     .await;

@@ -268,21 +268,19 @@ fn message(id: u8, attachment: bool) -> InboundMessage {
 fn resolve(pick: &Pick, c: &Conversation, seen: &[String]) -> String {
     let made_up = |n: u8| format!("{}-{}-{}", KEY.account_id, KEY.contact_id, 900 + n as u64);
     match pick {
-        Pick::Recent(i) if !c.recent_dispatches.is_empty() => c.recent_dispatches
-            [i % c.recent_dispatches.len()]
+        Pick::Recent(i) if !c.recent_dispatches().is_empty() => c.recent_dispatches()
+            [i % c.recent_dispatches().len()]
         .dispatch_id
         .clone(),
         Pick::Seen(i) if !seen.is_empty() => seen[i % seen.len()].clone(),
-        Pick::InFlight if c.in_flight.is_some() => {
-            c.in_flight.as_ref().unwrap().dispatch_id.clone()
-        }
+        Pick::InFlight if c.in_flight().is_some() => c.in_flight().unwrap().dispatch_id.clone(),
         Pick::MadeUp(n) => made_up(*n),
         _ => made_up(99),
     }
 }
 
 fn entry_id(entry: Option<usize>, c: &Conversation) -> String {
-    let ids: Vec<&str> = c.outbox.entries().map(|e| e.id.as_str()).collect();
+    let ids: Vec<&str> = c.outbox().entries().map(|e| e.id.as_str()).collect();
     match entry {
         Some(i) if !ids.is_empty() => ids[i % ids.len()].to_owned(),
         _ => "7-42-999n".to_owned(),
@@ -363,7 +361,7 @@ fn concrete(step: &Step, c: &Conversation, now: Millis, seen: &[String]) -> (Mil
             details: serde_json::Value::Null,
         },
         Op::Timer { kind, when } => {
-            let due = c.timers.get(kind).copied();
+            let due = c.timers().get(kind).copied();
             let now = match (when, due) {
                 (When::Due, Some(at)) => now.max(at),
                 (When::Late(extra), Some(at)) => now.max(at + extra),
@@ -410,7 +408,7 @@ fn is_delivery(e: &Effect) -> bool {
 }
 
 fn pending_ids(c: &Conversation) -> Vec<String> {
-    c.pending.iter().map(|m| m.id.clone()).collect()
+    c.pending().iter().map(|m| m.id.clone()).collect()
 }
 
 impl Observer {
@@ -424,31 +422,31 @@ impl Observer {
         after: &Conversation,
     ) -> Result<(), TestCaseError> {
         // Every step: bookkeeping that holds whatever happened.
-        prop_assert!(after.epoch >= before.epoch, "the epoch never decreases");
-        prop_assert!(after.timeline.len() <= 100, "the timeline is bounded");
+        prop_assert!(after.epoch() >= before.epoch(), "the epoch never decreases");
+        prop_assert!(after.timeline().len() <= 100, "the timeline is bounded");
         // What one contact can send is bounded: each message, the unanswered ones together,
         // and every string the timeline keeps.
-        for m in &after.pending {
+        for m in after.pending() {
             prop_assert!(
                 m.text.len() <= p.max_message_bytes.max(8),
                 "a message over its bound"
             );
         }
-        let pending_bytes: usize = after.pending.iter().map(InboundMessage::weight).sum();
-        prop_assert!(after.pending.len() <= p.max_pending_messages.max(1));
+        let pending_bytes: usize = after.pending().iter().map(InboundMessage::weight).sum();
+        prop_assert!(after.pending().len() <= p.max_pending_messages.max(1));
         prop_assert!(
-            pending_bytes <= p.max_pending_bytes || after.pending.len() == 1,
+            pending_bytes <= p.max_pending_bytes || after.pending().len() == 1,
             "{} bytes of unanswered messages kept, bound {}",
             pending_bytes,
             p.max_pending_bytes
         );
-        for e in after.timeline.entries() {
+        for e in after.timeline().entries() {
             prop_assert!(e.detail.as_ref().is_none_or(|d| d.len() <= 300));
         }
         // Dispatches go one at a time: one waiting behind another being sent wakes when that
         // one's claim runs out at the latest.
         let sending = after
-            .outbox
+            .outbox()
             .entries()
             .filter(|e| e.is_dispatch())
             .filter_map(|e| e.claim.as_ref().map(|c| c.until))
@@ -458,10 +456,10 @@ impl Observer {
             _ => e.wake_at(),
         };
         let expected_wake = after
-            .timers
+            .timers()
             .values()
             .copied()
-            .chain(after.outbox.entries().map(entry_wake))
+            .chain(after.outbox().entries().map(entry_wake))
             .min();
         prop_assert_eq!(after.next_wake(), expected_wake);
 
@@ -480,19 +478,19 @@ impl Observer {
             prop_assert_eq!(after, before, "changed == false must mean unchanged");
             prop_assert!(out.effects.is_empty());
         } else {
-            prop_assert_eq!(after.updated_at, now);
+            prop_assert_eq!(after.updated_at(), now);
         }
 
         // Timers never fire early.
         if let Event::TimerFired { timer } = event
-            && before.timers.get(timer).is_none_or(|at| now < *at)
+            && before.timers().get(timer).is_none_or(|at| now < *at)
         {
             prop_assert_eq!(after, before, "timer {:?} fired early at {}", timer, now);
         }
 
         // Timers are the conversation's own: the driver's next wake-up is the earliest of them
         // or of the outbox's (re)tries, and what it is handed to do is only outside work.
-        let earliest_timer = after.timers.values().copied().min();
+        let earliest_timer = after.timers().values().copied().min();
         prop_assert!(after.next_wake().is_some() || earliest_timer.is_none());
         if let Some(t) = earliest_timer {
             prop_assert!(after.next_wake().is_some_and(|w| w <= t));
@@ -508,7 +506,11 @@ impl Observer {
             })
             .collect();
         for d in &new_dispatches {
-            prop_assert_eq!(d.epoch, after.epoch, "a dispatch carries the current epoch");
+            prop_assert_eq!(
+                d.epoch,
+                after.epoch(),
+                "a dispatch carries the current epoch"
+            );
             prop_assert!(
                 !self.dispatch_epoch.contains_key(&d.dispatch_id),
                 "dispatch ids are never reused"
@@ -518,7 +520,7 @@ impl Observer {
         }
 
         // Invariant 1: while a seller holds the conversation, the bot neither speaks nor hears.
-        if after.phase.is_human() {
+        if after.phase().is_human() {
             prop_assert!(
                 !out.effects
                     .iter()
@@ -528,11 +530,11 @@ impl Observer {
             );
             prop_assert!(
                 !after
-                    .outbox
+                    .outbox()
                     .entries()
                     .any(|e| is_delivery(&e.effect) || is_message_dispatch(&e.effect)),
                 "human_assigned, yet the outbox holds {:?}",
-                after.outbox
+                *after.outbox()
             );
         }
         // ...and no reply from an older epoch is ever delivered, in any phase.
@@ -542,15 +544,15 @@ impl Observer {
             // An id-less reply answers the dispatch in flight, if any.
             let answered = match dispatch_id {
                 Some(id) => Some(id.clone()),
-                None => before.in_flight.as_ref().map(|f| f.dispatch_id.clone()),
+                None => before.in_flight().map(|f| f.dispatch_id.clone()),
             };
             let epoch = answered.as_ref().and_then(|id| self.dispatch_epoch.get(id));
             prop_assert_eq!(
                 epoch,
-                Some(&before.epoch),
+                Some(&before.epoch()),
                 "reply for {:?} delivered in epoch {}",
                 answered,
-                before.epoch
+                before.epoch()
             );
             // Invariant 2 again: no customer message is answered twice.
             let covered = answered.and_then(|id| self.dispatch_messages.get(&id));
@@ -592,7 +594,7 @@ impl Observer {
             prop_assert!(!ids.is_empty(), "an empty message dispatch");
             prop_assert_eq!(
                 &d.messages,
-                &after.pending,
+                after.pending(),
                 "a dispatch carries every message since the last delivered reply"
             );
             self.dispatch_messages.insert(
@@ -609,7 +611,7 @@ impl Observer {
             }
         }
         if let Event::CustomerMessage(m) = event {
-            let known = before.seen.iter().find(|s| s.id == m.id);
+            let known = before.seen().iter().find(|s| s.id == m.id);
             if known.is_some_and(|s| s.attachment || m.attachment.is_none()) {
                 prop_assert!(!out.changed, "a redelivery changed the conversation");
                 prop_assert_eq!(after, before);
@@ -622,11 +624,11 @@ impl Observer {
                 !before.is_live_at(now, p),
                 "a proactive start over a live conversation"
             );
-            let opened = matches!(after.phase, Phase::Proactive { .. });
+            let opened = matches!(*after.phase(), Phase::Proactive { .. });
             prop_assert!(opened, "a proactive start opens a proactive conversation");
         }
         let proactive_queued = after
-            .outbox
+            .outbox()
             .entries()
             .filter(
                 |e| matches!(&e.effect, Effect::Dispatch(d) if d.kind == DispatchKind::Proactive),
@@ -640,28 +642,28 @@ impl Observer {
 
         // Handing back to the bot always tells n8n.
         let from_hold = matches!(
-            before.phase,
+            *before.phase(),
             Phase::HumanAssigned { .. } | Phase::Paused { .. }
         );
-        if from_hold && after.phase == Phase::BotActive {
+        if from_hold && *after.phase() == Phase::BotActive {
             prop_assert!(
                 new_dispatches
                     .iter()
                     .any(|d| d.kind == DispatchKind::Released),
                 "{} -> bot_active without a released dispatch",
-                before.phase.name()
+                before.phase().name()
             );
         }
         // Any change of who may speak bumps the epoch.
-        if before.phase.is_human() != after.phase.is_human()
-            || matches!(before.phase, Phase::Paused { .. })
-                != matches!(after.phase, Phase::Paused { .. })
+        if before.phase().is_human() != after.phase().is_human()
+            || matches!(*before.phase(), Phase::Paused { .. })
+                != matches!(*after.phase(), Phase::Paused { .. })
         {
             prop_assert!(
-                after.epoch > before.epoch,
+                after.epoch() > before.epoch(),
                 "{} -> {}",
-                before.phase.name(),
-                after.phase.name()
+                before.phase().name(),
+                after.phase().name()
             );
         }
         Ok(())
@@ -743,8 +745,8 @@ fn the_generated_sequences_reach_every_rule() {
         let trace = run(&p, &steps).expect("the invariants hold");
         let mut before = Conversation::new(KEY, T0);
         for (_, event, result, after) in &trace {
-            phases.insert(after.phase.name());
-            for e in after.timeline.entries() {
+            phases.insert(after.phase().name());
+            for e in after.timeline().entries() {
                 whats.insert(format!("{:?}", e.what));
             }
             match result {
@@ -759,7 +761,7 @@ fn the_generated_sequences_reach_every_rule() {
                     match event {
                         Event::CustomerMessage(_) if !out.changed => count("redelivery"),
                         Event::TimerFired { timer }
-                            if !out.changed && before.timers.contains_key(timer) =>
+                            if !out.changed && before.timers().contains_key(timer) =>
                         {
                             count("timer early");
                         }
@@ -771,7 +773,7 @@ fn the_generated_sequences_reach_every_rule() {
                     if out.effects.iter().any(is_delivery) {
                         count("reply delivered");
                     }
-                    if before.phase.is_human() && !after.phase.is_human() {
+                    if before.phase().is_human() && !after.phase().is_human() {
                         count("released");
                     }
                 }

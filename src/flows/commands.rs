@@ -157,7 +157,7 @@ pub async fn execute(
             (applied.phase.kind(), applied.phase.seller().cloned())
         }
         None => match app.engine().conversation(&key).await? {
-            Some((c, _)) => (c.phase.kind(), c.phase.seller().cloned()),
+            Some((c, _)) => (c.phase().kind(), c.phase().seller().cloned()),
             None => (PhaseName::Idle, None),
         },
     };

@@ -245,7 +245,8 @@ async fn follow(app: &AppState, key: ContactKey, id: &str) -> Delivery {
                 _ => Delivery::not(Undelivered::Queued),
             };
             if let Ok(Some((c, _))) = app.engine().conversation(&key).await
-                && let Some(Effect::DeliverReply { sent, .. }) = c.outbox.get(id).map(|e| &e.effect)
+                && let Some(Effect::DeliverReply { sent, .. }) =
+                    c.outbox().get(id).map(|e| &e.effect)
             {
                 answer.parts_sent = Some(*sent);
             }

@@ -21,7 +21,10 @@ pub async fn conversation_hints(
 ) -> Result<(Option<String>, Option<u64>), FlowError> {
     Ok(
         match app.engine().conversation(&app.contact(contact_id)).await? {
-            Some((c, _)) => (c.held_or_opened_by().map(|s| s.id.clone()), c.links.lead_id),
+            Some((c, _)) => (
+                c.held_or_opened_by().map(|s| s.id.clone()),
+                c.links().lead_id,
+            ),
             None => (None, None),
         },
     )
@@ -79,7 +82,7 @@ fn found(hit: Option<Responsible>, what: String) -> Result<Responsible, FlowErro
 /// `None`: no lead anywhere, or no Kommo to ask.
 pub async fn contact_lead(app: &AppState, contact_id: u64) -> Result<Option<u64>, FlowError> {
     if let Some((c, _)) = app.engine().conversation(&app.contact(contact_id)).await?
-        && let Some(lead) = c.links.lead_id
+        && let Some(lead) = c.links().lead_id
     {
         return Ok(Some(lead));
     }

@@ -55,7 +55,8 @@ pub async fn request(app: &AppState, asked: MeetingRequest) -> Result<Requested,
     let held_by = conversation
         .as_ref()
         .and_then(|(c, _)| c.held_or_opened_by().map(|s| s.id.clone()));
-    let mut lead_id = lead_id.or_else(|| conversation.as_ref().and_then(|(c, _)| c.links.lead_id));
+    let mut lead_id =
+        lead_id.or_else(|| conversation.as_ref().and_then(|(c, _)| c.links().lead_id));
     if let (None, Some(talk)) = (lead_id, talk_id) {
         lead_id = sellers.talk_lead(talk).await?;
     }

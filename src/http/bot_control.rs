@@ -118,7 +118,7 @@ async fn bot_control(
             (applied.phase.kind(), applied.version)
         }
         None => match app.engine().conversation(&key).await? {
-            Some((c, v)) => (c.phase.kind(), v),
+            Some((c, v)) => (c.phase().kind(), v),
             None => (PhaseName::Idle, 0),
         },
     };

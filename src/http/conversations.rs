@@ -189,14 +189,14 @@ async fn debug(
             items.push(DebugConversation {
                 account_id: key.account_id,
                 contact_id: key.contact_id,
-                phase: c.phase.kind(),
-                seller: c.phase.seller().cloned(),
+                phase: c.phase().kind(),
+                seller: c.phase().seller().cloned(),
                 version,
-                epoch: c.epoch,
-                pending_messages: c.pending.len() as u64,
-                outbox: c.outbox.len() as u64,
-                timers: c.timers.len() as u64,
-                last: c.timeline.last().cloned(),
+                epoch: c.epoch(),
+                pending_messages: c.pending().len() as u64,
+                outbox: c.outbox().len() as u64,
+                timers: c.timers().len() as u64,
+                last: c.timeline().last().cloned(),
             });
         }
     }

@@ -79,7 +79,7 @@ pub struct OutboxView {
 
 impl ConversationView {
     pub fn new(c: Conversation, version: u64) -> Self {
-        let (since, by, expires) = match &c.phase {
+        let (since, by, expires) = match c.phase() {
             Phase::HumanAssigned {
                 since,
                 by,
@@ -93,20 +93,20 @@ impl ConversationView {
             Phase::Idle | Phase::BotActive => (None, None, None),
         };
         Self {
-            account_id: c.key.account_id,
-            contact_id: c.key.contact_id,
-            phase: c.phase.kind(),
+            account_id: c.key().account_id,
+            contact_id: c.key().contact_id,
+            phase: c.phase().kind(),
             seller: c.held_or_opened_by().cloned(),
-            area_atuacao: c.proactive.as_ref().and_then(|o| o.area.clone()),
+            area_atuacao: c.proactive().and_then(|o| o.area.clone()),
             phase_since: since,
             assigned_by: by,
             lease_expires_at: expires,
-            epoch: c.epoch,
+            epoch: c.epoch(),
             version,
-            pending_messages: c.pending.iter().map(|m| m.id.clone()).collect(),
-            timers: c.timers.clone(),
+            pending_messages: c.pending().iter().map(|m| m.id.clone()).collect(),
+            timers: c.timers().clone(),
             outbox: c
-                .outbox
+                .outbox()
                 .entries()
                 .map(|e| OutboxView {
                     id: e.id.clone(),
@@ -117,11 +117,11 @@ impl ConversationView {
                     last_error: e.last_error.clone(),
                 })
                 .collect(),
-            created_at: c.created_at,
-            updated_at: c.updated_at,
-            timeline: c.timeline.entries().cloned().collect(),
-            links: c.links,
-            in_flight: c.in_flight,
+            created_at: c.created_at(),
+            updated_at: c.updated_at(),
+            timeline: c.timeline().entries().cloned().collect(),
+            links: c.links().clone(),
+            in_flight: c.in_flight().cloned(),
         }
     }
 }
