@@ -281,11 +281,31 @@ async fn callback(
     QueryParams(q): QueryParams<CallbackQuery>,
 ) -> Result<Json<OAuthDone>, ApiError> {
     let kommo = kommo(&app)?;
+    let code = authorized_code(&app, kommo, &headers, q).await?;
+    kommo
+        .tokens()
+        .exchange_code(&code)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "oauth_failed", e.to_string()))?;
+    Ok(Json(OAuthDone {
+        ok: true,
+        token_state: kommo.tokens().state(),
+    }))
+}
+
+/// The code of a callback that answers an authorisation this browser started here, less than
+/// [`STATE_TTL_SECS`] ago, and that no callback used before.
+async fn authorized_code(
+    app: &AppState,
+    kommo: &KommoClient,
+    headers: &axum::http::HeaderMap,
+    q: CallbackQuery,
+) -> Result<String, ApiError> {
     if let Some(error) = q.error {
         return Err(ApiError::bad_field("error", format!("Kommo said: {error}")));
     }
     let secret = &kommo.tokens().settings().client_secret;
-    let nonce = cookie_nonce(&headers);
+    let nonce = cookie_nonce(headers);
     if !q
         .state
         .as_deref()
@@ -302,22 +322,14 @@ async fn callback(
         .filter(|c| !c.is_empty())
         .ok_or_else(|| ApiError::bad_field("code", "missing `code`"))?;
     let state = q.state.as_deref().unwrap_or_default();
-    if !claim_state(&app, state).await? {
+    if !claim_state(app, state).await? {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "this `state` was already used: start again at /oauth/authorize",
         ));
     }
-    kommo
-        .tokens()
-        .exchange_code(&code)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "oauth_failed", e.to_string()))?;
-    Ok(Json(OAuthDone {
-        ok: true,
-        token_state: kommo.tokens().state(),
-    }))
+    Ok(code)
 }
 
 /// Kommo connectivity
