@@ -280,6 +280,10 @@ pub struct Config {
     /// This node's name in logs and outbox claims.
     #[arg(long, env = "NODE_NAME", default_value = "conversa")]
     pub node_name: String,
+
+    /// Without a subcommand, conversa serves.
+    #[command(subcommand)]
+    pub command: Option<crate::cli::Command>,
 }
 
 /// The shortest `API_KEY` and `WEBHOOK_SECRET` accepted beyond loopback.

@@ -4,7 +4,9 @@
 //! The decisions live in the `conversa-actors` crate (the conversation state machine and its
 //! actors); this crate is the edge around it:
 //! * [`config`] — settings from environment variables and CLI flags; [`setup`] builds the store
-//!   and the Kommo connection from them;
+//!   and the Kommo connection from them; [`cli`] — the subcommands beside serving
+//!   (`conversa setup kommo`, `conversa check`); [`golive`] — what answering customers needs,
+//!   checked (`check`, `/ready`) and set up (`setup kommo`);
 //! * [`app`] — the router and the served OpenAPI document; [`state`] — what every handler and
 //!   use case can reach; [`http`] — the handlers, one module per resource; [`error`] — the one
 //!   JSON error type; [`openapi`] — the document's builders and Swagger UI (`/docs`);
@@ -21,10 +23,12 @@
 //!   logs and public answers, and compared in constant time; [`text`] — accent folding.
 
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod dead_letters;
 pub mod error;
 pub mod flows;
+pub mod golive;
 pub mod http;
 pub mod kommo;
 pub mod n8n;

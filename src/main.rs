@@ -1,4 +1,5 @@
-//! The `conversa` binary: parse the configuration, run the service.
+//! The `conversa` binary: parse the configuration, run the service (or a subcommand:
+//! `setup kommo`, `check`).
 
 use clap::Parser;
 
@@ -12,7 +13,12 @@ use conversa::config::Config;
 async fn main() -> std::process::ExitCode {
     // An optional `.env` in the working directory; real environment variables win.
     let dotenv = dotenvy::dotenv();
-    let config = Config::parse();
+    let mut config = Config::parse();
+    if let Some(command) = config.command.take() {
+        // A subcommand prints for a person; only warnings are logged (to stderr).
+        conversa::server::init_cli_logging();
+        return conversa::cli::run(command, config).await;
+    }
     conversa::server::init_logging(config.log_format);
     if let Ok(path) = dotenv {
         tracing::info!(path = %path.display(), "read settings from .env");

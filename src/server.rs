@@ -28,6 +28,17 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// Logging for a subcommand: warnings and errors only, plain text on stderr (stdout is the
+/// subcommand's answer).
+pub fn init_cli_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// Runs the service until SIGINT/SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let addr = config.listen_addr()?;

@@ -53,6 +53,8 @@ pub struct Inner {
     /// Renders `/metrics` (installed by the server; absent in some tests).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub started: Instant,
+    /// Would a customer be answered? The go-live checks `/ready` serves.
+    pub go_live: Arc<crate::golive::checks::Watch>,
 }
 
 impl AppState {
@@ -87,6 +89,7 @@ impl AppState {
                 .filter(|a| !a.is_empty())
                 .collect(),
             started: Instant::now(),
+            go_live: crate::golive::checks::Watch::new(crate::golive::Target::from_config(config)),
             reply_tokens: crate::reply_token::ReplyTokens::ephemeral(),
         }))
     }

@@ -1,7 +1,10 @@
 //! What can be checked of the deployment files without a Docker engine: the compose file
 //! parses and wires conversa, Redis (with the project's redis.conf and a volume for the AOF)
-//! and n8n with health checks and restart policies; the Dockerfile is multi-stage and runs as
-//! a non-root user; `.env.example` documents every variable the binary reads.
+//! and n8n with health checks and restart policies, reads every setting from `.env`, pins every
+//! image, keeps n8n off the internet and puts Caddy (HTTPS) in front under a profile; the
+//! Dockerfile pins its bases, caches dependencies, strips the binary, is told its commit and
+//! runs as a non-root user; `.env` never enters the build context; `.env.example` documents
+//! every variable the binary reads.
 
 use std::collections::BTreeSet;
 
@@ -47,7 +50,7 @@ fn the_compose_file_wires_conversa_redis_and_n8n() {
         conversa["N8N_WEBHOOK_URL"]
             .as_str()
             .unwrap()
-            .starts_with("http://n8n:5678/")
+            .contains("http://n8n:5678/webhook/")
     );
     let redis = &services["redis"];
     let command: Vec<&str> = redis["command"]
@@ -75,12 +78,101 @@ fn the_compose_file_wires_conversa_redis_and_n8n() {
 }
 
 #[test]
+fn the_compose_file_reads_env_pins_images_and_exposes_only_conversa() {
+    let docs = YamlLoader::load_from_str(&root("docker-compose.yml")).expect("valid YAML");
+    let services = &docs[0]["services"];
+    // Every setting reaches conversa from `.env` (KOMMO_REPLY_FIELD_ID, KOMMO_REPLY_BOT_ID, ...).
+    let env_file = &services["conversa"]["env_file"];
+    let files: Vec<&str> = env_file
+        .as_vec()
+        .expect("env_file is a list")
+        .iter()
+        .filter_map(|f| f.as_str().or_else(|| f["path"].as_str()))
+        .collect();
+    assert_eq!(files, [".env"]);
+    // `environment:` must not shadow `.env` with empty defaults.
+    for (key, value) in services["conversa"]["environment"].as_hash().unwrap() {
+        let value = value.as_str().unwrap_or("");
+        assert!(
+            !value.ends_with(":-}"),
+            "{key:?} would override .env with an empty value"
+        );
+    }
+    for (name, service) in services.as_hash().unwrap() {
+        let name = name.as_str().unwrap();
+        if let Some(image) = service["image"].as_str() {
+            let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+            let pinned =
+                tag.contains('.') && tag.chars().next().is_some_and(|c| c.is_ascii_digit());
+            assert!(
+                pinned || image == "conversa:local",
+                "{name}: {image} is not pinned to a version"
+            );
+        }
+        for port in service["ports"].as_vec().into_iter().flatten() {
+            let port = port.as_str().unwrap();
+            if name != "caddy" {
+                assert!(
+                    port.starts_with("127.0.0.1:"),
+                    "{name} publishes {port} beyond loopback"
+                );
+            }
+        }
+    }
+    let caddy = &services["caddy"];
+    assert_eq!(caddy["profiles"][0].as_str(), Some("https"));
+    let caddyfile = root("deploy/Caddyfile");
+    assert!(caddyfile.contains("reverse_proxy conversa:8000"));
+    let routes: Vec<&str> = caddyfile
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    assert!(!routes.join("\n").contains("n8n"), "n8n is not published");
+    for volume in ["conversa-data", "redis-data", "n8n-data", "caddy-data"] {
+        assert!(!docs[0]["volumes"][volume].is_badvalue(), "volume {volume}");
+    }
+    assert_eq!(
+        services["conversa"]["build"]["args"]["GIT_COMMIT"].as_str(),
+        Some("${GIT_COMMIT:-unknown}")
+    );
+}
+
+#[test]
+fn env_files_stay_out_of_the_build_context() {
+    let ignore = root(".dockerignore");
+    let lines: Vec<&str> = ignore.lines().map(str::trim).collect();
+    assert!(lines.contains(&".env"), "{ignore}");
+    assert!(lines.contains(&".git"));
+}
+
+#[test]
 fn the_dockerfile_is_multi_stage_and_runs_as_non_root() {
     let dockerfile = root("Dockerfile");
-    assert_eq!(
-        dockerfile.matches("\nFROM ").count() + usize::from(dockerfile.starts_with("FROM")),
-        2
+    let bases: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("FROM "))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    for base in &bases {
+        let is_stage = bases
+            .iter()
+            .any(|_| dockerfile.contains(&format!(" AS {base}")));
+        if !is_stage {
+            let tag = base.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+            assert!(tag.contains('.'), "base {base} is not pinned to a version");
+        }
+    }
+    assert!(bases.len() >= 2, "{bases:?}");
+    assert!(
+        dockerfile.contains("cargo chef cook"),
+        "dependencies cached"
     );
+    assert!(
+        dockerfile.contains("CARGO_PROFILE_RELEASE_STRIP=symbols"),
+        "stripped"
+    );
+    assert!(dockerfile.contains("ARG GIT_COMMIT"), "told its commit");
+    assert!(root("build.rs").contains("GIT_COMMIT"));
     assert!(dockerfile.contains("COPY --from=build"));
     assert!(
         dockerfile

@@ -14,6 +14,13 @@
 //! resume (n8n is told `released` and must not answer it), a third message that is answered
 //! (which also shows the `released` execution stayed silent), then a few one-message contacts
 //! for timings. Every wait polls with a deadline.
+//!
+//! The second test runs `examples/n8n/ai-agent.json` (n8n's AI Agent with an OpenAI-compatible
+//! chat model) against a fake chat-completions server this test starts on loopback: it answers
+//! a canned completion and records each prompt, so the test checks that the prompt carries the
+//! customer's messages (and, the second time, the first exchange: memory per contact), that a
+//! signed dispatch is answered and the reply reaches conversa, and that the scheduling outcome
+//! arrives structured.
 
 mod support;
 
@@ -71,6 +78,11 @@ impl N8n {
     }
 
     fn start(install: &Path) -> N8n {
+        Self::start_with(install, &[])
+    }
+
+    /// With extra environment for start.sh (`N8N_WORKFLOW`, `N8N_CREDENTIALS`).
+    fn start_with(install: &Path, env: &[(&str, String)]) -> N8n {
         let mut n8n = N8n {
             state: tempfile::Builder::new()
                 .prefix("n8n-e2e")
@@ -82,6 +94,7 @@ impl N8n {
         let t = Instant::now();
         // The guard exists before n8n does: a failure from here on still stops it.
         let out = Command::new(examples_dir().join("start.sh"))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .arg(install)
             .arg(n8n.state.path())
             .arg(port.to_string())
@@ -335,6 +348,167 @@ async fn a_real_n8n_answers_through_the_callback_and_stays_silent_on_released() 
         first.observed.as_secs_f64() * 1e3,
         first.service_ms,
         answered.len() - 1
+    );
+    drop(s);
+    drop(n8n);
+}
+
+/// A fake OpenAI-compatible server: `POST /v1/chat/completions` answers one canned completion
+/// (a JSON outcome when the prompt is a scheduling request) and keeps every request body.
+struct FakeLlm {
+    url: String,
+    prompts: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// What the fake model says.
+const CANNED: &str = "Olá! Sou o assistente. Posso ajudar com a sua aposentadoria.";
+
+impl FakeLlm {
+    async fn start() -> FakeLlm {
+        use axum::{Json, Router, extract::State, routing::post};
+        type Prompts = std::sync::Arc<std::sync::Mutex<Vec<Value>>>;
+        async fn complete(State(prompts): State<Prompts>, Json(body): Json<Value>) -> Json<Value> {
+            let last = body["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .and_then(|m| m["content"].as_str())
+                .unwrap_or("")
+                .to_owned();
+            prompts.lock().unwrap().push(body);
+            let content = if last.contains("AGENDAMENTO") {
+                json!({"status": "confirmed", "when": "amanhã às 10h", "text": "Agendado para amanhã às 10h!"}).to_string()
+            } else {
+                CANNED.to_owned()
+            };
+            Json(json!({
+                "id": "chatcmpl-fake", "object": "chat.completion", "created": 1_767_225_600,
+                "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}
+            }))
+        }
+        let prompts: Prompts = Default::default();
+        let app = Router::new()
+            .route("/v1/chat/completions", post(complete))
+            .with_state(prompts.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        FakeLlm {
+            url,
+            prompts,
+            server,
+        }
+    }
+
+    fn prompts(&self) -> Vec<Value> {
+        self.prompts.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeLlm {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// The text of a prompt's messages, in order.
+fn contents(prompt: &Value) -> Vec<String> {
+    prompt["messages"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .map(|m| m["content"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ai_agent_workflow_answers_with_the_model_and_remembers_the_contact() {
+    if std::env::var("N8N_E2E").as_deref() != Ok("1") {
+        eprintln!("skipped: set N8N_E2E=1 to run against a real n8n (installs it from npm)");
+        return;
+    }
+    const SECRET: &str = "e2e-shared-secret-0123456789";
+    let llm = FakeLlm::start().await;
+    let creds = tempfile::NamedTempFile::new().unwrap();
+    let template =
+        std::fs::read_to_string(examples_dir().join("ai-agent.credentials.example.json"))
+            .expect("the credentials template");
+    let mut credentials: Value = serde_json::from_str(&template).unwrap();
+    for c in credentials.as_array_mut().unwrap() {
+        match c["type"].as_str().unwrap() {
+            "openAiApi" => c["data"] = json!({"apiKey": "fake-key", "url": llm.url}),
+            "httpHeaderAuth" => {
+                c["data"] =
+                    json!({"name": "Authorization", "value": format!("Bearer {CALLBACK_TOKEN}")})
+            }
+            "crypto" => c["data"] = json!({"hmacSecret": SECRET}),
+            other => panic!("unexpected credential type {other}"),
+        }
+    }
+    std::fs::write(creds.path(), credentials.to_string()).unwrap();
+    let env = vec![
+        (
+            "N8N_WORKFLOW",
+            examples_dir().join("ai-agent.json").display().to_string(),
+        ),
+        ("N8N_CREDENTIALS", creds.path().display().to_string()),
+    ];
+    let install = tokio::task::spawn_blocking(N8n::install).await.unwrap();
+    let n8n = tokio::task::spawn_blocking(move || N8n::start_with(&install, &env))
+        .await
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let s = Service::start(&[
+        ("DATA_DIR", data.path().to_str().unwrap()),
+        ("DEBOUNCE_MS", "0"),
+        ("N8N_WEBHOOK_URL", &n8n.webhook_url),
+        ("PUBLIC_URL", "http://127.0.0.1:{port}"),
+        ("N8N_CALLBACK_TOKEN", CALLBACK_TOKEN),
+        ("N8N_SHARED_SECRET", SECRET),
+    ])
+    .await;
+    let contact = 1_298_400;
+
+    let first = "Oi, quero saber sobre aposentadoria por idade";
+    let a1 = say_and_wait_reply(&s, contact, "ai-m1", first).await;
+    let prompts = llm.prompts();
+    assert_eq!(prompts.len(), 1, "one model call per dispatch");
+    let texts = contents(&prompts[0]);
+    assert!(
+        texts.last().is_some_and(|t| t.contains(first)),
+        "the prompt carries the customer's message: {texts:#?}"
+    );
+
+    let second = "Tenho 64 anos e contribuí por 20";
+    let a2 = say_and_wait_reply(&s, contact, "ai-m2", second).await;
+    let prompts = llm.prompts();
+    let texts = contents(&prompts[1]);
+    assert!(
+        texts.last().is_some_and(|t| t.contains(second)),
+        "{texts:#?}"
+    );
+    assert!(
+        texts.iter().any(|t| t.contains(first)) && texts.iter().any(|t| t == CANNED),
+        "the second prompt remembers the first exchange (memory keyed by contact): {texts:#?}"
+    );
+    // Another contact starts with no memory.
+    let other = 1_298_401;
+    say_and_wait_reply(&s, other, "ai-o1", "Bom dia").await;
+    let texts = contents(&llm.prompts()[2]);
+    assert!(!texts.iter().any(|t| t.contains(first)), "{texts:#?}");
+
+    eprintln!(
+        "[e2e] ai-agent: first reply {:.0} ms observed ({} ms in the service), second {:.0} ms ({} ms)",
+        a1.observed.as_secs_f64() * 1e3,
+        a1.service_ms,
+        a2.observed.as_secs_f64() * 1e3,
+        a2.service_ms
     );
     drop(s);
     drop(n8n);

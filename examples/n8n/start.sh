@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Starts a headless n8n on 127.0.0.1 with workflow.json (beside this script) imported and
-# published, waits until its production webhook is live, and prints its URL.
+# Starts a headless n8n on 127.0.0.1 with a workflow (default: workflow.json beside this script)
+# imported and published, waits until its production webhook is live, and prints its URL.
 #
 #   usage: examples/n8n/start.sh INSTALL_DIR STATE_DIR PORT
 #
@@ -8,6 +8,12 @@
 #   STATE_DIR    n8n's user folder (SQLite DB, config, n8n.log, n8n.pid); created if missing
 #   PORT         HTTP port; the task-runner broker takes PORT+1
 #   env N8N_START_TIMEOUT  seconds to wait for the webhook (default 180)
+#   env N8N_WORKFLOW       workflow file to import and publish (default: workflow.json beside
+#                          this script; relative paths are taken from the current directory).
+#                          Its "id" is the one published.
+#   env N8N_CREDENTIALS    optional credentials file imported first (`n8n import:credentials`):
+#                          a JSON array of {"id","name","type","data":{...}}, plaintext `data` is
+#                          encrypted on import. ai-agent.json needs one (see README.md).
 #
 # Last line on success: "WEBHOOK_URL=http://127.0.0.1:PORT/webhook/conversa". n8n keeps running
 # in its own process group: stop it with stop.sh STATE_DIR. On failure: the log tail, n8n
@@ -19,7 +25,14 @@ usage="usage: start.sh INSTALL_DIR STATE_DIR PORT"
 inst=$(cd "${1:?$usage}" && pwd)
 state=${2:?$usage}
 port=${3:?$usage}
-workflow="$here/workflow.json"
+workflow=${N8N_WORKFLOW:-$here/workflow.json}
+credentials=${N8N_CREDENTIALS:-}
+[ -f "$workflow" ] || { echo "[start] no workflow file $workflow" >&2; exit 1; }
+workflow=$(cd "$(dirname "$workflow")" && pwd)/$(basename "$workflow")
+if [ -n "$credentials" ]; then
+  [ -f "$credentials" ] || { echo "[start] no credentials file $credentials" >&2; exit 1; }
+  credentials=$(cd "$(dirname "$credentials")" && pwd)/$(basename "$credentials")
+fi
 n8n="$inst/node_modules/.bin/n8n"
 [ -x "$n8n" ] || { echo "[start] no n8n in $inst: run setup.sh first" >&2; exit 1; }
 
@@ -50,8 +63,10 @@ export N8N_LOG_LEVEL=${N8N_LOG_LEVEL:-info} N8N_LOG_OUTPUT=console
 
 cd "$state"
 t0=$(date +%s%N)
-# import and publish only edit the SQLite DB: they must run before `n8n start`.
-{ "$n8n" import:workflow --input="$workflow" && "$n8n" publish:workflow --id="$wf_id"; } >"$log" 2>&1 \
+# import and publish only edit the SQLite DB: they must run before `n8n start`. Credentials
+# first: the workflow's nodes refer to them by id.
+{ if [ -n "$credentials" ]; then "$n8n" import:credentials --input="$credentials"; fi \
+    && "$n8n" import:workflow --input="$workflow" && "$n8n" publish:workflow --id="$wf_id"; } >"$log" 2>&1 \
   || { echo "[start] import/publish failed:" >&2; tail -30 "$log" >&2; exit 1; }
 
 setsid "$n8n" start >>"$log" 2>&1 </dev/null &

@@ -13,6 +13,7 @@ use utoipa_axum::routes;
 
 use crate::config::Summary;
 use crate::error::ApiError;
+use crate::golive::Report;
 use crate::http::kommo::N8nCheck;
 use crate::kommo::oauth::TokenState;
 use crate::state::AppState;
@@ -51,7 +52,11 @@ pub struct Health {
         "n8n_callback_token": true, "n8n_shared_secret": false, "kommo_account_id": 0,
         "kommo_subdomain": null, "kommo_api_url": null, "n8n_webhook_url": null,
         "public_url": null, "reply_channel": "not configured", "debounce_ms": 3000,
-        "human_lease_minutes": 30.0, "unauthenticated_routes": []}}))]
+        "human_lease_minutes": 30.0, "unauthenticated_routes": []},
+    "go_live": {"customers_answered": false, "checked_online_at": 1767225600,
+        "checks": [{"name": "KOMMO_API_URL", "status": "fail",
+            "detail": "unset: conversa cannot reach Kommo (replies wait in the outbox)",
+            "fix": "set KOMMO_API_URL=https://<subdomain>.kommo.com/api/v4/"}]}}))]
 pub struct Ready {
     /// Whether the store answers (else the status is 503).
     pub ready: bool,
@@ -60,6 +65,10 @@ pub struct Ready {
     pub n8n: N8nCheck,
     /// What is configured (secrets reduced to whether they are set).
     pub configured: Summary,
+    /// Would a customer writing now be answered? The checks of `conversa check`: the settings
+    /// at once, Kommo, n8n and `PUBLIC_URL` as last asked (at most once a minute, in the
+    /// background).
+    pub go_live: Report,
 }
 
 /// The store's reachability.
@@ -173,7 +182,9 @@ fn token_state(app: &AppState) -> TokenState {
                 "n8n_callback_token": true, "n8n_shared_secret": false, "kommo_account_id": 0,
                 "kommo_subdomain": null, "kommo_api_url": null, "n8n_webhook_url": null,
                 "public_url": null, "reply_channel": "not configured", "debounce_ms": 3000,
-                "human_lease_minutes": 30.0, "unauthenticated_routes": []}})),
+                "human_lease_minutes": 30.0, "unauthenticated_routes": []},
+            "go_live": {"customers_answered": false, "checked_online_at": null,
+                "checks": []}})),
     ),
 )]
 async fn ready(State(app): State<AppState>) -> (StatusCode, Json<Ready>) {
@@ -200,6 +211,7 @@ async fn ready(State(app): State<AppState>) -> (StatusCode, Json<Ready>) {
         kommo: token_state(&app),
         n8n: crate::http::kommo::n8n_check(&app).await,
         configured: app.0.configured.clone(),
+        go_live: app.0.go_live.current(app.kommo().cloned(), &app.0.http),
     };
     let status = if ready {
         StatusCode::OK

@@ -18,6 +18,14 @@
 //! * **Salesbot**: `POST /api/v2/salesbot/run` (array ≤ 100) → `202 {"success":true,…}`; runs are
 //!   recorded. [`FakeKommo::set_server_error_on_salesbot`] makes the next runs answer 500 *after*
 //!   the bot ran (recorded with status 500): the hazard that forbids blind retries.
+//! * **Account setup** (amoCRM `webhooks-api` and `custom-fields` pages, docs/kommo.md):
+//!   `GET /api/v4/webhooks` (`filter[destination]`; 204 when none, the list convention),
+//!   `POST /api/v4/webhooks` (`{destination, settings}` → 201 with the hook; an existing
+//!   destination is updated, its `disabled` flag kept — the docs do not say a POST enables it),
+//!   `DELETE /api/v4/webhooks` (`{destination}` → 204, 404 when none); `GET/POST
+//!   /api/v4/leads/custom_fields` (`page`/`limit≤250`, 201 `_embedded.custom_fields`; a POST
+//!   without `name` or with an unknown `type` is a 400 with `validation-errors`). At most 100
+//!   hooks per account. [`FakeKommo::set_webhook_disabled`] stands for Kommo switching a hook off.
 //! * **Webhooks out**: [`FakeKommo::send_webhook`] POSTs a form body as Kommo does
 //!   (`application/x-www-form-urlencoded`, `User-Agent: amoCRM-WebHook-client/1.0`) and
 //!   [`message_add_form`] builds the percent-encoded bracket body of docs/kommo.md, *Capture B*.
@@ -64,6 +72,83 @@ fn now_unix() -> u64 {
 }
 
 // ---- seed data ----
+
+/// A lead custom field of the account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FakeField {
+    pub id: u64,
+    pub name: String,
+    pub code: Option<String>,
+    /// `text`, `textarea`, `numeric`, ...
+    pub kind: String,
+}
+
+/// A webhook registered in the account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FakeWebhook {
+    pub id: u64,
+    pub destination: String,
+    pub settings: Vec<String>,
+    pub disabled: bool,
+}
+
+/// The event codes `POST /api/v4/webhooks` accepts (amoCRM's list plus the Kommo-only
+/// `add_message`, `add_unsorted`, `delete_unsorted`, unconfirmed spellings).
+pub const WEBHOOK_EVENT_CODES: &[&str] = &[
+    "responsible_lead",
+    "responsible_contact",
+    "responsible_company",
+    "responsible_customer",
+    "responsible_task",
+    "restore_lead",
+    "restore_contact",
+    "restore_company",
+    "add_lead",
+    "add_contact",
+    "add_company",
+    "add_customer",
+    "add_talk",
+    "add_task",
+    "update_lead",
+    "update_contact",
+    "update_company",
+    "update_customer",
+    "update_talk",
+    "update_task",
+    "delete_lead",
+    "delete_contact",
+    "delete_company",
+    "delete_customer",
+    "delete_task",
+    "status_lead",
+    "note_lead",
+    "note_contact",
+    "note_company",
+    "note_customer",
+    "add_chat_template_review",
+    "add_message",
+    "add_unsorted",
+    "delete_unsorted",
+];
+
+/// Field types `POST /api/v4/leads/custom_fields` accepts (the docs' list, abridged).
+const FIELD_TYPES: &[&str] = &[
+    "text",
+    "textarea",
+    "numeric",
+    "checkbox",
+    "select",
+    "multiselect",
+    "date",
+    "url",
+    "radiobutton",
+    "streetaddress",
+    "birthday",
+    "date_time",
+    "price",
+    "monetary",
+    "category",
+];
 
 #[derive(Clone, Debug)]
 pub struct FakeUser {
@@ -368,6 +453,10 @@ struct Account {
     contacts: BTreeMap<u64, FakeContact>,
     talks: BTreeMap<u64, FakeTalk>,
     lead_fields: BTreeSet<u64>,
+    field_defs: BTreeMap<u64, FakeField>,
+    next_field_id: u64,
+    webhooks: Vec<FakeWebhook>,
+    next_webhook_id: u64,
 
     notes: Vec<FakeNote>,
     next_note_id: u64,
@@ -573,7 +662,51 @@ impl FakeKommo {
 
     /// Declares a lead custom field: PATCHes naming another field id are rejected with 400.
     pub fn add_lead_field(&self, field_id: u64) {
-        self.state().lead_fields.insert(field_id);
+        self.add_field(FakeField {
+            id: field_id,
+            name: format!("Field {field_id}"),
+            code: None,
+            kind: "text".into(),
+        });
+    }
+
+    /// Declares a lead custom field with its name, code and type.
+    pub fn add_field(&self, field: FakeField) {
+        let mut st = self.state();
+        st.lead_fields.insert(field.id);
+        st.field_defs.insert(field.id, field);
+    }
+
+    /// The account's lead custom fields.
+    pub fn fields(&self) -> Vec<FakeField> {
+        self.state().field_defs.values().cloned().collect()
+    }
+
+    /// Registers a webhook as an admin would in Kommo's settings.
+    pub fn add_webhook(&self, destination: &str, settings: &[&str], disabled: bool) {
+        let mut st = self.state();
+        st.next_webhook_id += 1;
+        let id = 839_656 + st.next_webhook_id;
+        st.webhooks.push(FakeWebhook {
+            id,
+            destination: destination.to_owned(),
+            settings: settings.iter().map(|s| s.to_string()).collect(),
+            disabled,
+        });
+    }
+
+    /// The account's webhooks.
+    pub fn webhooks(&self) -> Vec<FakeWebhook> {
+        self.state().webhooks.clone()
+    }
+
+    /// Switches a hook off (or on), as Kommo does after 100 invalid answers in 2 hours.
+    pub fn set_webhook_disabled(&self, destination: &str, disabled: bool) {
+        for hook in self.state().webhooks.iter_mut() {
+            if hook.destination == destination {
+                hook.disabled = disabled;
+            }
+        }
     }
 
     pub fn lead(&self, id: u64) -> Option<FakeLead> {
@@ -908,6 +1041,11 @@ fn respond(
     let id = |s: &str| s.parse::<u64>().ok();
     match (method.as_str(), segments.as_slice()) {
         ("GET", ["api", "v4", "account"]) => hal(200, account_json(origin)),
+        ("GET", ["api", "v4", "webhooks"]) => list_webhooks(st, query),
+        ("POST", ["api", "v4", "webhooks"]) => subscribe_webhook(st, body),
+        ("DELETE", ["api", "v4", "webhooks"]) => unsubscribe_webhook(st, body),
+        ("GET", ["api", "v4", "leads", "custom_fields"]) => list_fields(st, origin, query),
+        ("POST", ["api", "v4", "leads", "custom_fields"]) => create_fields(st, origin, body),
         ("GET", ["api", "v4", "users"]) => users_page(st, origin, query),
         ("GET", ["api", "v4", "users", uid]) => match id(uid).and_then(|u| st.users.get(&u)) {
             Some(u) => hal(200, user_json(u, origin, true, true)),
@@ -1486,5 +1624,234 @@ fn salesbot_run(st: &mut Account, body: &[u8]) -> Response {
         "application/json",
         json!({"success": true, "_links": {"self": {"href": "/api/v2/salesbot/run", "method": "post"}}})
             .to_string(),
+    )
+}
+
+// ---- account setup: webhooks and lead custom fields ----
+
+fn webhook_json(h: &FakeWebhook) -> Value {
+    json!({
+        "id": h.id,
+        "destination": h.destination,
+        "created_at": 1_589_012_268,
+        "updated_at": 1_589_012_268,
+        "account_id": ACCOUNT_ID,
+        "created_by": 504_141,
+        "sort": 1,
+        "disabled": h.disabled,
+        "settings": h.settings,
+    })
+}
+
+fn list_webhooks(st: &Account, query: &str) -> Response {
+    let filter: Option<String> = form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "filter[destination]")
+        .map(|(_, v)| v.into_owned());
+    let hooks: Vec<Value> = st
+        .webhooks
+        .iter()
+        .filter(|h| filter.as_ref().is_none_or(|d| &h.destination == d))
+        .map(webhook_json)
+        .collect();
+    if hooks.is_empty() {
+        return no_content();
+    }
+    hal(
+        200,
+        json!({"_total_items": hooks.len(), "_embedded": {"webhooks": hooks}}),
+    )
+}
+
+fn subscribe_webhook(st: &mut Account, body: &[u8]) -> Response {
+    let Ok(req) = serde_json::from_slice::<Value>(body) else {
+        return problem(400, "Bad Request", "Request body is not JSON");
+    };
+    let destination = req.get("destination").and_then(Value::as_str).unwrap_or("");
+    let valid_url = reqwest::Url::parse(destination)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+    if !valid_url {
+        return validation(&[(
+            "InvalidUrl",
+            "destination".into(),
+            "This value is not a valid URL.",
+        )]);
+    }
+    let settings: Vec<String> = match req.get("settings").and_then(Value::as_array) {
+        Some(list) if !list.is_empty() => {
+            let mut out = Vec::new();
+            for (i, v) in list.iter().enumerate() {
+                match v.as_str().filter(|c| WEBHOOK_EVENT_CODES.contains(c)) {
+                    Some(code) => out.push(code.to_owned()),
+                    None => {
+                        return validation(&[(
+                            "NotSupportedChoice",
+                            format!("settings.{i}"),
+                            "The value you selected is not a valid choice.",
+                        )]);
+                    }
+                }
+            }
+            out
+        }
+        _ => {
+            return validation(&[(
+                "NotBlank",
+                "settings".into(),
+                "This value should not be blank.",
+            )]);
+        }
+    };
+    if let Some(hook) = st
+        .webhooks
+        .iter_mut()
+        .find(|h| h.destination == destination)
+    {
+        hook.settings = settings;
+        return hal(201, webhook_json(hook));
+    }
+    if st.webhooks.len() >= 100 {
+        return validation(&[("TooMany", "destination".into(), "Webhooks limit exceeded")]);
+    }
+    st.next_webhook_id += 1;
+    let hook = FakeWebhook {
+        id: 1_056_949 + st.next_webhook_id,
+        destination: destination.to_owned(),
+        settings,
+        disabled: false,
+    };
+    let answer = webhook_json(&hook);
+    st.webhooks.push(hook);
+    hal(201, answer)
+}
+
+fn unsubscribe_webhook(st: &mut Account, body: &[u8]) -> Response {
+    let destination = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("destination")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let before = st.webhooks.len();
+    st.webhooks.retain(|h| h.destination != destination);
+    if st.webhooks.len() == before {
+        problem(404, "Not Found", "Webhook not found")
+    } else {
+        no_content()
+    }
+}
+
+fn field_json(f: &FakeField, origin: &str) -> Value {
+    json!({
+        "id": f.id,
+        "name": f.name,
+        "type": f.kind,
+        "account_id": ACCOUNT_ID,
+        "code": f.code,
+        "sort": 504,
+        "is_api_only": false,
+        "enums": null,
+        "group_id": null,
+        "required_statuses": [],
+        "is_deletable": true,
+        "is_predefined": false,
+        "entity_type": "leads",
+        "remind": null,
+        "_links": {"self": {"href": format!("{origin}/api/v4/leads/custom_fields/{}", f.id)}},
+    })
+}
+
+fn list_fields(st: &Account, origin: &str, query: &str) -> Response {
+    let params: HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let page: usize = params
+        .get("page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let limit: usize = params
+        .get("limit")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(50)
+        .clamp(1, 250);
+    let total = st.field_defs.len();
+    let page_count = total.div_ceil(limit);
+    if total == 0 || page > page_count {
+        return no_content();
+    }
+    let fields: Vec<Value> = st
+        .field_defs
+        .values()
+        .skip((page - 1) * limit)
+        .take(limit)
+        .map(|f| field_json(f, origin))
+        .collect();
+    let href = |p: usize| format!("{origin}/api/v4/leads/custom_fields?limit={limit}&page={p}");
+    let mut links = json!({"self": {"href": href(page)}});
+    if page < page_count {
+        links["next"] = json!({"href": href(page + 1)});
+    }
+    hal(
+        200,
+        json!({
+            "_total_items": fields.len(),
+            "_page": page,
+            "_page_count": page_count,
+            "_links": links,
+            "_embedded": {"custom_fields": fields},
+        }),
+    )
+}
+
+fn create_fields(st: &mut Account, origin: &str, body: &[u8]) -> Response {
+    let Ok(Value::Array(items)) = serde_json::from_slice::<Value>(body) else {
+        return problem(400, "Bad Request", "Request body must be an array");
+    };
+    let mut errors = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        if item
+            .get("name")
+            .and_then(Value::as_str)
+            .is_none_or(|n| n.trim().is_empty())
+        {
+            errors.push((
+                "NotBlank",
+                format!("{i}.name"),
+                "This value should not be blank.",
+            ));
+        }
+        if !item
+            .get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| FIELD_TYPES.contains(&t))
+        {
+            errors.push((
+                "NotSupportedChoice",
+                format!("{i}.type"),
+                "The value you selected is not a valid choice.",
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return validation(&errors);
+    }
+    let mut created = Vec::new();
+    for item in items {
+        st.next_field_id += 1;
+        let field = FakeField {
+            id: 4_457_223 + st.next_field_id,
+            name: item["name"].as_str().unwrap_or("").to_owned(),
+            code: item.get("code").and_then(Value::as_str).map(str::to_owned),
+            kind: item["type"].as_str().unwrap_or("").to_owned(),
+        };
+        created.push(field_json(&field, origin));
+        st.lead_fields.insert(field.id);
+        st.field_defs.insert(field.id, field);
+    }
+    hal(
+        201,
+        json!({"_total_items": created.len(), "_embedded": {"custom_fields": created}}),
     )
 }

@@ -23,7 +23,7 @@ pub struct Service {
     pub client: reqwest::Client,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -36,8 +36,12 @@ impl Service {
     /// `/health` answers. `{port}` in a value stands for the service's own port (for
     /// `PUBLIC_URL`).
     pub async fn start(env: &[(&str, &str)]) -> Service {
+        Self::start_on(free_port(), env).await
+    }
+
+    /// [`Service::start`] on a port chosen beforehand (a `PUBLIC_URL` written before start).
+    pub async fn start_on(port: u16, env: &[(&str, &str)]) -> Service {
         let logdir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let mut env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.replace("{port}", &port.to_string())))

@@ -1,0 +1,118 @@
+//! The settings that decide whether customers get answered, taken from the configuration once
+//! (the checks and the setup never read `Config` themselves).
+
+use crate::config::Config;
+use crate::reply::Strategy;
+
+/// The Kommo events conversa acts on: customer (and, where Kommo sends them, seller) messages,
+/// the talks that tie a chat to its lead, and unsorted leads accepted.
+/// `add_message` and `add_unsorted` are Kommo-only codes (docs/kommo.md: unconfirmed spelling).
+pub const WEBHOOK_EVENTS: &[&str] = &["add_message", "add_talk", "update_talk", "add_unsorted"];
+
+/// The lead field conversa writes replies into, when `setup kommo` creates it.
+pub const REPLY_FIELD_NAME: &str = "Resposta do assistente (conversa)";
+/// Its code, by which a second run finds it again.
+pub const REPLY_FIELD_CODE: &str = "CONVERSA_REPLY";
+/// `textarea`: a reply can be longer than a `text` field holds.
+pub const REPLY_FIELD_KIND: &str = "textarea";
+/// Field types the Salesbot can print as a message.
+pub const TEXT_KINDS: &[&str] = &["text", "textarea"];
+
+/// What a live deployment is made of.
+#[derive(Clone, Debug, Default)]
+pub struct Target {
+    pub kommo_api_url: Option<String>,
+    /// A long-lived token or an OAuth pair is configured.
+    pub kommo_credentials: bool,
+    pub kommo_account_id: u64,
+    pub public_url: Option<String>,
+    pub webhook_secret: Option<String>,
+    pub n8n_webhook_url: Option<String>,
+    pub n8n_shared_secret: bool,
+    pub api_key: bool,
+    pub reply_channel: Option<Strategy>,
+    pub reply_field_id: Option<u64>,
+    pub reply_bot_id: Option<u64>,
+}
+
+fn set(v: &Option<String>) -> Option<String> {
+    v.as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+impl Target {
+    pub fn from_config(config: &Config) -> Self {
+        let token = set(&config.kommo_access_token).is_some();
+        let oauth =
+            set(&config.kommo_client_id).is_some() && set(&config.kommo_client_secret).is_some();
+        Target {
+            kommo_api_url: set(&config.kommo_api_url),
+            kommo_credentials: token || oauth,
+            kommo_account_id: config.kommo_account_id,
+            public_url: set(&config.public_url).map(|u| u.trim_end_matches('/').to_owned()),
+            webhook_secret: set(&config.webhook_secret),
+            n8n_webhook_url: set(&config.n8n_webhook_url),
+            n8n_shared_secret: set(&config.n8n_shared_secret).is_some(),
+            api_key: set(&config.api_key).is_some(),
+            reply_channel: config.reply_strategy(),
+            reply_field_id: config.kommo_reply_field_id,
+            reply_bot_id: config.kommo_reply_bot_id,
+        }
+    }
+
+    /// `PUBLIC_URL/webhooks/kommo/<WEBHOOK_SECRET>`: where Kommo must send its webhooks.
+    pub fn webhook_destination(&self) -> Option<String> {
+        Some(format!(
+            "{}/webhooks/kommo/{}",
+            self.public_url.as_deref()?,
+            self.webhook_secret.as_deref()?
+        ))
+    }
+
+    /// The same address with the secret masked, for output and logs.
+    pub fn webhook_destination_shown(&self) -> String {
+        format!(
+            "{}/webhooks/kommo/***",
+            self.public_url.as_deref().unwrap_or("PUBLIC_URL")
+        )
+    }
+
+    /// The Salesbot code that sends the reply field to the customer (one step).
+    pub fn salesbot_code(field_id: u64) -> String {
+        format!(
+            r#"[{{"question":[{{"handler":"show","params":{{"type":"text","value":"{{{{lead.cf.{field_id}}}}}"}}}}]}}]"#
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_salesbot_code_prints_the_field() {
+        let code = Target::salesbot_code(4439091);
+        assert_eq!(
+            code,
+            r#"[{"question":[{"handler":"show","params":{"type":"text","value":"{{lead.cf.4439091}}"}}]}]"#
+        );
+        serde_json::from_str::<serde_json::Value>(&code).expect("valid JSON");
+    }
+
+    #[test]
+    fn the_destination_carries_the_secret_and_the_shown_one_does_not() {
+        let t = Target {
+            public_url: Some("https://c.example".into()),
+            webhook_secret: Some("s3cr3t-s3cr3t-s3cr3t".into()),
+            ..Target::default()
+        };
+        assert_eq!(
+            t.webhook_destination().as_deref(),
+            Some("https://c.example/webhooks/kommo/s3cr3t-s3cr3t-s3cr3t")
+        );
+        assert!(!t.webhook_destination_shown().contains("s3cr3t"));
+        assert_eq!(Target::default().webhook_destination(), None);
+    }
+}
