@@ -132,6 +132,11 @@ pub struct Config {
     #[arg(long, env = "KOMMO_SUBDOMAIN")]
     pub kommo_subdomain: Option<String>,
 
+    /// How often the account's webhooks are read, to register conversa's again when Kommo
+    /// disabled or lost it (needs PUBLIC_URL and WEBHOOK_SECRET); 0 = never.
+    #[arg(long, env = "WEBHOOK_WATCH_SECS", default_value_t = 300)]
+    pub webhook_watch_secs: u64,
+
     /// Secret the Kommo webhook URL must carry (`?token=` or `/webhooks/kommo/{secret}`).
     #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,

@@ -89,9 +89,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ => "not configured (KOMMO_API_URL): replies are reported undeliverable and wait in the outbox".to_owned(),
     };
     let open_routes = config.unauthenticated_public_routes();
+    let webhook_watch = kommo.clone().and_then(|k| {
+        crate::golive::watchdog::WebhookWatch::new(
+            crate::golive::Target::from_config(&config),
+            k,
+            Duration::from_secs(config.webhook_watch_secs),
+        )
+    });
+    if let Some(watch) = &webhook_watch {
+        watch.spawn();
+    }
     let state = AppState::new(engine.clone(), &config, sellers)
         .with_kommo(kommo)
-        .with_reply_tokens(reply_tokens);
+        .with_reply_tokens(reply_tokens)
+        .with_webhook_watch(webhook_watch);
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;

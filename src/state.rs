@@ -55,6 +55,8 @@ pub struct Inner {
     pub started: Instant,
     /// Would a customer be answered? The go-live checks `/ready` serves.
     pub go_live: Arc<crate::golive::checks::Watch>,
+    /// The webhook watchdog, when Kommo, `PUBLIC_URL` and `WEBHOOK_SECRET` are configured.
+    pub webhook_watch: Option<Arc<crate::golive::watchdog::WebhookWatch>>,
 }
 
 impl AppState {
@@ -90,8 +92,19 @@ impl AppState {
                 .collect(),
             started: Instant::now(),
             go_live: crate::golive::checks::Watch::new(crate::golive::Target::from_config(config)),
+            webhook_watch: None,
             reply_tokens: crate::reply_token::ReplyTokens::ephemeral(),
         }))
+    }
+
+    /// The same state with the webhook watchdog (`/ready` reports it).
+    pub fn with_webhook_watch(
+        self,
+        watch: Option<Arc<crate::golive::watchdog::WebhookWatch>>,
+    ) -> Self {
+        let mut inner = Arc::try_unwrap(self.0).unwrap_or_else(|shared| (*shared).clone());
+        inner.webhook_watch = watch;
+        Self(Arc::new(inner))
     }
 
     /// The same state with the store's reply-token key (tokens made by every node agree).

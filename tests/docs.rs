@@ -253,3 +253,38 @@ async fn the_getting_started_page_runs_as_written() {
     );
     assert_eq!(fake.webhooks().len(), 1);
 }
+
+/// Every `docs/….md` the code sends a user to exists (messages of `check` and `setup kommo`).
+#[test]
+fn the_docs_the_code_points_to_exist() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut stack = vec![root.join("src")];
+    let mut named = std::collections::BTreeSet::new();
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for (i, _) in text.match_indices("docs/") {
+                let rest = &text[i..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || "/-_.".contains(c)))
+                    .unwrap_or(rest.len());
+                let name = rest[..end].trim_end_matches('.');
+                if name.ends_with(".md") {
+                    named.insert(name.to_owned());
+                }
+            }
+        }
+    }
+    assert!(named.contains("docs/getting-started-kommo.md"), "{named:?}");
+    for name in &named {
+        assert!(
+            root.join(name).is_file(),
+            "{name} is named in src/ but does not exist"
+        );
+    }
+}

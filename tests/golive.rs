@@ -382,3 +382,39 @@ async fn check_says_no_naming_each_failure_until_a_customer_would_be_answered() 
     );
     assert!(!ready.to_string().contains(SECRET));
 }
+
+#[tokio::test]
+async fn setup_kommo_with_an_oauth_pair_refreshes_and_keeps_the_rotated_pair() {
+    let fake = FakeKommo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (access, refresh) = fake.issue_tokens();
+    // The access token is stale: the first call gets 401, the client refreshes (single use).
+    fake.expire_access_token();
+    let env: Vec<(&str, String)> = vec![
+        ("KOMMO_API_URL", fake.api_url()),
+        ("KOMMO_ACCESS_TOKEN", access),
+        ("KOMMO_REFRESH_TOKEN", refresh),
+        ("KOMMO_CLIENT_ID", fake_kommo::CLIENT_ID.into()),
+        ("KOMMO_CLIENT_SECRET", fake_kommo::CLIENT_SECRET.into()),
+        ("KOMMO_REDIRECT_URI", fake_kommo::REDIRECT_URI.into()),
+        ("PUBLIC_URL", PUBLIC.into()),
+        ("WEBHOOK_SECRET", SECRET.into()),
+        ("DATA_DIR", dir.path().join("data").display().to_string()),
+    ];
+    let run = conversa(dir.path(), &["setup", "kommo"], &env).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(fake.refresh_count(), 1);
+    // The environment's refresh token is spent; the rotated pair lives in the store, so a
+    // second run (same environment) still works without another refresh.
+    let again = conversa(dir.path(), &["check", "--json"], &env).await;
+    let report: Value = serde_json::from_str(&again.stdout).unwrap();
+    let account = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "kommo.account")
+        .unwrap()
+        .clone();
+    assert_eq!(account["status"], "ok", "{report:#}");
+    assert_eq!(fake.refresh_count(), 1, "no second refresh");
+}

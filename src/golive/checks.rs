@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::target::{TEXT_KINDS, Target, WEBHOOK_EVENTS};
+use super::target::{TEXT_KINDS, Target};
+use super::webhook::{self, Standing};
 use crate::config::MIN_SECRET_CHARS;
 use crate::kommo::client::KommoClient;
 use crate::reply::Strategy;
@@ -103,7 +104,7 @@ impl Report {
     }
 }
 
-const SETUP: &str = "run `conversa setup kommo` (docs/kommo-setup.md)";
+const SETUP: &str = "run `conversa setup kommo` (docs/getting-started-kommo.md)";
 
 /// The settings alone.
 pub fn offline(t: &Target) -> Vec<Check> {
@@ -147,7 +148,7 @@ pub fn offline(t: &Target) -> Vec<Check> {
             format!(
                 "{url} is not https: Kommo and n8n on the internet need a public https address"
             ),
-            "put conversa behind the compose file's Caddy profile (docs/operating.md)",
+            "put conversa behind the compose file's Caddy profile (docs/getting-started-kommo.md, section 5)",
         ),
         None => Check::fail(
             "PUBLIC_URL",
@@ -272,51 +273,36 @@ async fn account(t: &Target, kommo: &KommoClient) -> Check {
 
 async fn webhook(t: &Target, kommo: &KommoClient, destination: &str) -> Check {
     let shown = t.webhook_destination_shown();
-    let hooks = match kommo.webhooks(Some(destination)).await {
-        Ok(hooks) => hooks,
-        Err(e) => {
-            return Check::fail(
-                "kommo.webhook",
-                format!("GET /api/v4/webhooks failed: {e}"),
-                "the token needs administrator rights",
-            );
-        }
-    };
-    let Some(hook) = hooks.iter().find(|h| h.destination == destination) else {
-        return Check::fail(
+    match webhook::standing(kommo, destination).await {
+        Ok(Standing::Right(hook)) => Check::ok(
+            "kommo.webhook",
+            format!("{shown}, enabled, events {}", hook.settings.join(", ")),
+        ),
+        Ok(Standing::Missing) => Check::fail(
             "kommo.webhook",
             format!("no webhook to {shown}: Kommo sends conversa nothing"),
             SETUP,
-        );
-    };
-    if hook.disabled {
-        return Check::fail(
+        ),
+        Ok(Standing::Disabled(_)) => Check::fail(
             "kommo.webhook",
             format!(
                 "the webhook to {shown} is disabled (Kommo turns a hook off after 100 invalid answers in 2 hours)"
             ),
             SETUP,
-        );
-    }
-    let missing: Vec<&str> = WEBHOOK_EVENTS
-        .iter()
-        .copied()
-        .filter(|e| !hook.settings.iter().any(|s| s == e))
-        .collect();
-    if missing.is_empty() {
-        Check::ok(
-            "kommo.webhook",
-            format!("{shown}, enabled, events {}", hook.settings.join(", ")),
-        )
-    } else {
-        Check::fail(
+        ),
+        Ok(Standing::Incomplete(_, missing)) => Check::fail(
             "kommo.webhook",
             format!(
                 "the webhook to {shown} misses events {}",
                 missing.join(", ")
             ),
             SETUP,
-        )
+        ),
+        Err(e) => Check::fail(
+            "kommo.webhook",
+            format!("GET /api/v4/webhooks failed: {e}"),
+            "the token needs administrator rights",
+        ),
     }
 }
 

@@ -8,12 +8,18 @@
 //!   the remote object at fault. `conversa check` prints them; `/ready` carries the same list;
 //! * [`setup_kommo`] — `conversa setup kommo`: the reply field and the webhook created or put
 //!   right, idempotently, and the one manual step (the Salesbot) spelled out;
+//! * [`webhook`] — the webhook's standing in the account and its repair, one definition for the
+//!   setup, the checks and the watchdog;
+//! * [`watchdog`] — every `WEBHOOK_WATCH_SECS`, the webhook looked at and repaired when Kommo
+//!   disabled or lost it;
 //! * [`env_file`] — `--write-env`: the ids found, written into `.env` without touching the rest.
 
 pub mod checks;
 pub mod env_file;
 pub mod setup_kommo;
 pub mod target;
+pub mod watchdog;
+pub mod webhook;
 
 pub use checks::{Check, CheckStatus, Report};
 pub use target::Target;

@@ -5,19 +5,16 @@
 //! 2. the lead text field replies are written into exists (`KOMMO_REPLY_FIELD_ID`, else the one
 //!    with code [`REPLY_FIELD_CODE`], else created);
 //! 3. a webhook to `PUBLIC_URL/webhooks/kommo/<WEBHOOK_SECRET>` exists, is enabled and carries
-//!    every event of [`WEBHOOK_EVENTS`] (created, completed, or — when Kommo disabled it —
-//!    removed and registered again: the API has no "enable");
+//!    every event conversa uses (created, completed, or — when Kommo disabled it — removed and
+//!    registered again: [`super::webhook`]);
 //! 4. the Salesbot cannot be created or listed through the API: its one step is printed.
 //!
 //! Idempotent: a second run on a ready account changes nothing. `dry_run` reads only and says
 //! what it would do. Nothing is prompted, so a script can run it.
 
-use std::collections::BTreeSet;
-
-use super::target::{
-    REPLY_FIELD_CODE, REPLY_FIELD_KIND, REPLY_FIELD_NAME, TEXT_KINDS, Target, WEBHOOK_EVENTS,
-};
-use crate::kommo::admin::{LeadField, Subscription};
+use super::target::{REPLY_FIELD_CODE, REPLY_FIELD_KIND, REPLY_FIELD_NAME, TEXT_KINDS, Target};
+use super::webhook::{self, Standing};
+use crate::kommo::admin::LeadField;
 use crate::kommo::client::KommoClient;
 use crate::kommo::error::KommoError;
 use crate::reply::Strategy;
@@ -113,7 +110,9 @@ pub async fn run(t: &Target, kommo: &KommoClient, dry_run: bool) -> Setup {
     if t.kommo_account_id != account.id {
         out.env("KOMMO_ACCOUNT_ID", account.id);
     }
-    out.env("KOMMO_SUBDOMAIN", &account.subdomain);
+    if t.kommo_subdomain.as_deref() != Some(account.subdomain.as_str()) {
+        out.env("KOMMO_SUBDOMAIN", &account.subdomain);
+    }
 
     let field = reply_field(t, kommo, dry_run, &mut out).await;
     webhook(t, kommo, dry_run, &mut out).await;
@@ -243,15 +242,9 @@ async fn webhook(t: &Target, kommo: &KommoClient, dry_run: bool, out: &mut Setup
         return;
     };
     let shown = t.webhook_destination_shown();
-    let scrub = |e: KommoError| {
-        let text = e.to_string();
-        match &t.webhook_secret {
-            Some(secret) => text.replace(secret.as_str(), "***"),
-            None => text,
-        }
-    };
-    let existing = match find_hook(kommo, &destination).await {
-        Ok(hook) => hook,
+    let scrub = |e: KommoError| t.scrub(&e.to_string());
+    let standing = match webhook::standing(kommo, &destination).await {
+        Ok(standing) => standing,
         Err(e) => {
             out.step(
                 WHAT,
@@ -264,76 +257,30 @@ async fn webhook(t: &Target, kommo: &KommoClient, dry_run: bool, out: &mut Setup
             return;
         }
     };
-    let mut events: BTreeSet<String> = WEBHOOK_EVENTS.iter().map(|e| e.to_string()).collect();
-    let action = match &existing {
-        None => format!("register {shown} for {}", WEBHOOK_EVENTS.join(", ")),
-        Some(hook) if hook.disabled => {
-            format!("re-enable {shown} (Kommo disabled it): remove it and register it again")
-        }
-        Some(hook) => {
-            let missing: Vec<&str> = WEBHOOK_EVENTS
-                .iter()
-                .copied()
-                .filter(|e| !hook.settings.iter().any(|s| s == e))
-                .collect();
-            if missing.is_empty() {
-                out.step(
-                    WHAT,
-                    StepStatus::Unchanged,
-                    format!("{shown}, enabled, events {}", hook.settings.join(", ")),
-                );
-                return;
-            }
-            events.extend(hook.settings.iter().cloned());
-            format!("add events {} to {shown}", missing.join(", "))
-        }
-    };
+    if let Standing::Right(hook) = &standing {
+        out.step(
+            WHAT,
+            StepStatus::Unchanged,
+            format!("{shown}, enabled, events {}", hook.settings.join(", ")),
+        );
+        return;
+    }
+    let action = webhook::plan(&standing, &shown);
     if dry_run {
         out.step(WHAT, StepStatus::WouldDo, format!("would {action}"));
         return;
     }
-    let events: Vec<&str> = events.iter().map(String::as_str).collect();
-    let result = async {
-        if existing.as_ref().is_some_and(|h| h.disabled) {
-            kommo.unsubscribe_webhook(&destination).await?;
-        }
-        kommo.subscribe_webhook(&destination, &events).await?;
-        find_hook(kommo, &destination).await
-    }
-    .await;
-    match result {
-        Ok(Some(hook)) if !hook.disabled => {
-            out.step(WHAT, StepStatus::Done, format!("{action}: done"))
-        }
-        Ok(Some(_)) => out.step(
-            WHAT,
-            StepStatus::Failed,
-            format!(
-                "{shown} is still disabled: enable it in Kommo, Settings › Integrations › Web hooks"
-            ),
-        ),
-        Ok(None) => out.step(
-            WHAT,
-            StepStatus::Failed,
-            format!("Kommo accepted {shown} but does not list it"),
-        ),
+    match webhook::repair(kommo, &destination, &standing).await {
+        Ok(_) => out.step(WHAT, StepStatus::Done, format!("{action}: done")),
         Err(e) => out.step(
             WHAT,
             StepStatus::Failed,
-            format!("could not {action}: {}", scrub(e)),
+            format!(
+                "could not {action}: {} (enable it by hand in Kommo, Settings › Integrations › Web hooks)",
+                scrub(e)
+            ),
         ),
     }
-}
-
-async fn find_hook(
-    kommo: &KommoClient,
-    destination: &str,
-) -> Result<Option<Subscription>, KommoError> {
-    Ok(kommo
-        .webhooks(Some(destination))
-        .await?
-        .into_iter()
-        .find(|h| h.destination == destination))
 }
 
 fn salesbot(t: &Target, field: Option<u64>, out: &mut Setup) {
@@ -353,7 +300,7 @@ fn salesbot(t: &Target, field: Option<u64>, out: &mut Setup) {
             format!(
                 "create it once in Kommo: Settings › Chats and messengers › Salesbot › Create a bot, one step \
                  \"Send message\" whose text is {{{{lead.cf.{field_ref}}}}} (or paste this code: {}); \
-                 then set KOMMO_REPLY_BOT_ID to its id (docs/kommo-setup.md, *The Salesbot*)",
+                 then set KOMMO_REPLY_BOT_ID to its id (docs/getting-started-kommo.md, section 4)",
                 Target::salesbot_code(field.unwrap_or(0)).replace("lead.cf.0", &format!("lead.cf.{field_ref}"))
             ),
         ),

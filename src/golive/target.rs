@@ -25,6 +25,7 @@ pub struct Target {
     /// A long-lived token or an OAuth pair is configured.
     pub kommo_credentials: bool,
     pub kommo_account_id: u64,
+    pub kommo_subdomain: Option<String>,
     pub public_url: Option<String>,
     pub webhook_secret: Option<String>,
     pub n8n_webhook_url: Option<String>,
@@ -51,6 +52,7 @@ impl Target {
             kommo_api_url: set(&config.kommo_api_url),
             kommo_credentials: token || oauth,
             kommo_account_id: config.kommo_account_id,
+            kommo_subdomain: set(&config.kommo_subdomain),
             public_url: set(&config.public_url).map(|u| u.trim_end_matches('/').to_owned()),
             webhook_secret: set(&config.webhook_secret),
             n8n_webhook_url: set(&config.n8n_webhook_url),
@@ -77,6 +79,14 @@ impl Target {
             "{}/webhooks/kommo/***",
             self.public_url.as_deref().unwrap_or("PUBLIC_URL")
         )
+    }
+
+    /// `text` with `WEBHOOK_SECRET` masked (Kommo's errors may quote the address).
+    pub fn scrub(&self, text: &str) -> String {
+        match &self.webhook_secret {
+            Some(secret) => text.replace(secret.as_str(), "***"),
+            None => text.to_owned(),
+        }
     }
 
     /// The Salesbot code that sends the reply field to the customer (one step).

@@ -14,6 +14,7 @@ use utoipa_axum::routes;
 use crate::config::Summary;
 use crate::error::ApiError;
 use crate::golive::Report;
+use crate::golive::watchdog::WatchReport;
 use crate::http::kommo::N8nCheck;
 use crate::kommo::oauth::TokenState;
 use crate::state::AppState;
@@ -56,7 +57,10 @@ pub struct Health {
     "go_live": {"customers_answered": false, "checked_online_at": 1767225600,
         "checks": [{"name": "KOMMO_API_URL", "status": "fail",
             "detail": "unset: conversa cannot reach Kommo (replies wait in the outbox)",
-            "fix": "set KOMMO_API_URL=https://<subdomain>.kommo.com/api/v4/"}]}}))]
+            "fix": "set KOMMO_API_URL=https://<subdomain>.kommo.com/api/v4/"}]},
+    "webhook_watch": {"interval_secs": 300, "checked_at": 1767225600, "state": "ok",
+        "error": null, "repairs": 1, "last_repair": {"at": 1767225300, "was": "disabled",
+        "ok": true, "detail": "re-enable https://conversa.example/webhooks/kommo/*** (Kommo disabled it): remove it and register it again: done"}}}))]
 pub struct Ready {
     /// Whether the store answers (else the status is 503).
     pub ready: bool,
@@ -69,6 +73,10 @@ pub struct Ready {
     /// at once, Kommo, n8n and `PUBLIC_URL` as last asked (at most once a minute, in the
     /// background).
     pub go_live: Report,
+    /// The webhook watchdog (`WEBHOOK_WATCH_SECS`): how conversa's Kommo webhook stood at the
+    /// last look and its repairs; `null` when nothing is watched (no Kommo, `PUBLIC_URL` or
+    /// `WEBHOOK_SECRET`, or `WEBHOOK_WATCH_SECS=0`).
+    pub webhook_watch: Option<WatchReport>,
 }
 
 /// The store's reachability.
@@ -184,7 +192,7 @@ fn token_state(app: &AppState) -> TokenState {
                 "public_url": null, "reply_channel": "not configured", "debounce_ms": 3000,
                 "human_lease_minutes": 30.0, "unauthenticated_routes": []},
             "go_live": {"customers_answered": false, "checked_online_at": null,
-                "checks": []}})),
+                "checks": []}, "webhook_watch": null})),
     ),
 )]
 async fn ready(State(app): State<AppState>) -> (StatusCode, Json<Ready>) {
@@ -212,6 +220,7 @@ async fn ready(State(app): State<AppState>) -> (StatusCode, Json<Ready>) {
         n8n: crate::http::kommo::n8n_check(&app).await,
         configured: app.0.configured.clone(),
         go_live: app.0.go_live.current(app.kommo().cloned(), &app.0.http),
+        webhook_watch: app.0.webhook_watch.as_ref().map(|w| w.report()),
     };
     let status = if ready {
         StatusCode::OK

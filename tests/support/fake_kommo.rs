@@ -25,7 +25,9 @@
 //!   `DELETE /api/v4/webhooks` (`{destination}` → 204, 404 when none); `GET/POST
 //!   /api/v4/leads/custom_fields` (`page`/`limit≤250`, 201 `_embedded.custom_fields`; a POST
 //!   without `name` or with an unknown `type` is a 400 with `validation-errors`). At most 100
-//!   hooks per account. [`FakeKommo::set_webhook_disabled`] stands for Kommo switching a hook off.
+//!   hooks per account. [`FakeKommo::deliver`] sends a body to every enabled hook and disables
+//!   one after more than 100 invalid answers in 2 hours ([`FakeKommo::set_disable_after`]
+//!   lowers the limit), as Kommo does; [`FakeKommo::set_webhook_disabled`] switches one off.
 //! * **Webhooks out**: [`FakeKommo::send_webhook`] POSTs a form body as Kommo does
 //!   (`application/x-www-form-urlencoded`, `User-Agent: amoCRM-WebHook-client/1.0`) and
 //!   [`message_add_form`] builds the percent-encoded bracket body of docs/kommo.md, *Capture B*.
@@ -457,6 +459,9 @@ struct Account {
     next_field_id: u64,
     webhooks: Vec<FakeWebhook>,
     next_webhook_id: u64,
+    /// Invalid answers per hook destination (Kommo's 2-hour window).
+    hook_failures: HashMap<String, Vec<Instant>>,
+    disable_after: Option<usize>,
 
     notes: Vec<FakeNote>,
     next_note_id: u64,
@@ -795,6 +800,52 @@ impl FakeKommo {
         body: &str,
     ) -> Result<reqwest::Response, reqwest::Error> {
         webhook_request(url, body, Some(Duration::from_secs(2))).await
+    }
+
+    /// Kommo disables a hook after more than `n` invalid answers in 2 hours (100 by default).
+    pub fn set_disable_after(&self, n: usize) {
+        self.state().disable_after = Some(n);
+    }
+
+    /// Delivers `body` to every enabled hook of the account as Kommo does: 2-second patience,
+    /// an answer outside 100-299 (or none) is invalid, and a hook with more than the limit of
+    /// invalid answers within 2 hours, the latest one invalid, is disabled. Returns each hook's
+    /// destination and the status it answered (0: no answer in time).
+    pub async fn deliver(&self, body: &str) -> Vec<(String, u16)> {
+        let targets: Vec<String> = self
+            .state()
+            .webhooks
+            .iter()
+            .filter(|h| !h.disabled)
+            .map(|h| h.destination.clone())
+            .collect();
+        let mut out = Vec::new();
+        for destination in targets {
+            let status = match self.try_send_webhook(&destination, body).await {
+                Ok(r) => r.status().as_u16(),
+                Err(_) => 0,
+            };
+            let mut st = self.state();
+            let limit = st.disable_after.unwrap_or(100);
+            let now = Instant::now();
+            let failures = st.hook_failures.entry(destination.clone()).or_default();
+            if !(100..300).contains(&status) {
+                failures.push(now);
+                failures.retain(|t| now.duration_since(*t) < Duration::from_secs(2 * 3600));
+                if failures.len() > limit {
+                    failures.clear();
+                    for hook in st
+                        .webhooks
+                        .iter_mut()
+                        .filter(|h| h.destination == destination)
+                    {
+                        hook.disabled = true;
+                    }
+                }
+            }
+            out.push((destination, status));
+        }
+        out
     }
 }
 
