@@ -123,7 +123,12 @@ async fn setup_kommo(config: &Config, args: SetupKommoArgs) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             },
-            _ => println!(
+            Some(path) => println!(
+                "Settings found (--dry-run: {} left as it was): {}",
+                path.display(),
+                line.join(" ")
+            ),
+            None => println!(
                 "Settings found (put them in .env, or run again with --write-env): {}",
                 line.join(" ")
             ),

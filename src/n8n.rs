@@ -416,6 +416,15 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
 }
 
 /// n8n's reachability (its `/healthz` on the `N8N_WEBHOOK_URL` host).
+/// The last n8n probe and whether one is running (`/ready`, `/test-integration`).
+#[derive(Default)]
+pub struct ProbeCache {
+    pub last: std::sync::Mutex<Option<(std::time::Instant, N8nCheck)>>,
+    pub running: std::sync::atomic::AtomicBool,
+    /// Held by the very first probe, which callers wait for.
+    pub first: tokio::sync::Mutex<()>,
+}
+
 #[derive(Clone, Default, serde::Serialize, utoipa::ToSchema)]
 #[schema(example = json!({"configured": true, "ok": true, "status": 200, "latency_ms": 3.1}))]
 pub struct N8nCheck {

@@ -44,7 +44,7 @@ pub struct Inner {
     /// For reachability checks (n8n).
     pub http: reqwest::Client,
     /// The latest n8n probe and when it was made (`/ready` reuses it for a few seconds).
-    pub n8n_probe: Arc<tokio::sync::Mutex<Option<(Instant, crate::n8n::N8nCheck)>>>,
+    pub n8n_probe: Arc<crate::n8n::ProbeCache>,
     pub n8n_webhook_url: Option<String>,
     /// The reply channel in use (`None` without Kommo: replies cannot be delivered).
     pub reply_channel: Option<crate::reply::Strategy>,

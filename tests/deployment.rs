@@ -204,3 +204,70 @@ fn env_example_documents_every_variable_the_binary_reads() {
     let missing: Vec<_> = read.difference(&documented).collect();
     assert!(missing.is_empty(), "not in .env.example: {missing:?}");
 }
+
+/// Every `NAME=value` line of `text` that is not a comment, with its value (what precedes a
+/// ` #` comment, trimmed).
+fn assignments(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| {
+            let v = v.split(" #").next().unwrap().trim();
+            (k.trim().to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+/// `.env` is read by dotenvy, where a quote opens a quoted value: a quote in a trailing comment
+/// once made it skip the lines after it without a word. The example, and the example with
+/// every placeholder filled in as a user does (comment kept), read back every line.
+#[test]
+fn env_example_reads_back_every_line_as_written_and_as_filled_in() {
+    let example = root(".env.example");
+    let filled: String = example
+        .lines()
+        .map(|line| {
+            let Some(rest) = line.strip_prefix("# ") else {
+                return format!("{line}\n");
+            };
+            match rest.split_once('=') {
+                Some((name, tail))
+                    if !name.is_empty()
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') =>
+                {
+                    // A placeholder may show a default before its comment: the user's value
+                    // replaces it, the comment stays.
+                    let comment = tail.find('#').map_or("", |i| &tail[i..]);
+                    format!("{name}=value-of-{name}   {comment}\n")
+                }
+                _ => format!("{line}\n"),
+            }
+        })
+        .collect();
+    for (what, text) in [("as written", example.clone()), ("filled in", filled)] {
+        let want = assignments(&text);
+        assert!(want.len() >= 20, "{what}: {want:?}");
+        if let Some(name) = not_read_back(&text) {
+            panic!("{what}: {name} is not read back as written");
+        }
+    }
+    // The check catches the trap it is for: a quote in a trailing comment.
+    assert_eq!(
+        not_read_back("A=1        # the node's name\nB=2\nC=3 # it's\n").as_deref(),
+        Some("B"),
+        "the line after the quote is swallowed"
+    );
+}
+
+/// The first assignment of `text` dotenvy does not read back with its written value.
+fn not_read_back(text: &str) -> Option<String> {
+    let read: Vec<(String, String)> = dotenvy::from_read_iter(text.as_bytes())
+        .map_while(Result::ok)
+        .collect();
+    assignments(text).into_iter().find_map(|(name, value)| {
+        let got = read.iter().find(|(k, _)| *k == name).map(|(_, v)| v);
+        (got != Some(&value)).then_some(name)
+    })
+}

@@ -210,7 +210,8 @@ async fn a_broken_token_or_missing_settings_exit_non_zero_naming_the_problem() {
     let run = conversa(dir.path(), &["setup", "kommo"], &env).await;
     assert_ne!(run.code, 0);
     assert!(
-        run.stdout.contains("[FAILED   ] webhook: PUBLIC_URL unset"),
+        run.stdout
+            .contains("[FAILED   ] webhook: PUBLIC_URL is unset"),
         "{}",
         run.stdout
     );

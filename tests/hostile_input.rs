@@ -486,7 +486,7 @@ async fn metric_labels_come_from_closed_sets() {
     }
     let events: Vec<&str> = text
         .lines()
-        .filter(|l| l.starts_with("kommo_webhook_events_total"))
+        .filter(|l| l.starts_with("conversa_kommo_webhook_events_total"))
         .collect();
     assert!(
         events.iter().any(|l| l.contains("event=\"unknown\"} 2500")),

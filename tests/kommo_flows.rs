@@ -271,9 +271,9 @@ async fn decisions_leave_notes_and_the_connection_can_be_checked() {
     // Kommo calls are in /metrics by endpoint and status.
     let metrics = s.metrics().await;
     for family in [
-        "kommo_calls_total{endpoint=\"GET /api/v4/users\",status=\"200\"}",
-        "kommo_call_seconds_bucket",
-        "kommo_limiter_waits_total",
+        "conversa_kommo_calls_total{endpoint=\"GET /api/v4/users\",status=\"200\"}",
+        "conversa_kommo_call_seconds_bucket",
+        "conversa_kommo_limiter_waits_total",
     ] {
         assert!(metrics.contains(family), "missing {family}");
     }

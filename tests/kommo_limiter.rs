@@ -1,5 +1,5 @@
 //! The 7 requests per second Kommo allows, as the fake Kommo measures them, through a 401 storm;
-//! and every call counted in `kommo_calls_total`. Slow (~32 s: 200 calls at ≤ 7 req/s). A test
+//! and every call counted in `conversa_kommo_calls_total`. Slow (~32 s: 200 calls at ≤ 7 req/s). A test
 //! binary of its own: the call counters are the process's, and no other test may add to them.
 
 mod support;
@@ -40,7 +40,7 @@ async fn limiter_200_calls_after_a_401_stay_under_7_per_second() {
     assert_eq!(
         metrics::value(
             &calls,
-            r#"kommo_calls_total{endpoint="GET /api/v4/account",status="200"}"#
+            r#"conversa_kommo_calls_total{endpoint="GET /api/v4/account",status="200"}"#
         ),
         Some(200.0),
         "{calls}"

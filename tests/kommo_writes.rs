@@ -1,6 +1,6 @@
 //! The client's reads and writes against the fake Kommo: the account, leads (with contacts),
 //! contacts, talks, notes, lead patches and Salesbot runs (a 5xx run is never retried; refused
-//! runs leave nothing in doubt), each call counted in `kommo_calls_total`. A test binary of its
+//! runs leave nothing in doubt), each call counted in `conversa_kommo_calls_total`. A test binary of its
 //! own: the call counters are the process's, and no other test may add to them.
 
 mod support;
@@ -120,12 +120,12 @@ async fn reads_and_writes_entities() {
     let calls = metrics::rendered();
     let count = |series: &str| metrics::value(&calls, series);
     assert_eq!(
-        count(r#"kommo_calls_total{endpoint="POST /api/v2/salesbot/run",status="500"}"#),
+        count(r#"conversa_kommo_calls_total{endpoint="POST /api/v2/salesbot/run",status="500"}"#),
         Some(1.0),
         "{calls}"
     );
     assert_eq!(
-        count(r#"kommo_calls_total{endpoint="GET /api/v4/leads/{id}",status="200"}"#),
+        count(r#"conversa_kommo_calls_total{endpoint="GET /api/v4/leads/{id}",status="200"}"#),
         Some(3.0),
         "{calls}"
     );

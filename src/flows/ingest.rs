@@ -60,11 +60,12 @@ pub async fn ingest(app: &AppState, body: &[u8]) -> Result<Ingested, FlowError> 
         // label: a client could make a new series of each.
         let first: Vec<&String> = hook.unknown.iter().take(LOGGED_UNKNOWN_KEYS).collect();
         info!(count = hook.unknown.len(), first = ?first, "Kommo webhook carried events conversa does not handle");
-        metrics::counter!("kommo_webhook_events_total", "event" => "unknown")
+        metrics::counter!("conversa_kommo_webhook_events_total", "event" => "unknown")
             .increment(hook.unknown.len() as u64);
     }
     for event in &hook.events {
-        metrics::counter!("kommo_webhook_events_total", "event" => event_label(event)).increment(1);
+        metrics::counter!("conversa_kommo_webhook_events_total", "event" => event_label(event))
+            .increment(1);
     }
     let (hook, seller_commands) = split_seller_commands(app, hook).await?;
     let authors = chat_authors(app, &hook).await;
@@ -108,7 +109,8 @@ async fn reject_items(app: &AppState, hook: &Webhook) -> Result<Vec<(String, Str
     for e in &hook.rejected {
         warn!(key = %e.key, error = %e.message, "Kommo webhook item rejected; the others apply");
     }
-    metrics::counter!("kommo_webhook_items_rejected_total").increment(hook.rejected.len() as u64);
+    metrics::counter!("conversa_kommo_webhook_items_rejected_total")
+        .increment(hook.rejected.len() as u64);
     let records = hook
         .rejected
         .iter()

@@ -4,7 +4,8 @@
 //! [`offline`] reads only the settings; [`online`] asks Kommo (token, webhook, reply field), n8n
 //! (is the workflow's production webhook live?) and `PUBLIC_URL` (does this service answer
 //! there?). `conversa check` prints both and exits 0 only when none failed; `/ready` carries the
-//! same [`Report`] (refreshed at most once a minute: Kommo allows 7 requests a second in all).
+//! same [`Report`] (a round at most once a minute: Kommo allows 7 requests a second in all;
+//! [`Watch`]).
 
 use std::time::Duration;
 
@@ -110,6 +111,11 @@ const SETUP: &str = "run `conversa setup kommo` (docs/getting-started-kommo.md)"
 pub fn offline(t: &Target) -> Vec<Check> {
     let mut out = Vec::new();
     out.push(match &t.kommo_api_url {
+        Some(url) if !url.trim_end_matches('/').ends_with("/api/v4") => Check::fail(
+            "KOMMO_API_URL",
+            format!("{} does not end in /api/v4/", crate::redact::url(url)),
+            "set KOMMO_API_URL=https://<subdomain>.kommo.com/api/v4/",
+        ),
         Some(url) => Check::ok("KOMMO_API_URL", crate::redact::url(url)),
         None => Check::fail(
             "KOMMO_API_URL",
@@ -142,6 +148,15 @@ pub fn offline(t: &Target) -> Vec<Check> {
         ),
     });
     out.push(match &t.public_url {
+        Some(url) if t.public_url_problem().is_some() => Check::fail(
+            "PUBLIC_URL",
+            format!(
+                "{} {}",
+                crate::redact::url(url),
+                t.public_url_problem().unwrap_or_default()
+            ),
+            "set PUBLIC_URL to the public base address of this service, e.g. https://conversa.example.com",
+        ),
         Some(url) if url.starts_with("https://") => Check::ok("PUBLIC_URL", url.clone()),
         Some(url) => Check::warn(
             "PUBLIC_URL",
@@ -157,6 +172,14 @@ pub fn offline(t: &Target) -> Vec<Check> {
         ),
     });
     out.push(match &t.n8n_webhook_url {
+        Some(url) if url.contains("/webhook-test/") => Check::fail(
+            "N8N_WEBHOOK_URL",
+            format!(
+                "{} is the test URL: it answers only while the editor listens",
+                crate::redact::url(url)
+            ),
+            "use the production URL (/webhook/...) of the active workflow",
+        ),
         Some(url) => Check::ok("N8N_WEBHOOK_URL", crate::redact::url(url)),
         None => Check::fail(
             "N8N_WEBHOOK_URL",
@@ -184,13 +207,16 @@ pub fn offline(t: &Target) -> Vec<Check> {
             "set KOMMO_API_URL",
         ),
     });
-    for (name, value) in [
-        ("KOMMO_REPLY_FIELD_ID", t.reply_field_id),
-        ("KOMMO_REPLY_BOT_ID", t.reply_bot_id),
+    let bot =
+        "create the Salesbot by hand and set its id (docs/getting-started-kommo.md, section 4)";
+    for (name, value, fix) in [
+        ("KOMMO_REPLY_FIELD_ID", t.reply_field_id, SETUP),
+        ("KOMMO_REPLY_BOT_ID", t.reply_bot_id, bot),
     ] {
         out.push(match value {
+            Some(0) => Check::fail(name, "0 is not a Kommo id", fix),
             Some(id) => Check::ok(name, id.to_string()),
-            None => Check::fail(name, "unset", SETUP),
+            None => Check::fail(name, "unset", fix),
         });
     }
     if !t.api_key {
@@ -227,7 +253,11 @@ pub async fn online(t: &Target, kommo: Option<&KommoClient>, http: &reqwest::Cli
     if let Some(url) = &t.n8n_webhook_url {
         out.push(n8n_workflow(http, url).await);
     }
-    if let Some(url) = &t.public_url {
+    if let Some(url) = t
+        .public_url
+        .as_ref()
+        .filter(|_| t.public_url_problem().is_none())
+    {
         out.push(public_url(http, url).await);
     }
     // No secret reaches an answer: the webhook address carries WEBHOOK_SECRET.
@@ -352,8 +382,16 @@ async fn n8n_workflow(http: &reqwest::Client, url: &str) -> Check {
         Ok(r) => {
             let status = r.status().as_u16();
             let body = r.text().await.unwrap_or_default();
-            if (200..300).contains(&status) || status == 405 || body.contains("POST request") {
+            if status == 404 && body.contains("Did you mean to make a POST request") {
                 Check::ok("n8n.workflow", format!("{shown}: the workflow is active"))
+            } else if (200..300).contains(&status) {
+                Check::fail(
+                    "n8n.workflow",
+                    format!(
+                        "{shown} answered {status} to a GET: not the production webhook (POST) of an n8n workflow"
+                    ),
+                    "set N8N_WEBHOOK_URL to the production URL of the Webhook node (http://n8n:5678/webhook/conversa)",
+                )
             } else if status == 404 {
                 Check::fail(
                     "n8n.workflow",
@@ -372,30 +410,34 @@ async fn n8n_workflow(http: &reqwest::Client, url: &str) -> Check {
 }
 
 async fn public_url(http: &reqwest::Client, base: &str) -> Check {
-    let url = format!("{base}/health");
+    let url = format!("{}/health", base.trim_end_matches('/'));
+    let shown = crate::redact::url(&url);
     let answer = http.get(&url).timeout(Duration::from_secs(5)).send().await;
     let fix = "PUBLIC_URL must reach this service from outside (DNS, proxy, firewall)";
     match answer {
         Ok(r) if r.status().is_success() => {
             let body: serde_json::Value = r.json().await.unwrap_or_default();
             if body.get("status").and_then(|s| s.as_str()) == Some("ok") {
-                Check::ok("PUBLIC_URL.reachable", format!("{url} answers"))
+                Check::ok("PUBLIC_URL.reachable", format!("{shown} answers"))
             } else {
                 Check::fail(
                     "PUBLIC_URL.reachable",
-                    format!("{url} answers, but not as conversa"),
+                    format!("{shown} answers, but not as conversa"),
                     fix,
                 )
             }
         }
         Ok(r) => Check::fail(
             "PUBLIC_URL.reachable",
-            format!("{url} answered {}", r.status().as_u16()),
+            format!("{shown} answered {}", r.status().as_u16()),
             fix,
         ),
         Err(e) => Check::fail(
             "PUBLIC_URL.reachable",
-            format!("{url} does not answer: {}", crate::redact::client_error(e)),
+            format!(
+                "{shown} does not answer: {}",
+                crate::redact::client_error(e)
+            ),
             fix,
         ),
     }
@@ -404,13 +446,19 @@ async fn public_url(http: &reqwest::Client, base: &str) -> Check {
 /// How long `/ready`'s online checks stand: each round costs Kommo three requests.
 pub const FRESH: Duration = Duration::from_secs(60);
 
-/// The report `/ready` serves. The online round runs in the background, at most once per
-/// [`FRESH`] whatever the number of callers, so `/ready` never waits on Kommo or n8n (a
-/// health probe has a 3 s budget).
+/// How long a caller waits for a round it started (or found running) before taking the last
+/// report: a monitor polling every few minutes gets a fresh answer, and `/ready` stays within a
+/// health probe's 3 s.
+pub const ROUND_WAIT: Duration = Duration::from_millis(1500);
+
+/// The report `/ready` serves. A round runs at most once per [`FRESH`] whatever the number of
+/// callers; a caller that finds the report stale starts one and waits for it up to
+/// [`ROUND_WAIT`], then serves the last report (the round finishes in the background).
 pub struct Watch {
     target: Target,
     last: std::sync::Mutex<Option<(std::time::Instant, Report)>>,
     refreshing: std::sync::atomic::AtomicBool,
+    done: tokio::sync::Notify,
 }
 
 impl Watch {
@@ -419,29 +467,40 @@ impl Watch {
             target,
             last: std::sync::Mutex::new(None),
             refreshing: Default::default(),
+            done: tokio::sync::Notify::new(),
         })
     }
 
-    /// The last report (the settings alone before the first round ends); starts a round when
-    /// it is older than [`FRESH`].
-    pub fn current(
+    fn last(&self) -> Option<(std::time::Instant, Report)> {
+        self.last.lock().unwrap().clone()
+    }
+
+    /// The current report (the settings alone while the first round has not ended).
+    pub async fn current(
         self: &std::sync::Arc<Self>,
         kommo: Option<std::sync::Arc<KommoClient>>,
         http: &reqwest::Client,
     ) -> Report {
         use std::sync::atomic::Ordering;
-        let last = self.last.lock().unwrap().clone();
-        let stale = last.as_ref().is_none_or(|(at, _)| at.elapsed() >= FRESH);
-        if stale && !self.refreshing.swap(true, Ordering::AcqRel) {
-            let watch = self.clone();
-            let http = http.clone();
-            tokio::spawn(async move {
-                let report = all(&watch.target, kommo.as_deref(), &http).await;
-                *watch.last.lock().unwrap() = Some((std::time::Instant::now(), report));
-                watch.refreshing.store(false, Ordering::Release);
-            });
+        let stale = self.last().is_none_or(|(at, _)| at.elapsed() >= FRESH);
+        if stale {
+            let done = self.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if !self.refreshing.swap(true, Ordering::AcqRel) {
+                let watch = self.clone();
+                let http = http.clone();
+                tokio::spawn(async move {
+                    let report = all(&watch.target, kommo.as_deref(), &http).await;
+                    *watch.last.lock().unwrap() = Some((std::time::Instant::now(), report));
+                    watch.refreshing.store(false, Ordering::Release);
+                    watch.done.notify_waiters();
+                });
+            }
+            let _ = tokio::time::timeout(ROUND_WAIT, done).await;
         }
-        last.map(|(_, r)| r)
+        self.last()
+            .map(|(_, r)| r)
             .unwrap_or_else(|| Report::offline_only(offline(&self.target)))
     }
 }
@@ -476,7 +535,7 @@ mod tests {
     #[test]
     fn each_missing_setting_fails_under_its_own_name() {
         type Breaks = fn(&mut Target);
-        let cases: [(&str, Breaks); 7] = [
+        let cases: Vec<(&str, Breaks)> = vec![
             ("KOMMO_API_URL", |t| t.kommo_api_url = None),
             ("KOMMO_ACCESS_TOKEN", |t| t.kommo_credentials = false),
             ("WEBHOOK_SECRET", |t| {
@@ -486,6 +545,17 @@ mod tests {
             ("N8N_WEBHOOK_URL", |t| t.n8n_webhook_url = None),
             ("REPLY_CHANNEL", |t| t.reply_channel = Some(Strategy::Note)),
             ("KOMMO_REPLY_BOT_ID", |t| t.reply_bot_id = None),
+            ("KOMMO_REPLY_BOT_ID", |t| t.reply_bot_id = Some(0)),
+            ("KOMMO_API_URL", |t| {
+                t.kommo_api_url = Some("https://conta.kommo.com/".into())
+            }),
+            ("PUBLIC_URL", |t| {
+                t.public_url = Some("https://c.example/?x=1".into())
+            }),
+            ("PUBLIC_URL", |t| t.public_url = Some("not a url".into())),
+            ("N8N_WEBHOOK_URL", |t| {
+                t.n8n_webhook_url = Some("https://n8n.example/webhook-test/conversa".into())
+            }),
         ];
         for (name, breaks) in cases {
             let mut t = live();

@@ -176,11 +176,22 @@ async fn reply_field(
             }
         }
     }
-    let found = fields.iter().find(|f| {
-        TEXT_KINDS.contains(&f.kind.as_str())
-            && (f.code.as_deref() == Some(REPLY_FIELD_CODE) || f.name == REPLY_FIELD_NAME)
-    });
-    if let Some(f) = found {
+    let ours: Vec<&LeadField> = fields
+        .iter()
+        .filter(|f| {
+            TEXT_KINDS.contains(&f.kind.as_str())
+                && (f.code.as_deref() == Some(REPLY_FIELD_CODE) || f.name == REPLY_FIELD_NAME)
+        })
+        .collect();
+    if ours.len() > 1 {
+        let ids: Vec<String> = ours[1..].iter().map(|f| f.id.to_string()).collect();
+        note.push_str(&format!(
+            "; {} more such fields ({}): delete them in Kommo",
+            ids.len(),
+            ids.join(", ")
+        ));
+    }
+    if let Some(f) = ours.first() {
         out.step(
             WHAT,
             StepStatus::Unchanged,
@@ -223,23 +234,33 @@ async fn reply_field(
 
 async fn webhook(t: &Target, kommo: &KommoClient, dry_run: bool, out: &mut Setup) {
     const WHAT: &str = "webhook";
-    let Some(destination) = t.webhook_destination() else {
-        let missing: Vec<&str> = [
-            ("PUBLIC_URL", t.public_url.is_none()),
-            ("WEBHOOK_SECRET", t.webhook_secret.is_none()),
-        ]
-        .into_iter()
-        .filter_map(|(name, missing)| missing.then_some(name))
-        .collect();
-        out.step(
-            WHAT,
-            StepStatus::Failed,
-            format!(
-                "{} unset: the webhook address is PUBLIC_URL/webhooks/kommo/<WEBHOOK_SECRET>",
-                missing.join(" and ")
-            ),
-        );
-        return;
+    let mut problems = Vec::new();
+    match (&t.public_url, t.public_url_problem()) {
+        (None, _) => problems.push("PUBLIC_URL is unset".to_owned()),
+        (Some(_), Some(problem)) => problems.push(format!("PUBLIC_URL {problem}")),
+        _ => {}
+    }
+    match &t.webhook_secret {
+        None => problems.push("WEBHOOK_SECRET is unset".to_owned()),
+        Some(s) if s.chars().count() < crate::config::MIN_SECRET_CHARS => problems.push(format!(
+            "WEBHOOK_SECRET is shorter than {} characters",
+            crate::config::MIN_SECRET_CHARS
+        )),
+        _ => {}
+    }
+    let destination = match t.webhook_destination() {
+        Some(d) if problems.is_empty() => d,
+        _ => {
+            out.step(
+                WHAT,
+                StepStatus::Failed,
+                format!(
+                    "{}: the webhook address is PUBLIC_URL/webhooks/kommo/<WEBHOOK_SECRET>",
+                    problems.join("; ")
+                ),
+            );
+            return;
+        }
     };
     let shown = t.webhook_destination_shown();
     let scrub = |e: KommoError| t.scrub(&e.to_string());
@@ -257,6 +278,7 @@ async fn webhook(t: &Target, kommo: &KommoClient, dry_run: bool, out: &mut Setup
             return;
         }
     };
+    others(kommo, &destination, out).await;
     if let Standing::Right(hook) = &standing {
         out.step(
             WHAT,
@@ -280,6 +302,31 @@ async fn webhook(t: &Target, kommo: &KommoClient, dry_run: bool, out: &mut Setup
                 scrub(e)
             ),
         ),
+    }
+}
+
+/// Other conversa webhooks of the account (an older `PUBLIC_URL` or `WEBHOOK_SECRET`): Kommo
+/// keeps calling them; removing one is left to a human, who knows whether it is still in use.
+async fn others(kommo: &KommoClient, destination: &str, out: &mut Setup) {
+    let Ok(all) = kommo.webhooks(None).await else {
+        return;
+    };
+    for hook in all {
+        if hook.destination != destination && hook.destination.contains("/webhooks/kommo/") {
+            let base = hook
+                .destination
+                .split("/webhooks/kommo/")
+                .next()
+                .unwrap_or("");
+            out.step(
+                "old webhook",
+                StepStatus::ToDo,
+                format!(
+                    "{}/webhooks/kommo/*** (another secret or address) is registered too: remove it in Kommo, Settings › Integrations › Web hooks, if nothing uses it",
+                    crate::redact::url(base).trim_end_matches('/')
+                ),
+            );
+        }
     }
 }
 

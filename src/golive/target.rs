@@ -1,7 +1,16 @@
 //! The settings that decide whether customers get answered, taken from the configuration once
 //! (the checks and the setup never read `Config` themselves).
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
+
 use crate::config::Config;
+
+/// What stays as is in a path segment (RFC 3986 unreserved); everything else is encoded.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 use crate::reply::Strategy;
 
 /// The Kommo events conversa acts on: customer (and, where Kommo sends them, seller) messages,
@@ -64,20 +73,48 @@ impl Target {
         }
     }
 
-    /// `PUBLIC_URL/webhooks/kommo/<WEBHOOK_SECRET>`: where Kommo must send its webhooks.
+    /// `PUBLIC_URL/webhooks/kommo/<WEBHOOK_SECRET>`: where Kommo must send its webhooks. The
+    /// secret is percent-encoded (a `#`, `/`, `?` or space in it would otherwise make another
+    /// address); the route decodes it back. `None` without both settings or with a
+    /// `PUBLIC_URL` that is no base address ([`Target::public_url_problem`]).
     pub fn webhook_destination(&self) -> Option<String> {
+        if self.public_url_problem().is_some() {
+            return None;
+        }
+        let secret = self.webhook_secret.as_deref()?;
         Some(format!(
             "{}/webhooks/kommo/{}",
             self.public_url.as_deref()?,
-            self.webhook_secret.as_deref()?
+            percent_encoding::utf8_percent_encode(secret, PATH_SEGMENT)
         ))
+    }
+
+    /// What is wrong with `PUBLIC_URL` as the base of conversa's addresses: not an http(s) URL,
+    /// no host, or a query, fragment or credentials in it. `None` when it is fine or unset.
+    pub fn public_url_problem(&self) -> Option<String> {
+        let raw = self.public_url.as_deref()?;
+        let Ok(url) = reqwest::Url::parse(raw) else {
+            return Some("is not a URL (https://conversa.example.com)".into());
+        };
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            Some("must be an http(s) address with a host".into())
+        } else if url.query().is_some() || url.fragment().is_some() {
+            Some("must be a base address: no ?query or #fragment (conversa appends paths)".into())
+        } else if !url.username().is_empty() || url.password().is_some() {
+            Some("must not carry credentials".into())
+        } else {
+            None
+        }
     }
 
     /// The same address with the secret masked, for output and logs.
     pub fn webhook_destination_shown(&self) -> String {
         format!(
             "{}/webhooks/kommo/***",
-            self.public_url.as_deref().unwrap_or("PUBLIC_URL")
+            self.public_url
+                .as_deref()
+                .map_or_else(|| "PUBLIC_URL".to_owned(), crate::redact::url)
+                .trim_end_matches('/')
         )
     }
 
@@ -124,5 +161,28 @@ mod tests {
         );
         assert!(!t.webhook_destination_shown().contains("s3cr3t"));
         assert_eq!(Target::default().webhook_destination(), None);
+    }
+
+    #[test]
+    fn a_secret_with_url_characters_is_encoded_and_a_bad_public_url_gives_no_address() {
+        let mut t = Target {
+            public_url: Some("https://c.example".into()),
+            webhook_secret: Some("a#b/c?d e%f-ç".into()),
+            ..Target::default()
+        };
+        assert_eq!(
+            t.webhook_destination().as_deref(),
+            Some("https://c.example/webhooks/kommo/a%23b%2Fc%3Fd%20e%25f-%C3%A7")
+        );
+        for bad in [
+            "not a url",
+            "ftp://c.example",
+            "https://c.example/?x=1",
+            "https://u:p@c.example",
+        ] {
+            t.public_url = Some(bad.into());
+            assert!(t.public_url_problem().is_some(), "{bad}");
+            assert_eq!(t.webhook_destination(), None, "{bad}");
+        }
     }
 }

@@ -219,7 +219,11 @@ async fn ready(State(app): State<AppState>) -> (StatusCode, Json<Ready>) {
         kommo: token_state(&app),
         n8n: crate::http::kommo::n8n_check(&app).await,
         configured: app.0.configured.clone(),
-        go_live: app.0.go_live.current(app.kommo().cloned(), &app.0.http),
+        go_live: app
+            .0
+            .go_live
+            .current(app.kommo().cloned(), &app.0.http)
+            .await,
         webhook_watch: app.0.webhook_watch.as_ref().map(|w| w.report()),
     };
     let status = if ready {

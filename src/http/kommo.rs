@@ -417,26 +417,49 @@ async fn integration(State(app): State<AppState>) -> Json<IntegrationCheck> {
     })
 }
 
-/// Whether n8n answers: its `/healthz` on the webhook URL's host.
 /// How long one n8n probe answers for: `/ready` takes no credential, so without this every
 /// call would make an outbound request.
 const N8N_PROBE_FRESH: std::time::Duration = std::time::Duration::from_secs(5);
+/// The longest a caller waits for a probe: only the very first one is waited for; later ones
+/// run in the background while callers get the last answer (a health check has 3 s in all).
+const N8N_FIRST_PROBE: std::time::Duration = std::time::Duration::from_secs(1);
+/// A background probe's own bound.
+const N8N_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// n8n's reachability, probed at most once per [`N8N_PROBE_FRESH`] whatever the number of
-/// callers (they wait for the one probe in progress).
+/// Whether n8n answers (its `/healthz` on the webhook URL's host), probed at most once per
+/// [`N8N_PROBE_FRESH`] whatever the number of callers, and never waited for more than
+/// [`N8N_FIRST_PROBE`]: a stale answer is served while a new probe runs in the background.
 pub async fn n8n_check(app: &AppState) -> N8nCheck {
-    let mut cached = app.0.n8n_probe.lock().await;
-    if let Some((at, answer)) = cached.as_ref()
-        && at.elapsed() < N8N_PROBE_FRESH
-    {
-        return answer.clone();
+    use std::sync::atomic::Ordering;
+    let cache = &app.0.n8n_probe;
+    let last = cache.last.lock().unwrap().clone();
+    match last {
+        Some((at, answer)) if at.elapsed() < N8N_PROBE_FRESH => answer,
+        Some((_, answer)) => {
+            if !cache.running.swap(true, Ordering::AcqRel) {
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let fresh = n8n_probe(&app, N8N_PROBE_TIMEOUT).await;
+                    let cache = &app.0.n8n_probe;
+                    *cache.last.lock().unwrap() = Some((Instant::now(), fresh));
+                    cache.running.store(false, Ordering::Release);
+                });
+            }
+            answer
+        }
+        None => {
+            let _first = cache.first.lock().await;
+            if let Some((_, answer)) = cache.last.lock().unwrap().clone() {
+                return answer;
+            }
+            let answer = n8n_probe(app, N8N_FIRST_PROBE).await;
+            *cache.last.lock().unwrap() = Some((Instant::now(), answer.clone()));
+            answer
+        }
     }
-    let answer = n8n_probe(app).await;
-    *cached = Some((Instant::now(), answer.clone()));
-    answer
 }
 
-async fn n8n_probe(app: &AppState) -> N8nCheck {
+async fn n8n_probe(app: &AppState, bound: std::time::Duration) -> N8nCheck {
     let Some(url) = app.0.n8n_webhook_url.as_deref() else {
         return N8nCheck::default();
     };
@@ -450,7 +473,7 @@ async fn n8n_probe(app: &AppState) -> N8nCheck {
     };
     let health = format!("{}://{}/healthz", parsed.scheme(), parsed.authority());
     let started = Instant::now();
-    match app.0.http.get(&health).send().await {
+    match app.0.http.get(&health).timeout(bound).send().await {
         Ok(r) => N8nCheck {
             configured: true,
             ok: true,

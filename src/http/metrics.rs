@@ -30,7 +30,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     responses(
         (status = 200, description = "Prometheus text format",
          content_type = "text/plain; version=0.0.4", body = String,
-         example = "# TYPE http_requests_total counter\nhttp_requests_total{route=\"/health\",method=\"GET\",status=\"200\"} 12\n"),
+         example = "# HELP conversa_http_requests_total HTTP requests answered, by route template, method and status.\n# TYPE conversa_http_requests_total counter\nconversa_http_requests_total{route=\"/health\",method=\"GET\",status=\"200\"} 12\n"),
         (status = 503, description = "The metrics recorder is not installed", body = crate::error::ApiError,
          example = json!({"error": "internal", "message": "internal error"})),
     ),
@@ -48,6 +48,26 @@ async fn metrics(State(app): State<AppState>) -> Response {
     metrics::gauge!("conversa_effects_running").set(stats.effects_running as f64);
     if let Ok(pending) = app.engine().store().pending_outbox_count().await {
         metrics::gauge!("conversa_outbox_pending_contacts").set(pending as f64);
+    }
+    if let Some(kommo) = app.kommo() {
+        let reauthorize = matches!(
+            kommo.tokens().state(),
+            crate::kommo::oauth::TokenState::ReauthorizeNeeded { .. }
+        );
+        metrics::gauge!("conversa_kommo_reauthorize_needed").set(f64::from(u8::from(reauthorize)));
+        metrics::gauge!("conversa_kommo_blocked").set(f64::from(u8::from(kommo.circuit_open())));
+    }
+    let go_live = app
+        .0
+        .go_live
+        .current(app.kommo().cloned(), &app.0.http)
+        .await;
+    if go_live.checked_online_at.is_some() {
+        metrics::gauge!("conversa_customers_answered")
+            .set(f64::from(u8::from(go_live.customers_answered)));
+    }
+    if let Ok(kept) = app.0.dead_letters.list().await {
+        metrics::gauge!("conversa_dead_letters").set(kept.len() as f64);
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -81,8 +101,8 @@ pub async fn track(req: Request, next: Next) -> Response {
         ("method", method.to_owned()),
         ("status", status),
     ];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels)
+    metrics::counter!("conversa_http_requests_total", &labels).increment(1);
+    metrics::histogram!("conversa_http_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
     response
 }

@@ -73,7 +73,7 @@ pub struct WebhookAnswer {
     /// How many keys were not understood in all.
     pub unknown_count: u64,
     /// Items that could not be read, each with the key at fault; the other items were
-    /// applied. Also logged, counted (`kommo_webhook_items_rejected_total`) and listed in
+    /// applied. Also logged, counted (`conversa_kommo_webhook_items_rejected_total`) and listed in
     /// `GET /dead-letters`.
     pub rejected: Vec<RejectedItem>,
     /// Seller commands typed in WhatsApp (`/assumir 12345`...) and their answers, or

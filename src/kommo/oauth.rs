@@ -587,7 +587,7 @@ impl TokenManager {
         match self.token_request(&body, "refresh_token").await {
             Ok(tokens) => {
                 self.shared.refreshes.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("kommo_token_refreshes_total").increment(1);
+                metrics::counter!("conversa_kommo_token_refreshes_total").increment(1);
                 self.install_locked(tokens).await
             }
             Err(KommoError::OAuth { status, hint, .. }) if status == 400 || status == 401 => {

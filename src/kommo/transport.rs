@@ -1,7 +1,7 @@
 //! How every request to Kommo goes out: the [`KommoClient`] itself, its settings, and the
 //! protections Kommo's limits demand. The endpoints are in `client.rs`. Every call is traced with
 //! `tracing::info!` fields `method`, `path`, `status`, `latency_ms` (never a token), and counted
-//! per `(endpoint, status)` in `kommo_calls_total`.
+//! per `(endpoint, status)` in `conversa_kommo_calls_total`.
 //!
 //! # Why it behaves as it does (docs/kommo.md, *REST calls out* and *Limits*)
 //!
@@ -369,7 +369,7 @@ impl KommoClient {
     async fn acquire(&self) {
         if self.inner.limiter.check().is_err() {
             self.inner.limiter_waits.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("kommo_limiter_waits_total").increment(1);
+            metrics::counter!("conversa_kommo_limiter_waits_total").increment(1);
             self.inner.limiter.until_ready().await;
         }
     }
@@ -412,9 +412,9 @@ impl KommoClient {
         let latency_ms = started.elapsed().as_millis() as u64;
         match result {
             Ok((status, json, body)) => {
-                metrics::counter!("kommo_calls_total", "endpoint" => label.clone(), "status" => status.to_string())
+                metrics::counter!("conversa_kommo_calls_total", "endpoint" => label.clone(), "status" => status.to_string())
                     .increment(1);
-                metrics::histogram!("kommo_call_seconds", "endpoint" => label)
+                metrics::histogram!("conversa_kommo_call_seconds", "endpoint" => label)
                     .record(started.elapsed().as_secs_f64());
                 info!(
                     method = %request.method,
@@ -426,7 +426,7 @@ impl KommoClient {
                 Ok((Answer { status, body }, !json))
             }
             Err(e) => {
-                metrics::counter!("kommo_calls_total", "endpoint" => label, "status" => "network_error")
+                metrics::counter!("conversa_kommo_calls_total", "endpoint" => label, "status" => "network_error")
                     .increment(1);
                 let error = e.without_url().to_string();
                 warn!(

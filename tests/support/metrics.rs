@@ -1,7 +1,7 @@
 //! Reading the service's Prometheus text (`/metrics`, or the process's own recorder when a test
 //! drives a client directly).
 
-/// The value of one series, e.g. `kommo_calls_total{endpoint="GET /api/v4/account",status="200"}`.
+/// The value of one series, e.g. `conversa_kommo_calls_total{endpoint="GET /api/v4/account",status="200"}`.
 pub fn value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
