@@ -1,8 +1,11 @@
-//! The binary's subcommands beside serving: `conversa setup kommo` and `conversa check`.
+//! The binary's subcommands beside serving: `conversa setup kommo`, `conversa check` and
+//! `conversa dead-letters`.
 //!
-//! Both read the same settings as the service (environment, `.env`, flags), never prompt (a
-//! script can run them) and print plain text for a person (`check --json` for a program). The
-//! work itself is [`crate::golive`]'s; this file parses, connects and prints.
+//! They read the same settings as the service (environment, `.env`, flags), never prompt (a
+//! script can run them) and print plain text for a person (`--json` for a program). The work
+//! itself is [`crate::golive`]'s, or the running service's (`dead-letters` asks it over HTTP
+//! with `API_KEY`: the store may be the embedded one, which only the service opens); this file
+//! parses, connects and prints.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +30,41 @@ pub enum Command {
     /// webhook, reply field), n8n (the workflow is active) and PUBLIC_URL. Exit code 0 only
     /// when no check failed.
     Check(CheckArgs),
+    /// List, replay or drop what the running service could not act on (its GET/POST/DELETE
+    /// /dead-letters, with API_KEY).
+    DeadLetters(DeadLettersArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct DeadLettersArgs {
+    /// The running service (default: http://127.0.0.1:<PORT>).
+    #[arg(long, env = "CONVERSA_URL")]
+    pub url: Option<String>,
+    #[command(subcommand)]
+    pub action: DeadLetterAction,
+}
+
+#[derive(Clone, Debug, Subcommand)]
+pub enum DeadLetterAction {
+    /// The records kept, newest first.
+    List {
+        /// Only this contact's.
+        #[arg(long)]
+        contact: Option<u64>,
+        /// Only this kind (webhook_item, dispatch_message, deliver_reply, add_note...).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only those at least this many minutes old.
+        #[arg(long)]
+        min_age_minutes: Option<u64>,
+        /// Print the service's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one again under a new id (refused while a seller holds its conversation).
+    Replay { id: String },
+    /// Give up on one for good.
+    Drop { id: String },
 }
 
 #[derive(Clone, Debug, Subcommand)]
@@ -65,6 +103,119 @@ pub async fn run(command: Command, config: Config) -> ExitCode {
             system: SetupSystem::Kommo(args),
         } => setup_kommo(&config, args).await,
         Command::Check(args) => check(&config, args).await,
+        Command::DeadLetters(args) => dead_letters(&config, args).await,
+    }
+}
+
+async fn dead_letters(config: &Config, args: DeadLettersArgs) -> ExitCode {
+    let base = args
+        .url
+        .clone()
+        .unwrap_or_else(|| format!("http://127.0.0.1:{}", config.port));
+    let base = base.trim_end_matches('/');
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_default();
+    let with_key = |r: reqwest::RequestBuilder| match config.api_key.as_deref() {
+        Some(key) if !key.is_empty() => r.bearer_auth(key),
+        _ => r,
+    };
+    let (request, json) = match &args.action {
+        DeadLetterAction::List {
+            contact,
+            kind,
+            min_age_minutes,
+            json,
+        } => {
+            let mut query: Vec<(&str, String)> = vec![("limit", "500".into())];
+            if let Some(c) = contact {
+                query.push(("contact_id", c.to_string()));
+            }
+            if let Some(k) = kind {
+                query.push(("kind", k.clone()));
+            }
+            if let Some(m) = min_age_minutes {
+                query.push(("min_age_minutes", m.to_string()));
+            }
+            (
+                client.get(format!("{base}/dead-letters")).query(&query),
+                *json,
+            )
+        }
+        DeadLetterAction::Replay { id } => (
+            client.post(format!(
+                "{base}/dead-letters/{}/replay",
+                percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC)
+            )),
+            false,
+        ),
+        DeadLetterAction::Drop { id } => (
+            client.delete(format!(
+                "{base}/dead-letters/{}",
+                percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC)
+            )),
+            false,
+        ),
+    };
+    let shown = crate::redact::url(base);
+    let answer = match with_key(request).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "conversa dead-letters: cannot reach the service at {shown}: {}",
+                crate::redact::client_error(e)
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let status = answer.status();
+    let body: serde_json::Value = answer.json().await.unwrap_or_default();
+    if !status.is_success() {
+        let message = body["message"].as_str().unwrap_or("no message");
+        eprintln!("conversa dead-letters: {status}: {message}");
+        return ExitCode::FAILURE;
+    }
+    if json {
+        println!("{body:#}");
+        return ExitCode::SUCCESS;
+    }
+    match &args.action {
+        DeadLetterAction::List { .. } => {
+            let list = body["dead_letters"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("No dead letters.");
+            }
+            for d in &list {
+                let contact = d["contact_id"]
+                    .as_u64()
+                    .map_or(String::new(), |c| format!(" contact {c}"));
+                println!(
+                    "{}  {}{}  {}  {}",
+                    d["id"].as_str().unwrap_or(""),
+                    d["kind"].as_str().unwrap_or(""),
+                    contact,
+                    age(d["at"].as_u64().unwrap_or(0)),
+                    d["error"].as_str().unwrap_or("")
+                );
+            }
+        }
+        DeadLetterAction::Replay { id } => println!(
+            "Replayed {id} as {} (contact {}).",
+            body["replayed_as"].as_str().unwrap_or("?"),
+            body["contact_id"]
+        ),
+        DeadLetterAction::Drop { id } => println!("Dropped {id}."),
+    }
+    ExitCode::SUCCESS
+}
+
+/// `12 min ago`, `3 h ago` of a Unix-millisecond time.
+fn age(at: u64) -> String {
+    let minutes = conversa_actors::clock::now_millis().saturating_sub(at) / 60_000;
+    match minutes {
+        m if m < 120 => format!("{m} min ago"),
+        m => format!("{} h ago", m / 60),
     }
 }
 

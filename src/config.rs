@@ -128,6 +128,10 @@ pub struct Config {
     #[arg(long, env = "NOTE_LANGUAGE", value_enum, default_value_t = crate::notes::Language::Pt)]
     pub note_language: crate::notes::Language,
 
+    /// The time zone of the times in those notes (an IANA name).
+    #[arg(long, env = "NOTE_TIME_ZONE", default_value = "America/Sao_Paulo", value_parser = crate::notes::parse_time_zone)]
+    pub note_time_zone: jiff::tz::TimeZone,
+
     /// The Kommo account's subdomain; when set, webhooks from another account are refused.
     #[arg(long, env = "KOMMO_SUBDOMAIN")]
     pub kommo_subdomain: Option<String>,
@@ -136,6 +140,19 @@ pub struct Config {
     /// disabled or lost it (needs PUBLIC_URL and WEBHOOK_SECRET); 0 = never.
     #[arg(long, env = "WEBHOOK_WATCH_SECS", default_value_t = 300)]
     pub webhook_watch_secs: u64,
+
+    /// How often Kommo's events are read for customer messages whose webhook never came (gap
+    /// detection; needs Kommo); 0 = never.
+    #[arg(long, env = "GAP_CHECK_SECS", default_value_t = 60)]
+    pub gap_check_secs: u64,
+
+    /// How long a customer message may wait for its webhook before it counts as missed.
+    #[arg(long, env = "GAP_GRACE_SECS", default_value_t = 120)]
+    pub gap_grace_secs: u64,
+
+    /// After a restart, how far back gap detection looks at most.
+    #[arg(long, env = "GAP_LOOKBACK_MINUTES", default_value_t = 60)]
+    pub gap_lookback_minutes: u64,
 
     /// Secret the Kommo webhook URL must carry (`?token=` or `/webhooks/kommo/{secret}`).
     #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]

@@ -28,6 +28,7 @@ pub mod config;
 pub mod dead_letters;
 pub mod error;
 pub mod flows;
+pub mod gaps;
 pub mod golive;
 pub mod http;
 pub mod kommo;

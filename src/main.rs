@@ -1,5 +1,5 @@
 //! The `conversa` binary: parse the configuration, run the service (or a subcommand:
-//! `setup kommo`, `check`).
+//! `setup kommo`, `check`, `dead-letters`).
 
 use clap::Parser;
 

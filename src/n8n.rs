@@ -14,7 +14,7 @@
 //!
 //! ```json
 //! {
-//!   "event": "message" | "proactive" | "scheduling" | "released",
+//!   "event": "message" | "proactive" | "scheduling" | "released" | "missed",
 //!   "dispatch_id": "…", "epoch": 3, "attempt": 1,
 //!   "account_id": 33981183, "contact_id": 1298200,
 //!   "lead_id": 123, "talk_id": 45, "chat_id": "…",
@@ -25,6 +25,8 @@
 //!   "history": [ …the latest timeline entries, oldest first… ],
 //!   "scheduling": { …details… },   // only for "scheduling"
 //!   "released": { …details… },     // only for "released"
+//!   "missed": [{"message_id": "…", "at": 1700000000000}],  // only for "missed": messages
+//!                                  // Kommo has and conversa never received (ask to repeat)
 //!   "callback_url": "https://conversa.example/send-response?contact_id=…&dispatch_id=…&reply_token=…" | null
 //! }
 //! ```
@@ -312,6 +314,7 @@ fn event_name(kind: DispatchKind) -> &'static str {
         DispatchKind::Proactive => "proactive",
         DispatchKind::Scheduling => "scheduling",
         DispatchKind::Released => "released",
+        DispatchKind::Missed => "missed",
     }
 }
 
@@ -402,6 +405,7 @@ pub fn payload(job: &Job, dispatch: &Dispatch, callback_url: Option<&str>) -> Va
     match dispatch.kind {
         DispatchKind::Scheduling => body["scheduling"] = dispatch.details.clone(),
         DispatchKind::Released => body["released"] = dispatch.details.clone(),
+        DispatchKind::Missed => body["missed"] = detail("missed"),
         DispatchKind::Message | DispatchKind::Proactive => {}
     }
     body
@@ -593,6 +597,12 @@ mod tests {
             "http://h:1/send-response?contact_id=7&dispatch_id=d&reply_token=t"
         );
         assert!(p.get("scheduling").is_none());
+
+        let missed = json!([{"message_id": "1508b51c", "at": 1767225600000u64}]);
+        let d = dispatch(DispatchKind::Missed, json!({ "missed": missed }));
+        let p = payload(&job(&d), &d, None);
+        assert_eq!(p["event"], "missed");
+        assert_eq!(p["missed"], missed);
     }
 
     #[test]

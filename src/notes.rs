@@ -1,9 +1,36 @@
 //! The words of the notes conversa leaves on a lead for the seller. The conversation decides
 //! which note ([`Note`], in the core); this file writes it, in the language of
-//! `NOTE_LANGUAGE` (Portuguese by default, as the sellers of the original system read them).
+//! `NOTE_LANGUAGE` (Portuguese by default, as the sellers of the original system read them),
+//! with times in `NOTE_TIME_ZONE` (`America/Sao_Paulo` by default).
 
 use conversa_actors::note::Note;
+use jiff::tz::TimeZone;
 use serde_json::Value;
+
+/// Reads `NOTE_TIME_ZONE`: an IANA name (`America/Sao_Paulo`, `UTC`), from the time zone data
+/// built into the binary (a slim container image has none).
+pub fn parse_time_zone(name: &str) -> Result<TimeZone, String> {
+    TimeZone::get(name).map_err(|_| {
+        format!(
+            "{name:?} is not a time zone name (want an IANA name such as America/Sao_Paulo or UTC)"
+        )
+    })
+}
+
+/// `dd/mm HH:MM` of a Unix-millisecond time in `tz`.
+fn local_time(at: u64, tz: &TimeZone) -> String {
+    i64::try_from(at)
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map_or_else(
+            || "?".to_owned(),
+            |t| {
+                t.to_zoned_datetime(tz.clone())
+                    .strftime("%d/%m %H:%M")
+                    .to_string()
+            },
+        )
+}
 
 /// The language of the notes on leads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -17,14 +44,14 @@ pub enum Language {
 }
 
 /// The note's text for the seller.
-pub fn render(note: &Note, language: Language) -> String {
+pub fn render(note: &Note, language: Language, tz: &TimeZone) -> String {
     match language {
-        Language::Pt => portuguese(note),
-        Language::En => english(note),
+        Language::Pt => portuguese(note, tz),
+        Language::En => english(note, tz),
     }
 }
 
-fn portuguese(note: &Note) -> String {
+fn portuguese(note: &Note, tz: &TimeZone) -> String {
     let minutes = |m: u64| match m {
         0 | 1 => "1 minuto".to_owned(),
         m if m < 120 => format!("{m} minutos"),
@@ -76,6 +103,10 @@ fn portuguese(note: &Note) -> String {
             "A mensagem do cliente não chegou à IA a tempo (ficou {} na fila): responda pelo chat.",
             minutes(*m)
         ),
+        Note::MessageMissed { at } => format!(
+            "Uma mensagem do cliente de {} não chegou ao assistente (o Kommo não a entregou): leia-a no chat do Kommo.",
+            local_time(*at, tz)
+        ),
         Note::ReplyExpired { minutes: m, texts } => format!(
             "A resposta da IA não foi enviada porque ficou {} na fila: {}",
             minutes(*m),
@@ -85,7 +116,7 @@ fn portuguese(note: &Note) -> String {
     }
 }
 
-fn english(note: &Note) -> String {
+fn english(note: &Note, tz: &TimeZone) -> String {
     let minutes = |m: u64| match m {
         0 | 1 => "1 minute".to_owned(),
         m if m < 120 => format!("{m} minutes"),
@@ -130,6 +161,10 @@ fn english(note: &Note) -> String {
         Note::MessageExpired { minutes: m } => format!(
             "The customer's message did not reach the AI in time (it waited {}): answer in the chat.",
             minutes(*m)
+        ),
+        Note::MessageMissed { at } => format!(
+            "A customer message of {} never reached the assistant (Kommo did not deliver it): read it in the Kommo chat.",
+            local_time(*at, tz)
         ),
         Note::ReplyExpired { minutes: m, texts } => format!(
             "The AI's reply was not sent because it waited {}: {}",
@@ -283,14 +318,18 @@ mod tests {
             ),
         ];
         for (note, text) in cases {
-            assert_eq!(render(&note, Language::Pt), text);
+            assert_eq!(render(&note, Language::Pt, &TimeZone::UTC), text);
         }
     }
 
     #[test]
     fn english_when_asked() {
         assert_eq!(
-            render(&Note::LeaseEnding { minutes: 1 }, Language::En),
+            render(
+                &Note::LeaseEnding { minutes: 1 },
+                Language::En,
+                &TimeZone::UTC
+            ),
             "The conversation returns to the AI in 1 minute unless someone answers."
         );
         assert_eq!(
@@ -299,9 +338,29 @@ mod tests {
                     confirmed: false,
                     details: json!({"presencial": false}),
                 },
-                Language::En
+                Language::En,
+                &TimeZone::UTC
             ),
             "Meeting not booked (presencial: no)."
+        );
+    }
+
+    #[test]
+    fn a_missed_message_note_tells_when_it_was_written_in_the_sellers_time_zone() {
+        // 2026-01-01T13:32:00Z is 10:32 in São Paulo (UTC-3, no daylight saving time).
+        let note = Note::MessageMissed {
+            at: 1_767_274_320_000,
+        };
+        let sao_paulo = parse_time_zone("America/Sao_Paulo").unwrap();
+        assert_eq!(
+            render(&note, Language::Pt, &sao_paulo),
+            "Uma mensagem do cliente de 01/01 10:32 não chegou ao assistente (o Kommo não a entregou): leia-a no chat do Kommo."
+        );
+        assert!(render(&note, Language::En, &TimeZone::UTC).contains("01/01 13:32"));
+        assert!(
+            parse_time_zone("Mars/Olympus")
+                .unwrap_err()
+                .contains("Mars/Olympus")
         );
     }
 

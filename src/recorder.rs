@@ -216,14 +216,34 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
         "Times the watchdog registered the Kommo webhook again, by what was wrong.",
     ),
     (
+        "conversa_gap_checks_total",
+        Kind::Counter,
+        "Looks of gap detection at Kommo's events, by result (ok, error).",
+    ),
+    (
+        "conversa_gap_checked_until_seconds",
+        Kind::Gauge,
+        "Unix second up to which Kommo's events were read for missed messages.",
+    ),
+    (
+        "conversa_messages_missed_total",
+        Kind::Counter,
+        "Customer messages Kommo received whose webhook never reached conversa (reported on the lead and to n8n).",
+    ),
+    (
         "conversa_customers_answered",
         Kind::Gauge,
         "1 when every go-live check passed at the last round (/ready's go_live), else 0.",
     ),
     (
+        "conversa_dead_letters_replayed_total",
+        Kind::Counter,
+        "Dead letters an operator ran again (POST /dead-letters/{id}/replay).",
+    ),
+    (
         "conversa_dead_letters",
         Kind::Gauge,
-        "Webhook items kept in GET /dead-letters.",
+        "Records kept in GET /dead-letters: webhook items that could not be read and effects given up on.",
     ),
 ];
 

@@ -178,11 +178,20 @@ impl Executor for ReplyChannel {
 pub struct LeadNotes {
     kommo: Arc<KommoClient>,
     language: crate::notes::Language,
+    time_zone: jiff::tz::TimeZone,
 }
 
 impl LeadNotes {
-    pub fn new(kommo: Arc<KommoClient>, language: crate::notes::Language) -> Self {
-        Self { kommo, language }
+    pub fn new(
+        kommo: Arc<KommoClient>,
+        language: crate::notes::Language,
+        time_zone: jiff::tz::TimeZone,
+    ) -> Self {
+        Self {
+            kommo,
+            language,
+            time_zone,
+        }
     }
 }
 
@@ -193,7 +202,7 @@ impl Executor for LeadNotes {
             return Err(ExecError::Permanent("not a note".into()));
         };
         let lead = lead_of(&self.kommo, job).await?;
-        let text = crate::notes::render(note, self.language);
+        let text = crate::notes::render(note, self.language, &self.time_zone);
         self.kommo.add_note(lead, &text).await.map_err(classify)?;
         Ok(())
     }

@@ -100,10 +100,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(watch) = &webhook_watch {
         watch.spawn();
     }
+    let gap_watch = kommo.clone().and_then(|k| {
+        crate::gaps::GapWatch::new(
+            engine.clone(),
+            k,
+            config.kommo_account_id,
+            crate::gaps::GapSettings {
+                interval: Duration::from_secs(config.gap_check_secs),
+                grace: Duration::from_secs(config.gap_grace_secs),
+                lookback: Duration::from_secs(config.gap_lookback_minutes.saturating_mul(60)),
+            },
+        )
+    });
+    if let Some(watch) = &gap_watch {
+        watch.spawn();
+    }
     let state = AppState::new(engine.clone(), &config, sellers)
         .with_kommo(kommo)
         .with_reply_tokens(reply_tokens)
-        .with_webhook_watch(webhook_watch);
+        .with_webhook_watch(webhook_watch)
+        .with_gap_watch(gap_watch);
+    crate::dead_letters::follow(&engine, state.0.dead_letters.clone());
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -155,6 +172,7 @@ fn executors(
         executors.note = Some(Arc::new(LeadNotes::new(
             kommo.clone(),
             config.note_language,
+            config.note_time_zone.clone(),
         )));
     }
     if let Some(url) = &config.n8n_webhook_url {

@@ -57,6 +57,8 @@ pub struct Inner {
     pub go_live: Arc<crate::golive::checks::Watch>,
     /// The webhook watchdog, when Kommo, `PUBLIC_URL` and `WEBHOOK_SECRET` are configured.
     pub webhook_watch: Option<Arc<crate::golive::watchdog::WebhookWatch>>,
+    /// Gap detection, when Kommo is configured and `GAP_CHECK_SECS` is not 0.
+    pub gap_watch: Option<Arc<crate::gaps::GapWatch>>,
 }
 
 impl AppState {
@@ -93,6 +95,7 @@ impl AppState {
             started: Instant::now(),
             go_live: crate::golive::checks::Watch::new(crate::golive::Target::from_config(config)),
             webhook_watch: None,
+            gap_watch: None,
             reply_tokens: crate::reply_token::ReplyTokens::ephemeral(),
         }))
     }
@@ -104,6 +107,13 @@ impl AppState {
     ) -> Self {
         let mut inner = Arc::try_unwrap(self.0).unwrap_or_else(|shared| (*shared).clone());
         inner.webhook_watch = watch;
+        Self(Arc::new(inner))
+    }
+
+    /// The same state with gap detection (`/ready` reports it).
+    pub fn with_gap_watch(self, watch: Option<Arc<crate::gaps::GapWatch>>) -> Self {
+        let mut inner = Arc::try_unwrap(self.0).unwrap_or_else(|shared| (*shared).clone());
+        inner.gap_watch = watch;
         Self(Arc::new(inner))
     }
 

@@ -285,8 +285,23 @@ impl ContactState {
                 .conversation
                 .as_ref()
                 .is_some_and(|c| c.outbox.get(&id).is_none());
-            if failed && gone {
+            let dead = self.conversation.as_ref().and_then(|c| {
+                c.dead_letters()
+                    .iter()
+                    .rev()
+                    .find(|d| d.id == id && failed && gone)
+                    .cloned()
+            });
+            if let Some(dead) = dead {
                 self.core.stats.count_dead_letter(kind);
+                // No receiver (nobody lists dead letters) is fine: the conversation keeps it.
+                let _ = self.core.dead_letters.send(crate::node::DeadLetterNotice {
+                    key: self.key,
+                    id: id.clone(),
+                    kind,
+                    error: dead.error,
+                    at: dead.at,
+                });
             }
             self.core.reports.record(crate::node::Report {
                 id: id.clone(),

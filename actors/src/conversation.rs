@@ -47,6 +47,10 @@ const RECENT_REPLIES: usize = 20;
 const QUEUED_NOTES: usize = 20;
 /// The longest error kept on an outbox entry or in a note, in bytes.
 const MAX_ERROR_BYTES: usize = 300;
+/// How many dead-lettered effects a conversation keeps for an operator (the oldest go).
+const DEAD_KEPT: usize = 10;
+/// How many messages reported missed (gap detection) a conversation remembers.
+const MISSED_CAPACITY: usize = 20;
 /// What [`Conversation::trim`] keeps.
 const TRIMMED_PENDING: usize = 10;
 const TRIMMED_SEEN: usize = 64;
@@ -92,6 +96,38 @@ pub struct Conversation {
     /// Who opened the conversation proactively, and about what; kept until it ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) proactive: Option<ProactiveOrigin>,
+    /// Customer messages Kommo has and conversa never received, until they arrive after all.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    pub(crate) missed: VecDeque<MissedMessage>,
+    /// Effects that failed for good, kept for an operator to replay or drop.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    pub(crate) dead: VecDeque<DeadEffect>,
+}
+
+/// An effect given up on: its retries ran out, or trying again could not help.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadEffect {
+    /// Its outbox id (a dispatch's `dispatch_id`).
+    pub id: String,
+    /// What it was to do. A dispatch is kept without its messages: a replay carries the
+    /// messages unanswered then.
+    pub effect: Effect,
+    pub error: String,
+    pub attempts: u32,
+    /// When it was queued, and when it was given up on (Unix milliseconds).
+    pub created_at: Millis,
+    pub at: Millis,
+}
+
+/// A customer message Kommo's events list and no webhook brought (gap detection).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MissedMessage {
+    /// Kommo's message id.
+    pub id: String,
+    /// When the customer wrote it (Unix milliseconds, Kommo's event time).
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
+    pub at: Millis,
 }
 
 /// The marketing event that opened a conversation, with its seller and practice area.
@@ -171,6 +207,12 @@ pub enum Rejection {
     NotScheduling,
     #[error("a reply needs at least one non-empty text")]
     EmptyReply,
+    #[error("no dead-lettered effect with this id is kept")]
+    NoSuchDeadLetter,
+    #[error("the conversation changed hands since: the reply belongs to an earlier conversation")]
+    StaleReply,
+    #[error("nothing to replay: the customer's messages were answered since")]
+    NothingToReplay,
 }
 
 /// What one event did.
@@ -207,6 +249,8 @@ impl Conversation {
             updated_at: now,
             timeline: Timeline::default(),
             proactive: None,
+            missed: VecDeque::new(),
+            dead: VecDeque::new(),
         }
     }
 
@@ -315,7 +359,57 @@ impl Conversation {
             {
                 Err(Rejection::NotScheduling)
             }
+            (Event::Replay { id, .. }, _) => self.check_replay(id),
+            (Event::DropDeadLetter { id, .. }, _) if !self.dead.iter().any(|d| d.id == *id) => {
+                Err(Rejection::NoSuchDeadLetter)
+            }
             _ => Ok(()),
+        }
+    }
+
+    /// A replay is fenced like the effect was: nothing the bot says goes into a conversation a
+    /// seller holds or that is paused, a reply from before a change of hands stays unsent, and
+    /// a message dispatch needs messages still unanswered.
+    fn check_replay(&self, id: &str) -> Result<(), Rejection> {
+        let dead = self
+            .dead
+            .iter()
+            .find(|d| d.id == id)
+            .ok_or(Rejection::NoSuchDeadLetter)?;
+        let bot_speaks = !matches!(dead.effect, Effect::AddNote { .. });
+        match &self.phase {
+            Phase::HumanAssigned { seller, .. } if bot_speaks => {
+                return Err(Rejection::HeldBy(seller.clone()));
+            }
+            Phase::Paused { .. } if bot_speaks => return Err(Rejection::Paused),
+            _ => {}
+        }
+        match &dead.effect {
+            Effect::Dispatch(d) => match d.kind {
+                DispatchKind::Message if self.pending.is_empty() => Err(Rejection::NothingToReplay),
+                DispatchKind::Scheduling if !matches!(self.phase, Phase::Scheduling { .. }) => {
+                    Err(Rejection::NotScheduling)
+                }
+                _ => Ok(()),
+            },
+            Effect::DeliverReply {
+                dispatch_id: Some(dispatch_id),
+                ..
+            } => {
+                let epoch = self
+                    .recent_dispatches
+                    .iter()
+                    .find(|r| r.dispatch_id == *dispatch_id)
+                    .map(|r| r.epoch);
+                match epoch {
+                    Some(e) if e == self.epoch => Ok(()),
+                    _ => Err(Rejection::StaleReply),
+                }
+            }
+            Effect::DeliverReply {
+                dispatch_id: None, ..
+            } => Err(Rejection::StaleReply),
+            Effect::AddNote { .. } => Ok(()),
         }
     }
 
@@ -503,6 +597,16 @@ impl Conversation {
         self.proactive.as_ref()
     }
 
+    /// Effects that failed for good, oldest first, for an operator to replay or drop.
+    pub fn dead_letters(&self) -> &VecDeque<DeadEffect> {
+        &self.dead
+    }
+
+    /// Customer messages reported missed that have not arrived since.
+    pub fn missed(&self) -> &VecDeque<MissedMessage> {
+        &self.missed
+    }
+
     /// An executor on `node` takes the outbox entry `id` until `until`, as [`Conversation::poll_work`]
     /// does for each due entry it hands out; `false` when there is no such entry.
     pub fn claim(&mut self, id: &str, node: &str, until: Millis) -> bool {
@@ -562,6 +666,7 @@ impl Step<'_> {
                 text,
                 author,
             } => self.outgoing(message_id, text, author),
+            Event::MessageMissed { message_id, at } => self.message_missed(message_id, at),
             Event::LinksSeen(links) => {
                 let mut updated = self.c.links.clone();
                 updated.update(&links);
@@ -600,6 +705,12 @@ impl Step<'_> {
                 error,
                 retryable,
             } => self.effect_failed(id, error, retryable),
+            Event::Replay { id, by } => self.replay(id, by),
+            Event::DropDeadLetter { id, by } => {
+                self.c.dead.retain(|d| d.id != id);
+                self.out.changed = true;
+                self.log(What::DeadLetterDropped, None, Some(&id), Some(&by));
+            }
         }
     }
 
@@ -646,6 +757,10 @@ impl Step<'_> {
         self.c.links.update(&msg.links);
         self.c.last_customer_at = Some(self.now);
         self.touch();
+        if let Some(i) = self.c.missed.iter().position(|m| m.id == msg.id) {
+            self.c.missed.remove(i);
+            self.log(What::MissedArrived, Some(&msg.id), None, None);
+        }
         if let Some(bytes) = cut_from {
             let detail = format!("text of {bytes} bytes cut to {}", msg.text.len());
             self.log(What::MessageTruncated, Some(&msg.id), None, Some(&detail));
@@ -668,6 +783,75 @@ impl Step<'_> {
                 self.burst();
             }
         }
+    }
+
+    /// Kommo's events list a customer message whose webhook never came. It is recorded once
+    /// (an id already acted on or already reported changes nothing), the seller is told on the
+    /// lead, and while the bot is in charge n8n gets a `missed` dispatch carrying the
+    /// unanswered messages, so the AI can ask the customer to write it again. One such
+    /// dispatch not sent yet takes every missed message. Should the message arrive after all,
+    /// it is applied like any other ([`Step::customer_message`]) and its entry closed.
+    fn message_missed(&mut self, message_id: String, at: Millis) {
+        let known = self.c.seen.iter().any(|s| s.id == message_id)
+            || self.c.missed.iter().any(|m| m.id == message_id);
+        if known {
+            return;
+        }
+        if self.c.missed.len() == MISSED_CAPACITY {
+            self.c.missed.pop_front();
+        }
+        self.c.missed.push_back(MissedMessage {
+            id: message_id.clone(),
+            at,
+        });
+        self.out.changed = true;
+        self.log(What::MessageMissed, Some(&message_id), None, None);
+        self.note(Note::MessageMissed { at });
+        if !matches!(
+            self.c.phase,
+            Phase::Idle | Phase::Proactive { .. } | Phase::BotActive
+        ) {
+            return; // a seller, a pause or a scheduling dialogue has the word
+        }
+        self.c.phase = Phase::BotActive;
+        self.touch();
+        let entry = serde_json::json!({ "message_id": message_id, "at": at });
+        let waiting = self
+            .c
+            .outbox
+            .entries()
+            .find(|e| {
+                e.claim.is_none()
+                    && matches!(&e.effect, Effect::Dispatch(d) if d.kind == DispatchKind::Missed)
+            })
+            .map(|e| e.id.clone());
+        if let Some(id) = waiting
+            && let Some(Effect::Dispatch(d)) = self.c.outbox.get_mut(&id).map(|e| &mut e.effect)
+            && let Some(list) = d.details["missed"].as_array_mut()
+        {
+            list.push(entry);
+            return;
+        }
+        if let Some(f) = self.c.in_flight.as_mut().filter(|f| !f.superseded) {
+            // The AI would answer without the missing message: ask with it instead.
+            f.superseded = true;
+            let id = f.dispatch_id.clone();
+            let released = f.kind == DispatchKind::Released;
+            self.log(What::DispatchSuperseded, None, Some(&id), None);
+            if !released {
+                self.cancel_outbox(|e| e.id == id && e.claim.is_none());
+            }
+        }
+        self.cancel_timer(TimerKind::Debounce);
+        self.c.burst_started_at = None;
+        let seller = self.c.proactive.as_ref().map(|o| o.seller.clone());
+        let messages = self.c.pending.clone();
+        self.dispatch(
+            DispatchKind::Missed,
+            messages,
+            seller,
+            serde_json::json!({ "missed": [entry] }),
+        );
     }
 
     /// Adds a message to the unanswered ones, dropping the oldest beyond the policy's bounds
@@ -989,7 +1173,10 @@ impl Step<'_> {
             // A proactive opening not sent yet would have the bot speak over the seller.
             Effect::Dispatch(d) => matches!(
                 d.kind,
-                DispatchKind::Message | DispatchKind::Scheduling | DispatchKind::Proactive
+                DispatchKind::Message
+                    | DispatchKind::Scheduling
+                    | DispatchKind::Proactive
+                    | DispatchKind::Missed
             ),
             _ => false,
         });
@@ -1225,6 +1412,21 @@ impl Step<'_> {
             self.c.in_flight = None;
         }
         self.log(What::DeadLettered, None, Some(&id), Some(&error));
+        let mut kept = entry.effect.clone();
+        if let Effect::Dispatch(d) = &mut kept {
+            d.messages.clear();
+        }
+        if self.c.dead.len() == DEAD_KEPT {
+            self.c.dead.pop_front();
+        }
+        self.c.dead.push_back(DeadEffect {
+            id: id.clone(),
+            effect: kept,
+            error: error.clone(),
+            attempts: entry.attempts,
+            created_at: entry.created_at,
+            at: now,
+        });
         match entry.effect {
             Effect::Dispatch(_) => self.note(Note::DispatchFailed {
                 dispatch_id: id,
@@ -1239,6 +1441,52 @@ impl Step<'_> {
             // A failed note is not reported with another note.
             _ => {}
         }
+    }
+
+    /// Runs a dead-lettered effect again under a new id (a new idempotency key for n8n and
+    /// Kommo); [`Conversation::check_replay`] fenced it. A dispatch carries the messages
+    /// unanswered now, in the current epoch, and supersedes the one in flight, as a new
+    /// customer message would.
+    fn replay(&mut self, id: String, by: String) {
+        let Some(i) = self.c.dead.iter().position(|d| d.id == id) else {
+            return;
+        };
+        let dead = self.c.dead.remove(i).expect("position found");
+        self.out.changed = true;
+        match dead.effect {
+            Effect::Dispatch(d) => {
+                if let Some(f) = self.c.in_flight.as_mut().filter(|f| !f.superseded) {
+                    f.superseded = true;
+                    let old = f.dispatch_id.clone();
+                    let released = f.kind == DispatchKind::Released;
+                    self.log(What::DispatchSuperseded, None, Some(&old), None);
+                    if !released {
+                        self.cancel_outbox(|e| e.id == old && e.claim.is_none());
+                    }
+                }
+                let messages = self.c.pending.clone();
+                self.dispatch(d.kind, messages, d.seller, d.details);
+            }
+            Effect::DeliverReply {
+                dispatch_id,
+                mut texts,
+                sent,
+            } => {
+                let texts = texts.split_off(sent.min(texts.len()));
+                self.queue(
+                    Effect::DeliverReply {
+                        dispatch_id,
+                        texts,
+                        sent: 0,
+                    },
+                    'r',
+                );
+            }
+            Effect::AddNote { note } => self.queue(Effect::AddNote { note }, 'n'),
+        }
+        let new_id = self.out.queued.last().cloned().unwrap_or_default();
+        let detail = format!("as {new_id}, by {by}");
+        self.log(What::Replayed, None, Some(&id), Some(&detail));
     }
 
     /// The idle time passed with nothing going on: the conversation ends, so the next customer

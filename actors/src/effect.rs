@@ -29,6 +29,9 @@ pub enum DispatchKind {
     Scheduling,
     /// The bot is back in charge: the AI's memory must not keep it silent.
     Released,
+    /// Customer messages Kommo has and conversa never received (`details.missed`: their ids and
+    /// times): the AI asks the customer to write them again.
+    Missed,
 }
 
 /// One call to n8n.

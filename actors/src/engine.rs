@@ -25,7 +25,11 @@ pub use crate::error::EngineError;
 use crate::event::Event;
 use crate::executor::{ExecError, Executors};
 use crate::mailbox::{Applied, ContactMsg};
+pub use crate::node::DeadLetterNotice;
 use crate::node::{Core, Reports, Stats};
+
+/// How many dead-letter notices wait for a slow receiver.
+const DEAD_LETTER_NOTICES: usize = 1024;
 use crate::policy::Policy;
 use crate::store::Store;
 use crate::supervisor::Supervisor;
@@ -124,6 +128,7 @@ impl Engine {
             timers,
             stats: Stats::default(),
             reports: Reports::default(),
+            dead_letters: tokio::sync::broadcast::channel(DEAD_LETTER_NOTICES).0,
             supervisor: OnceLock::new(),
             activate: crate::actor::activate,
         });
@@ -155,6 +160,12 @@ impl Engine {
             core,
             tasks: Arc::new(tasks),
         })
+    }
+
+    /// Every effect given up on from now on, as it happens (a receiver that falls more than
+    /// 1024 behind misses the oldest; the conversations keep them all the same).
+    pub fn dead_letters(&self) -> tokio::sync::broadcast::Receiver<DeadLetterNotice> {
+        self.core.dead_letters.subscribe()
     }
 
     /// Applies `event` to the contact's conversation; answers once the change is durable.

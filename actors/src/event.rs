@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::contact::Millis;
 use crate::effect::TimerKind;
 use crate::message::{InboundMessage, SellerRef};
 
@@ -23,6 +24,9 @@ pub enum Event {
         text: String,
         author: SellerRef,
     },
+    /// Kommo's events list a customer message (`incoming_chat_message`, at `at`) whose
+    /// webhook never reached conversa within the grace time (gap detection).
+    MessageMissed { message_id: String, at: Millis },
     /// Kommo told us which lead, talk or chat the contact's conversation belongs to.
     LinksSeen(crate::message::Links),
     /// An operator switched the bot off or on (`POST /bot-control`).
@@ -70,6 +74,10 @@ pub enum Event {
         error: String,
         retryable: bool,
     },
+    /// An operator runs a dead-lettered effect again, under a new id (`by`: who asked).
+    Replay { id: String, by: String },
+    /// An operator gives up on a dead-lettered effect.
+    DropDeadLetter { id: String, by: String },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +94,7 @@ impl Event {
             Event::CustomerMessage(_) => "customer_message",
             Event::SellerSpoke { .. } => "seller_spoke",
             Event::OutgoingMessage { .. } => "outgoing_message",
+            Event::MessageMissed { .. } => "message_missed",
             Event::LinksSeen(_) => "links_seen",
             Event::BotControl { .. } => "bot_control",
             Event::Assume { .. } => "assume",
@@ -97,6 +106,8 @@ impl Event {
             Event::TimerFired { .. } => "timer_fired",
             Event::EffectDone { .. } => "effect_done",
             Event::EffectFailed { .. } => "effect_failed",
+            Event::Replay { .. } => "replay",
+            Event::DropDeadLetter { .. } => "drop_dead_letter",
         }
     }
 }

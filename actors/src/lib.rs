@@ -34,7 +34,7 @@ mod timers;
 pub use contact::{ContactKey, Millis};
 pub use conversation::{Conversation, DropReason, Outcome, Rejection};
 pub use effect::{Dispatch, DispatchKind, Effect, OutboxEntry, TimerKind};
-pub use engine::{Engine, EngineConfig, EngineError, EngineStats, Progress};
+pub use engine::{DeadLetterNotice, Engine, EngineConfig, EngineError, EngineStats, Progress};
 pub use event::{BotCommand, Event};
 pub use executor::{Commitment, ExecError, Executor, Executors, FoundLinks, Job};
 pub use mailbox::Applied;

@@ -125,6 +125,7 @@ pub(crate) fn effect_label(effect: &crate::effect::Effect) -> &'static str {
             DispatchKind::Proactive => "dispatch_proactive",
             DispatchKind::Scheduling => "dispatch_scheduling",
             DispatchKind::Released => "dispatch_released",
+            DispatchKind::Missed => "dispatch_missed",
         },
         Effect::DeliverReply { .. } => "deliver_reply",
         Effect::AddNote { .. } => "add_note",
@@ -148,6 +149,8 @@ pub(crate) struct Core {
     pub stats: Stats,
     /// The latest results of reply deliveries, for callers following one ([`Engine::follow`]).
     pub reports: Reports,
+    /// Every effect given up on, as it happens ([`crate::Engine::dead_letters`]).
+    pub dead_letters: tokio::sync::broadcast::Sender<DeadLetterNotice>,
     /// The supervisor the contact actors are linked to.
     pub supervisor: OnceLock<ActorCell>,
     /// Spawns a contact's actor (installed by the engine: the node routes messages without
@@ -162,6 +165,20 @@ pub(crate) type Activate =
         ContactKey,
         Arc<Slot>,
     ) -> Pin<Box<dyn Future<Output = Result<ActorRef<ContactMsg>, EngineError>> + Send>>;
+
+/// An effect given up on; the conversation keeps it ([`crate::Conversation::dead_letters`])
+/// for an operator to replay or drop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetterNotice {
+    pub key: ContactKey,
+    /// The outbox id (a dispatch's `dispatch_id`).
+    pub id: String,
+    /// `dispatch_message`, `deliver_reply`, `add_note`...
+    pub kind: &'static str,
+    pub error: String,
+    /// Unix milliseconds.
+    pub at: crate::contact::Millis,
+}
 
 /// How many delivery results are remembered for callers following them.
 const REPORTS_KEPT: usize = 1024;

@@ -51,6 +51,15 @@ pub enum What {
     MessageDropped,
     /// Nothing happened for the idle time: back to `idle`.
     ConversationEnded,
+    /// Kommo has a customer message that never reached conversa (gap detection): the seller is
+    /// told and, while the bot is in charge, n8n gets a `missed` dispatch.
+    MessageMissed,
+    /// A message reported missed arrived after all: applied like any other.
+    MissedArrived,
+    /// An operator ran a dead-lettered effect again (the detail names the new id).
+    Replayed,
+    /// An operator gave up on a dead-lettered effect.
+    DeadLetterDropped,
     /// A customer message longer than the policy allows was cut (and marked).
     MessageTruncated,
     /// The snapshot outgrew its hard cap: the oldest of what it keeps was let go (the detail

@@ -2370,3 +2370,266 @@ fn a_burst_of_messages_leaves_the_idle_end_where_it_was() {
     s.advance(stays).ok(customer("m2"));
     assert_eq!(s.c.timers()[&TimerKind::IdleEnd], end);
 }
+
+// ---- messages Kommo has and conversa never received (gap detection) ----------------------
+
+fn missed(id: &str, at: Millis) -> Event {
+    Event::MessageMissed {
+        message_id: id.into(),
+        at,
+    }
+}
+
+fn missed_ids(d: &Dispatch) -> Vec<String> {
+    d.details["missed"]
+        .as_array()
+        .expect("details.missed")
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_missed_message_is_recorded_told_to_the_seller_and_sent_to_n8n_to_ask_again() {
+    let mut s = Sim::new();
+    let out = s.ok(missed("m1", T0 - 90_000));
+
+    assert_eq!(*s.c.phase(), Phase::BotActive);
+    assert_eq!(s.c.missed().len(), 1);
+    assert_eq!(s.c.missed()[0].at, T0 - 90_000);
+    assert_eq!(notes(&out), [Note::MessageMissed { at: T0 - 90_000 }]);
+    let d = the_dispatch(&out, DispatchKind::Missed);
+    assert_eq!(missed_ids(&d), ["m1"]);
+    assert_eq!(d.details["missed"][0]["at"], T0 - 90_000);
+    assert_eq!(
+        s.c.in_flight().map(|f| f.kind),
+        Some(DispatchKind::Missed),
+        "its reply is awaited like any other"
+    );
+    assert!(s.whats().contains(&What::MessageMissed));
+}
+
+#[test]
+fn a_message_already_received_or_already_reported_is_not_missed() {
+    let mut s = Sim::new();
+    s.ok(customer("m1"));
+    s.no_op(missed("m1", T0));
+    s.ok(missed("m2", T0));
+    s.no_op(missed("m2", T0));
+}
+
+#[test]
+fn the_missed_dispatch_carries_the_unanswered_messages_and_supersedes_the_one_in_flight() {
+    let mut s = Sim::immediate();
+    let first = s.dispatched("m1");
+    s.claim(&first);
+    let out = s.ok(missed("m2", T0));
+    let d = the_dispatch(&out, DispatchKind::Missed);
+    assert_eq!(ids(&d), ["m1"], "the AI sees what it was answering");
+    assert!(
+        s.c.in_flight()
+            .is_some_and(|f| f.dispatch_id == d.dispatch_id)
+    );
+    // The reply to the first dispatch would answer without the missing message.
+    let out = s.ok(reply(&first));
+    assert_eq!(out.dropped, Some(DropReason::Superseded));
+    let out = s.ok(reply(&d.dispatch_id));
+    assert_eq!(deliveries(&out).len(), 1);
+    assert!(s.c.pending().is_empty());
+}
+
+#[test]
+fn several_missed_messages_share_one_dispatch_not_sent_yet() {
+    let mut s = Sim::new();
+    let out = s.ok(missed("m1", T0));
+    let d = the_dispatch(&out, DispatchKind::Missed);
+    let out = s.ok(missed("m2", T0 + 1));
+    assert!(dispatches(&out).is_empty());
+    assert_eq!(
+        notes(&out).len(),
+        1,
+        "each missed message is told to the seller"
+    );
+    let Some(Effect::Dispatch(queued)) = s.c.outbox().get(&d.dispatch_id).map(|e| &e.effect) else {
+        panic!("the missed dispatch waits in the outbox");
+    };
+    assert_eq!(missed_ids(queued), ["m1", "m2"]);
+    // Once it is being sent, the next missed message gets a dispatch of its own.
+    s.claim(&d.dispatch_id);
+    let out = s.ok(missed("m3", T0 + 2));
+    assert_eq!(
+        missed_ids(&the_dispatch(&out, DispatchKind::Missed)),
+        ["m3"]
+    );
+}
+
+#[test]
+fn a_missed_message_that_arrives_after_all_is_applied_once_and_closes_the_entry() {
+    let mut s = Sim::immediate();
+    let out = s.ok(missed("m1", T0));
+    let asked = the_dispatch(&out, DispatchKind::Missed).dispatch_id;
+    s.advance(1_000);
+    let out = s.ok(customer("m1"));
+    let d = the_dispatch(&out, DispatchKind::Message);
+    assert_eq!(ids(&d), ["m1"]);
+    assert!(s.c.missed().is_empty());
+    assert!(s.whats().contains(&What::MissedArrived));
+    assert!(
+        !s.outbox_has(&asked),
+        "the request to repeat, not sent yet, is not needed any more"
+    );
+    // Kommo's events still list it: nothing more happens.
+    s.no_op(missed("m1", T0));
+    s.no_op(customer("m1"));
+}
+
+#[test]
+fn while_a_seller_holds_the_conversation_a_missed_message_is_only_told_to_the_seller() {
+    let mut s = Sim::new();
+    s.ok(assume("ana"));
+    let out = s.ok(missed("m1", T0));
+    assert!(dispatches(&out).is_empty());
+    assert_eq!(notes(&out), [Note::MessageMissed { at: T0 }]);
+    assert!(s.c.phase().is_human());
+}
+
+#[test]
+fn a_conversation_remembers_a_bounded_number_of_missed_messages() {
+    let mut s = Sim::new();
+    for i in 0..50 {
+        s.ok(missed(&format!("m{i}"), T0 + i));
+    }
+    assert_eq!(s.c.missed().len(), 20);
+    assert_eq!(s.c.missed()[0].id, "m30");
+}
+
+// ---- dead letters an operator can replay or drop ----------------------------------------------
+
+fn replay(id: &str) -> Event {
+    Event::Replay {
+        id: id.into(),
+        by: "operator".into(),
+    }
+}
+
+#[test]
+fn an_effect_given_up_on_is_kept_without_its_messages_for_an_operator() {
+    let mut s = Sim::immediate();
+    let d = s.dispatched("m1");
+    s.ok(failed(&d, false));
+    let dead = s.c.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, d);
+    let Effect::Dispatch(kept) = &dead[0].effect else {
+        panic!("a dispatch")
+    };
+    assert!(
+        kept.messages.is_empty(),
+        "the messages stay pending instead"
+    );
+    assert_eq!(s.pending_ids(), ["m1"]);
+}
+
+#[test]
+fn a_replayed_dispatch_goes_again_under_a_new_id_with_the_unanswered_messages() {
+    let mut s = Sim::immediate();
+    let d = s.dispatched("m1");
+    s.ok(failed(&d, false));
+    s.ok(customer("m2")); // dispatched, and failing too
+    let d2 = s.c.in_flight().unwrap().dispatch_id.clone();
+    s.ok(failed(&d2, false));
+    let out = s.ok(replay(&d));
+    let again = the_dispatch(&out, DispatchKind::Message);
+    assert_ne!(again.dispatch_id, d, "a new idempotency key");
+    assert_eq!(ids(&again), ["m1", "m2"]);
+    assert_eq!(out.queued, std::slice::from_ref(&again.dispatch_id));
+    assert_eq!(s.last_what(), What::Replayed);
+    assert_eq!(
+        s.c.dead_letters().len(),
+        1,
+        "only the replayed one left the list"
+    );
+    // Once: it is no longer kept.
+    assert_eq!(s.rejected(replay(&d)), Rejection::NoSuchDeadLetter);
+    // Its reply is delivered like any other.
+    let out = s.ok(reply(&again.dispatch_id));
+    assert_eq!(deliveries(&out).len(), 1);
+}
+
+#[test]
+fn nothing_the_bot_says_is_replayed_into_a_held_or_paused_conversation() {
+    let mut s = Sim::immediate();
+    let d = s.dispatched("m1");
+    s.ok(failed(&d, false));
+    s.ok(assume("ana"));
+    assert!(matches!(s.rejected(replay(&d)), Rejection::HeldBy(_)));
+    s.ok(release("ana"));
+    s.ok(pause());
+    assert_eq!(s.rejected(replay(&d)), Rejection::Paused);
+}
+
+#[test]
+fn a_reply_from_before_a_change_of_hands_is_not_replayed() {
+    let mut s = Sim::immediate();
+    let d = s.dispatched("m1");
+    let out = s.ok(reply(&d));
+    assert_eq!(deliveries(&out).len(), 1);
+    let r = out.queued[0].clone();
+    s.ok(failed(&r, false));
+    assert_eq!(s.c.dead_letters()[0].id, r);
+    s.ok(assume("ana"));
+    s.ok(release("ana"));
+    assert_eq!(s.rejected(replay(&r)), Rejection::StaleReply);
+}
+
+#[test]
+fn a_reply_replayed_in_the_same_hands_sends_only_the_parts_not_sent() {
+    let mut s = Sim::immediate();
+    let d = s.dispatched("m1");
+    let out = s.ok(Event::Reply {
+        dispatch_id: Some(d.clone()),
+        texts: vec!["um".into(), "dois".into()],
+    });
+    let r = out.queued[0].clone();
+    s.ok(done(&r)); // part 1 of 2 went out
+    s.ok(failed(&r, false));
+    let out = s.ok(replay(&r));
+    assert_eq!(deliveries(&out), [(Some(d), vec!["dois".to_owned()])]);
+}
+
+#[test]
+fn a_message_dispatch_whose_messages_were_answered_since_is_not_replayed() {
+    let mut s = Sim::immediate();
+    let d = s.dispatched("m1");
+    s.ok(failed(&d, false));
+    s.ok(spoke("ana", "chat-1")); // a seller answered (auto takeover) ...
+    s.ok(release("ana")); // ... and handed back
+    assert!(s.c.pending().is_empty());
+    assert_eq!(s.rejected(replay(&d)), Rejection::NothingToReplay);
+}
+
+#[test]
+fn a_dropped_dead_letter_is_gone_and_a_conversation_keeps_a_bounded_number() {
+    let mut s = Sim::immediate();
+    let mut dead = Vec::new();
+    for i in 0..12 {
+        let d = s.dispatched(&format!("m{i}"));
+        s.ok(failed(&d, false));
+        dead.push(d);
+    }
+    assert_eq!(s.c.dead_letters().len(), 10);
+    assert_eq!(s.c.dead_letters()[0].id, dead[2]);
+    s.ok(Event::DropDeadLetter {
+        id: dead[5].clone(),
+        by: "operator".into(),
+    });
+    assert_eq!(s.c.dead_letters().len(), 9);
+    assert_eq!(s.last_what(), What::DeadLetterDropped);
+    assert_eq!(
+        s.rejected(Event::DropDeadLetter {
+            id: dead[5].clone(),
+            by: "operator".into()
+        }),
+        Rejection::NoSuchDeadLetter
+    );
+}

@@ -51,6 +51,15 @@ enum Op {
         id: u8,
         attachment: bool,
     },
+    /// Kommo's events list a customer message (the same ids as `Customer`).
+    Missed {
+        id: u8,
+    },
+    /// An operator replays (or drops) one of the dead letters (or one not kept).
+    Replay {
+        entry: Option<usize>,
+        drop: bool,
+    },
     SellerSpoke {
         seller: u8,
         message: u8,
@@ -194,6 +203,9 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         12 => (0..MESSAGE_IDS, prop::bool::weighted(0.3))
             .prop_map(|(id, attachment)| Op::Customer { id, attachment }),
+        2 => (0..MESSAGE_IDS).prop_map(|id| Op::Missed { id }),
+        2 => (prop::option::weighted(0.9, 0..10usize), prop::bool::weighted(0.2))
+            .prop_map(|(entry, drop)| Op::Replay { entry, drop }),
         2 => (0..SELLERS, 0..4u8).prop_map(|(seller, message)| Op::SellerSpoke { seller, message }),
         2 => (0..SELLERS, 0..6u8, any::<bool>())
             .prop_map(|(seller, message, echo)| Op::Outgoing { seller, message, echo }),
@@ -292,6 +304,23 @@ fn concrete(step: &Step, c: &Conversation, now: Millis, seen: &[String]) -> (Mil
     let now = now + step.dt;
     let event = match &step.op {
         Op::Customer { id, attachment } => Event::CustomerMessage(message(*id, *attachment)),
+        Op::Replay { entry, drop } => {
+            let dead = c.dead_letters();
+            let id = match entry {
+                Some(i) if !dead.is_empty() => dead[i % dead.len()].id.clone(),
+                _ => "7-42-999".to_owned(),
+            };
+            let by = "operator".to_owned();
+            if *drop {
+                Event::DropDeadLetter { id, by }
+            } else {
+                Event::Replay { id, by }
+            }
+        }
+        Op::Missed { id } => Event::MessageMissed {
+            message_id: format!("m{id}"),
+            at: 1_700_000_000_000,
+        },
         Op::SellerSpoke { seller: s, message } => Event::SellerSpoke {
             seller: seller(*s),
             message_id: format!("chat-{message}"),
@@ -400,7 +429,7 @@ struct Observer {
 }
 
 fn is_message_dispatch(e: &Effect) -> bool {
-    matches!(e, Effect::Dispatch(d) if d.kind == DispatchKind::Message)
+    matches!(e, Effect::Dispatch(d) if matches!(d.kind, DispatchKind::Message | DispatchKind::Missed))
 }
 
 fn is_delivery(e: &Effect) -> bool {
@@ -586,12 +615,16 @@ impl Observer {
         }
         for d in new_dispatches
             .iter()
-            .filter(|d| d.kind == DispatchKind::Message)
+            .filter(|d| matches!(d.kind, DispatchKind::Message | DispatchKind::Missed))
         {
             let ids: Vec<&String> = d.messages.iter().map(|m| &m.id).collect();
             let unique: HashSet<&&String> = ids.iter().collect();
             prop_assert_eq!(unique.len(), ids.len(), "duplicate ids in a dispatch");
-            prop_assert!(!ids.is_empty(), "an empty message dispatch");
+            // A `missed` dispatch asks for what never came; it may carry nothing else.
+            prop_assert!(
+                !ids.is_empty() || d.kind == DispatchKind::Missed,
+                "an empty message dispatch"
+            );
             prop_assert_eq!(
                 &d.messages,
                 after.pending(),
@@ -609,6 +642,17 @@ impl Observer {
                 );
                 prop_assert!(!self.retired.contains(id), "{} dispatched again", id);
             }
+        }
+        if let Event::MessageMissed { message_id, .. } = event {
+            let known = before.seen().iter().any(|s| s.id == *message_id)
+                || before.missed().iter().any(|m| m.id == *message_id);
+            if known {
+                prop_assert!(!out.changed, "a message already known was reported missed");
+            }
+            prop_assert!(
+                !after.phase().is_human() || !out.effects.iter().any(is_message_dispatch),
+                "a missed dispatch while a seller holds the conversation"
+            );
         }
         if let Event::CustomerMessage(m) = event {
             let known = before.seen().iter().find(|s| s.id == m.id);
@@ -784,9 +828,11 @@ fn the_generated_sequences_reach_every_rule() {
     assert_eq!(phases.len(), PhaseName::ALL.len(), "{phases:?}");
     // Every entry but `EffectExpired`, which comes from `Conversation::expire_effects`, and
     // `Trimmed`, from `Conversation::trim` (not events; their own tests cover them).
-    assert_eq!(whats.len(), 28, "{whats:?}");
+    assert_eq!(whats.len(), 32, "{whats:?}");
     assert_eq!(drops.len(), 6, "{drops:?}");
-    assert_eq!(rejections.len(), 6, "{rejections:?}");
+    // Every rejection but `StaleReply` (a reply dead-lettered, then a change of hands, then
+    // its replay: rarely generated in that order; its own test covers it).
+    assert_eq!(rejections.len(), 8, "{rejections:?}");
     for what in [
         "redelivery",
         "timer early",

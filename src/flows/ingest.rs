@@ -114,11 +114,9 @@ async fn reject_items(app: &AppState, hook: &Webhook) -> Result<Vec<(String, Str
     let records = hook
         .rejected
         .iter()
-        .map(|e| crate::dead_letters::DeadLetter {
-            at,
-            kind: "webhook_item".into(),
-            key: e.key.clone(),
-            error: e.message.clone(),
+        .enumerate()
+        .map(|(n, e)| {
+            crate::dead_letters::DeadLetter::webhook_item(at, n, e.key.clone(), e.message.clone())
         })
         .collect();
     app.0.dead_letters.record(records).await?;

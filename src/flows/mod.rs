@@ -9,6 +9,7 @@
 //! * [`ingest`] — a Kommo webhook body: account check, items that could not be read, seller
 //!   commands taken out, every other item applied to its contact's conversation;
 //! * [`commands`] — a seller's `/assumir`, `/liberar`, `/status`;
+//! * [`dead_letters`] — an operator replays or drops a dead letter;
 //! * [`reply`] — n8n's reply to a dispatch (and a scheduling outcome) reaches the conversation,
 //!   and what became of it;
 //! * [`proactive`] — a marketing event opens a conversation;
@@ -18,6 +19,7 @@
 //! * [`limits`] — how much free-form text and JSON a request may hand to a conversation.
 
 pub mod commands;
+pub mod dead_letters;
 pub mod ingest;
 pub mod limits;
 pub mod proactive;

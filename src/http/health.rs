@@ -60,7 +60,11 @@ pub struct Health {
             "fix": "set KOMMO_API_URL=https://<subdomain>.kommo.com/api/v4/"}]},
     "webhook_watch": {"interval_secs": 300, "checked_at": 1767225600, "state": "ok",
         "error": null, "repairs": 1, "last_repair": {"at": 1767225300, "was": "disabled",
-        "ok": true, "detail": "re-enable https://conversa.example/webhooks/kommo/*** (Kommo disabled it): remove it and register it again: done"}}}))]
+        "ok": true, "detail": "re-enable https://conversa.example/webhooks/kommo/*** (Kommo disabled it): remove it and register it again: done"}},
+    "gap_watch": {"interval_secs": 60, "grace_secs": 120, "checked_at": 1767225600,
+        "checked_until": 1767225480, "state": "ok", "error": null, "kommo_requests": 61,
+        "missed": 1, "last_missed": [{"contact_id": 1298200,
+        "message_id": "1508b51c-0e0b-4b1c-9c1c-3b1f6f0b2a11", "at": 1767225120}]}}))]
 pub struct Ready {
     /// Whether the store answers (else the status is 503).
     pub ready: bool,
@@ -77,6 +81,10 @@ pub struct Ready {
     /// last look and its repairs; `null` when nothing is watched (no Kommo, `PUBLIC_URL` or
     /// `WEBHOOK_SECRET`, or `WEBHOOK_WATCH_SECS=0`).
     pub webhook_watch: Option<WatchReport>,
+    /// Gap detection (`GAP_CHECK_SECS`): up to when Kommo's events were read and the customer
+    /// messages found that never reached conversa; `null` without Kommo or with
+    /// `GAP_CHECK_SECS=0`.
+    pub gap_watch: Option<crate::gaps::GapReport>,
 }
 
 /// The store's reachability.
@@ -192,7 +200,7 @@ fn token_state(app: &AppState) -> TokenState {
                 "public_url": null, "reply_channel": "not configured", "debounce_ms": 3000,
                 "human_lease_minutes": 30.0, "unauthenticated_routes": []},
             "go_live": {"customers_answered": false, "checked_online_at": null,
-                "checks": []}, "webhook_watch": null})),
+                "checks": []}, "webhook_watch": null, "gap_watch": null})),
     ),
 )]
 async fn ready(State(app): State<AppState>) -> (StatusCode, Json<Ready>) {
@@ -225,6 +233,7 @@ async fn ready(State(app): State<AppState>) -> (StatusCode, Json<Ready>) {
             .current(app.kommo().cloned(), &app.0.http)
             .await,
         webhook_watch: app.0.webhook_watch.as_ref().map(|w| w.report()),
+        gap_watch: app.0.gap_watch.as_ref().map(|w| w.report()),
     };
     let status = if ready {
         StatusCode::OK

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use conversa_actors::conversation::InFlight;
+use conversa_actors::conversation::{InFlight, MissedMessage};
 use conversa_actors::effect::Effect;
 use conversa_actors::timeline::Entry;
 use conversa_actors::{Conversation, Links, Millis, Phase, PhaseName, SellerRef, TimerKind};
@@ -21,7 +21,7 @@ use utoipa::ToSchema;
     "phase_since": 1767225660000u64, "assigned_by": "Ana Souza via api",
     "lease_expires_at": 1767227460000u64, "epoch": 1, "version": 5,
     "links": {"lead_id": 878244, "talk_id": 109},
-    "pending_messages": [], "in_flight": null,
+    "pending_messages": [], "in_flight": null, "missed_messages": [],
     "timers": {"lease_expiry": 1767227460000u64},
     "outbox": [], "created_at": 1767225600000u64, "updated_at": 1767225660000u64,
     "timeline": [
@@ -52,6 +52,9 @@ pub struct ConversationView {
     /// Ids of customer messages waiting for the debounce.
     pub pending_messages: Vec<String>,
     pub in_flight: Option<InFlight>,
+    /// Customer messages Kommo has and conversa never received (gap detection), until they
+    /// arrive after all.
+    pub missed_messages: Vec<MissedMessage>,
     /// Armed timers: `debounce`, `lease_nudge`, `lease_expiry`, `scheduling_timeout`, `idle_end` → when.
     #[schema(value_type = BTreeMap<String, u64>)]
     pub timers: BTreeMap<TimerKind, Millis>,
@@ -122,6 +125,7 @@ impl ConversationView {
             timeline: c.timeline().entries().cloned().collect(),
             links: c.links().clone(),
             in_flight: c.in_flight().cloned(),
+            missed_messages: c.missed().iter().cloned().collect(),
         }
     }
 }

@@ -28,6 +28,13 @@
 //!   hooks per account. [`FakeKommo::deliver`] sends a body to every enabled hook and disables
 //!   one after more than 100 invalid answers in 2 hours ([`FakeKommo::set_disable_after`]
 //!   lowers the limit), as Kommo does; [`FakeKommo::set_webhook_disabled`] switches one off.
+//! * **Events** (docs/kommo.md, *Events*): `GET /api/v4/events` lists `incoming_chat_message`
+//!   events recorded by [`FakeKommo::customer_wrote`] — `entity_type: contact`, `entity_id` the
+//!   contact, `value_after: [{"message": {"id": …}}]` (the message id, no text), `created_at` in
+//!   Unix seconds — filtered by `filter[type][]`, `filter[entity][]` and
+//!   `filter[created_at][from|to]` (inclusive), newest first, `page`/`limit≤100` with
+//!   `_links.next`, 204 when none. The order and the 204 follow the other lists (unconfirmed
+//!   for events).
 //! * **Webhooks out**: [`FakeKommo::send_webhook`] POSTs a form body as Kommo does
 //!   (`application/x-www-form-urlencoded`, `User-Agent: amoCRM-WebHook-client/1.0`) and
 //!   [`message_add_form`] builds the percent-encoded bracket body of docs/kommo.md, *Capture B*.
@@ -459,6 +466,8 @@ struct Account {
     next_field_id: u64,
     webhooks: Vec<FakeWebhook>,
     next_webhook_id: u64,
+    /// `incoming_chat_message` events: (contact, message id, Unix seconds).
+    chat_events: Vec<(u64, String, u64)>,
     /// Invalid answers per hook destination (Kommo's 2-hour window).
     hook_failures: HashMap<String, Vec<Instant>>,
     disable_after: Option<usize>,
@@ -803,6 +812,25 @@ impl FakeKommo {
     }
 
     /// Kommo disables a hook after more than `n` invalid answers in 2 hours (100 by default).
+    /// A customer wrote `message_id` at `at` (Unix seconds): Kommo records an
+    /// `incoming_chat_message` event, whether or not a webhook delivers the message.
+    pub fn customer_wrote(&self, contact_id: u64, message_id: &str, at: u64) {
+        self.shared
+            .state
+            .lock()
+            .unwrap()
+            .chat_events
+            .push((contact_id, message_id.to_owned(), at));
+    }
+
+    /// The `GET /api/v4/events` requests received.
+    pub fn event_requests(&self) -> Vec<FakeRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path.starts_with("/api/v4/events"))
+            .collect()
+    }
+
     pub fn set_disable_after(&self, n: usize) {
         self.state().disable_after = Some(n);
     }
@@ -1093,6 +1121,7 @@ fn respond(
     match (method.as_str(), segments.as_slice()) {
         ("GET", ["api", "v4", "account"]) => hal(200, account_json(origin)),
         ("GET", ["api", "v4", "webhooks"]) => list_webhooks(st, query),
+        ("GET", ["api", "v4", "events"]) => list_events(st, query),
         ("POST", ["api", "v4", "webhooks"]) => subscribe_webhook(st, body),
         ("DELETE", ["api", "v4", "webhooks"]) => unsubscribe_webhook(st, body),
         ("GET", ["api", "v4", "leads", "custom_fields"]) => list_fields(st, origin, query),
@@ -1692,6 +1721,73 @@ fn webhook_json(h: &FakeWebhook) -> Value {
         "disabled": h.disabled,
         "settings": h.settings,
     })
+}
+
+fn list_events(st: &Account, query: &str) -> Response {
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let all = |key: &str| -> Vec<&str> {
+        pairs
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    let one = |key: &str| all(key).first().and_then(|v| v.parse::<u64>().ok());
+    let types = all("filter[type][]");
+    let entities = all("filter[entity][]");
+    let wanted = (types.is_empty() || types.contains(&"incoming_chat_message"))
+        && (entities.is_empty() || entities.contains(&"contact"));
+    let from = one("filter[created_at][from]").unwrap_or(0);
+    let to = one("filter[created_at][to]").unwrap_or(u64::MAX);
+    let page = one("page").unwrap_or(1).max(1) as usize;
+    let limit = one("limit").unwrap_or(50).clamp(1, 100) as usize;
+    let mut matching: Vec<&(u64, String, u64)> = st
+        .chat_events
+        .iter()
+        .filter(|(_, _, at)| wanted && *at >= from && *at <= to)
+        .collect();
+    matching.sort_by_key(|e| std::cmp::Reverse(e.2));
+    let events: Vec<Value> = matching
+        .iter()
+        .skip((page - 1) * limit)
+        .take(limit)
+        .map(|(contact, message_id, at)| {
+            json!({
+                "id": format!("01fake{contact}{message_id}"),
+                "type": "incoming_chat_message",
+                "entity_id": contact,
+                "entity_type": "contact",
+                "created_by": 0,
+                "created_at": at,
+                "value_after": [{"message": {"id": message_id}}],
+                "value_before": [],
+                "account_id": ACCOUNT_ID,
+                "_embedded": {"entity": {"id": contact}},
+            })
+        })
+        .collect();
+    if events.is_empty() {
+        return no_content();
+    }
+    let href = |p: usize| {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in pairs.iter().filter(|(k, _)| k != "page") {
+            q.append_pair(k, v);
+        }
+        q.append_pair("page", &p.to_string());
+        json!({"href": format!("https://{SUBDOMAIN}.kommo.com/api/v4/events?{}", q.finish())})
+    };
+    let mut links = serde_json::Map::new();
+    links.insert("self".into(), href(page));
+    if page * limit < matching.len() {
+        links.insert("next".into(), href(page + 1));
+    }
+    hal(
+        200,
+        json!({"_page": page, "_links": links, "_embedded": {"events": events}}),
+    )
 }
 
 fn list_webhooks(st: &Account, query: &str) -> Response {
