@@ -236,6 +236,11 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
         "1 when every go-live check passed at the last round (/ready's go_live), else 0.",
     ),
     (
+        "conversa_outbox_oldest_seconds",
+        Kind::Gauge,
+        "Seconds the oldest effect has waited in the outbox (sampled over up to 50 contacts with work waiting; 0 when none waits).",
+    ),
+    (
         "conversa_dead_letters_replayed_total",
         Kind::Counter,
         "Dead letters an operator ran again (POST /dead-letters/{id}/replay).",

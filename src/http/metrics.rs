@@ -49,6 +49,9 @@ async fn metrics(State(app): State<AppState>) -> Response {
     if let Ok(pending) = app.engine().store().pending_outbox_count().await {
         metrics::gauge!("conversa_outbox_pending_contacts").set(pending as f64);
     }
+    if let Some(age) = oldest_waiting(&app).await {
+        metrics::gauge!("conversa_outbox_oldest_seconds").set(age);
+    }
     if let Some(kommo) = app.kommo() {
         let reauthorize = matches!(
             kommo.tokens().state(),
@@ -74,6 +77,27 @@ async fn metrics(State(app): State<AppState>) -> Response {
         handle.render(),
     )
         .into_response()
+}
+
+/// How many contacts with work waiting are looked at for the age of the oldest effect (the
+/// store's outbox index is a set, not an order: a sample, read at each scrape).
+const OUTBOX_SAMPLE: usize = 50;
+
+/// Seconds the oldest effect has waited in the outbox, among up to [`OUTBOX_SAMPLE`] contacts
+/// with work waiting (0 when none waits); `None` when the store cannot say.
+async fn oldest_waiting(app: &AppState) -> Option<f64> {
+    let engine = app.engine();
+    let keys = engine.store().pending_outbox(OUTBOX_SAMPLE).await.ok()?;
+    let now = conversa_actors::clock::now_millis();
+    let mut oldest = now;
+    for key in keys {
+        if let Ok(Some((c, _))) = engine.conversation(&key).await {
+            for e in c.outbox().entries() {
+                oldest = oldest.min(e.created_at);
+            }
+        }
+    }
+    Some(now.saturating_sub(oldest) as f64 / 1000.0)
 }
 
 /// Counts requests and measures their latency per route template and status.

@@ -709,6 +709,13 @@ impl FakeKommo {
         });
     }
 
+    /// Removes the hook with this address, as an admin would in Kommo's settings.
+    pub fn remove_webhook(&self, destination: &str) {
+        self.state()
+            .webhooks
+            .retain(|h| h.destination != destination);
+    }
+
     /// The account's webhooks.
     pub fn webhooks(&self) -> Vec<FakeWebhook> {
         self.state().webhooks.clone()
