@@ -406,7 +406,13 @@ async fn says(w: &World, contact: u64, id: &str) {
     let body = message_add_form(
         fake_kommo::ACCOUNT_ID,
         fake_kommo::SUBDOMAIN,
-        &[FakeMessage::incoming(id, contact, contact + 1_000_000, 1, "Oi")],
+        &[FakeMessage::incoming(
+            id,
+            contact,
+            contact + 1_000_000,
+            1,
+            "Oi",
+        )],
     );
     let (status, answer) = w
         .service

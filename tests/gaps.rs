@@ -338,3 +338,56 @@ async fn a_restart_reads_from_where_the_last_look_stopped() {
         .collect();
     assert_eq!(asked, [first, during_downtime]);
 }
+
+#[tokio::test]
+async fn two_nodes_reading_the_same_events_report_each_message_once() {
+    // Both nodes read Kommo's events; the conversation's compare-and-set in the shared store
+    // decides which one reports a message: one note and one dispatch each, whichever node.
+    let w = world().await;
+    let token = w.kommo.issue_long_lived_token(Duration::from_secs(86_400));
+    let account = ACCOUNT.to_string();
+    let redis_url = w._redis.url();
+    let other = Service::start(&[
+        ("REDIS_URL", &redis_url),
+        ("NODE_NAME", "other"),
+        ("DEBOUNCE_MS", "0"),
+        ("N8N_WEBHOOK_URL", &w.n8n.url()),
+        ("KOMMO_API_URL", &w.kommo.api_url()),
+        ("KOMMO_ACCESS_TOKEN", &token),
+        ("KOMMO_ACCOUNT_ID", &account),
+        ("GAP_CHECK_SECS", "1"),
+        ("GAP_GRACE_SECS", "1"),
+    ])
+    .await;
+    let written = now_unix();
+    let ids: Vec<String> = (1..=5)
+        .map(|i| format!("2c0f0000-0000-4000-8000-{i:012}"))
+        .collect();
+    for (i, id) in (1..=5).zip(&ids) {
+        w.kommo.customer_wrote(contact(i), id, written);
+    }
+    wait_until(Duration::from_secs(20), "five missed dispatches", || {
+        missed_dispatches(&w).len() >= 5 && missed_notes(&w).len() >= 5
+    })
+    .await;
+    // Both nodes have read past the messages: nothing more comes.
+    checked_past(&w, written + 1).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while other.get("/ready").await.1["gap_watch"]["checked_until"]
+        .as_u64()
+        .is_none_or(|u| u < written + 1)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other node never read"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(missed_dispatches(&w).len(), 5);
+    assert_eq!(missed_notes(&w).len(), 5);
+    let by_this = gap_watch(&w).await["missed"].as_u64().unwrap();
+    let by_other = other.get("/ready").await.1["gap_watch"]["missed"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(by_this + by_other, 5, "each message counted by one node");
+}
