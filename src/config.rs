@@ -336,6 +336,24 @@ impl Config {
 
     /// Refuses a configuration that cannot work, naming the variable.
     pub fn check_consistency(&self) -> anyhow::Result<()> {
+        if self.gap_check_secs > 0 {
+            for (name, value) in [
+                ("GAP_CHECK_SECS", self.gap_check_secs),
+                ("GAP_GRACE_SECS", self.gap_grace_secs),
+            ] {
+                if value > 86_400 {
+                    anyhow::bail!("{name}={value}: at most 86400 (a day)");
+                }
+            }
+            let reach = self.gap_lookback_minutes.saturating_mul(60);
+            if reach <= self.gap_grace_secs + self.gap_check_secs {
+                anyhow::bail!(
+                    "GAP_LOOKBACK_MINUTES={} must reach further back than GAP_GRACE_SECS + GAP_CHECK_SECS ({} s), or gap detection reads nothing; set GAP_CHECK_SECS=0 to switch it off",
+                    self.gap_lookback_minutes,
+                    self.gap_grace_secs + self.gap_check_secs
+                );
+            }
+        }
         let salesbot = self.reply_strategy() == Some(crate::reply::Strategy::Salesbot)
             || self.reply_channel == Some(crate::reply::Strategy::Salesbot);
         if salesbot {

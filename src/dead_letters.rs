@@ -60,10 +60,13 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// A webhook item that could not be read; `n` tells the items of one body apart.
+    /// A webhook item that could not be read; `n` tells the items of one body apart, and a
+    /// random part the bodies of one millisecond (on any node).
     pub fn webhook_item(at: u64, n: usize, key: String, error: String) -> Self {
+        let mut random = [0u8; 4];
+        let _ = getrandom::fill(&mut random);
         DeadLetter {
-            id: format!("w{at}-{n}"),
+            id: format!("w{at}-{n}-{}", hex::encode(random)),
             at,
             kind: WEBHOOK_ITEM.to_owned(),
             contact_id: None,
@@ -176,4 +179,17 @@ pub fn follow(engine: &Engine, list: Arc<DeadLetters>) -> tokio::task::JoinHandl
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_items_of_the_same_millisecond_keep_apart() {
+        let a = DeadLetter::webhook_item(1, 0, "k".into(), "e".into());
+        let b = DeadLetter::webhook_item(1, 0, "k".into(), "e".into());
+        assert_ne!(a.id, b.id, "two bodies in one millisecond");
+        assert!(a.id.starts_with("w1-0-"));
+    }
 }

@@ -27,6 +27,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use conversa_actors::conversation::MissedMessage;
 use conversa_actors::{ContactKey, Engine, Event};
 use serde::Serialize;
 use tracing::{info, warn};
@@ -44,7 +45,7 @@ const LISTED: usize = 10;
 pub struct Missed {
     pub contact_id: u64,
     pub message_id: String,
-    /// When the customer wrote it (Unix seconds).
+    /// When the customer wrote it (Unix milliseconds, as in the dispatch and the conversation).
     pub at: u64,
 }
 
@@ -199,23 +200,58 @@ impl GapWatch {
                 "gap detection: more events than it reads in one window; the rest is skipped"
             );
         }
+        // One event per contact: its messages of this window make one note and one dispatch.
+        let mut by_contact: Vec<(u64, Vec<MissedMessage>)> = Vec::new();
         for m in read.messages {
-            let key = ContactKey::new(self.account_id, m.contact_id);
-            let event = Event::MessageMissed {
-                message_id: m.message_id.clone(),
+            let missed = MissedMessage {
+                id: m.message_id,
                 at: m.at.saturating_mul(1000),
+            };
+            match by_contact.iter_mut().find(|(c, _)| *c == m.contact_id) {
+                Some((_, list)) => list.push(missed),
+                None => by_contact.push((m.contact_id, vec![missed])),
+            }
+        }
+        for (contact_id, mut messages) in by_contact {
+            messages.sort_by_key(|m| m.at);
+            let key = ContactKey::new(self.account_id, contact_id);
+            let known: Vec<String> = match self.engine.conversation(&key).await {
+                Ok(Some((c, _))) => messages
+                    .iter()
+                    .filter(|m| {
+                        c.seen().iter().any(|s| s.id == m.id)
+                            || c.missed().iter().any(|x| x.id == m.id)
+                    })
+                    .map(|m| m.id.clone())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let event = Event::MessagesMissed {
+                messages: messages.clone(),
             };
             let applied = self
                 .engine
                 .apply(key, event)
                 .await
-                .map_err(|e| format!("contact {}: {e}", m.contact_id))?;
-            if applied.outcome.is_ok_and(|o| o.changed) {
+                .map_err(|e| format!("contact {contact_id}: {e}"))?;
+            if !applied.outcome.is_ok_and(|o| o.changed) {
+                continue;
+            }
+            // What the conversation newly recorded: the messages it did not know before.
+            let (applied_now, _) = self
+                .engine
+                .conversation(&key)
+                .await
+                .map_err(|e| format!("contact {contact_id}: {e}"))?
+                .unwrap_or_else(|| (conversa_actors::Conversation::new(key, 0), 0));
+            for m in messages.into_iter().filter(|m| {
+                !known.contains(&m.id) && applied_now.missed().iter().any(|x| x.id == m.id)
+            }) {
                 metrics::counter!("conversa_messages_missed_total").increment(1);
                 warn!(
-                    contact = m.contact_id,
-                    message_id = %m.message_id,
-                    written_at = m.at,
+                    contact = contact_id,
+                    message_id = %m.id,
+                    written_at_ms = m.at,
                     "a customer message never reached conversa: reported on the lead and to n8n"
                 );
                 let mut r = self.report.lock().unwrap();
@@ -224,8 +260,8 @@ impl GapWatch {
                     r.last_missed.pop_front();
                 }
                 r.last_missed.push_back(Missed {
-                    contact_id: m.contact_id,
-                    message_id: m.message_id,
+                    contact_id,
+                    message_id: m.id,
                     at: m.at,
                 });
             }

@@ -184,10 +184,11 @@ impl N8nClient {
 
     /// One POST; the body is serialised once so the signature covers exactly what is sent.
     async fn post(&self, job: &Job, dispatch: &Dispatch) -> Result<(), ExecError> {
-        let callback = self.public_url.as_deref().and_then(|base| {
-            let token = self.reply_tokens.token(job.key, &dispatch.dispatch_id);
-            callback_url(base, job.key.contact_id, &dispatch.dispatch_id, &token)
-        });
+        let token = self.reply_tokens.token(job.key, &dispatch.dispatch_id);
+        let callback = self
+            .public_url
+            .as_deref()
+            .and_then(|base| callback_url(base, job.key.contact_id, &dispatch.dispatch_id, &token));
         let body = fit(
             payload(job, dispatch, callback.as_deref()),
             self.max_body_bytes,
@@ -258,7 +259,13 @@ impl N8nClient {
             return Ok(());
         }
         // The body only feeds the error message: a failure to read it changes nothing.
-        let text = response.text().await.unwrap_or_default();
+        // An n8n that echoes the request would echo the reply token: it never reaches the
+        // error, which is logged, kept in the dead letters and written on the lead.
+        let text = response
+            .text()
+            .await
+            .unwrap_or_default()
+            .replace(token.as_str(), "***");
         let message = format!("n8n answered {status}: {}", excerpt(&text));
         Err(classify(status, message))
     }

@@ -103,8 +103,12 @@ fn portuguese(note: &Note, tz: &TimeZone) -> String {
             "A mensagem do cliente não chegou à IA a tempo (ficou {} na fila): responda pelo chat.",
             minutes(*m)
         ),
-        Note::MessageMissed { at } => format!(
+        Note::MessagesMissed { at, count: 0 | 1 } => format!(
             "Uma mensagem do cliente de {} não chegou ao assistente (o Kommo não a entregou): leia-a no chat do Kommo.",
+            local_time(*at, tz)
+        ),
+        Note::MessagesMissed { at, count } => format!(
+            "{count} mensagens do cliente, a partir de {}, não chegaram ao assistente (o Kommo não as entregou): leia-as no chat do Kommo.",
             local_time(*at, tz)
         ),
         Note::ReplyExpired { minutes: m, texts } => format!(
@@ -162,8 +166,12 @@ fn english(note: &Note, tz: &TimeZone) -> String {
             "The customer's message did not reach the AI in time (it waited {}): answer in the chat.",
             minutes(*m)
         ),
-        Note::MessageMissed { at } => format!(
+        Note::MessagesMissed { at, count: 0 | 1 } => format!(
             "A customer message of {} never reached the assistant (Kommo did not deliver it): read it in the Kommo chat.",
+            local_time(*at, tz)
+        ),
+        Note::MessagesMissed { at, count } => format!(
+            "{count} customer messages, from {} on, never reached the assistant (Kommo did not deliver them): read them in the Kommo chat.",
             local_time(*at, tz)
         ),
         Note::ReplyExpired { minutes: m, texts } => format!(
@@ -348,8 +356,9 @@ mod tests {
     #[test]
     fn a_missed_message_note_tells_when_it_was_written_in_the_sellers_time_zone() {
         // 2026-01-01T13:32:00Z is 10:32 in São Paulo (UTC-3, no daylight saving time).
-        let note = Note::MessageMissed {
+        let note = Note::MessagesMissed {
             at: 1_767_274_320_000,
+            count: 1,
         };
         let sao_paulo = parse_time_zone("America/Sao_Paulo").unwrap();
         assert_eq!(

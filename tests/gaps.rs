@@ -65,6 +65,10 @@ async fn world() -> World {
         ("GAP_CHECK_SECS", "1"),
         ("GAP_GRACE_SECS", "1"),
         ("NOTE_TIME_ZONE", "UTC"),
+        (
+            "FICTITIOUS_SELLERS",
+            r#"[{"name":"Ana Souza","contact_id":9001}]"#,
+        ),
     ])
     .await;
     World {
@@ -390,4 +394,38 @@ async fn two_nodes_reading_the_same_events_report_each_message_once() {
         .as_u64()
         .unwrap();
     assert_eq!(by_this + by_other, 5, "each message counted by one node");
+}
+
+#[tokio::test]
+async fn a_sellers_command_typed_in_whatsapp_is_never_reported_missed() {
+    // Kommo's events list the seller's `/status` as an incoming message of the seller's own
+    // contact; it was delivered and carried out, so it is not missed.
+    let w = world().await;
+    let id = "5e11e400-0000-4000-8000-000000000001";
+    let written = now_unix();
+    w.kommo.customer_wrote(9001, id, written);
+    let body = message_add_form(
+        ACCOUNT,
+        support::fake_kommo::SUBDOMAIN,
+        &[FakeMessage::incoming(
+            id,
+            9001,
+            7_009_001,
+            9,
+            "/status 5000001",
+        )],
+    );
+    let r = w
+        .kommo
+        .send_webhook(&w.service.url("/webhooks/kommo"), &body)
+        .await;
+    assert_eq!(r.status(), 200);
+    checked_past(&w, written + 1).await;
+    assert!(
+        missed_dispatches(&w).is_empty(),
+        "{:?}",
+        missed_dispatches(&w)
+    );
+    assert!(missed_notes(&w).is_empty());
+    assert_eq!(gap_watch(&w).await["missed"], 0);
 }

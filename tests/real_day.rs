@@ -459,6 +459,13 @@ fn a_configuration_that_cannot_work_is_refused_at_start_naming_the_variable() {
     let (ok, out) = refused(&[("N8N_WEBHOOK_URL", "http://127.0.0.1:9/webhook/x")]);
     assert!(ok, "{out}");
     assert!(out.contains("PUBLIC_URL"), "{out}");
+    // Gap detection that could never read a window.
+    let (ok, out) = refused(&[("GAP_LOOKBACK_MINUTES", "0")]);
+    assert!(ok, "{out}");
+    assert!(out.contains("GAP_LOOKBACK_MINUTES"), "{out}");
+    let (ok, out) = refused(&[("GAP_CHECK_SECS", "18446744073709551615")]);
+    assert!(ok, "{out}");
+    assert!(out.contains("GAP_CHECK_SECS"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -390,6 +390,8 @@ impl Conversation {
                 DispatchKind::Scheduling if !matches!(self.phase, Phase::Scheduling { .. }) => {
                     Err(Rejection::NotScheduling)
                 }
+                // Every message it asked about arrived since (or was let go).
+                DispatchKind::Missed if self.missed.is_empty() => Err(Rejection::NothingToReplay),
                 _ => Ok(()),
             },
             Effect::DeliverReply {
@@ -666,7 +668,8 @@ impl Step<'_> {
                 text,
                 author,
             } => self.outgoing(message_id, text, author),
-            Event::MessageMissed { message_id, at } => self.message_missed(message_id, at),
+            Event::MessagesMissed { messages } => self.messages_missed(messages),
+            Event::CommandTaken { message_id } => self.command_taken(message_id),
             Event::LinksSeen(links) => {
                 let mut updated = self.c.links.clone();
                 updated.update(&links);
@@ -785,28 +788,39 @@ impl Step<'_> {
         }
     }
 
-    /// Kommo's events list a customer message whose webhook never came. It is recorded once
-    /// (an id already acted on or already reported changes nothing), the seller is told on the
-    /// lead, and while the bot is in charge n8n gets a `missed` dispatch carrying the
-    /// unanswered messages, so the AI can ask the customer to write it again. One such
-    /// dispatch not sent yet takes every missed message. Should the message arrive after all,
+    /// Kommo's events list customer messages whose webhook never came (one event per contact
+    /// and look). Each is recorded once (an id already acted on or already reported changes
+    /// nothing), the seller is told on the lead in one note, and while the bot is in charge
+    /// n8n gets a `missed` dispatch naming every message still missing (with the unanswered
+    /// ones), so the AI can ask the customer to write them again. One such dispatch not sent
+    /// yet is brought up to date instead of sending another. Should a message arrive after all,
     /// it is applied like any other ([`Step::customer_message`]) and its entry closed.
-    fn message_missed(&mut self, message_id: String, at: Millis) {
-        let known = self.c.seen.iter().any(|s| s.id == message_id)
-            || self.c.missed.iter().any(|m| m.id == message_id);
-        if known {
+    fn messages_missed(&mut self, messages: Vec<MissedMessage>) {
+        let mut new: Vec<MissedMessage> = Vec::new();
+        for m in messages {
+            let known = self.c.seen.iter().any(|s| s.id == m.id)
+                || self.c.missed.iter().any(|x| x.id == m.id)
+                || new.iter().any(|x| x.id == m.id);
+            if !known {
+                new.push(m);
+            }
+        }
+        let Some(first_at) = new.iter().map(|m| m.at).min() else {
             return;
-        }
-        if self.c.missed.len() == MISSED_CAPACITY {
-            self.c.missed.pop_front();
-        }
-        self.c.missed.push_back(MissedMessage {
-            id: message_id.clone(),
-            at,
-        });
+        };
         self.out.changed = true;
-        self.log(What::MessageMissed, Some(&message_id), None, None);
-        self.note(Note::MessageMissed { at });
+        let count = new.len();
+        for m in new {
+            self.log(What::MessageMissed, Some(&m.id), None, None);
+            if self.c.missed.len() == MISSED_CAPACITY {
+                self.c.missed.pop_front();
+            }
+            self.c.missed.push_back(m);
+        }
+        self.note(Note::MessagesMissed {
+            at: first_at,
+            count,
+        });
         if !matches!(
             self.c.phase,
             Phase::Idle | Phase::Proactive { .. } | Phase::BotActive
@@ -815,7 +829,7 @@ impl Step<'_> {
         }
         self.c.phase = Phase::BotActive;
         self.touch();
-        let entry = serde_json::json!({ "message_id": message_id, "at": at });
+        let open = self.open_missed();
         let waiting = self
             .c
             .outbox
@@ -827,13 +841,13 @@ impl Step<'_> {
             .map(|e| e.id.clone());
         if let Some(id) = waiting
             && let Some(Effect::Dispatch(d)) = self.c.outbox.get_mut(&id).map(|e| &mut e.effect)
-            && let Some(list) = d.details["missed"].as_array_mut()
         {
-            list.push(entry);
+            d.details = open;
+            d.messages = self.c.pending.clone();
             return;
         }
         if let Some(f) = self.c.in_flight.as_mut().filter(|f| !f.superseded) {
-            // The AI would answer without the missing message: ask with it instead.
+            // The AI would answer without the missing messages: ask with them instead.
             f.superseded = true;
             let id = f.dispatch_id.clone();
             let released = f.kind == DispatchKind::Released;
@@ -846,12 +860,35 @@ impl Step<'_> {
         self.c.burst_started_at = None;
         let seller = self.c.proactive.as_ref().map(|o| o.seller.clone());
         let messages = self.c.pending.clone();
-        self.dispatch(
-            DispatchKind::Missed,
-            messages,
-            seller,
-            serde_json::json!({ "missed": [entry] }),
-        );
+        self.dispatch(DispatchKind::Missed, messages, seller, open);
+    }
+
+    /// `{"missed": [{message_id, at}]}` of every message still missing, for a dispatch.
+    fn open_missed(&self) -> serde_json::Value {
+        let list: Vec<serde_json::Value> = self
+            .c
+            .missed
+            .iter()
+            .map(|m| serde_json::json!({ "message_id": m.id, "at": m.at }))
+            .collect();
+        serde_json::json!({ "missed": list })
+    }
+
+    /// A seller's command typed in their own chat: remembered so it is never taken for a
+    /// customer's message again, nor reported missed.
+    fn command_taken(&mut self, message_id: String) {
+        if self.c.seen.iter().any(|s| s.id == message_id) {
+            return;
+        }
+        if self.c.seen.len() == SEEN_CAPACITY {
+            self.c.seen.pop_front();
+        }
+        self.c.seen.push_compact(SeenMessage {
+            id: message_id.clone(),
+            attachment: false,
+        });
+        self.c.missed.retain(|m| m.id != message_id);
+        self.out.changed = true;
     }
 
     /// Adds a message to the unanswered ones, dropping the oldest beyond the policy's bounds
@@ -1465,7 +1502,12 @@ impl Step<'_> {
                     }
                 }
                 let messages = self.c.pending.clone();
-                self.dispatch(d.kind, messages, d.seller, d.details);
+                let details = if d.kind == DispatchKind::Missed {
+                    self.open_missed()
+                } else {
+                    d.details
+                };
+                self.dispatch(d.kind, messages, d.seller, details);
             }
             Effect::DeliverReply {
                 dispatch_id,

@@ -2,7 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::contact::Millis;
 use crate::effect::TimerKind;
 use crate::message::{InboundMessage, SellerRef};
 
@@ -24,9 +23,14 @@ pub enum Event {
         text: String,
         author: SellerRef,
     },
-    /// Kommo's events list a customer message (`incoming_chat_message`, at `at`) whose
-    /// webhook never reached conversa within the grace time (gap detection).
-    MessageMissed { message_id: String, at: Millis },
+    /// Kommo's events list customer messages (`incoming_chat_message`) whose webhook had not
+    /// reached conversa within the grace time (gap detection): one event per contact and look.
+    MessagesMissed {
+        messages: Vec<crate::conversation::MissedMessage>,
+    },
+    /// A seller's command typed in their own chat was carried out: the message is remembered,
+    /// never dispatched nor reported missed.
+    CommandTaken { message_id: String },
     /// Kommo told us which lead, talk or chat the contact's conversation belongs to.
     LinksSeen(crate::message::Links),
     /// An operator switched the bot off or on (`POST /bot-control`).
@@ -94,7 +98,8 @@ impl Event {
             Event::CustomerMessage(_) => "customer_message",
             Event::SellerSpoke { .. } => "seller_spoke",
             Event::OutgoingMessage { .. } => "outgoing_message",
-            Event::MessageMissed { .. } => "message_missed",
+            Event::MessagesMissed { .. } => "messages_missed",
+            Event::CommandTaken { .. } => "command_taken",
             Event::LinksSeen(_) => "links_seen",
             Event::BotControl { .. } => "bot_control",
             Event::Assume { .. } => "assume",

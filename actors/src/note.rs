@@ -32,9 +32,9 @@ pub enum Note {
     ReplyFailed { error: String, texts: Vec<String> },
     /// A customer's message waited `minutes` and never reached the AI: the seller must answer.
     MessageExpired { minutes: u64 },
-    /// A customer message written at `at` (Unix ms) never reached conversa: Kommo has it, its
-    /// webhook did not come.
-    MessageMissed { at: u64 },
+    /// `count` customer messages, the first written at `at` (Unix ms), never reached conversa:
+    /// Kommo has them, their webhooks did not come.
+    MessagesMissed { at: u64, count: usize },
     /// The reply's remaining parts waited `minutes` and were not sent.
     ReplyExpired { minutes: u64, texts: Vec<String> },
     /// A note an earlier version wrote as text (read from an older snapshot's outbox).

@@ -4,7 +4,7 @@
 //! checks the one rule that holds for every event: a rejection leaves the conversation exactly as
 //! it was.
 
-use conversa_actors::conversation::InFlight;
+use conversa_actors::conversation::{InFlight, MissedMessage};
 use conversa_actors::note::Note;
 use conversa_actors::timeline::{Timeline, What};
 use conversa_actors::*;
@@ -2374,9 +2374,8 @@ fn a_burst_of_messages_leaves_the_idle_end_where_it_was() {
 // ---- messages Kommo has and conversa never received (gap detection) ----------------------
 
 fn missed(id: &str, at: Millis) -> Event {
-    Event::MessageMissed {
-        message_id: id.into(),
-        at,
+    Event::MessagesMissed {
+        messages: vec![MissedMessage { id: id.into(), at }],
     }
 }
 
@@ -2397,7 +2396,13 @@ fn a_missed_message_is_recorded_told_to_the_seller_and_sent_to_n8n_to_ask_again(
     assert_eq!(*s.c.phase(), Phase::BotActive);
     assert_eq!(s.c.missed().len(), 1);
     assert_eq!(s.c.missed()[0].at, T0 - 90_000);
-    assert_eq!(notes(&out), [Note::MessageMissed { at: T0 - 90_000 }]);
+    assert_eq!(
+        notes(&out),
+        [Note::MessagesMissed {
+            at: T0 - 90_000,
+            count: 1
+        }]
+    );
     let d = the_dispatch(&out, DispatchKind::Missed);
     assert_eq!(missed_ids(&d), ["m1"]);
     assert_eq!(d.details["missed"][0]["at"], T0 - 90_000);
@@ -2454,13 +2459,59 @@ fn several_missed_messages_share_one_dispatch_not_sent_yet() {
         panic!("the missed dispatch waits in the outbox");
     };
     assert_eq!(missed_ids(queued), ["m1", "m2"]);
-    // Once it is being sent, the next missed message gets a dispatch of its own.
+    // Once it is being sent, the next missed message gets a dispatch of its own, naming every
+    // message still missing.
     s.claim(&d.dispatch_id);
     let out = s.ok(missed("m3", T0 + 2));
     assert_eq!(
         missed_ids(&the_dispatch(&out, DispatchKind::Missed)),
-        ["m3"]
+        ["m1", "m2", "m3"]
     );
+}
+
+#[test]
+fn the_messages_one_look_finds_make_one_note_and_one_dispatch() {
+    let mut s = Sim::new();
+    let batch = |ids: &[&str]| Event::MessagesMissed {
+        messages: ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| MissedMessage {
+                id: (*id).into(),
+                at: T0 + i as u64,
+            })
+            .collect(),
+    };
+    let out = s.ok(batch(&["m1", "m2", "m2", "m3"]));
+    assert_eq!(notes(&out), [Note::MessagesMissed { at: T0, count: 3 }]);
+    assert_eq!(
+        missed_ids(&the_dispatch(&out, DispatchKind::Missed)),
+        ["m1", "m2", "m3"]
+    );
+    s.no_op(batch(&["m1", "m3"]));
+}
+
+#[test]
+fn a_sellers_command_is_remembered_and_never_reported_missed() {
+    let mut s = Sim::new();
+    s.ok(Event::CommandTaken {
+        message_id: "c1".into(),
+    });
+    s.no_op(missed("c1", T0));
+    s.no_op(Event::CommandTaken {
+        message_id: "c1".into(),
+    });
+}
+
+#[test]
+fn a_missed_dispatch_is_not_replayed_once_its_messages_arrived() {
+    let mut s = Sim::immediate();
+    let out = s.ok(missed("m1", T0));
+    let d = the_dispatch(&out, DispatchKind::Missed).dispatch_id;
+    s.ok(failed(&d, false));
+    s.ok(customer("m1"));
+    assert!(s.c.missed().is_empty());
+    assert_eq!(s.rejected(replay(&d)), Rejection::NothingToReplay);
 }
 
 #[test]
@@ -2489,7 +2540,7 @@ fn while_a_seller_holds_the_conversation_a_missed_message_is_only_told_to_the_se
     s.ok(assume("ana"));
     let out = s.ok(missed("m1", T0));
     assert!(dispatches(&out).is_empty());
-    assert_eq!(notes(&out), [Note::MessageMissed { at: T0 }]);
+    assert_eq!(notes(&out), [Note::MessagesMissed { at: T0, count: 1 }]);
     assert!(s.c.phase().is_human());
 }
 

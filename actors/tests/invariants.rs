@@ -317,9 +317,11 @@ fn concrete(step: &Step, c: &Conversation, now: Millis, seen: &[String]) -> (Mil
                 Event::Replay { id, by }
             }
         }
-        Op::Missed { id } => Event::MessageMissed {
-            message_id: format!("m{id}"),
-            at: 1_700_000_000_000,
+        Op::Missed { id } => Event::MessagesMissed {
+            messages: vec![conversa_actors::conversation::MissedMessage {
+                id: format!("m{id}"),
+                at: 1_700_000_000_000,
+            }],
         },
         Op::SellerSpoke { seller: s, message } => Event::SellerSpoke {
             seller: seller(*s),
@@ -643,9 +645,11 @@ impl Observer {
                 prop_assert!(!self.retired.contains(id), "{} dispatched again", id);
             }
         }
-        if let Event::MessageMissed { message_id, .. } = event {
-            let known = before.seen().iter().any(|s| s.id == *message_id)
-                || before.missed().iter().any(|m| m.id == *message_id);
+        if let Event::MessagesMissed { messages } = event {
+            let known = messages.iter().all(|m| {
+                before.seen().iter().any(|s| s.id == m.id)
+                    || before.missed().iter().any(|x| x.id == m.id)
+            });
             if known {
                 prop_assert!(!out.changed, "a message already known was reported missed");
             }

@@ -64,7 +64,7 @@ pub struct Health {
     "gap_watch": {"interval_secs": 60, "grace_secs": 120, "checked_at": 1767225600,
         "checked_until": 1767225480, "state": "ok", "error": null, "kommo_requests": 61,
         "missed": 1, "last_missed": [{"contact_id": 1298200,
-        "message_id": "1508b51c-0e0b-4b1c-9c1c-3b1f6f0b2a11", "at": 1767225120}]}}))]
+        "message_id": "1508b51c-0e0b-4b1c-9c1c-3b1f6f0b2a11", "at": 1767225120000u64}]}}))]
 pub struct Ready {
     /// Whether the store answers (else the status is 503).
     pub ready: bool,
