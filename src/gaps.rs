@@ -17,7 +17,8 @@
 //! back to the cursor, at most `GAP_LOOKBACK_MINUTES` (default 60): the messages of a downtime
 //! are found. A store without a cursor (conversa's first start on it) starts when the process
 //! started: messages from before conversa served the account are not its to report.
-//! Several nodes may read the same window; the conversation's compare-and-set makes one of
+//! A registered seller's own chat is skipped: their commands typed in WhatsApp are carried out,
+//! never conversations. Several nodes may read the same window; the conversation's compare-and-set makes one of
 //! them report a message and the others see it known, so nobody double-reports.
 //!
 //! Cost: one Kommo request per look and per 100 messages (60 an hour at the defaults, against
@@ -34,6 +35,7 @@ use tracing::{info, warn};
 use utoipa::ToSchema;
 
 use crate::kommo::client::KommoClient;
+use crate::sellers::SellerDirectory;
 
 /// Store value: the Unix second the next look starts from.
 pub const CURSOR_KEY: &str = "gap-cursor";
@@ -84,6 +86,8 @@ pub struct GapSettings {
 /// Gap detection on one node.
 pub struct GapWatch {
     engine: Engine,
+    /// A seller's own chat (commands typed in WhatsApp) is not a customer's conversation.
+    sellers: Arc<SellerDirectory>,
     kommo: Arc<KommoClient>,
     account_id: u64,
     settings: GapSettings,
@@ -102,6 +106,7 @@ impl GapWatch {
     /// `None` when the interval is 0 (gap detection off).
     pub fn new(
         engine: Engine,
+        sellers: Arc<SellerDirectory>,
         kommo: Arc<KommoClient>,
         account_id: u64,
         settings: GapSettings,
@@ -120,6 +125,7 @@ impl GapWatch {
                     last_missed: VecDeque::new(),
                 }),
                 engine,
+                sellers,
                 kommo,
                 account_id,
                 settings,
@@ -213,6 +219,10 @@ impl GapWatch {
             }
         }
         for (contact_id, mut messages) in by_contact {
+            let seller = self.sellers.by_contact_id(contact_id).await;
+            if seller.is_ok_and(|s| s.is_some_and(|s| s.active)) {
+                continue; // a seller's own chat: their commands are carried out, not dispatched
+            }
             messages.sort_by_key(|m| m.at);
             let key = ContactKey::new(self.account_id, contact_id);
             let known: Vec<String> = match self.engine.conversation(&key).await {

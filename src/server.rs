@@ -103,6 +103,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let gap_watch = kommo.clone().and_then(|k| {
         crate::gaps::GapWatch::new(
             engine.clone(),
+            sellers.clone(),
             k,
             config.kommo_account_id,
             crate::gaps::GapSettings {

@@ -669,7 +669,6 @@ impl Step<'_> {
                 author,
             } => self.outgoing(message_id, text, author),
             Event::MessagesMissed { messages } => self.messages_missed(messages),
-            Event::CommandTaken { message_id } => self.command_taken(message_id),
             Event::LinksSeen(links) => {
                 let mut updated = self.c.links.clone();
                 updated.update(&links);
@@ -872,23 +871,6 @@ impl Step<'_> {
             .map(|m| serde_json::json!({ "message_id": m.id, "at": m.at }))
             .collect();
         serde_json::json!({ "missed": list })
-    }
-
-    /// A seller's command typed in their own chat: remembered so it is never taken for a
-    /// customer's message again, nor reported missed.
-    fn command_taken(&mut self, message_id: String) {
-        if self.c.seen.iter().any(|s| s.id == message_id) {
-            return;
-        }
-        if self.c.seen.len() == SEEN_CAPACITY {
-            self.c.seen.pop_front();
-        }
-        self.c.seen.push_compact(SeenMessage {
-            id: message_id.clone(),
-            attachment: false,
-        });
-        self.c.missed.retain(|m| m.id != message_id);
-        self.out.changed = true;
     }
 
     /// Adds a message to the unanswered ones, dropping the oldest beyond the policy's bounds

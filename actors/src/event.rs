@@ -28,9 +28,6 @@ pub enum Event {
     MessagesMissed {
         messages: Vec<crate::conversation::MissedMessage>,
     },
-    /// A seller's command typed in their own chat was carried out: the message is remembered,
-    /// never dispatched nor reported missed.
-    CommandTaken { message_id: String },
     /// Kommo told us which lead, talk or chat the contact's conversation belongs to.
     LinksSeen(crate::message::Links),
     /// An operator switched the bot off or on (`POST /bot-control`).
@@ -99,7 +96,6 @@ impl Event {
             Event::SellerSpoke { .. } => "seller_spoke",
             Event::OutgoingMessage { .. } => "outgoing_message",
             Event::MessagesMissed { .. } => "messages_missed",
-            Event::CommandTaken { .. } => "command_taken",
             Event::LinksSeen(_) => "links_seen",
             Event::BotControl { .. } => "bot_control",
             Event::Assume { .. } => "assume",

@@ -2492,18 +2492,6 @@ fn the_messages_one_look_finds_make_one_note_and_one_dispatch() {
 }
 
 #[test]
-fn a_sellers_command_is_remembered_and_never_reported_missed() {
-    let mut s = Sim::new();
-    s.ok(Event::CommandTaken {
-        message_id: "c1".into(),
-    });
-    s.no_op(missed("c1", T0));
-    s.no_op(Event::CommandTaken {
-        message_id: "c1".into(),
-    });
-}
-
-#[test]
 fn a_missed_dispatch_is_not_replayed_once_its_messages_arrived() {
     let mut s = Sim::immediate();
     let out = s.ok(missed("m1", T0));

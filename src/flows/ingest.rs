@@ -73,11 +73,7 @@ pub async fn ingest(app: &AppState, body: &[u8]) -> Result<Ingested, FlowError> 
     let items = plan.iter().map(|(_, events)| events.len()).sum::<usize>();
     let (changed, unchanged) = apply(app, plan).await?;
     let mut commands_done = Vec::new();
-    for (seller, text, contact_id, message_id) in seller_commands {
-        // Remembered by the seller's own conversation: never dispatched, never reported
-        // missed by gap detection (Kommo's events list it as an incoming message).
-        let taken = Event::CommandTaken { message_id };
-        app.engine().apply(app.contact(contact_id), taken).await?;
+    for (seller, text) in seller_commands {
         let done = match commands::parse(&text) {
             Ok(command) => commands::execute(app, &seller, command, "whatsapp").await,
             Err(e) => Err(e),
@@ -136,7 +132,7 @@ async fn reject_items(app: &AppState, hook: &Webhook) -> Result<Vec<(String, Str
 async fn split_seller_commands(
     app: &AppState,
     mut hook: Webhook,
-) -> Result<(Webhook, Vec<(Seller, String, u64, String)>), FlowError> {
+) -> Result<(Webhook, Vec<(Seller, String)>), FlowError> {
     let mut found = Vec::new();
     let mut kept = Vec::with_capacity(hook.events.len());
     for event in hook.events {
@@ -146,7 +142,7 @@ async fn split_seller_commands(
             && let Some(seller) = app.sellers().by_contact_id(m.contact_id).await?
             && seller.active
         {
-            found.push((seller, m.text.clone(), m.contact_id, m.id.clone()));
+            found.push((seller, m.text.clone()));
             continue;
         }
         kept.push(event);
