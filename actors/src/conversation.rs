@@ -845,16 +845,8 @@ impl Step<'_> {
             d.messages = self.c.pending.clone();
             return;
         }
-        if let Some(f) = self.c.in_flight.as_mut().filter(|f| !f.superseded) {
-            // The AI would answer without the missing messages: ask with them instead.
-            f.superseded = true;
-            let id = f.dispatch_id.clone();
-            let released = f.kind == DispatchKind::Released;
-            self.log(What::DispatchSuperseded, None, Some(&id), None);
-            if !released {
-                self.cancel_outbox(|e| e.id == id && e.claim.is_none());
-            }
-        }
+        // The AI would answer without the missing messages: ask with them instead.
+        self.supersede_in_flight();
         self.cancel_timer(TimerKind::Debounce);
         self.c.burst_started_at = None;
         let seller = self.c.proactive.as_ref().map(|o| o.seller.clone());
@@ -917,20 +909,25 @@ impl Step<'_> {
         matches!(self.c.phase, Phase::BotActive)
     }
 
-    /// A customer message joined the burst: supersede what is in flight, then dispatch now or
-    /// when the customer stops typing.
-    fn burst(&mut self) {
+    /// A newer dispatch will carry more: the reply to the one in flight is to be dropped. Not
+    /// sent yet, it need not be sent at all; a `released` dispatch still goes (n8n must learn
+    /// that the bot is back).
+    fn supersede_in_flight(&mut self) {
         if let Some(f) = self.c.in_flight.as_mut().filter(|f| !f.superseded) {
             f.superseded = true;
             let id = f.dispatch_id.clone();
             let released = f.kind == DispatchKind::Released;
             self.log(What::DispatchSuperseded, None, Some(&id), None);
-            // Not sent yet: no need to send it at all. A `released` dispatch still goes: n8n
-            // must learn that the bot is back.
             if !released {
                 self.cancel_outbox(|e| e.id == id && e.claim.is_none());
             }
         }
+    }
+
+    /// A customer message joined the burst: supersede what is in flight, then dispatch now or
+    /// when the customer stops typing.
+    fn burst(&mut self) {
+        self.supersede_in_flight();
         if self.policy.debounce_ms == 0 {
             self.flush();
             return;
@@ -1474,15 +1471,7 @@ impl Step<'_> {
         self.out.changed = true;
         match dead.effect {
             Effect::Dispatch(d) => {
-                if let Some(f) = self.c.in_flight.as_mut().filter(|f| !f.superseded) {
-                    f.superseded = true;
-                    let old = f.dispatch_id.clone();
-                    let released = f.kind == DispatchKind::Released;
-                    self.log(What::DispatchSuperseded, None, Some(&old), None);
-                    if !released {
-                        self.cancel_outbox(|e| e.id == old && e.claim.is_none());
-                    }
-                }
+                self.supersede_in_flight();
                 let messages = self.c.pending.clone();
                 let details = if d.kind == DispatchKind::Missed {
                     self.open_missed()
