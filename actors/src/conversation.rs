@@ -392,6 +392,14 @@ impl Conversation {
                 }
                 // Every message it asked about arrived since (or was let go).
                 DispatchKind::Missed if self.missed.is_empty() => Err(Rejection::NothingToReplay),
+                // At most one proactive opening waits: another one is on its way.
+                DispatchKind::Proactive
+                    if self.outbox.entries().any(|e| {
+                        matches!(&e.effect, Effect::Dispatch(x) if x.kind == DispatchKind::Proactive)
+                    }) =>
+                {
+                    Err(Rejection::AlreadyLive)
+                }
                 _ => Ok(()),
             },
             Effect::DeliverReply {

@@ -2672,3 +2672,15 @@ fn a_dropped_dead_letter_is_gone_and_a_conversation_keeps_a_bounded_number() {
         Rejection::NoSuchDeadLetter
     );
 }
+
+#[test]
+fn a_proactive_opening_is_not_replayed_while_another_one_waits() {
+    let mut s = Sim::immediate();
+    let out = s.ok(proactive("ana"));
+    let first = the_dispatch(&out, DispatchKind::Proactive).dispatch_id;
+    s.ok(failed(&first, false));
+    s.advance(s.p.live_window_ms + 1); // the live window passed: a new opening is allowed
+    let out = s.ok(proactive("ana"));
+    the_dispatch(&out, DispatchKind::Proactive);
+    assert_eq!(s.rejected(replay(&first)), Rejection::AlreadyLive);
+}
