@@ -49,14 +49,28 @@ async fn post_raw(s: &Service, path: &str, content_type: &str, body: &str) -> u1
 }
 
 /// The stored snapshot's size in Redis, in bytes.
+/// What Redis holds of a contact's snapshot, in bytes: its head (`d`) and every item of its
+/// logs (`log0`..`log2`, see `src/store/redis.rs`).
 fn stored_bytes(redis: &RedisServer, contact: u64) -> usize {
-    let out = Command::new("redis-cli")
-        .args(["-p", &redis.port().to_string(), "HSTRLEN"])
-        .arg(format!("conversa:{{{ACCOUNT}:{contact}}}:snap"))
-        .arg("d")
-        .output()
-        .expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    let cli = |args: &[&str]| -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &redis.port().to_string(), "--raw"])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let base = format!("conversa:{{{ACCOUNT}:{contact}}}");
+    let mut bytes: usize = cli(&["HSTRLEN", &format!("{base}:snap"), "d"])
+        .trim()
+        .parse()
+        .unwrap();
+    for n in 0..3 {
+        // Items are JSON (one per line in the raw output); count their bytes, not the newlines.
+        let items = cli(&["LRANGE", &format!("{base}:log{n}"), "0", "-1"]);
+        bytes += items.lines().map(str::len).sum::<usize>();
+    }
+    bytes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

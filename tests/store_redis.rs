@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use conversa::store::redis::{RedisSettings, RedisStore};
 use conversa::store::{IndexUpdate, Store, StoreError};
+use conversa_actors::Conversation;
 use conversa_actors::contact::ContactKey;
 use conversa_actors::phase::PhaseName;
 use support::redis_server::{RedisServer, free_port};
@@ -122,6 +123,60 @@ async fn keys_are_hash_tagged_per_contact() {
         .await
         .unwrap();
     assert_eq!((v, d.as_slice()), (1, &b"x"[..]));
+}
+
+/// A snapshot as conversa wrote it before the logs (issue #15: one JSON document in `d`, no log
+/// keys) loads, and its first save moves its messages, ids and timeline into the logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_from_before_the_logs_loads_and_moves_into_them() {
+    let server = RedisServer::start();
+    let store = connect(&server.url()).await;
+    let old = include_bytes!("../actors/tests/fixtures/snapshot-before-logs.json");
+    let key = ContactKey::new(0, 4242);
+    let mut c = raw(&server.url()).await;
+    let _: () = redis::cmd("HSET")
+        .arg("conversa:{0:4242}:snap")
+        .arg(&[
+            ("v", &b"3"[..]),
+            ("d", &old[..]),
+            ("o", b"0"),
+            ("p", b"bot_active"),
+        ])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+
+    let stored = store.load(&key).await.unwrap().expect("the old snapshot");
+    assert_eq!((stored.version, stored.data.as_slice()), (3, &old[..]));
+    assert!(stored.logs.iter().all(Vec::is_empty));
+    let mut conversation = Conversation::from_snapshot(&stored).unwrap();
+    assert_eq!(conversation.pending().len(), 3);
+
+    let write = conversation.to_snapshot().unwrap();
+    store
+        .write(&key, 3, &write, &index(None, false, "bot_active"))
+        .await
+        .unwrap();
+    conversation.saved(&write);
+    let stored = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(stored.version, 4);
+    assert!(
+        stored.logs.iter().all(|log| log.len() == 3),
+        "{:?}",
+        stored.logs
+    );
+    assert_eq!(Conversation::from_snapshot(&stored).unwrap(), conversation);
+    let lengths: (usize, usize, usize) = redis::pipe()
+        .cmd("LLEN")
+        .arg("conversa:{0:4242}:log0")
+        .cmd("LLEN")
+        .arg("conversa:{0:4242}:log1")
+        .cmd("LLEN")
+        .arg("conversa:{0:4242}:log2")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(lengths, (3, 3, 3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

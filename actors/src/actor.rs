@@ -346,27 +346,32 @@ impl ContactState {
                     })
                 }),
         };
-        let mut data =
-            serde_json::to_vec(conversation).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let encode = |c: &mut Conversation| {
+            c.to_snapshot()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))
+        };
+        let mut snapshot = encode(conversation)?;
+        // The cap bounds what the store holds of the conversation: head and logs.
         let cap = core.policy.max_snapshot_bytes;
-        if data.len() > cap {
-            let before = data.len();
+        let before = conversation.stored_bytes(&snapshot);
+        if before > cap {
             conversation.trim(now, cap);
-            data =
-                serde_json::to_vec(conversation).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            snapshot = encode(conversation)?;
             metrics::counter!("conversa_snapshots_trimmed_total").increment(1);
-            if data.len() > cap {
-                error!(contact = %self.key, before, after = data.len(), cap, "snapshot still over its cap after trimming");
+            let after = conversation.stored_bytes(&snapshot);
+            if after > cap {
+                error!(contact = %self.key, before, after, cap, "snapshot still over its cap after trimming");
             } else {
-                warn!(contact = %self.key, before, after = data.len(), cap, "snapshot over its cap: trimmed");
+                warn!(contact = %self.key, before, after, cap, "snapshot over its cap: trimmed");
             }
         }
         let started = std::time::Instant::now();
         let version = core
             .store
-            .save(&self.key, self.version, &data, &index)
+            .write(&self.key, self.version, &snapshot, &index)
             .await?;
         core.stats.record_save(started.elapsed());
+        conversation.saved(&snapshot);
         self.version = version;
         if let Some(at) = index.wake_at {
             core.timers.arm(self.key, at);

@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::append_log::AppendLog;
 use crate::compact::PushCompact;
 use crate::contact::{ContactKey, Millis};
 use crate::effect::{Dispatch, DispatchKind, Effect, Outbox, OutboxEntry, TimerKind};
@@ -65,8 +66,8 @@ pub struct Conversation {
     #[serde(default)]
     pub(crate) links: Links,
     /// Customer messages since the last delivered reply.
-    #[serde(default)]
-    pub(crate) pending: Vec<InboundMessage>,
+    #[serde(default, skip_serializing_if = "AppendLog::is_empty")]
+    pub(crate) pending: AppendLog<InboundMessage>,
     /// The dispatch whose reply the conversation waits for.
     #[serde(default)]
     pub(crate) in_flight: Option<InFlight>,
@@ -79,8 +80,8 @@ pub struct Conversation {
     #[serde(default)]
     pub(crate) recent_replies: VecDeque<String>,
     /// Message ids already acted on, with whether their attachment arrived.
-    #[serde(default)]
-    pub(crate) seen: VecDeque<SeenMessage>,
+    #[serde(default, skip_serializing_if = "AppendLog::is_empty")]
+    pub(crate) seen: AppendLog<SeenMessage>,
     #[serde(default)]
     pub(crate) timers: BTreeMap<TimerKind, Millis>,
     #[serde(default)]
@@ -91,7 +92,7 @@ pub struct Conversation {
     pub(crate) last_customer_at: Option<Millis>,
     pub(crate) created_at: Millis,
     pub(crate) updated_at: Millis,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Timeline::is_empty")]
     pub(crate) timeline: Timeline,
     /// Who opened the conversation proactively, and about what; kept until it ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -235,12 +236,12 @@ impl Conversation {
             phase: Phase::Idle,
             epoch: 0,
             links: Links::default(),
-            pending: Vec::new(),
+            pending: AppendLog::default(),
             in_flight: None,
             burst_started_at: None,
             recent_dispatches: VecDeque::new(),
             recent_replies: VecDeque::new(),
-            seen: VecDeque::new(),
+            seen: AppendLog::default(),
             timers: BTreeMap::new(),
             outbox: Outbox::default(),
             next_seq: 1,
@@ -296,9 +297,9 @@ impl Conversation {
             bytes += m.weight();
         }
         let messages = self.pending.len() - kept;
-        self.pending.drain(..messages);
+        self.pending.drop_front(messages);
         let seen = self.seen.len().saturating_sub(TRIMMED_SEEN);
-        self.seen.drain(..seen);
+        self.seen.drop_front(seen);
         let dispatches = self
             .recent_dispatches
             .len()
@@ -567,8 +568,8 @@ impl Conversation {
     }
 
     /// Customer messages since the last delivered reply.
-    pub fn pending(&self) -> &[InboundMessage] {
-        &self.pending
+    pub fn pending(&self) -> &VecDeque<InboundMessage> {
+        self.pending.items()
     }
 
     /// The dispatch whose reply the conversation waits for.
@@ -643,7 +644,7 @@ impl Conversation {
 
     /// Message ids already acted on, with whether their attachment arrived.
     pub fn seen(&self) -> &VecDeque<SeenMessage> {
-        &self.seen
+        self.seen.items()
     }
 
     pub fn seller(&self) -> Option<&SellerRef> {
@@ -728,13 +729,16 @@ impl Step<'_> {
 
     fn customer_message(&mut self, mut msg: InboundMessage) {
         let cut_from = msg.bound(self.policy.max_message_bytes);
-        if let Some(seen) = self.c.seen.iter_mut().find(|s| s.id == msg.id) {
+        if let Some(at) = self.c.seen.iter().position(|s| s.id == msg.id) {
             // A redelivery. Only an attachment that was missing makes it news.
-            if seen.attachment || msg.attachment.is_none() {
+            if self.c.seen[at].attachment || msg.attachment.is_none() {
                 return;
             }
-            seen.attachment = true;
-            let in_buffer = self.c.pending.iter_mut().find(|m| m.id == msg.id);
+            self.c.seen.edit()[at].attachment = true;
+            let in_buffer = match self.c.pending.iter().position(|m| m.id == msg.id) {
+                Some(i) => Some(&mut self.c.pending.edit()[i]),
+                None => None,
+            };
             let merged = match in_buffer {
                 Some(existing) => {
                     existing.attachment = msg.attachment;
@@ -760,7 +764,7 @@ impl Step<'_> {
         if self.c.seen.len() == SEEN_CAPACITY {
             self.c.seen.pop_front();
         }
-        self.c.seen.push_compact(SeenMessage {
+        self.c.seen.push(SeenMessage {
             id: msg.id.clone(),
             attachment: msg.attachment.is_some(),
         });
@@ -850,7 +854,7 @@ impl Step<'_> {
             && let Some(Effect::Dispatch(d)) = self.c.outbox.get_mut(&id).map(|e| &mut e.effect)
         {
             d.details = open;
-            d.messages = self.c.pending.clone();
+            d.messages = self.c.pending.to_vec();
             return;
         }
         // The AI would answer without the missing messages: ask with them instead.
@@ -858,7 +862,7 @@ impl Step<'_> {
         self.cancel_timer(TimerKind::Debounce);
         self.c.burst_started_at = None;
         let seller = self.c.proactive.as_ref().map(|o| o.seller.clone());
-        let messages = self.c.pending.clone();
+        let messages = self.c.pending.to_vec();
         self.dispatch(DispatchKind::Missed, messages, seller, open);
     }
 
@@ -876,7 +880,7 @@ impl Step<'_> {
     /// Adds a message to the unanswered ones, dropping the oldest beyond the policy's bounds
     /// (a count and a total size: a dispatch carries them all).
     fn keep_pending(&mut self, msg: InboundMessage) {
-        self.c.pending.push_compact(msg);
+        self.c.pending.push(msg);
         self.bound_pending();
     }
 
@@ -892,7 +896,7 @@ impl Step<'_> {
             } else {
                 "unanswered messages too long"
             };
-            let dropped = self.c.pending.remove(0);
+            let dropped = self.c.pending.pop_front().expect("more than one pending");
             bytes -= dropped.weight();
             self.log(What::MessageDropped, Some(&dropped.id), None, Some(why));
         }
@@ -955,7 +959,7 @@ impl Step<'_> {
         if self.c.pending.is_empty() || already_sent || !self.bot_may_speak() {
             return;
         }
-        let messages = self.c.pending.clone();
+        let messages = self.c.pending.to_vec();
         // A proactive conversation keeps telling n8n who opened it, and about what.
         let (seller, details) = match &self.c.proactive {
             Some(o) => (
@@ -1090,7 +1094,7 @@ impl Step<'_> {
         if self.c.seen.len() == SEEN_CAPACITY {
             self.c.seen.pop_front();
         }
-        self.c.seen.push_compact(SeenMessage {
+        self.c.seen.push(SeenMessage {
             id: message_id.clone(),
             attachment: false,
         });
@@ -1123,7 +1127,7 @@ impl Step<'_> {
             if self.c.seen.len() == SEEN_CAPACITY {
                 self.c.seen.pop_front();
             }
-            self.c.seen.push_compact(SeenMessage {
+            self.c.seen.push(SeenMessage {
                 id: message_id.clone(),
                 attachment: false,
             });
@@ -1227,7 +1231,7 @@ impl Step<'_> {
         self.cancel_timer(TimerKind::LeaseNudge);
         self.log(what, None, None, Some(&by));
         // Still pending until a reply answers them (a newer message re-dispatches them all).
-        let unanswered = self.c.pending.clone();
+        let unanswered = self.c.pending.to_vec();
         let details = serde_json::json!({
             "reason": what,
             "by": by,
@@ -1302,7 +1306,7 @@ impl Step<'_> {
         self.touch();
         // The customer's unanswered messages go to the scheduling dispatch instead of a
         // message dispatch of their own.
-        let messages = std::mem::take(&mut self.c.pending);
+        let messages = self.c.pending.take();
         self.c.burst_started_at = None;
         self.cancel_timer(TimerKind::Debounce);
         self.cancel_outbox(|e| {
@@ -1480,7 +1484,7 @@ impl Step<'_> {
         match dead.effect {
             Effect::Dispatch(d) => {
                 self.supersede_in_flight();
-                let messages = self.c.pending.clone();
+                let messages = self.c.pending.to_vec();
                 let details = if d.kind == DispatchKind::Missed {
                     self.open_missed()
                 } else {
@@ -1557,6 +1561,7 @@ impl Step<'_> {
             // Its messages are handed to the seller by the note, not sent late with the next.
             self.c
                 .pending
+                .edit()
                 .retain(|m| !d.messages.iter().any(|x| x.id == m.id));
         }
         match entry.effect {

@@ -10,6 +10,7 @@
 //! * [`note`] — the notes for the seller as data (the service writes their words).
 
 pub mod actor;
+pub mod append_log;
 pub mod clock;
 mod compact;
 pub mod contact;
@@ -26,6 +27,7 @@ pub mod note;
 pub mod phase;
 pub mod policy;
 mod registry;
+mod snapshot;
 pub mod store;
 mod supervisor;
 pub mod timeline;

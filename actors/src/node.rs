@@ -230,7 +230,7 @@ impl Core {
         let Some(stored) = stored? else {
             return Ok(None);
         };
-        let conversation = serde_json::from_slice(&stored.data)
+        let conversation = Conversation::from_snapshot(&stored)
             .map_err(|e| StoreError::Corrupt(format!("snapshot of {key}: {e}")))?;
         Ok(Some((conversation, stored.version)))
     }

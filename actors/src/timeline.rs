@@ -5,11 +5,9 @@
 //! Kommo message id or `dispatch_id` it concerns. Only the last [`Timeline::CAPACITY`] entries
 //! are kept, so a snapshot stays small.
 
-use std::collections::VecDeque;
-
 use serde::{Deserialize, Serialize};
 
-use crate::compact::PushCompact;
+use crate::append_log::AppendLog;
 use crate::contact::Millis;
 
 /// What happened.
@@ -96,7 +94,7 @@ pub struct Entry {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Timeline(VecDeque<Entry>);
+pub struct Timeline(AppendLog<Entry>);
 
 /// The longest detail an entry keeps, in bytes; the ids are cut to
 /// [`crate::message::MAX_ID_BYTES`].
@@ -121,14 +119,21 @@ impl Timeline {
         if let Some(detail) = &mut entry.detail {
             cut(detail, MAX_DETAIL_BYTES);
         }
-        self.0.push_compact(entry);
+        self.0.push(entry);
     }
 
     /// Keeps only the newest `keep` entries.
     pub fn keep_newest(&mut self, keep: usize) {
-        while self.0.len() > keep {
-            self.0.pop_front();
-        }
+        self.0.keep_newest(keep);
+    }
+
+    /// The entries as a log the store saves by difference.
+    pub(crate) fn log(&self) -> &AppendLog<Entry> {
+        &self.0
+    }
+
+    pub(crate) fn log_mut(&mut self) -> &mut AppendLog<Entry> {
+        &mut self.0
     }
 
     pub fn entries(&self) -> impl DoubleEndedIterator<Item = &Entry> + ExactSizeIterator {

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use conversa_actors::store::{StoredSnapshot, apply_log_write};
 use conversa_actors::*;
 use proptest::prelude::*;
 
@@ -628,8 +629,8 @@ impl Observer {
                 "an empty message dispatch"
             );
             prop_assert_eq!(
-                &d.messages,
                 after.pending(),
+                &d.messages,
                 "a dispatch carries every message since the last delivered reply"
             );
             self.dispatch_messages.insert(
@@ -771,6 +772,45 @@ proptest! {
         let json = serde_json::to_string(&c).unwrap();
         let back: Conversation = serde_json::from_str(&json).unwrap();
         prop_assert_eq!(back, c);
+    }
+
+    /// The store keeps a head and logs changed by difference (`src/snapshot.rs`): what it holds
+    /// reads back as the conversation after every save, whether saves follow every event or a
+    /// few at once, starting from a snapshot in the one-document format of before the logs.
+    #[test]
+    fn what_the_store_holds_reads_back_as_the_conversation(
+        p in policy(),
+        steps in prop::collection::vec(step(), 2..60),
+        save_every in 1usize..4,
+        split in 0usize..60,
+    ) {
+        let trace = run(&p, &steps)?;
+        let split = split % trace.len();
+        // Up to `split`, as an older conversa stored it: one JSON document, no logs.
+        let mut stored = StoredSnapshot {
+            version: 1,
+            data: serde_json::to_vec(&trace[split].3).unwrap(),
+            logs: Default::default(),
+        };
+        let mut c = Conversation::from_snapshot(&stored).unwrap();
+        prop_assert_eq!(&c, &trace[split].3);
+        for (n, (now, event, _, after)) in trace.iter().enumerate().skip(split + 1) {
+            let _ = c.handle(event.clone(), *now, &p);
+            prop_assert_eq!(&c, after);
+            if n % save_every == 0 || n + 1 == trace.len() {
+                let write = c.to_snapshot().unwrap();
+                let expected_bytes = c.stored_bytes(&write);
+                stored.data = write.head.clone();
+                for (log, change) in stored.logs.iter_mut().zip(&write.logs) {
+                    apply_log_write(log, change);
+                }
+                c.saved(&write);
+                let held = stored.data.len()
+                    + stored.logs.iter().flatten().map(Vec::len).sum::<usize>();
+                prop_assert_eq!(expected_bytes, held, "the size the cap is checked on");
+                prop_assert_eq!(&Conversation::from_snapshot(&stored).unwrap(), &c);
+            }
+        }
     }
 }
 

@@ -24,7 +24,12 @@
 //! Contacts are keyed by a fixed 16-byte key: `account_id` then `contact_id`, both big-endian,
 //! so byte order is `(account_id, contact_id)` order.
 //!
-//! * `snapshots`: contact → 8-byte big-endian version followed by the snapshot bytes.
+//! * `snapshots`: contact → 8-byte big-endian version followed by the snapshot's head.
+//! * `log_bounds`: contact → for each of the snapshot's [`LOGS`] logs, the sequence number of
+//!   its oldest item and the next one to give (two big-endian u64 each). Absent: no log holds
+//!   anything (a snapshot written before the logs existed keeps its parts in the head).
+//! * `log_items`: 25-byte key `contact ‖ log ‖ sequence BE` → one item. A save drops items from
+//!   the front and appends at the back by their numbers, so it writes only what changed.
 //! * `wake`: contact → wake time (millis); the "where is this contact's entry" side.
 //! * `wake_by_time`: 24-byte key `millis BE ‖ contact` → `()`; `due(upto, limit)` is a range
 //!   scan from the start up to `upto`, earliest first, never a full scan.
@@ -50,7 +55,7 @@ use redb::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::{IndexUpdate, Store, StoreError, StoredSnapshot};
+use super::{IndexUpdate, LOGS, LogWrite, SnapshotWrite, Store, StoreError, StoredSnapshot};
 
 /// The most write requests one transaction (and so one fsync) carries.
 pub const MAX_BATCH: usize = 256;
@@ -63,6 +68,7 @@ pub const FILE_NAME: &str = "conversa.redb";
 
 type Contact = [u8; 16];
 type WakeKey = [u8; 24];
+type LogItemKey = [u8; 25];
 
 const SNAPSHOTS: TableDefinition<Contact, &[u8]> = TableDefinition::new("snapshots");
 const WAKE: TableDefinition<Contact, u64> = TableDefinition::new("wake");
@@ -70,6 +76,38 @@ const WAKE_BY_TIME: TableDefinition<WakeKey, ()> = TableDefinition::new("wake_by
 const OUTBOX: TableDefinition<Contact, ()> = TableDefinition::new("outbox");
 const PHASES: TableDefinition<Contact, &str> = TableDefinition::new("phases");
 const VALUES: TableDefinition<&str, &[u8]> = TableDefinition::new("values");
+const LOG_BOUNDS: TableDefinition<Contact, &[u8]> = TableDefinition::new("log_bounds");
+const LOG_ITEMS: TableDefinition<LogItemKey, &[u8]> = TableDefinition::new("log_items");
+
+/// Per log: (oldest item's sequence number, the next one to give).
+type LogBounds = [(u64, u64); LOGS];
+
+fn log_item_key(contact: &Contact, log: usize, seq: u64) -> LogItemKey {
+    let mut out = [0u8; 25];
+    out[..16].copy_from_slice(contact);
+    out[16] = log as u8;
+    out[17..].copy_from_slice(&seq.to_be_bytes());
+    out
+}
+
+fn decode_bounds(key: &ContactKey, raw: &[u8]) -> Result<LogBounds, StoreError> {
+    if raw.len() != 16 * LOGS {
+        return Err(StoreError::Corrupt(format!(
+            "log bounds of {key} are {} bytes",
+            raw.len()
+        )));
+    }
+    let word = |at: usize| u64::from_be_bytes(raw[at..at + 8].try_into().expect("8 bytes"));
+    Ok(std::array::from_fn(|n| (word(16 * n), word(16 * n + 8))))
+}
+
+fn encode_bounds(bounds: &LogBounds) -> Vec<u8> {
+    bounds
+        .iter()
+        .flat_map(|(first, next)| [first.to_be_bytes(), next.to_be_bytes()])
+        .flatten()
+        .collect()
+}
 
 fn contact_bytes(key: &ContactKey) -> Contact {
     let mut out = [0u8; 16];
@@ -143,7 +181,7 @@ enum WriteRequest {
     Save {
         key: ContactKey,
         expected: u64,
-        data: Vec<u8>,
+        snapshot: SnapshotWrite,
         index: IndexUpdate,
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
@@ -208,6 +246,8 @@ impl EmbeddedStore {
             txn.open_table(OUTBOX).map_err(map_err)?;
             txn.open_table(PHASES).map_err(map_err)?;
             txn.open_table(VALUES).map_err(map_err)?;
+            txn.open_table(LOG_BOUNDS).map_err(map_err)?;
+            txn.open_table(LOG_ITEMS).map_err(map_err)?;
         }
         txn.commit().map_err(map_err)?;
 
@@ -347,6 +387,8 @@ fn apply_all(
     let mut outbox = txn.open_table(OUTBOX).map_err(map_err)?;
     let mut phases = txn.open_table(PHASES).map_err(map_err)?;
     let mut values = txn.open_table(VALUES).map_err(map_err)?;
+    let mut log_bounds = txn.open_table(LOG_BOUNDS).map_err(map_err)?;
+    let mut log_items = txn.open_table(LOG_ITEMS).map_err(map_err)?;
 
     let mut results = Vec::with_capacity(batch.len());
     for request in batch.iter() {
@@ -354,7 +396,7 @@ fn apply_all(
             WriteRequest::Save {
                 key,
                 expected,
-                data,
+                snapshot,
                 index,
                 ..
             } => {
@@ -376,12 +418,48 @@ fn apply_all(
                     results.push(Err(StoreError::Conflict { current }));
                     continue;
                 }
+                let bounds = match log_bounds.get(&contact).map_err(map_err)? {
+                    None => Ok([(0, 0); LOGS]),
+                    Some(raw) => decode_bounds(key, raw.value()),
+                };
+                let mut bounds = match bounds {
+                    Ok(b) => b,
+                    Err(e) => {
+                        results.push(Err(e));
+                        continue;
+                    }
+                };
                 let version = expected + 1;
-                let mut value = Vec::with_capacity(8 + data.len());
+                let mut value = Vec::with_capacity(8 + snapshot.head.len());
                 value.extend_from_slice(&version.to_be_bytes());
-                value.extend_from_slice(data);
+                value.extend_from_slice(&snapshot.head);
                 snapshots
                     .insert(&contact, value.as_slice())
+                    .map_err(map_err)?;
+                // The logs, by difference: drop from the front, append at the back.
+                for (n, (write, (first, next))) in
+                    snapshot.logs.iter().zip(bounds.iter_mut()).enumerate()
+                {
+                    let (drop_front, items) = match write {
+                        LogWrite::Append { drop_front, items } => (*drop_front as u64, items),
+                        LogWrite::Replace(items) => (u64::MAX, items),
+                    };
+                    let dropped_to = first.saturating_add(drop_front).min(*next);
+                    for seq in *first..dropped_to {
+                        log_items
+                            .remove(&log_item_key(&contact, n, seq))
+                            .map_err(map_err)?;
+                    }
+                    *first = dropped_to;
+                    for item in items {
+                        log_items
+                            .insert(&log_item_key(&contact, n, *next), item.as_slice())
+                            .map_err(map_err)?;
+                        *next += 1;
+                    }
+                }
+                log_bounds
+                    .insert(&contact, encode_bounds(&bounds).as_slice())
                     .map_err(map_err)?;
 
                 // Indexes, exact: same transaction as the snapshot, so no over-approximation.
@@ -466,27 +544,46 @@ impl Store for EmbeddedStore {
             let Some(raw) = table.get(&contact_bytes(&key)).map_err(map_err)? else {
                 return Ok(None);
             };
+            let contact = contact_bytes(&key);
             let (version, data) = decode_snapshot(&key, raw.value())?;
+            let bounds = match txn
+                .open_table(LOG_BOUNDS)
+                .map_err(map_err)?
+                .get(&contact)
+                .map_err(map_err)?
+            {
+                None => [(0, 0); LOGS],
+                Some(raw) => decode_bounds(&key, raw.value())?,
+            };
+            let items = txn.open_table(LOG_ITEMS).map_err(map_err)?;
+            let mut logs: [Vec<Vec<u8>>; LOGS] = Default::default();
+            for (n, (first, next)) in bounds.into_iter().enumerate() {
+                let range = log_item_key(&contact, n, first)..log_item_key(&contact, n, next);
+                for item in items.range(range).map_err(map_err)? {
+                    logs[n].push(item.map_err(map_err)?.1.value().to_vec());
+                }
+            }
             Ok(Some(StoredSnapshot {
                 version,
                 data: data.to_vec(),
+                logs,
             }))
         })
         .await
     }
 
-    async fn save(
+    async fn write(
         &self,
         key: &ContactKey,
         expected: u64,
-        data: &[u8],
+        snapshot: &SnapshotWrite,
         index: &IndexUpdate,
     ) -> Result<u64, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.submit(WriteRequest::Save {
             key: *key,
             expected,
-            data: data.to_vec(),
+            snapshot: snapshot.clone(),
             index: index.clone(),
             reply,
         })

@@ -6,4 +6,6 @@
 pub mod embedded;
 pub mod redis;
 
-pub use conversa_actors::store::{IndexUpdate, Store, StoreError, StoredSnapshot};
+pub use conversa_actors::store::{
+    IndexUpdate, LOGS, LogWrite, SnapshotWrite, Store, StoreError, StoredSnapshot, apply_log_write,
+};

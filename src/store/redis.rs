@@ -5,15 +5,21 @@
 //!
 //! | key                                     | type   | content                                   |
 //! |-----------------------------------------|--------|-------------------------------------------|
-//! | `{prefix}:{<account>:<contact>}:snap`   | hash   | `v` version, `d` data, `w` `o` `p` (below)|
+//! | `{prefix}:{<account>:<contact>}:snap`   | hash   | `v` version, `d` head, `w` `o` `p` (below)|
+//! | `{prefix}:{<account>:<contact>}:log<N>` | list   | the snapshot's log N (0–2), oldest first  |
 //! | `{prefix}:wake`                         | zset   | member `account:contact`, score wake ms   |
 //! | `{prefix}:outbox`                       | set    | `account:contact` with pending effects    |
 //! | `{prefix}:phases`                       | hash   | `account:contact` → phase name            |
 //! | `{prefix}:value:<name>`                 | string | named values (OAuth tokens, ...)          |
 //!
-//! The `{account:contact}` part of a snapshot key is a Redis Cluster hash tag, and every command
-//! this backend sends touches exactly one key: nothing here needs two keys in one slot, so the
-//! same code works against a single node, Sentinel or Cluster.
+//! The `{account:contact}` part of a snapshot's keys is a Redis Cluster hash tag: the
+//! compare-and-set script touches the hash and its logs, all in one slot, and every other
+//! command touches one key, so the same code works against a single node, Sentinel or Cluster.
+//!
+//! A save sends the head and, per log, only what changed (`LTRIM` of the items dropped from the
+//! front, `RPUSH` of the new ones; `DEL` and `RPUSH` to replace it): one message costs the same
+//! whatever the conversation's length. A snapshot written before the logs existed has no log
+//! keys and its parts inline in `d`; it loads as it is and its first save moves them.
 //!
 //! Besides `v` and `d`, the snapshot hash keeps a copy of what the indexes must say about it
 //! (`w` wake millis, absent when none; `o` `1`/`0` outbox pending; `p` phase), written by the same
@@ -82,7 +88,7 @@ use conversa_actors::contact::{ContactKey, Millis};
 use conversa_actors::phase::PhaseName;
 use dashmap::DashSet;
 
-use super::{IndexUpdate, Store, StoreError, StoredSnapshot};
+use super::{IndexUpdate, LOGS, LogWrite, SnapshotWrite, Store, StoreError, StoredSnapshot};
 
 /// How the Redis backend connects. The timeouts are explicit on purpose: redis-rs's defaults
 /// turned CPU starvation into errors the HTTP layer reported as 500s.
@@ -128,6 +134,21 @@ if ARGV[3] == '' then
   redis.call('HDEL', KEYS[1], 'w')
 else
   redis.call('HSET', KEYS[1], 'w', ARGV[3])
+end
+-- Each log: mode ('a' append, 'r' replace), items to drop from the front, items to push.
+local a = 6
+for i = 2, #KEYS do
+  local mode, drop, n = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  a = a + 3
+  if mode == 'r' then
+    redis.call('DEL', KEYS[i])
+  elseif drop > 0 then
+    redis.call('LTRIM', KEYS[i], drop, -1)
+  end
+  if n > 0 then
+    redis.call('RPUSH', KEYS[i], unpack(ARGV, a, a + n - 1))
+  end
+  a = a + n
 end
 return {1, nextv}
 ";
@@ -262,6 +283,11 @@ impl RedisStore {
 
     fn snap_key(&self, key: &ContactKey) -> String {
         format!("{}:{{{key}}}:snap", self.settings.key_prefix)
+    }
+
+    /// The list holding log `n` of the contact's snapshot (same hash tag as the snapshot).
+    fn log_key(&self, key: &ContactKey, n: usize) -> String {
+        format!("{}:{{{key}}}:log{n}", self.settings.key_prefix)
     }
 
     fn value_key(&self, name: &str) -> String {
@@ -492,23 +518,42 @@ impl Store for RedisStore {
         }
     }
 
+    /// The hash and its logs in one `MULTI`/`EXEC`: what one compare-and-set wrote, never half
+    /// of two.
     async fn load(&self, key: &ContactKey) -> Result<Option<StoredSnapshot>, StoreError> {
-        let cmd = ::redis::cmd("HMGET")
+        let mut pipe = ::redis::pipe();
+        pipe.atomic()
+            .cmd("HMGET")
             .arg(self.snap_key(key))
             .arg("v")
-            .arg("d")
-            .to_owned();
+            .arg("d");
+        for n in 0..LOGS {
+            pipe.cmd("LRANGE").arg(self.log_key(key, n)).arg(0).arg(-1);
+        }
         let reply: Value = self
-            .call("load", |mut c| async move { cmd.query_async(&mut c).await })
+            .call(
+                "load",
+                |mut c| async move { pipe.query_async(&mut c).await },
+            )
             .await?;
-        let (v, d): (Option<String>, Option<Vec<u8>>) = decode("snapshot", reply)?;
+        type Loaded = (
+            (Option<String>, Option<Vec<u8>>),
+            Vec<Vec<u8>>,
+            Vec<Vec<u8>>,
+            Vec<Vec<u8>>,
+        );
+        let ((v, d), log0, log1, log2): Loaded = decode("snapshot", reply)?;
         match (v, d) {
             (None, None) => Ok(None),
             (Some(v), Some(data)) => {
                 let version = v.parse().map_err(|_| {
                     StoreError::Corrupt(format!("snapshot of {key} has version {v:?}"))
                 })?;
-                Ok(Some(StoredSnapshot { version, data }))
+                Ok(Some(StoredSnapshot {
+                    version,
+                    data,
+                    logs: [log0, log1, log2],
+                }))
             }
             (v, d) => Err(StoreError::Corrupt(format!(
                 "snapshot of {key} is incomplete (version {v:?}, data present: {})",
@@ -538,11 +583,11 @@ impl Store for RedisStore {
     }
 
     /// See the module docs for the order of writes and what a failure leaves behind.
-    async fn save(
+    async fn write(
         &self,
         key: &ContactKey,
         expected: u64,
-        data: &[u8],
+        snapshot: &SnapshotWrite,
         index: &IndexUpdate,
     ) -> Result<u64, StoreError> {
         let member = key.to_string();
@@ -552,10 +597,21 @@ impl Store for RedisStore {
         invocation
             .key(&snap_key)
             .arg(expected)
-            .arg(data)
+            .arg(&snapshot.head)
             .arg(&wake_arg)
             .arg(if index.outbox_pending { "1" } else { "0" })
             .arg(index.phase.as_str());
+        for (n, log) in snapshot.logs.iter().enumerate() {
+            invocation.key(self.log_key(key, n));
+            let (mode, drop_front, items) = match log {
+                LogWrite::Append { drop_front, items } => ("a", *drop_front, items),
+                LogWrite::Replace(items) => ("r", 0, items),
+            };
+            invocation.arg(mode).arg(drop_front).arg(items.len());
+            for item in items {
+                invocation.arg(item);
+            }
+        }
 
         // Round trip 1: over-approximate the indexes, then compare-and-set.
         let mut pipe = ::redis::pipe();

@@ -1,7 +1,7 @@
 //! The store conformance suite. Every backend runs [`run`] in its own tests; each check uses
 //! its own account id, so one fresh store serves the whole suite.
 
-use super::{IndexUpdate, Store, StoreError, StoredSnapshot};
+use super::{IndexUpdate, LogWrite, SnapshotWrite, Store, StoreError, StoredSnapshot};
 use crate::contact::{ContactKey, Millis};
 use crate::phase::PhaseName;
 use std::sync::Arc;
@@ -27,6 +27,7 @@ pub async fn run(store: Arc<dyn Store>) {
     phase_index(&*store).await;
     named_values(&*store).await;
     binary_data(&*store).await;
+    logs_change_by_difference(&*store).await;
 }
 
 async fn first_write_and_reload(store: &dyn Store) {
@@ -41,7 +42,8 @@ async fn first_write_and_reload(store: &dyn Store) {
         store.load(&key).await.unwrap(),
         Some(StoredSnapshot {
             version: 1,
-            data: b"one".to_vec()
+            data: b"one".to_vec(),
+            logs: Default::default(),
         })
     );
 }
@@ -296,4 +298,119 @@ async fn binary_data(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(store.load(&key).await.unwrap().unwrap().data, data);
+}
+
+fn items(names: &[&str]) -> Vec<Vec<u8>> {
+    names.iter().map(|n| n.as_bytes().to_vec()).collect()
+}
+
+fn logs_of(snap: &StoredSnapshot) -> Vec<Vec<String>> {
+    snap.logs
+        .iter()
+        .map(|log| {
+            log.iter()
+                .map(|i| String::from_utf8(i.clone()).unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+/// A save changes each log by difference: drop from the front, append; or replace it whole.
+/// Logs change with the head and the version, never on a conflict.
+async fn logs_change_by_difference(store: &dyn Store) {
+    let key = ContactKey::new(10, 10);
+    let ix = index(None, false, "bot_active");
+    let first = SnapshotWrite {
+        head: b"h1".to_vec(),
+        logs: [
+            LogWrite::Replace(items(&["a", "b"])),
+            LogWrite::Append {
+                drop_front: 3,
+                items: items(&["s1"]),
+            },
+            LogWrite::UNCHANGED,
+        ],
+    };
+    assert_eq!(store.write(&key, 0, &first, &ix).await.unwrap(), 1);
+    let snap = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(snap.data, b"h1");
+    assert_eq!(logs_of(&snap), [vec!["a", "b"], vec!["s1"], vec![]]);
+
+    let second = SnapshotWrite {
+        head: b"h2".to_vec(),
+        logs: [
+            LogWrite::Append {
+                drop_front: 1,
+                items: items(&["c", "d"]),
+            },
+            LogWrite::Replace(Vec::new()),
+            LogWrite::Append {
+                drop_front: 0,
+                items: items(&["t1", "t2", "t3"]),
+            },
+        ],
+    };
+    assert_eq!(store.write(&key, 1, &second, &ix).await.unwrap(), 2);
+    let snap = store.load(&key).await.unwrap().unwrap();
+    assert_eq!((snap.version, snap.data.as_slice()), (2, &b"h2"[..]));
+    assert_eq!(
+        logs_of(&snap),
+        [vec!["b", "c", "d"], vec![], vec!["t1", "t2", "t3"]]
+    );
+
+    // A conflict changes no log.
+    let stale = SnapshotWrite {
+        head: b"stale".to_vec(),
+        logs: [
+            LogWrite::Replace(items(&["x"])),
+            LogWrite::Replace(items(&["x"])),
+            LogWrite::Replace(items(&["x"])),
+        ],
+    };
+    assert_eq!(
+        store.write(&key, 1, &stale, &ix).await,
+        Err(StoreError::Conflict { current: 2 })
+    );
+    assert_eq!(store.load(&key).await.unwrap().unwrap(), snap);
+
+    // Dropping more than a log holds empties it; a head-only save keeps the logs.
+    let third = SnapshotWrite {
+        head: b"h3".to_vec(),
+        logs: [
+            LogWrite::Append {
+                drop_front: 10,
+                items: Vec::new(),
+            },
+            LogWrite::UNCHANGED,
+            LogWrite::Append {
+                drop_front: 2,
+                items: items(&["t4"]),
+            },
+        ],
+    };
+    store.write(&key, 2, &third, &ix).await.unwrap();
+    store.save(&key, 3, b"h4", &ix).await.unwrap();
+    let snap = store.load(&key).await.unwrap().unwrap();
+    assert_eq!((snap.version, snap.data.as_slice()), (4, &b"h4"[..]));
+    assert_eq!(logs_of(&snap), [vec![], vec![], vec!["t3", "t4"]]);
+
+    // Many items, binary ones among them, in one save and read back in order.
+    let many: Vec<Vec<u8>> = (0..300u32)
+        .map(|i| {
+            let mut item = i.to_be_bytes().to_vec();
+            item.extend_from_slice(&[0, 255, b'\r', b'\n']);
+            item
+        })
+        .collect();
+    let big = SnapshotWrite {
+        head: vec![0, 1, 2],
+        logs: [
+            LogWrite::Replace(many.clone()),
+            LogWrite::UNCHANGED,
+            LogWrite::UNCHANGED,
+        ],
+    };
+    store.write(&key, 4, &big, &ix).await.unwrap();
+    let snap = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(snap.logs[0], many);
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 
-use super::{IndexUpdate, MemoryStore, Store, StoreError, StoredSnapshot};
+use super::{IndexUpdate, MemoryStore, SnapshotWrite, Store, StoreError, StoredSnapshot};
 use crate::contact::{ContactKey, Millis};
 use crate::phase::PhaseName;
 
@@ -62,11 +62,11 @@ impl<S: Store> Store for FaultyStore<S> {
     async fn load(&self, key: &ContactKey) -> Result<Option<StoredSnapshot>, StoreError> {
         self.inner.load(key).await
     }
-    async fn save(
+    async fn write(
         &self,
         key: &ContactKey,
         expected: u64,
-        data: &[u8],
+        snapshot: &SnapshotWrite,
         index: &IndexUpdate,
     ) -> Result<u64, StoreError> {
         let victim = {
@@ -76,7 +76,7 @@ impl<S: Store> Store for FaultyStore<S> {
         if victim.is_some() {
             panic!("injected failure");
         }
-        self.inner.save(key, expected, data, index).await
+        self.inner.write(key, expected, snapshot, index).await
     }
     async fn due(
         &self,

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{IndexUpdate, Store, StoreError, StoredSnapshot};
+use super::{IndexUpdate, SnapshotWrite, Store, StoreError, StoredSnapshot, apply_log_write};
 use crate::contact::{ContactKey, Millis};
 use crate::phase::PhaseName;
 
@@ -44,11 +44,11 @@ impl Store for MemoryStore {
         Ok(self.inner.lock().unwrap().snapshots.get(key).cloned())
     }
 
-    async fn save(
+    async fn write(
         &self,
         key: &ContactKey,
         expected: u64,
-        data: &[u8],
+        snapshot: &SnapshotWrite,
         index: &IndexUpdate,
     ) -> Result<u64, StoreError> {
         let mut inner = self.inner.lock().unwrap();
@@ -57,11 +57,20 @@ impl Store for MemoryStore {
             return Err(StoreError::Conflict { current });
         }
         let version = expected + 1;
+        let mut logs = inner
+            .snapshots
+            .remove(key)
+            .map(|s| s.logs)
+            .unwrap_or_default();
+        for (log, write) in logs.iter_mut().zip(&snapshot.logs) {
+            apply_log_write(log, write);
+        }
         inner.snapshots.insert(
             *key,
             StoredSnapshot {
                 version,
-                data: data.to_vec(),
+                data: snapshot.head.clone(),
+                logs,
             },
         );
         match index.wake_at {

@@ -1,7 +1,11 @@
 //! The persistence contract every backend (memory, embedded redb, Redis) fulfils.
 //!
-//! A backend stores opaque snapshot bytes per contact under a `version`, and three small indexes
-//! that let the engine find work without scanning every contact:
+//! A backend stores a snapshot per contact under a `version`: opaque *head* bytes (the state that
+//! changes at every event: phase, epoch, outbox, timers) and [`LOGS`] *logs*, sequences of opaque
+//! items that only grow at the back and shrink at the front (unanswered messages, remembered
+//! message ids, the timeline). A save names the head and, per log, only what changed
+//! ([`LogWrite`]), so the cost of a save does not grow with the conversation (issue #15). Three
+//! small indexes let the engine find work without scanning every contact:
 //!
 //! * **wake index** — contact → the earliest time its actor must run (a timer, an outbox retry, a
 //!   claim that expires). Read on start-up and swept periodically, so no timer is lost.
@@ -23,12 +27,85 @@ use async_trait::async_trait;
 use crate::contact::{ContactKey, Millis};
 use crate::phase::PhaseName;
 
-/// A snapshot as the store holds it: the serialized conversation and its version
-/// (1 for the first write; 0 means "nothing stored").
+/// How many logs a snapshot has. The conversation decides what each holds
+/// (`Conversation::to_snapshot`); a store only keeps them apart.
+pub const LOGS: usize = 3;
+
+/// A snapshot as the store holds it: its version (1 for the first write; 0 means "nothing
+/// stored"), its head and its logs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredSnapshot {
     pub version: u64,
+    /// The head bytes.
     pub data: Vec<u8>,
+    /// Each log's items, oldest first (empty for a snapshot written before logs existed).
+    pub logs: [Vec<Vec<u8>>; LOGS],
+}
+
+/// What a save does to one stored log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogWrite {
+    /// Drop `drop_front` items from the front (all of them when there are fewer), then append
+    /// `items`. `Append { 0, [] }` leaves the log as it is.
+    Append {
+        drop_front: usize,
+        items: Vec<Vec<u8>>,
+    },
+    /// Replace the whole log with `items`.
+    Replace(Vec<Vec<u8>>),
+}
+
+impl LogWrite {
+    /// Leaves the log as it is.
+    pub const UNCHANGED: LogWrite = LogWrite::Append {
+        drop_front: 0,
+        items: Vec::new(),
+    };
+
+    /// Bytes of items this write carries.
+    pub fn bytes(&self) -> usize {
+        match self {
+            LogWrite::Append { items, .. } | LogWrite::Replace(items) => {
+                items.iter().map(Vec::len).sum()
+            }
+        }
+    }
+}
+
+/// One save: the new head and what changes in each log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotWrite {
+    pub head: Vec<u8>,
+    pub logs: [LogWrite; LOGS],
+}
+
+impl SnapshotWrite {
+    /// A new head, the logs left as they are.
+    pub fn head(head: &[u8]) -> Self {
+        Self {
+            head: head.to_vec(),
+            logs: [LogWrite::UNCHANGED; LOGS],
+        }
+    }
+
+    /// Bytes this save writes (head and log items).
+    pub fn bytes(&self) -> usize {
+        self.head.len() + self.logs.iter().map(LogWrite::bytes).sum::<usize>()
+    }
+}
+
+/// Applies `write` to a log held as a list of items: what every backend's save does.
+pub fn apply_log_write(items: &mut Vec<Vec<u8>>, write: &LogWrite) {
+    match write {
+        LogWrite::Append {
+            drop_front,
+            items: new,
+        } => {
+            items.drain(..(*drop_front).min(items.len()));
+            items.extend(new.iter().cloned());
+        }
+        LogWrite::Replace(new) => *items = new.clone(),
+    }
 }
 
 /// What the indexes must say about a contact once its snapshot is written.
@@ -82,16 +159,29 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
-    /// Compare-and-set: writes `data` as version `expected + 1` if the stored version is
-    /// `expected` (0 = nothing stored yet) and returns the new version; otherwise
-    /// `Err(Conflict)` and nothing changes. Indexes follow the rules in the module docs.
+    /// Compare-and-set: writes `snapshot` (the head, and the changes to each log) as version
+    /// `expected + 1` if the stored version is `expected` (0 = nothing stored yet) and returns
+    /// the new version; otherwise `Err(Conflict)` and nothing changes. Head, logs and version
+    /// change together or not at all. Indexes follow the rules in the module docs.
+    async fn write(
+        &self,
+        key: &ContactKey,
+        expected: u64,
+        snapshot: &SnapshotWrite,
+        index: &IndexUpdate,
+    ) -> Result<u64, StoreError>;
+
+    /// [`Store::write`] of a new head, the logs left as they are.
     async fn save(
         &self,
         key: &ContactKey,
         expected: u64,
-        data: &[u8],
+        head: &[u8],
         index: &IndexUpdate,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<u64, StoreError> {
+        self.write(key, expected, &SnapshotWrite::head(head), index)
+            .await
+    }
 
     /// Contacts whose wake time is at or before `upto`, earliest first, at most `limit`.
     async fn due(
