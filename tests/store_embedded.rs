@@ -398,3 +398,51 @@ async fn save_throughput() {
         store.commits()
     );
 }
+
+/// A data dir written before the logs (issue #15): the `snapshots` value is the version then the
+/// whole JSON document. It loads as it is, and its first save moves its parts into the logs.
+#[tokio::test]
+async fn a_snapshot_from_before_the_logs_loads_and_moves_into_them() {
+    use conversa_actors::Conversation;
+    let dir = tempfile::tempdir().unwrap();
+    let old = include_bytes!("../actors/tests/fixtures/snapshot-before-logs.json");
+    let key = ContactKey::new(0, 4242);
+    {
+        // What conversa at 710d650 wrote: contact key (account, contact, big-endian) →
+        // version ‖ document.
+        let db = redb::Database::create(dir.path().join("conversa.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let table: redb::TableDefinition<[u8; 16], &[u8]> =
+                redb::TableDefinition::new("snapshots");
+            let mut snapshots = txn.open_table(table).unwrap();
+            let mut contact = [0u8; 16];
+            contact[8..].copy_from_slice(&4242u64.to_be_bytes());
+            let mut value = 3u64.to_be_bytes().to_vec();
+            value.extend_from_slice(old);
+            snapshots.insert(&contact, value.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let stored = store.load(&key).await.unwrap().expect("the old snapshot");
+    assert_eq!((stored.version, stored.data.as_slice()), (3, &old[..]));
+    assert!(stored.logs.iter().all(Vec::is_empty));
+    let mut conversation = Conversation::from_snapshot(&stored).unwrap();
+    assert_eq!(conversation.pending().len(), 3);
+
+    let write = conversation.to_snapshot().unwrap();
+    store
+        .write(&key, 3, &write, &index(None, false, "bot_active"))
+        .await
+        .unwrap();
+    conversation.saved(&write);
+    let stored = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(stored.version, 4);
+    assert!(
+        stored.logs.iter().all(|log| log.len() == 3),
+        "{:?}",
+        stored.logs
+    );
+    assert_eq!(Conversation::from_snapshot(&stored).unwrap(), conversation);
+}

@@ -24,10 +24,10 @@
 //! Contacts are keyed by a fixed 16-byte key: `account_id` then `contact_id`, both big-endian,
 //! so byte order is `(account_id, contact_id)` order.
 //!
-//! * `snapshots`: contact → 8-byte big-endian version followed by the snapshot's head.
-//! * `log_bounds`: contact → for each of the snapshot's [`LOGS`] logs, the sequence number of
-//!   its oldest item and the next one to give (two big-endian u64 each). Absent: no log holds
-//!   anything (a snapshot written before the logs existed keeps its parts in the head).
+//! * `snapshots`: contact → 8-byte big-endian version, a `0` byte, then for each of the
+//!   snapshot's [`LOGS`] logs the sequence numbers of its oldest item and of the next one to give
+//!   (two big-endian u64 each), then the head. A snapshot written before the logs existed is the
+//!   version followed by the whole JSON document (which never starts with a `0` byte).
 //! * `log_items`: 25-byte key `contact ‖ log ‖ sequence BE` → one item. A save drops items from
 //!   the front and appends at the back by their numbers, so it writes only what changed.
 //! * `wake`: contact → wake time (millis); the "where is this contact's entry" side.
@@ -76,7 +76,6 @@ const WAKE_BY_TIME: TableDefinition<WakeKey, ()> = TableDefinition::new("wake_by
 const OUTBOX: TableDefinition<Contact, ()> = TableDefinition::new("outbox");
 const PHASES: TableDefinition<Contact, &str> = TableDefinition::new("phases");
 const VALUES: TableDefinition<&str, &[u8]> = TableDefinition::new("values");
-const LOG_BOUNDS: TableDefinition<Contact, &[u8]> = TableDefinition::new("log_bounds");
 const LOG_ITEMS: TableDefinition<LogItemKey, &[u8]> = TableDefinition::new("log_items");
 
 /// Per log: (oldest item's sequence number, the next one to give).
@@ -90,23 +89,27 @@ fn log_item_key(contact: &Contact, log: usize, seq: u64) -> LogItemKey {
     out
 }
 
-fn decode_bounds(key: &ContactKey, raw: &[u8]) -> Result<LogBounds, StoreError> {
-    if raw.len() != 16 * LOGS {
-        return Err(StoreError::Corrupt(format!(
-            "log bounds of {key} are {} bytes",
-            raw.len()
-        )));
-    }
-    let word = |at: usize| u64::from_be_bytes(raw[at..at + 8].try_into().expect("8 bytes"));
-    Ok(std::array::from_fn(|n| (word(16 * n), word(16 * n + 8))))
+/// The byte after the version that says "log bounds follow".
+const WITH_LOGS: u8 = 0;
+
+/// A `snapshots` value, read.
+#[derive(Debug, PartialEq, Eq)]
+struct Decoded<'a> {
+    version: u64,
+    bounds: LogBounds,
+    head: &'a [u8],
 }
 
-fn encode_bounds(bounds: &LogBounds) -> Vec<u8> {
-    bounds
-        .iter()
-        .flat_map(|(first, next)| [first.to_be_bytes(), next.to_be_bytes()])
-        .flatten()
-        .collect()
+fn encode_snapshot(version: u64, bounds: &LogBounds, head: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(9 + 16 * LOGS + head.len());
+    value.extend_from_slice(&version.to_be_bytes());
+    value.push(WITH_LOGS);
+    for (first, next) in bounds {
+        value.extend_from_slice(&first.to_be_bytes());
+        value.extend_from_slice(&next.to_be_bytes());
+    }
+    value.extend_from_slice(head);
+    value
 }
 
 fn contact_bytes(key: &ContactKey) -> Contact {
@@ -140,22 +143,40 @@ fn wake_from(bytes: &WakeKey) -> (ContactKey, Millis) {
     )
 }
 
-/// Splits a stored snapshot value into (version, data).
-fn decode_snapshot<'a>(key: &ContactKey, raw: &'a [u8]) -> Result<(u64, &'a [u8]), StoreError> {
+/// Splits a stored snapshot value into its version, log bounds and head.
+fn decode_snapshot<'a>(key: &ContactKey, raw: &'a [u8]) -> Result<Decoded<'a>, StoreError> {
     if raw.len() < 8 {
         return Err(StoreError::Corrupt(format!(
             "snapshot of {key} is {} bytes, shorter than its version header",
             raw.len()
         )));
     }
-    let (version, data) = raw.split_at(8);
+    let (version, rest) = raw.split_at(8);
     let version = u64::from_be_bytes(version.try_into().expect("8 bytes"));
     if version == 0 {
         return Err(StoreError::Corrupt(format!(
             "snapshot of {key} has version 0"
         )));
     }
-    Ok((version, data))
+    if rest.first() != Some(&WITH_LOGS) {
+        // Written before the logs: the head is the whole document, no log holds anything.
+        return Ok(Decoded {
+            version,
+            bounds: [(0, 0); LOGS],
+            head: rest,
+        });
+    }
+    let Some(bounds) = rest.get(1..1 + 16 * LOGS) else {
+        return Err(StoreError::Corrupt(format!(
+            "snapshot of {key} is cut inside its log bounds"
+        )));
+    };
+    let word = |at: usize| u64::from_be_bytes(bounds[at..at + 8].try_into().expect("8 bytes"));
+    Ok(Decoded {
+        version,
+        bounds: std::array::from_fn(|n| (word(16 * n), word(16 * n + 8))),
+        head: &rest[1 + 16 * LOGS..],
+    })
 }
 
 /// Maps any redb error: corruption and schema mismatches are `Corrupt`, everything else (I/O,
@@ -246,7 +267,6 @@ impl EmbeddedStore {
             txn.open_table(OUTBOX).map_err(map_err)?;
             txn.open_table(PHASES).map_err(map_err)?;
             txn.open_table(VALUES).map_err(map_err)?;
-            txn.open_table(LOG_BOUNDS).map_err(map_err)?;
             txn.open_table(LOG_ITEMS).map_err(map_err)?;
         }
         txn.commit().map_err(map_err)?;
@@ -387,7 +407,6 @@ fn apply_all(
     let mut outbox = txn.open_table(OUTBOX).map_err(map_err)?;
     let mut phases = txn.open_table(PHASES).map_err(map_err)?;
     let mut values = txn.open_table(VALUES).map_err(map_err)?;
-    let mut log_bounds = txn.open_table(LOG_BOUNDS).map_err(map_err)?;
     let mut log_items = txn.open_table(LOG_ITEMS).map_err(map_err)?;
 
     let mut results = Vec::with_capacity(batch.len());
@@ -404,10 +423,10 @@ fn apply_all(
                 // The compare-and-set. Checked before any write, so a refused or corrupt request
                 // writes nothing.
                 let current = match snapshots.get(&contact).map_err(map_err)? {
-                    None => Ok(0),
-                    Some(raw) => decode_snapshot(key, raw.value()).map(|(v, _)| v),
+                    None => Ok((0, [(0, 0); LOGS])),
+                    Some(raw) => decode_snapshot(key, raw.value()).map(|d| (d.version, d.bounds)),
                 };
-                let current = match current {
+                let (current, mut bounds) = match current {
                     Ok(v) => v,
                     Err(e) => {
                         results.push(Err(e));
@@ -418,24 +437,7 @@ fn apply_all(
                     results.push(Err(StoreError::Conflict { current }));
                     continue;
                 }
-                let bounds = match log_bounds.get(&contact).map_err(map_err)? {
-                    None => Ok([(0, 0); LOGS]),
-                    Some(raw) => decode_bounds(key, raw.value()),
-                };
-                let mut bounds = match bounds {
-                    Ok(b) => b,
-                    Err(e) => {
-                        results.push(Err(e));
-                        continue;
-                    }
-                };
                 let version = expected + 1;
-                let mut value = Vec::with_capacity(8 + snapshot.head.len());
-                value.extend_from_slice(&version.to_be_bytes());
-                value.extend_from_slice(&snapshot.head);
-                snapshots
-                    .insert(&contact, value.as_slice())
-                    .map_err(map_err)?;
                 // The logs, by difference: drop from the front, append at the back.
                 for (n, (write, (first, next))) in
                     snapshot.logs.iter().zip(bounds.iter_mut()).enumerate()
@@ -458,8 +460,11 @@ fn apply_all(
                         *next += 1;
                     }
                 }
-                log_bounds
-                    .insert(&contact, encode_bounds(&bounds).as_slice())
+                snapshots
+                    .insert(
+                        &contact,
+                        encode_snapshot(version, &bounds, &snapshot.head).as_slice(),
+                    )
                     .map_err(map_err)?;
 
                 // Indexes, exact: same transaction as the snapshot, so no over-approximation.
@@ -545,16 +550,11 @@ impl Store for EmbeddedStore {
                 return Ok(None);
             };
             let contact = contact_bytes(&key);
-            let (version, data) = decode_snapshot(&key, raw.value())?;
-            let bounds = match txn
-                .open_table(LOG_BOUNDS)
-                .map_err(map_err)?
-                .get(&contact)
-                .map_err(map_err)?
-            {
-                None => [(0, 0); LOGS],
-                Some(raw) => decode_bounds(&key, raw.value())?,
-            };
+            let Decoded {
+                version,
+                bounds,
+                head,
+            } = decode_snapshot(&key, raw.value())?;
             let items = txn.open_table(LOG_ITEMS).map_err(map_err)?;
             let mut logs: [Vec<Vec<u8>>; LOGS] = Default::default();
             for (n, (first, next)) in bounds.into_iter().enumerate() {
@@ -565,7 +565,7 @@ impl Store for EmbeddedStore {
             }
             Ok(Some(StoredSnapshot {
                 version,
-                data: data.to_vec(),
+                data: head.to_vec(),
                 logs,
             }))
         })
@@ -704,8 +704,22 @@ mod tests {
             decode_snapshot(&key, &[0u8; 8]),
             Err(StoreError::Corrupt(_))
         ));
+        // Before the logs: the version, then the document.
         let mut raw = 5u64.to_be_bytes().to_vec();
-        raw.extend_from_slice(b"x");
-        assert_eq!(decode_snapshot(&key, &raw).unwrap(), (5, &b"x"[..]));
+        raw.extend_from_slice(b"{}");
+        let old = decode_snapshot(&key, &raw).unwrap();
+        assert_eq!(
+            (old.version, old.bounds, old.head),
+            (5, [(0, 0); LOGS], &b"{}"[..])
+        );
+        // With logs: the bounds between the version and the head, cut short is corrupt.
+        let bounds = [(1, 4), (0, 0), (7, 107)];
+        let raw = encode_snapshot(6, &bounds, b"x");
+        let new = decode_snapshot(&key, &raw).unwrap();
+        assert_eq!((new.version, new.bounds, new.head), (6, bounds, &b"x"[..]));
+        assert!(matches!(
+            decode_snapshot(&key, &raw[..20]),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 }
