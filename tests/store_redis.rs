@@ -179,6 +179,71 @@ async fn a_snapshot_from_before_the_logs_loads_and_moves_into_them() {
     assert_eq!(lengths, (3, 3, 3));
 }
 
+/// The compare-and-set script's edges with logs: a first write starts from empty logs whatever
+/// lists were left behind; thousands of items go in (chunked under Lua's stack limit); a log
+/// command that fails stops the script before the version moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_start_empty_take_thousands_and_fail_whole() {
+    use conversa::store::{LogWrite, SnapshotWrite};
+    let server = RedisServer::start();
+    let store = connect(&server.url()).await;
+    let mut c = raw(&server.url()).await;
+    let key = ContactKey::new(9, 1);
+    let _: () = redis::cmd("RPUSH")
+        .arg("conversa:{9:1}:log0")
+        .arg("left behind")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let many: Vec<Vec<u8>> = (0..2_500)
+        .map(|i: u32| i.to_string().into_bytes())
+        .collect();
+    let write = SnapshotWrite {
+        head: b"h".to_vec(),
+        logs: [
+            LogWrite::Append {
+                drop_front: 0,
+                items: vec![b"first".to_vec()],
+            },
+            LogWrite::Replace(many.clone()),
+            LogWrite::UNCHANGED,
+        ],
+    };
+    let ix = index(None, false, "idle");
+    assert_eq!(store.write(&key, 0, &write, &ix).await.unwrap(), 1);
+    let stored = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(stored.logs[0], vec![b"first".to_vec()]);
+    assert_eq!(stored.logs[1], many);
+
+    // log2 made a string: its LTRIM/RPUSH fails, and nothing of the save lands.
+    let _: () = redis::cmd("SET")
+        .arg("conversa:{9:1}:log2")
+        .arg("not a list")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let failing = SnapshotWrite {
+        head: b"h2".to_vec(),
+        logs: [
+            LogWrite::UNCHANGED,
+            LogWrite::UNCHANGED,
+            LogWrite::Append {
+                drop_front: 1,
+                items: vec![b"x".to_vec()],
+            },
+        ],
+    };
+    assert!(store.write(&key, 1, &failing, &ix).await.is_err());
+    assert_eq!(store.version(&key).await.unwrap(), 1);
+    let head: Vec<u8> = redis::cmd("HGET")
+        .arg("conversa:{9:1}:snap")
+        .arg("d")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(head, b"h");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_matches_load() {
     let server = RedisServer::start();

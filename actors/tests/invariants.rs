@@ -808,7 +808,13 @@ proptest! {
                 let held = stored.data.len()
                     + stored.logs.iter().flatten().map(Vec::len).sum::<usize>();
                 prop_assert_eq!(expected_bytes, held, "the size the cap is checked on");
-                prop_assert_eq!(&Conversation::from_snapshot(&stored).unwrap(), &c);
+                let back = Conversation::from_snapshot(&stored).unwrap();
+                prop_assert_eq!(&back, &c);
+                // Every other save, go on from what the store gave back (as an actor
+                // activated again would), so its bookkeeping is what the next saves rely on.
+                if n % 2 == 0 {
+                    c = back;
+                }
             }
         }
     }

@@ -24,12 +24,12 @@
 //! Contacts are keyed by a fixed 16-byte key: `account_id` then `contact_id`, both big-endian,
 //! so byte order is `(account_id, contact_id)` order.
 //!
-//! * `snapshots`: contact → 8-byte big-endian version, a `0` byte, then for each of the
-//!   snapshot's [`LOGS`] logs the sequence numbers of its oldest item and of the next one to give
-//!   (two big-endian u64 each), then the head. A snapshot written before the logs existed is the
-//!   version followed by the whole JSON document (which never starts with a `0` byte).
-//! * `log_items`: 25-byte key `contact ‖ log ‖ sequence BE` → one item. A save drops items from
-//!   the front and appends at the back by their numbers, so it writes only what changed.
+//! * `snapshots`: contact → 8-byte big-endian version, a `0` byte, the snapshot's [`LOGS`] logs
+//!   (each a big-endian u32 count, then every item as a u32 length and its bytes), then the head.
+//!   A save applies the logs' changes to the stored bytes (drop from the front, append) and
+//!   writes one value, as before the logs: an item is never encoded twice by the engine, and one
+//!   B-tree entry per contact keeps a save to one page. A snapshot written before the logs
+//!   existed is the version followed by the whole JSON document (never a `0` byte first).
 //! * `wake`: contact → wake time (millis); the "where is this contact's entry" side.
 //! * `wake_by_time`: 24-byte key `millis BE ‖ contact` → `()`; `due(upto, limit)` is a range
 //!   scan from the start up to `upto`, earliest first, never a full scan.
@@ -68,7 +68,6 @@ pub const FILE_NAME: &str = "conversa.redb";
 
 type Contact = [u8; 16];
 type WakeKey = [u8; 24];
-type LogItemKey = [u8; 25];
 
 const SNAPSHOTS: TableDefinition<Contact, &[u8]> = TableDefinition::new("snapshots");
 const WAKE: TableDefinition<Contact, u64> = TableDefinition::new("wake");
@@ -76,37 +75,28 @@ const WAKE_BY_TIME: TableDefinition<WakeKey, ()> = TableDefinition::new("wake_by
 const OUTBOX: TableDefinition<Contact, ()> = TableDefinition::new("outbox");
 const PHASES: TableDefinition<Contact, &str> = TableDefinition::new("phases");
 const VALUES: TableDefinition<&str, &[u8]> = TableDefinition::new("values");
-const LOG_ITEMS: TableDefinition<LogItemKey, &[u8]> = TableDefinition::new("log_items");
-
-/// Per log: (oldest item's sequence number, the next one to give).
-type LogBounds = [(u64, u64); LOGS];
-
-fn log_item_key(contact: &Contact, log: usize, seq: u64) -> LogItemKey {
-    let mut out = [0u8; 25];
-    out[..16].copy_from_slice(contact);
-    out[16] = log as u8;
-    out[17..].copy_from_slice(&seq.to_be_bytes());
-    out
-}
-
-/// The byte after the version that says "log bounds follow".
+/// The byte after the version that says "logs follow".
 const WITH_LOGS: u8 = 0;
 
-/// A `snapshots` value, read.
+/// A `snapshots` value, read: its version, each log's items (oldest first) and its head.
 #[derive(Debug, PartialEq, Eq)]
 struct Decoded<'a> {
     version: u64,
-    bounds: LogBounds,
+    logs: [Vec<&'a [u8]>; LOGS],
     head: &'a [u8],
 }
 
-fn encode_snapshot(version: u64, bounds: &LogBounds, head: &[u8]) -> Vec<u8> {
-    let mut value = Vec::with_capacity(9 + 16 * LOGS + head.len());
+fn encode_snapshot(version: u64, logs: &[Vec<&[u8]>; LOGS], head: &[u8]) -> Vec<u8> {
+    let items: usize = logs.iter().flatten().map(|i| 4 + i.len()).sum();
+    let mut value = Vec::with_capacity(9 + 4 * LOGS + items + head.len());
     value.extend_from_slice(&version.to_be_bytes());
     value.push(WITH_LOGS);
-    for (first, next) in bounds {
-        value.extend_from_slice(&first.to_be_bytes());
-        value.extend_from_slice(&next.to_be_bytes());
+    for log in logs {
+        value.extend_from_slice(&(log.len() as u32).to_be_bytes());
+        for item in log {
+            value.extend_from_slice(&(item.len() as u32).to_be_bytes());
+            value.extend_from_slice(item);
+        }
     }
     value.extend_from_slice(head);
     value
@@ -143,7 +133,7 @@ fn wake_from(bytes: &WakeKey) -> (ContactKey, Millis) {
     )
 }
 
-/// Splits a stored snapshot value into its version, log bounds and head.
+/// Splits a stored snapshot value into its version, logs and head.
 fn decode_snapshot<'a>(key: &ContactKey, raw: &'a [u8]) -> Result<Decoded<'a>, StoreError> {
     if raw.len() < 8 {
         return Err(StoreError::Corrupt(format!(
@@ -158,24 +148,34 @@ fn decode_snapshot<'a>(key: &ContactKey, raw: &'a [u8]) -> Result<Decoded<'a>, S
             "snapshot of {key} has version 0"
         )));
     }
+    let mut logs: [Vec<&[u8]>; LOGS] = Default::default();
     if rest.first() != Some(&WITH_LOGS) {
         // Written before the logs: the head is the whole document, no log holds anything.
         return Ok(Decoded {
             version,
-            bounds: [(0, 0); LOGS],
+            logs,
             head: rest,
         });
     }
-    let Some(bounds) = rest.get(1..1 + 16 * LOGS) else {
-        return Err(StoreError::Corrupt(format!(
-            "snapshot of {key} is cut inside its log bounds"
-        )));
+    let cut = || StoreError::Corrupt(format!("snapshot of {key} is cut inside its logs"));
+    let mut at = 1;
+    let word = |at: &mut usize| -> Result<usize, StoreError> {
+        let bytes = rest.get(*at..*at + 4).ok_or_else(cut)?;
+        *at += 4;
+        Ok(u32::from_be_bytes(bytes.try_into().expect("4 bytes")) as usize)
     };
-    let word = |at: usize| u64::from_be_bytes(bounds[at..at + 8].try_into().expect("8 bytes"));
+    for log in &mut logs {
+        let count = word(&mut at)?;
+        for _ in 0..count {
+            let len = word(&mut at)?;
+            log.push(rest.get(at..at + len).ok_or_else(cut)?);
+            at += len;
+        }
+    }
     Ok(Decoded {
         version,
-        bounds: std::array::from_fn(|n| (word(16 * n), word(16 * n + 8))),
-        head: &rest[1 + 16 * LOGS..],
+        logs,
+        head: &rest[at..],
     })
 }
 
@@ -267,7 +267,6 @@ impl EmbeddedStore {
             txn.open_table(OUTBOX).map_err(map_err)?;
             txn.open_table(PHASES).map_err(map_err)?;
             txn.open_table(VALUES).map_err(map_err)?;
-            txn.open_table(LOG_ITEMS).map_err(map_err)?;
         }
         txn.commit().map_err(map_err)?;
 
@@ -407,7 +406,6 @@ fn apply_all(
     let mut outbox = txn.open_table(OUTBOX).map_err(map_err)?;
     let mut phases = txn.open_table(PHASES).map_err(map_err)?;
     let mut values = txn.open_table(VALUES).map_err(map_err)?;
-    let mut log_items = txn.open_table(LOG_ITEMS).map_err(map_err)?;
 
     let mut results = Vec::with_capacity(batch.len());
     for request in batch.iter() {
@@ -422,16 +420,25 @@ fn apply_all(
                 let contact = contact_bytes(key);
                 // The compare-and-set. Checked before any write, so a refused or corrupt request
                 // writes nothing.
-                let current = match snapshots.get(&contact).map_err(map_err)? {
-                    None => Ok((0, [(0, 0); LOGS])),
-                    Some(raw) => decode_snapshot(key, raw.value()).map(|d| (d.version, d.bounds)),
+                // The stored value, copied: the table is written below.
+                let old = snapshots
+                    .get(&contact)
+                    .map_err(map_err)?
+                    .map(|raw| raw.value().to_vec());
+                let decoded = match &old {
+                    None => Ok(None),
+                    Some(raw) => decode_snapshot(key, raw).map(Some),
                 };
-                let (current, mut bounds) = match current {
-                    Ok(v) => v,
+                let decoded = match decoded {
+                    Ok(d) => d,
                     Err(e) => {
                         results.push(Err(e));
                         continue;
                     }
+                };
+                let (current, mut logs) = match decoded {
+                    None => (0, Default::default()),
+                    Some(d) => (d.version, d.logs),
                 };
                 if current != *expected {
                     results.push(Err(StoreError::Conflict { current }));
@@ -439,31 +446,23 @@ fn apply_all(
                 }
                 let version = expected + 1;
                 // The logs, by difference: drop from the front, append at the back.
-                for (n, (write, (first, next))) in
-                    snapshot.logs.iter().zip(bounds.iter_mut()).enumerate()
-                {
-                    let (drop_front, items) = match write {
-                        LogWrite::Append { drop_front, items } => (*drop_front as u64, items),
-                        LogWrite::Replace(items) => (u64::MAX, items),
+                for (log, write) in logs.iter_mut().zip(&snapshot.logs) {
+                    let items = match write {
+                        LogWrite::Append { drop_front, items } => {
+                            log.drain(..(*drop_front).min(log.len()));
+                            items
+                        }
+                        LogWrite::Replace(items) => {
+                            log.clear();
+                            items
+                        }
                     };
-                    let dropped_to = first.saturating_add(drop_front).min(*next);
-                    for seq in *first..dropped_to {
-                        log_items
-                            .remove(&log_item_key(&contact, n, seq))
-                            .map_err(map_err)?;
-                    }
-                    *first = dropped_to;
-                    for item in items {
-                        log_items
-                            .insert(&log_item_key(&contact, n, *next), item.as_slice())
-                            .map_err(map_err)?;
-                        *next += 1;
-                    }
+                    log.extend(items.iter().map(Vec::as_slice));
                 }
                 snapshots
                     .insert(
                         &contact,
-                        encode_snapshot(version, &bounds, &snapshot.head).as_slice(),
+                        encode_snapshot(version, &logs, &snapshot.head).as_slice(),
                     )
                     .map_err(map_err)?;
 
@@ -549,20 +548,12 @@ impl Store for EmbeddedStore {
             let Some(raw) = table.get(&contact_bytes(&key)).map_err(map_err)? else {
                 return Ok(None);
             };
-            let contact = contact_bytes(&key);
             let Decoded {
                 version,
-                bounds,
+                logs,
                 head,
             } = decode_snapshot(&key, raw.value())?;
-            let items = txn.open_table(LOG_ITEMS).map_err(map_err)?;
-            let mut logs: [Vec<Vec<u8>>; LOGS] = Default::default();
-            for (n, (first, next)) in bounds.into_iter().enumerate() {
-                let range = log_item_key(&contact, n, first)..log_item_key(&contact, n, next);
-                for item in items.range(range).map_err(map_err)? {
-                    logs[n].push(item.map_err(map_err)?.1.value().to_vec());
-                }
-            }
+            let logs = logs.map(|log| log.into_iter().map(<[u8]>::to_vec).collect());
             Ok(Some(StoredSnapshot {
                 version,
                 data: head.to_vec(),
@@ -708,18 +699,21 @@ mod tests {
         let mut raw = 5u64.to_be_bytes().to_vec();
         raw.extend_from_slice(b"{}");
         let old = decode_snapshot(&key, &raw).unwrap();
-        assert_eq!(
-            (old.version, old.bounds, old.head),
-            (5, [(0, 0); LOGS], &b"{}"[..])
-        );
-        // With logs: the bounds between the version and the head, cut short is corrupt.
-        let bounds = [(1, 4), (0, 0), (7, 107)];
-        let raw = encode_snapshot(6, &bounds, b"x");
+        assert_eq!((old.version, old.head), (5, &b"{}"[..]));
+        assert!(old.logs.iter().all(Vec::is_empty));
+        // With logs: between the version and the head; cut short is corrupt.
+        let logs: [Vec<&[u8]>; LOGS] = [vec![b"a", b""], vec![], vec![b"t1"]];
+        let raw = encode_snapshot(6, &logs, b"x");
         let new = decode_snapshot(&key, &raw).unwrap();
-        assert_eq!((new.version, new.bounds, new.head), (6, bounds, &b"x"[..]));
-        assert!(matches!(
-            decode_snapshot(&key, &raw[..20]),
-            Err(StoreError::Corrupt(_))
-        ));
+        assert_eq!((new.version, &new.logs, new.head), (6, &logs, &b"x"[..]));
+        for cut in [9, 12, 20, raw.len() - 3] {
+            assert!(
+                matches!(
+                    decode_snapshot(&key, &raw[..cut]),
+                    Err(StoreError::Corrupt(_))
+                ),
+                "cut at {cut}"
+            );
+        }
     }
 }

@@ -129,26 +129,32 @@ if cur ~= tonumber(ARGV[1]) then
   return {0, cur}
 end
 local nextv = cur + 1
+-- The logs first: a failing command stops the script before the version moves. Each log:
+-- mode ('a' append, 'r' replace), items to drop from the front, items to push. A first write
+-- starts from empty logs whatever lists a deleted snapshot left behind.
+local a = 6
+for i = 2, #KEYS do
+  local mode, drop, n = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  a = a + 3
+  if mode == 'r' or cur == 0 then
+    redis.call('DEL', KEYS[i])
+  elseif drop > 0 then
+    redis.call('LTRIM', KEYS[i], drop, -1)
+  end
+  -- In chunks: unpack is bounded by Lua's stack.
+  local from = a
+  while from < a + n do
+    local to = math.min(from + 999, a + n - 1)
+    redis.call('RPUSH', KEYS[i], unpack(ARGV, from, to))
+    from = to + 1
+  end
+  a = a + n
+end
 redis.call('HSET', KEYS[1], 'v', nextv, 'd', ARGV[2], 'o', ARGV[4], 'p', ARGV[5])
 if ARGV[3] == '' then
   redis.call('HDEL', KEYS[1], 'w')
 else
   redis.call('HSET', KEYS[1], 'w', ARGV[3])
-end
--- Each log: mode ('a' append, 'r' replace), items to drop from the front, items to push.
-local a = 6
-for i = 2, #KEYS do
-  local mode, drop, n = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  a = a + 3
-  if mode == 'r' then
-    redis.call('DEL', KEYS[i])
-  elseif drop > 0 then
-    redis.call('LTRIM', KEYS[i], drop, -1)
-  end
-  if n > 0 then
-    redis.call('RPUSH', KEYS[i], unpack(ARGV, a, a + n - 1))
-  end
-  a = a + n
 end
 return {1, nextv}
 ";
