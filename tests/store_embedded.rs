@@ -14,6 +14,7 @@ use conversa::store::embedded::EmbeddedStore;
 use conversa::store::{IndexUpdate, Store, StoreError};
 use conversa_actors::contact::ContactKey;
 use conversa_actors::phase::PhaseName;
+use conversa_actors::store::conformance;
 
 fn index(wake_at: Option<u64>, outbox_pending: bool, phase: &str) -> IndexUpdate {
     IndexUpdate {
@@ -403,7 +404,6 @@ async fn save_throughput() {
 /// whole JSON document. It loads as it is, and its first save moves its parts into the logs.
 #[tokio::test]
 async fn a_snapshot_from_before_the_logs_loads_and_moves_into_them() {
-    use conversa_actors::Conversation;
     let dir = tempfile::tempdir().unwrap();
     let old = include_bytes!("../actors/tests/fixtures/snapshot-before-logs.json");
     let key = ContactKey::new(0, 4242);
@@ -425,24 +425,5 @@ async fn a_snapshot_from_before_the_logs_loads_and_moves_into_them() {
         txn.commit().unwrap();
     }
     let store = EmbeddedStore::open(dir.path()).unwrap();
-    let stored = store.load(&key).await.unwrap().expect("the old snapshot");
-    assert_eq!((stored.version, stored.data.as_slice()), (3, &old[..]));
-    assert!(stored.logs.iter().all(Vec::is_empty));
-    let mut conversation = Conversation::from_snapshot(&stored).unwrap();
-    assert_eq!(conversation.pending().len(), 3);
-
-    let write = conversation.to_snapshot().unwrap();
-    store
-        .write(&key, 3, &write, &index(None, false, "bot_active"))
-        .await
-        .unwrap();
-    conversation.saved(&write);
-    let stored = store.load(&key).await.unwrap().unwrap();
-    assert_eq!(stored.version, 4);
-    assert!(
-        stored.logs.iter().all(|log| log.len() == 3),
-        "{:?}",
-        stored.logs
-    );
-    assert_eq!(Conversation::from_snapshot(&stored).unwrap(), conversation);
+    conformance::an_old_snapshot_moves_into_the_logs(&store, &key, 3, old).await;
 }

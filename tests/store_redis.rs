@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use conversa::store::redis::{RedisSettings, RedisStore};
 use conversa::store::{IndexUpdate, Store, StoreError};
-use conversa_actors::Conversation;
 use conversa_actors::contact::ContactKey;
 use conversa_actors::phase::PhaseName;
+use conversa_actors::store::conformance;
 use support::redis_server::{RedisServer, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -146,26 +146,7 @@ async fn a_snapshot_from_before_the_logs_loads_and_moves_into_them() {
         .await
         .unwrap();
 
-    let stored = store.load(&key).await.unwrap().expect("the old snapshot");
-    assert_eq!((stored.version, stored.data.as_slice()), (3, &old[..]));
-    assert!(stored.logs.iter().all(Vec::is_empty));
-    let mut conversation = Conversation::from_snapshot(&stored).unwrap();
-    assert_eq!(conversation.pending().len(), 3);
-
-    let write = conversation.to_snapshot().unwrap();
-    store
-        .write(&key, 3, &write, &index(None, false, "bot_active"))
-        .await
-        .unwrap();
-    conversation.saved(&write);
-    let stored = store.load(&key).await.unwrap().unwrap();
-    assert_eq!(stored.version, 4);
-    assert!(
-        stored.logs.iter().all(|log| log.len() == 3),
-        "{:?}",
-        stored.logs
-    );
-    assert_eq!(Conversation::from_snapshot(&stored).unwrap(), conversation);
+    conformance::an_old_snapshot_moves_into_the_logs(&store, &key, 3, old).await;
     let lengths: (usize, usize, usize) = redis::pipe()
         .cmd("LLEN")
         .arg("conversa:{0:4242}:log0")

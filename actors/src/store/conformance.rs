@@ -414,3 +414,41 @@ async fn logs_change_by_difference(store: &dyn Store) {
     let snap = store.load(&key).await.unwrap().unwrap();
     assert_eq!(snap.logs[0], many);
 }
+
+/// A snapshot stored in the one-document format of before the logs (version `version`, the
+/// document `old`, no logs; the caller wrote it the way its backend did) loads as it is, reads
+/// as a conversation, and its first save moves its parts into the logs.
+pub async fn an_old_snapshot_moves_into_the_logs(
+    store: &dyn Store,
+    key: &ContactKey,
+    version: u64,
+    old: &[u8],
+) {
+    use crate::conversation::Conversation;
+    let stored = store.load(key).await.unwrap().expect("the old snapshot");
+    assert_eq!((stored.version, stored.data.as_slice()), (version, old));
+    assert!(stored.logs.iter().all(Vec::is_empty));
+    let mut conversation = Conversation::from_snapshot(&stored).unwrap();
+    let parts = [
+        conversation.pending().len(),
+        conversation.seen().len(),
+        conversation.timeline().len(),
+    ];
+    assert!(
+        parts.iter().all(|n| *n > 0),
+        "an old snapshot with every part: {parts:?}"
+    );
+
+    let write = conversation.to_snapshot().unwrap();
+    let phase = conversation.phase().kind();
+    store
+        .write(key, version, &write, &index(None, false, phase.as_str()))
+        .await
+        .unwrap();
+    conversation.saved(&write);
+    let stored = store.load(key).await.unwrap().unwrap();
+    assert_eq!(stored.version, version + 1);
+    let held = stored.logs.each_ref().map(Vec::len);
+    assert_eq!(held, parts, "every part moved into its log");
+    assert_eq!(Conversation::from_snapshot(&stored).unwrap(), conversation);
+}
