@@ -61,15 +61,6 @@ impl LogWrite {
         drop_front: 0,
         items: Vec::new(),
     };
-
-    /// Bytes of items this write carries.
-    pub fn bytes(&self) -> usize {
-        match self {
-            LogWrite::Append { items, .. } | LogWrite::Replace(items) => {
-                items.iter().map(Vec::len).sum()
-            }
-        }
-    }
 }
 
 /// One save: the new head and what changes in each log.
@@ -86,11 +77,6 @@ impl SnapshotWrite {
             head: head.to_vec(),
             logs: [LogWrite::UNCHANGED; LOGS],
         }
-    }
-
-    /// Bytes this save writes (head and log items).
-    pub fn bytes(&self) -> usize {
-        self.head.len() + self.logs.iter().map(LogWrite::bytes).sum::<usize>()
     }
 }
 
