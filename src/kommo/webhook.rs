@@ -248,16 +248,21 @@ pub fn parse(body: &[u8]) -> Result<Webhook, ParseError> {
 }
 
 /// Parses an `application/x-www-form-urlencoded` body with PHP bracket keys.
+///
+/// Borrowed: a key is split at its brackets while still encoded (Kommo percent-encodes them,
+/// `message%5Badd%5D…`) and each segment is decoded on its own, so the tree borrows from the
+/// body wherever a segment or value holds nothing to decode. The result is the same as
+/// decoding the whole key first and splitting it then (a test holds the two side by side).
 pub fn parse_form(body: &[u8]) -> Result<Webhook, ParseError> {
     let mut root = Map::new();
-    for (count, (key, value)) in form_urlencoded::parse(body).enumerate() {
+    for (count, (key, value)) in form_pairs(body).enumerate() {
         if count >= MAX_PAIRS {
             return Err(ParseError::new(
-                key,
+                form_decode(key),
                 format!("too many pairs (more than {MAX_PAIRS})"),
             ));
         }
-        insert_pair(&mut root, key, value)?;
+        insert_pair(&mut root, key, form_decode(value))?;
     }
     extract(&root)
 }
@@ -308,68 +313,114 @@ impl<'a> Node<'a> {
     }
 }
 
-/// The byte ranges of a key's segments: `a[b][c]` → `a`, `b`, `c`.
-fn split_key(key: &str, out: &mut [(usize, usize); MAX_DEPTH]) -> Option<usize> {
-    let bytes = key.as_bytes();
-    let name_end = key.find('[').unwrap_or(key.len());
-    out[0] = (0, name_end);
+/// The pairs of a form body, still encoded: split at `&` (empty pieces skipped), then at the
+/// first `=` (no `=`: an empty value), as `form_urlencoded::parse` does.
+fn form_pairs(body: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    body.split(|&b| b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.iter().position(|&b| b == b'=') {
+            Some(at) => (&pair[..at], &pair[at + 1..]),
+            None => (pair, &pair[pair.len()..]),
+        })
+}
+
+/// Form-decodes `raw` (`+` is a space, `%XX` a byte, invalid UTF-8 replaced), borrowing when
+/// there is nothing to decode.
+fn form_decode(raw: &[u8]) -> Cow<'_, str> {
+    if !raw.iter().any(|&b| b == b'%' || b == b'+') {
+        return String::from_utf8_lossy(raw);
+    }
+    let spaced: Vec<u8> = raw
+        .iter()
+        .map(|&b| if b == b'+' { b' ' } else { b })
+        .collect();
+    let bytes: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
+    match String::from_utf8(bytes) {
+        Ok(text) => Cow::Owned(text),
+        Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    }
+}
+
+/// The byte `raw[at..]` decodes to first, and how many raw bytes it takes (`%XX` three).
+fn decoded_byte(raw: &[u8], at: usize) -> (u8, usize) {
+    let hex = |b: u8| char::from(b).to_digit(16);
+    if raw[at] == b'%'
+        && let (Some(hi), Some(lo)) = (
+            raw.get(at + 1).copied().and_then(hex),
+            raw.get(at + 2).copied().and_then(hex),
+        )
+    {
+        return ((hi * 16 + lo) as u8, 3);
+    }
+    (raw[at], 1)
+}
+
+/// The raw byte ranges of an encoded key's segments, as its decoded form would split:
+/// `a[b][c]` and `a%5Bb%5D%5Bc%5D` → `a`, `b`, `c`. The name runs to the first `[`; then each
+/// `[…]` is a segment, an unclosed `[` ends the key, and so does anything but `[` after a `]`.
+/// `None` past [`MAX_DEPTH`] segments.
+fn split_key(key: &[u8], out: &mut [(usize, usize); MAX_DEPTH]) -> Option<usize> {
+    let next = |from: usize, want: u8| {
+        let mut at = from;
+        while at < key.len() {
+            let (byte, len) = decoded_byte(key, at);
+            if byte == want {
+                return Some((at, len));
+            }
+            at += len;
+        }
+        None
+    };
+    let Some((mut open, mut open_len)) = next(0, b'[') else {
+        out[0] = (0, key.len());
+        return Some(1);
+    };
+    out[0] = (0, open);
     let mut n = 1;
-    let mut pos = name_end;
-    while bytes.get(pos) == Some(&b'[') {
-        let start = pos + 1;
-        let Some(len) = bytes
-            .get(start..)
-            .and_then(|rest| rest.iter().position(|&b| b == b']'))
-        else {
+    loop {
+        let start = open + open_len;
+        let Some((close, close_len)) = next(start, b']') else {
             break; // unclosed `[`: ignore the rest
         };
         if n == MAX_DEPTH {
             return None;
         }
-        out[n] = (start, start + len);
+        out[n] = (start, close);
         n += 1;
-        pos = start + len + 1;
+        let after = close + close_len;
+        if after >= key.len() || decoded_byte(key, after).0 != b'[' {
+            break;
+        }
+        (open, open_len) = (after, decoded_byte(key, after).1);
     }
     Some(n)
 }
 
-/// A segment of `key` with the key's lifetime: borrowed when the key is, owned otherwise.
-fn segment<'a>(key: &Cow<'a, str>, (start, end): (usize, usize)) -> Cow<'a, str> {
-    match key {
-        Cow::Borrowed(s) => Cow::Borrowed(s.get(start..end).unwrap_or("")),
-        Cow::Owned(s) => Cow::Owned(s.get(start..end).unwrap_or("").to_owned()),
-    }
-}
-
 fn insert_pair<'a>(
     root: &mut Map<'a>,
-    key: Cow<'a, str>,
+    key: &'a [u8],
     value: Cow<'a, str>,
 ) -> Result<(), ParseError> {
     let mut ranges = [(0, 0); MAX_DEPTH];
-    let Some(n) = split_key(&key, &mut ranges) else {
+    let Some(n) = split_key(key, &mut ranges) else {
         return Err(ParseError::new(
-            key,
+            form_decode(key),
             format!("nested too deep (more than {MAX_DEPTH} levels)"),
         ));
     };
     if ranges[0].0 == ranges[0].1 {
         return Ok(()); // no name: PHP drops such pairs
     }
-    let text = |r: (usize, usize)| key.get(r.0..r.1).unwrap_or("");
-    if n == 2 && text(ranges[0]) == "account" && text(ranges[1]) == "id" {
+    let segment = |(start, end): (usize, usize)| form_decode(&key[start..end]);
+    if n == 2 && segment(ranges[0]) == "account" && segment(ranges[1]) == "id" {
         // Every `account[id]` given must be an id, not only the one that stays in the tree.
         account_id(&value)?;
     }
     let mut map = root;
     for &r in &ranges[..n - 1] {
-        let name = text(r);
-        if !map.contains_key(name) {
-            map.insert(segment(&key, r), Node::Map(Map::new()));
-        }
-        let Some(node) = map.get_mut(name) else {
-            return Ok(()); // unreachable: inserted above
-        };
+        let node = map
+            .entry(segment(r))
+            .or_insert_with(|| Node::Map(Map::new()));
         if let Node::Leaf(_) = node {
             *node = Node::Map(Map::new()); // `a=1&a[b]=2`: the later, deeper key wins
         }
@@ -378,14 +429,16 @@ fn insert_pair<'a>(
             Node::Leaf(_) => return Ok(()),
         };
     }
-    let last = ranges[n - 1];
-    match map.get_mut(text(last)) {
+    match map.entry(segment(ranges[n - 1])) {
         // Duplicates: the last one wins (PHP), but a value never replaces a deeper key
         // (`a[b]=1&a=2` keeps `a[b]`), so what a body holds does not depend on its order.
-        Some(node @ Node::Leaf(_)) => *node = Node::Leaf(value),
-        Some(Node::Map(_)) => {}
-        None => {
-            map.insert(segment(&key, last), Node::Leaf(value));
+        std::collections::btree_map::Entry::Occupied(mut found) => {
+            if let Node::Leaf(_) = found.get() {
+                found.insert(Node::Leaf(value));
+            }
+        }
+        std::collections::btree_map::Entry::Vacant(slot) => {
+            slot.insert(Node::Leaf(value));
         }
     }
     Ok(())
@@ -1003,13 +1056,84 @@ mod tests {
     use super::*;
 
     fn keys(body: &str) -> Vec<Vec<String>> {
-        form_urlencoded::parse(body.as_bytes())
+        form_pairs(body.as_bytes())
             .map(|(k, _)| {
                 let mut r = [(0, 0); MAX_DEPTH];
-                let n = split_key(&k, &mut r).unwrap_or(0);
-                r[..n].iter().map(|&(a, b)| k[a..b].to_owned()).collect()
+                let n = split_key(k, &mut r).unwrap_or(0);
+                r[..n]
+                    .iter()
+                    .map(|&(a, b)| form_decode(&k[a..b]).into_owned())
+                    .collect()
             })
             .collect()
+    }
+
+    /// The reference the borrowed parser must agree with: decode the whole key, then split it
+    /// at its brackets (what the parser did before it borrowed).
+    fn decode_then_split(body: &str) -> Vec<(Option<Vec<String>>, String)> {
+        form_urlencoded::parse(body.as_bytes())
+            .map(|(key, value)| {
+                let segments = (|| {
+                    let name_end = key.find('[').unwrap_or(key.len());
+                    let mut out = vec![key[..name_end].to_owned()];
+                    let mut pos = name_end;
+                    while key[pos..].starts_with('[') {
+                        let Some(len) = key[pos + 1..].find(']') else {
+                            break;
+                        };
+                        if out.len() == MAX_DEPTH {
+                            return None;
+                        }
+                        out.push(key[pos + 1..pos + 1 + len].to_owned());
+                        pos += len + 2;
+                    }
+                    Some(out)
+                })();
+                (segments, value.into_owned())
+            })
+            .collect()
+    }
+
+    fn split_borrowed(body: &str) -> Vec<(Option<Vec<String>>, String)> {
+        form_pairs(body.as_bytes())
+            .map(|(k, v)| {
+                let mut r = [(0, 0); MAX_DEPTH];
+                let segments = split_key(k, &mut r).map(|n| {
+                    r[..n]
+                        .iter()
+                        .map(|&(a, b)| form_decode(&k[a..b]).into_owned())
+                        .collect()
+                });
+                (segments, form_decode(v).into_owned())
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn splitting_encoded_keys_agrees_with_decoding_first(
+            pieces in proptest::collection::vec(proptest::sample::select(vec![
+                "a", "id", "0", "[", "]", "%5B", "%5b", "%5D", "%5d", "%", "%5", "%%5B", "+",
+                "%2B", "%20", "%C3%A1", "%C3", "%FF", "=", "&", "%3D", "%26", "é", "[x]",
+            ]), 0..40),
+        ) {
+            let body = pieces.concat();
+            proptest::prop_assert_eq!(split_borrowed(&body), decode_then_split(&body));
+        }
+    }
+
+    #[test]
+    fn a_body_without_escapes_is_parsed_without_copies() {
+        let body = b"message[add][0][id]=m1&message[add][0][text]=hello";
+        let (key, value) = form_pairs(body).next().unwrap();
+        let mut r = [(0, 0); MAX_DEPTH];
+        assert_eq!(split_key(key, &mut r), Some(4));
+        assert!(matches!(
+            form_decode(&key[r[3].0..r[3].1]),
+            Cow::Borrowed("id")
+        ));
+        assert!(matches!(form_decode(value), Cow::Borrowed("m1")));
+        assert!(matches!(form_decode(b"a%5B"), Cow::Owned(_)));
     }
 
     #[test]

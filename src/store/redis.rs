@@ -150,11 +150,11 @@ for i = 2, #KEYS do
   end
   a = a + n
 end
-redis.call('HSET', KEYS[1], 'v', nextv, 'd', ARGV[2], 'o', ARGV[4], 'p', ARGV[5])
 if ARGV[3] == '' then
+  redis.call('HSET', KEYS[1], 'v', nextv, 'd', ARGV[2], 'o', ARGV[4], 'p', ARGV[5])
   redis.call('HDEL', KEYS[1], 'w')
 else
-  redis.call('HSET', KEYS[1], 'w', ARGV[3])
+  redis.call('HSET', KEYS[1], 'v', nextv, 'd', ARGV[2], 'o', ARGV[4], 'p', ARGV[5], 'w', ARGV[3])
 end
 return {1, nextv}
 ";
