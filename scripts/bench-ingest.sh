@@ -5,6 +5,7 @@
 #   plus webhook → dispatch latency at a fixed 1 000 webhooks/s on Redis.
 #
 #   scripts/bench-ingest.sh [runs=5] [duration=5s] [connections=64] [contacts=10000]
+#   ONLY="redis-rate1000" scripts/bench-ingest.sh 3 10s     # some configurations only
 #
 # Needs: cargo build --release -p conversa -p loadgen ; redis-server and python3 on PATH.
 # Each run gets a fresh engine and a fresh Redis / data dir (project redis.conf: AOF everysec).
@@ -12,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-5}; dur=${2:-5s}; conns=${3:-64}; contacts=${4:-10000}
-bin=target/release
+bin=${BIN:-target/release}
 out=${BENCH_OUT:-$(mktemp -d)}
 mkdir -p "$out"
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
@@ -22,7 +23,9 @@ one() { # config-name store(redis|embedded) dispatch(0|1) -- loadgen args
   local work port sink rport eng rpid=""
   work=$(mktemp -d); port=$(free_port); sink=$(free_port)
   local env=(PORT="$port" LOG_FORMAT=json RUST_LOG=warn DEBOUNCE_MS=0)
-  [ "$dispatch" = 1 ] && env+=(N8N_WEBHOOK_URL="http://127.0.0.1:$sink/webhook/conversa")
+  case " ${ONLY:-$name} " in *" $name "*) ;; *) return 0;; esac
+  [ "$dispatch" = 1 ] && env+=(N8N_WEBHOOK_URL="http://127.0.0.1:$sink/webhook/conversa"
+    PUBLIC_URL="http://127.0.0.1:$port")
   if [ "$store" = redis ]; then
     rport=$(free_port)
     redis-server redis.conf --port "$rport" --bind 127.0.0.1 --dir "$work" --daemonize yes \

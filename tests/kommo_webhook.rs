@@ -838,6 +838,9 @@ fn too_many_pairs() {
     let e = err_form(&body.join("&"));
     assert_eq!(e.key, format!("x{MAX_PAIRS}"));
     assert!(e.message.contains("too many"), "{e}");
+    // A blank key past the limit names nothing: the body is named instead.
+    let blank = format!("{}&=1", body[..MAX_PAIRS].join("&"));
+    assert_eq!(err_form(&blank).key, "body");
     // Exactly MAX_PAIRS pairs are fine.
     let body = body[..MAX_PAIRS].join("&");
     assert_eq!(

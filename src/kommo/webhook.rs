@@ -257,8 +257,14 @@ pub fn parse_form(body: &[u8]) -> Result<Webhook, ParseError> {
     let mut root = Map::new();
     for (count, (key, value)) in form_pairs(body).enumerate() {
         if count >= MAX_PAIRS {
+            // Named by the first pair past the limit, or `body` when that key is blank.
+            let key = if key.is_empty() {
+                "body".into()
+            } else {
+                form_decode(key)
+            };
             return Err(ParseError::new(
-                form_decode(key),
+                key,
                 format!("too many pairs (more than {MAX_PAIRS})"),
             ));
         }
@@ -327,7 +333,7 @@ fn form_pairs(body: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
 /// Form-decodes `raw` (`+` is a space, `%XX` a byte, invalid UTF-8 replaced), borrowing when
 /// there is nothing to decode.
 fn form_decode(raw: &[u8]) -> Cow<'_, str> {
-    if !raw.iter().any(|&b| b == b'%' || b == b'+') {
+    if memchr::memchr2(b'%', b'+', raw).is_none() {
         return String::from_utf8_lossy(raw);
     }
     let spaced: Vec<u8> = raw
@@ -360,9 +366,12 @@ fn decoded_byte(raw: &[u8], at: usize) -> (u8, usize) {
 /// `[…]` is a segment, an unclosed `[` ends the key, and so does anything but `[` after a `]`.
 /// `None` past [`MAX_DEPTH`] segments.
 fn split_key(key: &[u8], out: &mut [(usize, usize); MAX_DEPTH]) -> Option<usize> {
+    // The first `want`, raw or escaped, from `from` on. Bytes other than `want` and `%` decode
+    // to themselves one by one, so jumping over them keeps in step with a decoder.
     let next = |from: usize, want: u8| {
         let mut at = from;
-        while at < key.len() {
+        while let Some(found) = memchr::memchr2(want, b'%', &key[at..]) {
+            at += found;
             let (byte, len) = decoded_byte(key, at);
             if byte == want {
                 return Some((at, len));
