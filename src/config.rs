@@ -98,7 +98,8 @@ pub struct Config {
     #[arg(long, env = "KOMMO_REFRESH_TOKEN", hide_env_values = true)]
     pub kommo_refresh_token: Option<String>,
 
-    /// Kommo calls per second for this account (at most 7, Kommo's limit).
+    /// Kommo calls per second for this account (at most 7, Kommo's limit), all engine nodes on
+    /// one Redis together.
     #[arg(long, env = "KOMMO_MAX_RPS", default_value_t = 7)]
     pub kommo_max_rps: u32,
 

@@ -287,6 +287,11 @@ impl TokenManager {
         &self.shared.http
     }
 
+    /// The store the tokens live in (the client's shared request schedule lives there too).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+
     pub fn settings(&self) -> &OAuthSettings {
         &self.shared.settings
     }

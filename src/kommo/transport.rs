@@ -14,9 +14,15 @@
 //!   second *at the server*. The margin gives 7 × 15 ms = 105 ms of tolerance for the cost of
 //!   ≈ 6.4 req/s. A larger burst would be worse: GCRA with burst `b` admits `b` requests at once
 //!   *plus* the steady rate, i.e. up to `b + 6` in a second. The token is fetched *after* the
-//!   permit, so callers that queued behind a refresh use the new token. `max_rps` is capped at 7;
-//!   with several engine nodes on one account, give each `7 / nodes` (the limiter is per
-//!   process). Waits are counted ([`KommoClient::limiter_waits`]).
+//!   permit, so callers that queued behind a refresh use the new token. `max_rps` is capped at 7.
+//!   Waits are counted ([`KommoClient::limiter_waits`]).
+//! * **One budget for all nodes.** With a store other processes share (Redis), the turns come
+//!   from one schedule per account in that store instead
+//!   ([`take_turn`](crate::store::Store::take_turn): slots one period apart by Redis's clock,
+//!   the same period and margin), so any number of engine nodes together keep to 7 requests a
+//!   second. If the store cannot be reached, each node keeps to its share (`share_period`:
+//!   `⌊7 / nodes⌋` a second, for the nodes it last saw taking turns within a minute) with a
+//!   local limiter, until the store answers again.
 //! * **429** (an HTML page, no `Retry-After`): exponential backoff with jitter (`backon`; 5
 //!   attempts, base 500 ms, each delay capped at 8 s), every attempt going through the limiter
 //!   again. Still 429 after that → [`KommoError::RateLimited`].
@@ -134,17 +140,45 @@ fn endpoint_label(method: &Method, path: &str) -> String {
 static LIMITERS: LazyLock<DashMap<String, Arc<DefaultDirectRateLimiter>>> =
     LazyLock::new(DashMap::new);
 
-fn limiter_for(key: &str, max_rps: u32) -> Arc<DefaultDirectRateLimiter> {
+fn limiter_for(key: &str, period: Duration) -> Arc<DefaultDirectRateLimiter> {
     LIMITERS
         .entry(key.to_owned())
-        .or_insert_with(|| {
-            let period = Duration::from_secs(1) / max_rps + LIMITER_MARGIN;
-            let quota = Quota::with_period(period)
-                .expect("non-zero period")
-                .allow_burst(NonZeroU32::MIN);
-            Arc::new(RateLimiter::direct(quota))
-        })
+        .or_insert_with(|| limiter(period))
         .clone()
+}
+
+/// Permits `period` apart, burst 1 (see the module docs).
+fn limiter(period: Duration) -> Arc<DefaultDirectRateLimiter> {
+    let quota = Quota::with_period(period)
+        .expect("non-zero period")
+        .allow_burst(NonZeroU32::MIN);
+    Arc::new(RateLimiter::direct(quota))
+}
+
+/// The spacing that keeps `nodes` nodes, each on its own limiter, within `max_rps` requests
+/// in any one-second window: each may send `k = max_rps / nodes` (rounded down) in a window,
+/// which a limiter spaced `1 s / k` plus the margin ensures (so 3 nodes get 2 each, not 7/3,
+/// which would let each send 3 in some window). With more nodes than `max_rps` no spacing of
+/// their own can promise it; each then sends one every `nodes / max_rps` seconds.
+fn share_period(max_rps: u32, nodes: u32) -> Duration {
+    let (max_rps, nodes) = (max_rps.max(1), nodes.max(1));
+    match max_rps / nodes {
+        0 => Duration::from_secs(1) * nodes / max_rps + LIMITER_MARGIN,
+        each => Duration::from_secs(1) / each + LIMITER_MARGIN,
+    }
+}
+
+/// This process's name among the nodes sharing a schedule: random, so two nodes never share it.
+fn node_name() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    format!("{}-{:016x}", std::process::id(), h.finish())
 }
 
 pub(super) struct Request {
@@ -177,8 +211,19 @@ pub(super) struct Inner {
     pub(super) tokens: TokenManager,
     pub(super) v4: Url,
     pub(super) base: Url,
+    /// This process's limiter for the account (used alone when the store is this process's).
     pub(super) limiter: Arc<DefaultDirectRateLimiter>,
     pub(super) limiter_waits: AtomicU64,
+    /// Time between two requests to the account, margin included.
+    pub(super) period: Duration,
+    /// The account's schedule in a shared store, and this node's name there.
+    pub(super) schedule: String,
+    pub(super) node: String,
+    /// Nodes seen taking turns at the last turn taken (1 before any).
+    pub(super) nodes_seen: AtomicU32,
+    /// While the shared schedule cannot be reached: this node's share of the budget, for the
+    /// node count it was made for.
+    pub(super) share: Mutex<Option<(u32, Arc<DefaultDirectRateLimiter>)>>,
     /// `Some(until)`: the circuit is open (a 403 block) until then.
     pub(super) blocked_until: Mutex<Option<Instant>>,
     /// Turns to have a request in flight ([`KommoSettings::max_concurrency`]).
@@ -213,7 +258,13 @@ impl KommoClient {
         };
         let mut settings = settings;
         settings.max_rps = max_rps;
-        let limiter = limiter_for(base.as_str(), max_rps);
+        let period = Duration::from_secs(1) / max_rps + LIMITER_MARGIN;
+        let limiter = limiter_for(base.as_str(), period);
+        let schedule = format!(
+            "kommo:{}:{}",
+            base.host_str().unwrap_or_default(),
+            base.port_or_known_default().unwrap_or_default()
+        );
         Ok(KommoClient {
             inner: Arc::new(Inner {
                 http: tokens.http().clone(),
@@ -222,6 +273,11 @@ impl KommoClient {
                 base,
                 limiter,
                 limiter_waits: AtomicU64::new(0),
+                period,
+                schedule,
+                node: node_name(),
+                nodes_seen: AtomicU32::new(1),
+                share: Mutex::new(None),
                 blocked_until: Mutex::new(None),
                 turns: tokio::sync::Semaphore::new(settings.max_concurrency.max(1)),
                 settings,
@@ -365,13 +421,57 @@ impl KommoClient {
         }
     }
 
-    /// Waits for a limiter permit, counting the waits.
+    /// Waits for this request's turn (see the module docs), counting the waits.
     async fn acquire(&self) {
-        if self.inner.limiter.check().is_err() {
-            self.inner.limiter_waits.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("conversa_kommo_limiter_waits_total").increment(1);
-            self.inner.limiter.until_ready().await;
+        let inner = &self.inner;
+        let store = inner.tokens.store();
+        match store
+            .take_turn(&inner.schedule, &inner.node, inner.period)
+            .await
+        {
+            Ok(Some(turn)) => {
+                inner.nodes_seen.store(turn.nodes.max(1), Ordering::Relaxed);
+                if !turn.wait.is_zero() {
+                    self.count_wait();
+                    tokio::time::sleep(turn.wait).await;
+                }
+            }
+            Ok(None) => self.wait_for(&inner.limiter).await,
+            Err(e) => {
+                let nodes = inner.nodes_seen.load(Ordering::Relaxed).max(1);
+                warn!(error = %e, nodes, "the shared Kommo schedule cannot be reached: this node keeps to its share");
+                let share = self.share(nodes);
+                self.wait_for(&share).await;
+            }
         }
+    }
+
+    /// This node's share of the account's budget when `nodes` share it.
+    fn share(&self, nodes: u32) -> Arc<DefaultDirectRateLimiter> {
+        let mut share = self.inner.share.lock().unwrap();
+        match &*share {
+            Some((n, limiter)) if *n == nodes => limiter.clone(),
+            _ => {
+                let made = limiter(share_period(self.inner.settings.max_rps, nodes));
+                // Its first permit is spent: a node coming off the shared schedule waits a
+                // whole share before its first request, so the switch adds no burst.
+                let _ = made.check();
+                *share = Some((nodes, made.clone()));
+                made
+            }
+        }
+    }
+
+    async fn wait_for(&self, limiter: &DefaultDirectRateLimiter) {
+        if limiter.check().is_err() {
+            self.count_wait();
+            limiter.until_ready().await;
+        }
+    }
+
+    fn count_wait(&self) {
+        self.inner.limiter_waits.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("conversa_kommo_limiter_waits_total").increment(1);
     }
 
     /// Sends one HTTP request; returns the answer and whether its body is not JSON (an HTML
@@ -488,6 +588,27 @@ impl KommoClient {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_share_keeps_the_nodes_together_within_the_budget() {
+        let ms = |d: std::time::Duration| d.as_millis();
+        assert_eq!(
+            share_period(MAX_RPS, 1),
+            Duration::from_secs(1) / 7 + LIMITER_MARGIN
+        );
+        assert_eq!(ms(share_period(MAX_RPS, 3)), 515);
+        assert_eq!(ms(share_period(MAX_RPS, 7)), 1015);
+        assert_eq!(ms(share_period(MAX_RPS, 14)), 2015);
+        // In any one-second window a node spaced `p` sends ⌊1 s / p⌋ + 1 requests at most.
+        for nodes in 1..=7 {
+            let p = share_period(MAX_RPS, nodes).as_secs_f64();
+            let per_window = (1.0 / p).floor() as u32 + 1;
+            assert!(
+                per_window * nodes <= MAX_RPS,
+                "{nodes} nodes: {per_window} each"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -7,5 +7,6 @@ pub mod embedded;
 pub mod redis;
 
 pub use conversa_actors::store::{
-    IndexUpdate, LOGS, LogWrite, SnapshotWrite, Store, StoreError, StoredSnapshot, apply_log_write,
+    IndexUpdate, LOGS, LogWrite, SnapshotWrite, Store, StoreError, StoredSnapshot, Turn,
+    apply_log_write,
 };

@@ -88,7 +88,7 @@ use conversa_actors::contact::{ContactKey, Millis};
 use conversa_actors::phase::PhaseName;
 use dashmap::DashSet;
 
-use super::{IndexUpdate, LOGS, LogWrite, SnapshotWrite, Store, StoreError, StoredSnapshot};
+use super::{IndexUpdate, LOGS, LogWrite, SnapshotWrite, Store, StoreError, StoredSnapshot, Turn};
 
 /// How the Redis backend connects. The timeouts are explicit on purpose: redis-rs's defaults
 /// turned CPU starvation into errors the HTTP layer reported as 500s.
@@ -159,6 +159,25 @@ end
 return {1, nextv}
 ";
 
+/// A turn in a shared schedule ([`Store::take_turn`]).
+///
+/// `KEYS[1]`: the schedule's next free slot (µs, Redis's clock); `KEYS[2]`: the nodes that took
+/// turns, scored by their last one. `ARGV`: period (µs), node name. Returns `{wait µs, nodes
+/// seen within the last minute}`. Redis's clock serves every node, so theirs need not agree.
+const TURN_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local free = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local slot = math.max(now, free)
+local period = tonumber(ARGV[1])
+redis.call('SET', KEYS[1], string.format('%d', slot + period),
+  'PX', math.floor((slot - now + period) / 1000) + 60000)
+redis.call('ZADD', KEYS[2], now, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 60000000)
+redis.call('PEXPIRE', KEYS[2], 120000)
+return {slot - now, redis.call('ZCARD', KEYS[2])}
+";
+
 /// How many entries one `SSCAN`/`HSCAN` step asks for at most.
 const SCAN_BATCH: usize = 1_000;
 
@@ -173,6 +192,7 @@ pub struct RedisStore {
     epoch: Instant,
     settings: RedisSettings,
     cas: Script,
+    turn: Script,
     /// Contacts whose last exact index step failed: their next save makes them exact.
     inexact: DashSet<ContactKey>,
     wake_key: String,
@@ -270,6 +290,7 @@ impl RedisStore {
             outbox_key: format!("{prefix}:outbox"),
             phases_key: format!("{prefix}:phases"),
             cas: Script::new(CAS_SCRIPT),
+            turn: Script::new(TURN_SCRIPT),
             inexact: DashSet::new(),
             settings,
         };
@@ -787,6 +808,32 @@ impl Store for RedisStore {
 
     /// `SET key value NX GET` (Redis ≥ 7.0): one atomic step that answers the value already
     /// there, if any.
+    async fn take_turn(
+        &self,
+        name: &str,
+        node: &str,
+        period: Duration,
+    ) -> Result<Option<Turn>, StoreError> {
+        // One hash tag: both keys in one slot (Redis Cluster).
+        let tag = format!("{{{}:turns:{name}}}", self.settings.key_prefix);
+        let mut invocation = self.turn.prepare_invoke();
+        invocation
+            .key(format!("{tag}:next"))
+            .key(format!("{tag}:nodes"))
+            .arg(period.as_micros() as u64)
+            .arg(node);
+        let (wait_us, nodes): (u64, u32) = self
+            .call("take turn", |mut c| {
+                let invocation = &invocation;
+                async move { invocation.invoke_async(&mut c).await }
+            })
+            .await?;
+        Ok(Some(Turn {
+            wait: Duration::from_micros(wait_us),
+            nodes: nodes.max(1),
+        }))
+    }
+
     async fn put_value_if_absent(&self, name: &str, data: &[u8]) -> Result<Vec<u8>, StoreError> {
         let cmd = ::redis::cmd("SET")
             .arg(self.value_key(name))

@@ -97,6 +97,14 @@ impl<S: Store> Store for FaultyStore<S> {
     async fn get_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.get_value(name).await
     }
+    async fn take_turn(
+        &self,
+        name: &str,
+        node: &str,
+        period: std::time::Duration,
+    ) -> Result<Option<super::Turn>, StoreError> {
+        self.inner.take_turn(name, node, period).await
+    }
     async fn put_value(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
         if self.fail_puts.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("injected".into()));

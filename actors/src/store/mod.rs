@@ -22,6 +22,8 @@
 //! backend; [`FaultyStore`], a wrapper that fails on demand; and [`conformance`], the one test
 //! suite all backends must pass. None of them ships in the service.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 
 use crate::contact::{ContactKey, Millis};
@@ -123,6 +125,15 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// A reserved turn in a schedule shared by every node on one store ([`Store::take_turn`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Turn {
+    /// How long until the reserved slot.
+    pub wait: Duration,
+    /// How many nodes took turns of this schedule within the last minute, this one included.
+    pub nodes: u32,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// `memory`, `embedded` or `redis`: shown in `/stats` and `/ready`.
@@ -185,6 +196,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Contacts with their phase, at most `limit`, in no particular order.
     async fn phases(&self, limit: usize) -> Result<Vec<(ContactKey, PhaseName)>, StoreError>;
+
+    /// A turn in the schedule `name` that every node on this store shares (one API budget for
+    /// all nodes): reserves the next free slot, slots `period` apart by the store's own clock,
+    /// and says how long to wait for it. `node` names the caller among the nodes counted in
+    /// [`Turn::nodes`]. `None` when no other process uses this store: the caller's own limiter
+    /// is then the whole schedule.
+    async fn take_turn(
+        &self,
+        name: &str,
+        node: &str,
+        period: Duration,
+    ) -> Result<Option<Turn>, StoreError> {
+        let _ = (name, node, period);
+        Ok(None)
+    }
 
     /// A small named value outside any conversation (OAuth tokens, custom sellers...).
     async fn get_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;

@@ -1,0 +1,124 @@
+//! One Kommo budget for every engine node on one Redis: three nodes (each its own Redis
+//! connection, token manager and client, as three processes would have) calling the fake Kommo
+//! at once stay within its 7 requests a second together, as the fake measures them; with Redis
+//! gone, each keeps to its share. A test binary of its own: slow (≈ 12 s at ≤ 7 req/s).
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use conversa::kommo::client::KommoClient;
+use conversa::store::Store;
+use conversa::store::redis::{RedisSettings, RedisStore};
+use support::fake_kommo::FakeKommo;
+use support::kommo_client::{client_with, manager, seed_pair, settings};
+use support::redis_server::RedisServer;
+
+async fn node(fake: &FakeKommo, redis: &RedisServer) -> KommoClient {
+    let redis_settings = RedisSettings {
+        response_timeout: Duration::from_millis(300),
+        connect_timeout: Duration::from_millis(300),
+        ..RedisSettings::default()
+    };
+    let store: Arc<dyn Store> = Arc::new(
+        RedisStore::connect(&redis.url(), redis_settings)
+            .await
+            .expect("redis"),
+    );
+    let tokens = manager(fake, store, Some(seed_pair(fake)));
+    tokens.load().await.expect("tokens");
+    client_with(tokens, settings(fake))
+}
+
+/// `calls` concurrent calls on each client; every one must succeed.
+async fn call_all(nodes: &[KommoClient], calls: usize) {
+    let mut all = Vec::new();
+    for c in nodes {
+        for _ in 0..calls {
+            let c = c.clone();
+            all.push(tokio::spawn(async move { c.account().await }));
+        }
+    }
+    for call in all {
+        call.await.unwrap().expect("every call succeeds");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_seven_requests_a_second_and_keep_to_their_share_without_redis() {
+    let mut redis = RedisServer::start();
+    let fake = FakeKommo::start().await;
+    let nodes = vec![
+        node(&fake, &redis).await,
+        node(&fake, &redis).await,
+        node(&fake, &redis).await,
+    ];
+
+    // Another node took the schedule's next 2 seconds (its slots reserved in Redis): these
+    // three wait for them, whatever their own limiters would allow.
+    let mut redis_conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let schedule = format!("{{conversa:turns:kommo:127.0.0.1:{}}}", fake.addr().port());
+    let (secs, micros): (u64, u64) = redis::cmd("TIME")
+        .query_async(&mut redis_conn)
+        .await
+        .unwrap();
+    let taken_until = secs * 1_000_000 + micros + 2_000_000;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{schedule}:next"))
+        .arg(taken_until)
+        .query_async(&mut redis_conn)
+        .await
+        .unwrap();
+    let started = Instant::now();
+
+    // 60 calls at once over three nodes: each alone would allow 7 a second.
+    call_all(&nodes, 20).await;
+    let first = fake.api_requests()[0].at;
+    assert!(
+        first >= started + Duration::from_millis(1_900),
+        "the first request waited for the other node's slots: {:?}",
+        first - started
+    );
+    let nodes_seen: u32 = redis::cmd("ZCARD")
+        .arg(format!("{schedule}:nodes"))
+        .query_async(&mut redis_conn)
+        .await
+        .unwrap();
+    assert_eq!(nodes_seen, 3);
+    let sent = fake.api_requests();
+    assert_eq!(
+        sent.len(),
+        60,
+        "one request per call: none refused (429) and retried"
+    );
+    assert!(sent.iter().all(|r| r.status == 200));
+    let max = fake.max_requests_in_any_second();
+    assert!(max <= 7, "the fake saw {max} requests within one second");
+    assert!(
+        max >= 5,
+        "the budget is used, not starved: {max} in the busiest second"
+    );
+    let waited: u64 = nodes.iter().map(KommoClient::limiter_waits).sum();
+    assert!(waited >= 50, "most calls waited for their turn: {waited}");
+
+    // Redis gone: each node keeps to a third of the budget (it saw three nodes taking turns).
+    redis.stop();
+    call_all(&nodes, 6).await;
+    let sent = fake.api_requests();
+    assert_eq!(
+        sent.len(),
+        78,
+        "one request per call: none refused (429) and retried"
+    );
+    assert!(sent.iter().all(|r| r.status == 200));
+    let max = fake.max_requests_in_any_second();
+    assert!(
+        max <= 7,
+        "without Redis the fake saw {max} requests within one second"
+    );
+}
