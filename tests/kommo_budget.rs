@@ -9,13 +9,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use conversa::kommo::client::KommoClient;
+use conversa::kommo::oauth::Tokens;
 use conversa::store::Store;
 use conversa::store::redis::{RedisSettings, RedisStore};
 use support::fake_kommo::FakeKommo;
 use support::kommo_client::{client_with, manager, seed_pair, settings};
 use support::redis_server::RedisServer;
 
-async fn node(fake: &FakeKommo, redis: &RedisServer) -> KommoClient {
+/// A node as a process of its own has it: its own Redis connection, token manager (seeded from
+/// the same environment as the others) and client.
+async fn node(fake: &FakeKommo, redis: &RedisServer, seed: &Tokens) -> KommoClient {
     let redis_settings = RedisSettings {
         response_timeout: Duration::from_millis(300),
         connect_timeout: Duration::from_millis(300),
@@ -26,7 +29,7 @@ async fn node(fake: &FakeKommo, redis: &RedisServer) -> KommoClient {
             .await
             .expect("redis"),
     );
-    let tokens = manager(fake, store, Some(seed_pair(fake)));
+    let tokens = manager(fake, store, Some(seed.clone()));
     tokens.load().await.expect("tokens");
     client_with(tokens, settings(fake))
 }
@@ -49,10 +52,11 @@ async fn call_all(nodes: &[KommoClient], calls: usize) {
 async fn three_nodes_share_seven_requests_a_second_and_keep_to_their_share_without_redis() {
     let mut redis = RedisServer::start();
     let fake = FakeKommo::start().await;
+    let seed = seed_pair(&fake);
     let nodes = vec![
-        node(&fake, &redis).await,
-        node(&fake, &redis).await,
-        node(&fake, &redis).await,
+        node(&fake, &redis, &seed).await,
+        node(&fake, &redis, &seed).await,
+        node(&fake, &redis, &seed).await,
     ];
 
     // Another node took the schedule's next 2 seconds (its slots reserved in Redis): these
@@ -121,4 +125,34 @@ async fn three_nodes_share_seven_requests_a_second_and_keep_to_their_share_witho
         max <= 7,
         "without Redis the fake saw {max} requests within one second"
     );
+}
+
+/// Kommo's refresh tokens are single use: three nodes finding the access token expired must
+/// rotate the pair once between them (the others take the stored pair), not lock the account
+/// out by presenting a dead refresh token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_with_an_expired_token_refresh_it_once() {
+    let redis = RedisServer::start();
+    let fake = FakeKommo::start().await;
+    let seed = seed_pair(&fake);
+    let nodes = vec![
+        node(&fake, &redis, &seed).await,
+        node(&fake, &redis, &seed).await,
+        node(&fake, &redis, &seed).await,
+    ];
+    fake.expire_access_token();
+    call_all(&nodes, 3).await;
+    assert_eq!(fake.refresh_count(), 1, "one refresh for the three nodes");
+    let refresh_grants = fake
+        .token_requests()
+        .iter()
+        .filter(|r| r.body.contains("refresh_token"))
+        .count();
+    assert_eq!(
+        refresh_grants, 1,
+        "no node presented the dead refresh token"
+    );
+    // Every node now holds the rotated pair: later calls need no refresh at all.
+    call_all(&nodes, 1).await;
+    assert_eq!(fake.refresh_count(), 1);
 }

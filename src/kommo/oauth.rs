@@ -23,6 +23,12 @@
 //!   `tokio::sync::Mutex`. [`TokenManager::refresh_after_401`] takes the token that was rejected:
 //!   if the current token is already a different one, somebody refreshed meanwhile and nothing is
 //!   done. So 100 callers that hit a 401 with the same token cause exactly one refresh.
+//! * **One rotation at a time across nodes.** Nodes on one Redis share the stored pair. Before
+//!   a refresh a node reads the stored record: a newer generation means another node rotated
+//!   (the refresh token in hand is dead), and that pair is taken instead. Otherwise it takes the
+//!   store's rotation lease ([`Store::try_lease`], [`ROTATION_LEASE`]), reads again, refreshes,
+//!   stores the new pair and gives the lease up; nodes that find the lease taken wait for the
+//!   new pair to appear in the store. So a token expiry on three nodes is one refresh.
 //! * **Persist before use.** A rotated pair is written with `put_value` *before* it replaces the
 //!   pair in memory. If the write fails (after a few quick retries) the pair is the only copy in
 //!   the world (the old refresh token is already dead), so it is kept in memory as *pending*, a
@@ -66,6 +72,12 @@ const TOKEN_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Quick inline attempts to persist a rotated pair before handing it to the background task.
 const INLINE_PERSIST_ATTEMPTS: u32 = 3;
+
+/// How long one node may hold the token rotation lease: a token request and the write after it.
+pub const ROTATION_LEASE: Duration = Duration::from_secs(30);
+
+/// How often a node waiting for another node's rotation looks for the new pair.
+const ROTATION_POLL: Duration = Duration::from_millis(100);
 
 /// The authorize page (docs/kommo.md, the OAuth row).
 const AUTHORIZE_URL: &str = "https://www.kommo.com/oauth";
@@ -196,6 +208,8 @@ struct Shared {
     refreshes: AtomicU64,
     refresh_requests: AtomicU64,
     persist_task: AtomicBool,
+    /// This process among the nodes taking the rotation lease.
+    node: String,
 }
 
 /// Owns the Kommo token pair of one account. Cheap to clone (shared state).
@@ -244,6 +258,7 @@ impl TokenManager {
                 refreshes: AtomicU64::new(0),
                 refresh_requests: AtomicU64::new(0),
                 persist_task: AtomicBool::new(false),
+                node: super::node_name(),
             }),
         }
     }
@@ -579,7 +594,79 @@ impl TokenManager {
         }
     }
 
+    /// Refreshes once across nodes (see the module docs), or takes the pair another node
+    /// stored meanwhile.
     async fn refresh_locked(&self, refresh_token: &str) -> Result<Tokens, KommoError> {
+        if let Some(tokens) = self.adopt_newer_locked().await? {
+            return Ok(tokens);
+        }
+        let store = &self.shared.store;
+        let lease = format!("{}:rotation", self.shared.settings.account_key);
+        let holder = &self.shared.node;
+        let waiting = Instant::now();
+        loop {
+            let held = store
+                .try_lease(&lease, holder, ROTATION_LEASE)
+                .await
+                .map_err(|e| {
+                    KommoError::TokenStore(format!("cannot take the rotation lease: {e}"))
+                })?;
+            if held {
+                break;
+            }
+            // A holder that died lets its lease expire: wait that long at most.
+            if waiting.elapsed() > ROTATION_LEASE + ROTATION_POLL {
+                return Err(KommoError::TokenStore(
+                    "another node is still rotating the Kommo tokens".into(),
+                ));
+            }
+            tokio::time::sleep(ROTATION_POLL).await;
+            if let Some(tokens) = self.adopt_newer_locked().await? {
+                return Ok(tokens);
+            }
+        }
+        // The holder before us may have finished between our read and our lease.
+        let rotated = match self.adopt_newer_locked().await {
+            Ok(Some(tokens)) => Ok(tokens),
+            Ok(None) => self.rotate_locked(refresh_token).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = store.release_lease(&lease, holder).await {
+            warn!(error = %e, "could not give the token rotation lease up (it expires by itself)");
+        }
+        rotated
+    }
+
+    /// The pair another node stored after ours (a newer generation), now ours too; `None` when
+    /// the stored record is not newer.
+    async fn adopt_newer_locked(&self) -> Result<Option<Tokens>, KommoError> {
+        let key = &self.shared.settings.account_key;
+        let stored = self
+            .shared
+            .store
+            .get_value(key)
+            .await
+            .map_err(|e| KommoError::TokenStore(format!("cannot read stored tokens: {e}")))?;
+        let Some(record) = stored.and_then(|b| serde_json::from_slice::<Record>(&b).ok()) else {
+            return Ok(None);
+        };
+        let mut current = self.shared.current.lock().unwrap();
+        if record.generation <= current.record.generation || current.pending.is_some() {
+            return Ok(None);
+        }
+        let Some(tokens) = record.tokens.clone() else {
+            return Ok(None);
+        };
+        info!(
+            generation = record.generation,
+            "Kommo tokens rotated by another node: using them"
+        );
+        current.record = record;
+        Ok(Some(tokens))
+    }
+
+    /// The refresh grant itself.
+    async fn rotate_locked(&self, refresh_token: &str) -> Result<Tokens, KommoError> {
         let s = &self.shared.settings;
         let body = serde_json::json!({
             "client_id": s.client_id,

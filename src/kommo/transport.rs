@@ -168,19 +168,6 @@ fn share_period(max_rps: u32, nodes: u32) -> Duration {
     }
 }
 
-/// This process's name among the nodes sharing a schedule: random, so two nodes never share it.
-fn node_name() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    format!("{}-{:016x}", std::process::id(), h.finish())
-}
-
 pub(super) struct Request {
     pub(super) method: Method,
     pub(super) url: Url,
@@ -275,7 +262,7 @@ impl KommoClient {
                 limiter_waits: AtomicU64::new(0),
                 period,
                 schedule,
-                node: node_name(),
+                node: super::node_name(),
                 nodes_seen: AtomicU32::new(1),
                 share: Mutex::new(None),
                 blocked_until: Mutex::new(None),

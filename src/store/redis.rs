@@ -178,6 +178,24 @@ redis.call('PEXPIRE', KEYS[2], 120000)
 return {slot - now, redis.call('ZCARD', KEYS[2])}
 ";
 
+/// Takes or renews a lease ([`Store::try_lease`]). `KEYS[1]`: the lease; `ARGV`: holder, ttl ms.
+const LEASE_SCRIPT: &str = r"
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+";
+
+/// Gives a lease up if the holder still holds it. `KEYS[1]`: the lease; `ARGV[1]`: holder.
+const RELEASE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 1
+";
+
 /// How many entries one `SSCAN`/`HSCAN` step asks for at most.
 const SCAN_BATCH: usize = 1_000;
 
@@ -193,6 +211,8 @@ pub struct RedisStore {
     settings: RedisSettings,
     cas: Script,
     turn: Script,
+    lease: Script,
+    release: Script,
     /// Contacts whose last exact index step failed: their next save makes them exact.
     inexact: DashSet<ContactKey>,
     wake_key: String,
@@ -291,6 +311,8 @@ impl RedisStore {
             phases_key: format!("{prefix}:phases"),
             cas: Script::new(CAS_SCRIPT),
             turn: Script::new(TURN_SCRIPT),
+            lease: Script::new(LEASE_SCRIPT),
+            release: Script::new(RELEASE_SCRIPT),
             inexact: DashSet::new(),
             settings,
         };
@@ -315,6 +337,10 @@ impl RedisStore {
     /// The list holding log `n` of the contact's snapshot (same hash tag as the snapshot).
     fn log_key(&self, key: &ContactKey, n: usize) -> String {
         format!("{}:{{{key}}}:log{n}", self.settings.key_prefix)
+    }
+
+    fn lease_key(&self, name: &str) -> String {
+        format!("{}:lease:{name}", self.settings.key_prefix)
     }
 
     fn value_key(&self, name: &str) -> String {
@@ -808,6 +834,33 @@ impl Store for RedisStore {
 
     /// `SET key value NX GET` (Redis ≥ 7.0): one atomic step that answers the value already
     /// there, if any.
+    async fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut invocation = self.lease.prepare_invoke();
+        invocation
+            .key(self.lease_key(name))
+            .arg(holder)
+            .arg(ttl.as_millis().max(1) as u64);
+        let held: i64 = self
+            .call("take lease", |mut c| {
+                let invocation = &invocation;
+                async move { invocation.invoke_async(&mut c).await }
+            })
+            .await?;
+        Ok(held == 1)
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let mut invocation = self.release.prepare_invoke();
+        invocation.key(self.lease_key(name)).arg(holder);
+        let _: i64 = self
+            .call("release lease", |mut c| {
+                let invocation = &invocation;
+                async move { invocation.invoke_async(&mut c).await }
+            })
+            .await?;
+        Ok(())
+    }
+
     async fn take_turn(
         &self,
         name: &str,

@@ -97,6 +97,17 @@ impl<S: Store> Store for FaultyStore<S> {
     async fn get_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.get_value(name).await
     }
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.try_lease(name, holder, ttl).await
+    }
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.inner.release_lease(name, holder).await
+    }
     async fn take_turn(
         &self,
         name: &str,

@@ -212,6 +212,21 @@ pub trait Store: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Takes the lease `name` for `holder` for `ttl` if no other holder has it, or renews it
+    /// for the same holder; `true` when `holder` holds it. For work one node at a time must do
+    /// (rotating a single-use token). A store no other process uses grants it always: its
+    /// callers serialise themselves.
+    async fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let _ = (name, holder, ttl);
+        Ok(true)
+    }
+
+    /// Gives up the lease `name` if `holder` still holds it.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let _ = (name, holder);
+        Ok(())
+    }
+
     /// A small named value outside any conversation (OAuth tokens, custom sellers...).
     async fn get_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
