@@ -156,3 +156,53 @@ async fn three_nodes_with_an_expired_token_refresh_it_once() {
     call_all(&nodes, 1).await;
     assert_eq!(fake.refresh_count(), 1);
 }
+
+/// The two primitives on a real Redis: a lease has one holder at a time (renewed by it, given
+/// up only by it, gone when it expires), and a schedule is never booked further ahead than
+/// its longest wait (5 s), so callers cancelled while they wait hold no slot beyond it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_has_one_holder_and_a_schedule_is_booked_five_seconds_ahead_at_most() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(&redis.url(), RedisSettings::default())
+        .await
+        .expect("redis");
+    let ttl = Duration::from_secs(30);
+    assert!(store.try_lease("rotation", "a", ttl).await.unwrap());
+    assert!(!store.try_lease("rotation", "b", ttl).await.unwrap());
+    assert!(
+        store.try_lease("rotation", "a", ttl).await.unwrap(),
+        "renewed"
+    );
+    store.release_lease("rotation", "b").await.unwrap();
+    assert!(
+        !store.try_lease("rotation", "b", ttl).await.unwrap(),
+        "only the holder gives it up"
+    );
+    store.release_lease("rotation", "a").await.unwrap();
+    assert!(store.try_lease("rotation", "b", ttl).await.unwrap());
+
+    assert!(
+        store
+            .try_lease("short", "a", Duration::from_millis(100))
+            .await
+            .unwrap()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !store.try_lease("short", "b", ttl).await.unwrap() {
+        assert!(Instant::now() < deadline, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let period = Duration::from_secs(1);
+    let mut turns = Vec::new();
+    for _ in 0..8 {
+        turns.push(store.take_turn("s", "n", period).await.unwrap().unwrap());
+    }
+    assert!(turns[..6].iter().all(|t| t.reserved), "{turns:?}");
+    assert!(turns[0].wait < Duration::from_millis(100), "{turns:?}");
+    assert!(turns[5].wait > Duration::from_millis(4_500), "{turns:?}");
+    assert!(!turns[6].reserved && !turns[7].reserved, "{turns:?}");
+    // Not reserved: ask again once the schedule is within reach (the 7th slot, 6 s out).
+    assert!(turns[6].wait <= Duration::from_secs(1), "{turns:?}");
+    assert_eq!(turns[7].nodes, 1);
+}

@@ -631,7 +631,10 @@ impl TokenManager {
             Ok(None) => self.rotate_locked(refresh_token).await,
             Err(e) => Err(e),
         };
-        if let Err(e) = store.release_lease(&lease, holder).await {
+        // A rotated pair not yet stored is the only live one: the lease stays (and expires by
+        // itself) so that no other node refreshes with the dead token meanwhile.
+        let undurable = self.shared.current.lock().unwrap().pending.is_some();
+        if !undurable && let Err(e) = store.release_lease(&lease, holder).await {
             warn!(error = %e, "could not give the token rotation lease up (it expires by itself)");
         }
         rotated

@@ -20,9 +20,12 @@
 //!   from one schedule per account in that store instead
 //!   ([`take_turn`](crate::store::Store::take_turn): slots one period apart by Redis's clock,
 //!   the same period and margin), so any number of engine nodes together keep to 7 requests a
-//!   second. If the store cannot be reached, each node keeps to its share (`share_period`:
-//!   `⌊7 / nodes⌋` a second, for the nodes it last saw taking turns within a minute) with a
-//!   local limiter, until the store answers again.
+//!   second. A turn is reserved at most 5 s ahead (a caller cancelled while it waits would
+//!   waste its slot); past that the caller asks again later. If the store cannot be reached,
+//!   each node keeps to its share (`share_period`: `⌊7 / nodes⌋` a second, for the nodes it
+//!   last saw taking turns within a minute) with a local limiter, until the store answers
+//!   again. Nodes that took no turn in that minute are not counted, so a Redis outage can let
+//!   idle nodes and busy ones together exceed the budget for a while.
 //! * **429** (an HTML page, no `Retry-After`): exponential backoff with jitter (`backon`; 5
 //!   attempts, base 500 ms, each delay capped at 8 s), every attempt going through the limiter
 //!   again. Still 429 after that → [`KommoError::RateLimited`].
@@ -412,23 +415,32 @@ impl KommoClient {
     async fn acquire(&self) {
         let inner = &self.inner;
         let store = inner.tokens.store();
-        match store
-            .take_turn(&inner.schedule, &inner.node, inner.period)
-            .await
-        {
-            Ok(Some(turn)) => {
-                inner.nodes_seen.store(turn.nodes.max(1), Ordering::Relaxed);
-                if !turn.wait.is_zero() {
-                    self.count_wait();
+        let mut waited = false;
+        loop {
+            match store
+                .take_turn(&inner.schedule, &inner.node, inner.period)
+                .await
+            {
+                Ok(Some(turn)) => {
+                    inner.nodes_seen.store(turn.nodes.max(1), Ordering::Relaxed);
+                    if !turn.wait.is_zero() && !waited {
+                        self.count_wait();
+                        waited = true;
+                    }
                     tokio::time::sleep(turn.wait).await;
+                    if turn.reserved {
+                        return;
+                    }
+                    // The schedule was booked too far ahead: ask again now that it is not.
+                    continue;
                 }
-            }
-            Ok(None) => self.wait_for(&inner.limiter).await,
-            Err(e) => {
-                let nodes = inner.nodes_seen.load(Ordering::Relaxed).max(1);
-                warn!(error = %e, nodes, "the shared Kommo schedule cannot be reached: this node keeps to its share");
-                let share = self.share(nodes);
-                self.wait_for(&share).await;
+                Ok(None) => return self.wait_for(&inner.limiter).await,
+                Err(e) => {
+                    let nodes = inner.nodes_seen.load(Ordering::Relaxed).max(1);
+                    warn!(error = %e, nodes, "the shared Kommo schedule cannot be reached: this node keeps to its share");
+                    let share = self.share(nodes);
+                    return self.wait_for(&share).await;
+                }
             }
         }
     }

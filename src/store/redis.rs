@@ -162,21 +162,32 @@ return {1, nextv}
 /// A turn in a shared schedule ([`Store::take_turn`]).
 ///
 /// `KEYS[1]`: the schedule's next free slot (µs, Redis's clock); `KEYS[2]`: the nodes that took
-/// turns, scored by their last one. `ARGV`: period (µs), node name. Returns `{wait µs, nodes
-/// seen within the last minute}`. Redis's clock serves every node, so theirs need not agree.
+/// turns, scored by their last one. `ARGV`: period (µs), node name, longest wait (µs). Returns
+/// `{wait µs, nodes seen within the last minute, 1 if a slot was reserved}`: with the schedule
+/// booked further ahead than the longest wait nothing is reserved (a caller that would be
+/// cancelled before its slot must not hold one) and the wait says when to ask again. Redis's
+/// clock serves every node, so theirs need not agree.
 const TURN_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local free = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 local slot = math.max(now, free)
 local period = tonumber(ARGV[1])
-redis.call('SET', KEYS[1], string.format('%d', slot + period),
-  'PX', math.floor((slot - now + period) / 1000) + 60000)
 redis.call('ZADD', KEYS[2], now, ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 60000000)
 redis.call('PEXPIRE', KEYS[2], 120000)
-return {slot - now, redis.call('ZCARD', KEYS[2])}
+local nodes = redis.call('ZCARD', KEYS[2])
+if slot - now > tonumber(ARGV[3]) then
+  return {slot - now - tonumber(ARGV[3]), nodes, 0}
+end
+redis.call('SET', KEYS[1], string.format('%d', slot + period),
+  'PX', math.floor((slot - now + period) / 1000) + 60000)
+return {slot - now, nodes, 1}
 ";
+
+/// How far ahead a turn may be reserved (see `TURN_SCRIPT`): well under the 20 s an effect may
+/// run, so a reserved turn is almost always used.
+const MAX_TURN_WAIT: Duration = Duration::from_secs(5);
 
 /// Takes or renews a lease ([`Store::try_lease`]). `KEYS[1]`: the lease; `ARGV`: holder, ttl ms.
 const LEASE_SCRIPT: &str = r"
@@ -874,8 +885,9 @@ impl Store for RedisStore {
             .key(format!("{tag}:next"))
             .key(format!("{tag}:nodes"))
             .arg(period.as_micros() as u64)
-            .arg(node);
-        let (wait_us, nodes): (u64, u32) = self
+            .arg(node)
+            .arg(MAX_TURN_WAIT.as_micros() as u64);
+        let (wait_us, nodes, reserved): (u64, u32, u8) = self
             .call("take turn", |mut c| {
                 let invocation = &invocation;
                 async move { invocation.invoke_async(&mut c).await }
@@ -884,6 +896,7 @@ impl Store for RedisStore {
         Ok(Some(Turn {
             wait: Duration::from_micros(wait_us),
             nodes: nodes.max(1),
+            reserved: reserved == 1,
         }))
     }
 

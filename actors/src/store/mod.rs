@@ -132,6 +132,9 @@ pub struct Turn {
     pub wait: Duration,
     /// How many nodes took turns of this schedule within the last minute, this one included.
     pub nodes: u32,
+    /// False when the schedule is booked too far ahead: nothing was reserved, ask again after
+    /// `wait`.
+    pub reserved: bool,
 }
 
 #[async_trait]
