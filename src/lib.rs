@@ -18,7 +18,8 @@
 //!   could not be read;
 //! * [`server`] — start-up, logging and graceful shutdown; [`serve`] — the listener (header-read
 //!   timeout, connection cap, open-file limit); [`recorder`] — the Prometheus recorder;
-//! * [`notes`] — the words of the notes left on leads (the core says which note);
+//! * [`notes`] — the words of the notes left on leads (the core says which note); [`node`] —
+//!   this process's unique names among the engine nodes;
 //! * [`reply_token`] — the per-dispatch proof a reply must carry; [`redact`] — secrets kept out of
 //!   logs and public answers, and compared in constant time; [`text`] — accent folding.
 
@@ -33,6 +34,7 @@ pub mod golive;
 pub mod http;
 pub mod kommo;
 pub mod n8n;
+pub mod node;
 pub mod notes;
 pub mod openapi;
 pub mod recorder;

@@ -48,6 +48,21 @@ async fn call_all(nodes: &[KommoClient], calls: usize) {
     }
 }
 
+/// What the fake Kommo saw: `calls` requests (one per call: none refused with 429 and
+/// retried), all answered 200, never more than 7 within one second. Returns the busiest second.
+fn within_budget(fake: &FakeKommo, calls: usize) -> usize {
+    let sent = fake.api_requests();
+    assert_eq!(
+        sent.len(),
+        calls,
+        "one request per call: none refused (429) and retried"
+    );
+    assert!(sent.iter().all(|r| r.status == 200));
+    let max = fake.max_requests_in_any_second();
+    assert!(max <= 7, "the fake saw {max} requests within one second");
+    max
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_seven_requests_a_second_and_keep_to_their_share_without_redis() {
     let mut redis = RedisServer::start();
@@ -94,15 +109,7 @@ async fn three_nodes_share_seven_requests_a_second_and_keep_to_their_share_witho
         .await
         .unwrap();
     assert_eq!(nodes_seen, 3);
-    let sent = fake.api_requests();
-    assert_eq!(
-        sent.len(),
-        60,
-        "one request per call: none refused (429) and retried"
-    );
-    assert!(sent.iter().all(|r| r.status == 200));
-    let max = fake.max_requests_in_any_second();
-    assert!(max <= 7, "the fake saw {max} requests within one second");
+    let max = within_budget(&fake, 60);
     assert!(
         max >= 5,
         "the budget is used, not starved: {max} in the busiest second"
@@ -113,18 +120,7 @@ async fn three_nodes_share_seven_requests_a_second_and_keep_to_their_share_witho
     // Redis gone: each node keeps to a third of the budget (it saw three nodes taking turns).
     redis.stop();
     call_all(&nodes, 6).await;
-    let sent = fake.api_requests();
-    assert_eq!(
-        sent.len(),
-        78,
-        "one request per call: none refused (429) and retried"
-    );
-    assert!(sent.iter().all(|r| r.status == 200));
-    let max = fake.max_requests_in_any_second();
-    assert!(
-        max <= 7,
-        "without Redis the fake saw {max} requests within one second"
-    );
+    within_budget(&fake, 78);
 }
 
 /// Kommo's refresh tokens are single use: three nodes finding the access token expired must

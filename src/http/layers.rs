@@ -6,7 +6,6 @@
 //! Authentication is applied to the whole router with a short list of public paths, so a new
 //! route is protected unless it is deliberately listed here.
 
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -113,16 +112,8 @@ struct RequestIds {
 
 impl RequestIds {
     fn new() -> Self {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos(),
-        );
-        hasher.write_u32(std::process::id());
         Self {
-            prefix: hasher.finish(),
+            prefix: crate::node::nonce(),
             next: Arc::new(AtomicU64::new(1)),
         }
     }

@@ -24,17 +24,3 @@ pub mod sources;
 pub mod transport;
 pub mod webhook;
 mod wire;
-
-/// This process's name among the engine nodes sharing one store (a request schedule, a token
-/// rotation lease): random, so two nodes never share it.
-fn node_name() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    format!("{}-{:016x}", std::process::id(), h.finish())
-}

@@ -258,7 +258,7 @@ impl TokenManager {
                 refreshes: AtomicU64::new(0),
                 refresh_requests: AtomicU64::new(0),
                 persist_task: AtomicBool::new(false),
-                node: super::node_name(),
+                node: crate::node::name(),
             }),
         }
     }

@@ -265,7 +265,7 @@ impl KommoClient {
                 limiter_waits: AtomicU64::new(0),
                 period,
                 schedule,
-                node: super::node_name(),
+                node: crate::node::name(),
                 nodes_seen: AtomicU32::new(1),
                 share: Mutex::new(None),
                 blocked_until: Mutex::new(None),
