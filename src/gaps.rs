@@ -189,7 +189,10 @@ impl GapWatch {
             .and_then(|b| std::str::from_utf8(&b).ok()?.trim().parse::<u64>().ok());
         let from = cursor.unwrap_or(self.started).max(floor);
         if until < from {
-            return Ok(None);
+            // Nothing new to read. When the shared cursor says so, the events are read up to it,
+            // by this node's last look or by another node's: the report follows the cursor (a
+            // node whose looks another node always beats would otherwise report a stale second).
+            return Ok(cursor.filter(|&c| c == from).map(|c| c - 1));
         }
         let read = self.kommo.incoming_messages(from, until).await;
         let pages = match &read {

@@ -344,6 +344,26 @@ async fn a_restart_reads_from_where_the_last_look_stopped() {
 }
 
 #[tokio::test]
+async fn a_window_another_node_read_counts_as_read() {
+    // The cursor is shared: when another node's look always comes first, this node finds
+    // nothing new to read and its report follows the cursor instead of staying behind.
+    let w = world().await;
+    let ahead = now_unix() + 3_600;
+    let mut redis = redis::Client::open(w._redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("conversa:value:gap-cursor")
+        .arg(ahead.to_string())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    checked_past(&w, ahead - 1).await;
+}
+
+#[tokio::test]
 async fn two_nodes_reading_the_same_events_report_each_message_once() {
     // Both nodes read Kommo's events; the conversation's compare-and-set in the shared store
     // decides which one reports a message: one note and one dispatch each, whichever node.
