@@ -425,7 +425,7 @@ impl Connection {
                     note: None,
                     scratch: None,
                 })),
-            Err(e) if config.redis_url.is_none() && e.to_string().contains("in use") => {
+            Err(e) if config.redis_topology().is_none() && e.to_string().contains("in use") => {
                 let scratch = std::env::temp_dir().join(format!(
                     "conversa-cli-{}-{}",
                     std::process::id(),
@@ -447,10 +447,8 @@ impl Connection {
                     scratch: Some(scratch),
                 }))
             }
-            Err(e) => Err(anyhow::anyhow!(e).context(match &config.redis_url {
-                Some(_) => {
-                    "cannot reach Redis (REDIS_URL), where the Kommo tokens are kept".to_owned()
-                }
+            Err(e) => Err(anyhow::anyhow!(e).context(match config.redis_topology() {
+                Some(_) => "cannot reach Redis, where the Kommo tokens are kept".to_owned(),
                 None => format!(
                     "cannot open the embedded store in {}",
                     config.data_dir.display()

@@ -34,6 +34,11 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// A Redis Cluster instead of one server: some of its nodes, comma-separated
+    /// (redis://10.0.0.1:6379,redis://10.0.0.2:6379). Set this or REDIS_URL, not both.
+    #[arg(long, env = "REDIS_CLUSTER_URLS", value_delimiter = ',')]
+    pub redis_cluster_urls: Vec<String>,
+
     /// Directory of the embedded store (used when REDIS_URL is unset).
     #[arg(long, env = "DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
@@ -370,12 +375,36 @@ impl Config {
             }
         }
         let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
+        if set(&self.redis_url) && !self.redis_cluster_urls.is_empty() {
+            anyhow::bail!(
+                "REDIS_URL and REDIS_CLUSTER_URLS are both set: set REDIS_URL for one Redis server, REDIS_CLUSTER_URLS for a Redis Cluster"
+            );
+        }
         if set(&self.n8n_webhook_url) && !set(&self.public_url) {
             anyhow::bail!(
                 "N8N_WEBHOOK_URL needs PUBLIC_URL: n8n calls back PUBLIC_URL/send-response with the reply"
             );
         }
         Ok(())
+    }
+
+    /// Where the Redis store is; `None`: the embedded store.
+    pub fn redis_topology(&self) -> Option<crate::store::redis::RedisTopology> {
+        use crate::store::redis::RedisTopology;
+        let nodes: Vec<String> = self
+            .redis_cluster_urls
+            .iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if !nodes.is_empty() {
+            return Some(RedisTopology::Cluster(nodes));
+        }
+        self.redis_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| RedisTopology::Single(u.to_owned()))
     }
 
     /// Public routes that answer without a credential although `API_KEY` protects the others.
@@ -575,4 +604,46 @@ pub struct Summary {
     pub n8n_shared_secret: bool,
     pub debounce_ms: u64,
     pub human_lease_minutes: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::redis::RedisTopology;
+
+    fn parse(args: &[&str]) -> Config {
+        Config::try_parse_from(std::iter::once("conversa").chain(args.iter().copied()))
+            .expect("valid flags")
+    }
+
+    #[test]
+    fn the_store_is_one_redis_a_cluster_or_embedded() {
+        assert_eq!(parse(&[]).redis_topology(), None);
+        assert_eq!(
+            parse(&["--redis-url", "redis://10.0.0.1:6379"]).redis_topology(),
+            Some(RedisTopology::Single("redis://10.0.0.1:6379".into()))
+        );
+        assert_eq!(
+            parse(&[
+                "--redis-cluster-urls",
+                "redis://10.0.0.1:6379, redis://10.0.0.2:6379"
+            ])
+            .redis_topology(),
+            Some(RedisTopology::Cluster(vec![
+                "redis://10.0.0.1:6379".into(),
+                "redis://10.0.0.2:6379".into()
+            ]))
+        );
+        let both = parse(&[
+            "--redis-url",
+            "redis://10.0.0.1:6379",
+            "--redis-cluster-urls",
+            "redis://10.0.0.2:6379",
+        ]);
+        let refused = both.check_consistency().unwrap_err().to_string();
+        assert!(
+            refused.contains("REDIS_URL and REDIS_CLUSTER_URLS"),
+            "{refused}"
+        );
+    }
 }

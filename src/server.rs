@@ -48,8 +48,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store =
         crate::setup::open_store(&config)
             .await
-            .with_context(|| match &config.redis_url {
-                Some(_) => "cannot reach Redis (REDIS_URL)".to_owned(),
+            .with_context(|| match config.redis_topology() {
+                Some(_) => "cannot reach Redis (REDIS_URL or REDIS_CLUSTER_URLS)".to_owned(),
                 None => format!(
                     "cannot open the embedded store in {}",
                     config.data_dir.display()

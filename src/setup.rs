@@ -70,17 +70,20 @@ pub async fn connect_kommo(
     Ok(Some(Arc::new(client)))
 }
 
-/// Opens the configured backend: Redis when `REDIS_URL` is set, else the embedded store.
+/// Opens the configured backend: Redis when `REDIS_URL` or `REDIS_CLUSTER_URLS` is set, else
+/// the embedded store.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
-    match &config.redis_url {
-        Some(url) => {
+    match config.redis_topology() {
+        Some(topology) => {
             let timeout = Duration::from_millis(config.redis_timeout_ms.max(1));
             let settings = redis::RedisSettings {
                 connect_timeout: timeout,
                 response_timeout: timeout,
                 ..redis::RedisSettings::default()
             };
-            Ok(Arc::new(redis::RedisStore::connect(url, settings).await?))
+            Ok(Arc::new(
+                redis::RedisStore::connect_to(&topology, settings).await?,
+            ))
         }
         None => {
             let dir = config.data_dir.clone();

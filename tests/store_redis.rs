@@ -105,16 +105,19 @@ async fn keys_are_hash_tagged_per_contact() {
         .await
         .unwrap();
     keys.sort();
-    assert_eq!(
-        keys,
-        [
-            "t:outbox",
-            "t:phases",
-            "t:value:token",
-            "t:wake",
-            "t:{33:44}:snap"
-        ]
-    );
+    // The contact's index entries live in its bucket, each bucket under its own hash tag.
+    let bucket = conversa::store::redis::index::bucket_of("33:44");
+    let index_keys = conversa::store::redis::index::IndexKeys::new("t");
+    let mut expected = vec![
+        index_keys.outbox[bucket].clone(),
+        index_keys.phases[bucket].clone(),
+        "t:value:token".to_owned(),
+        index_keys.wake[bucket].clone(),
+        "t:{33:44}:snap".to_owned(),
+    ];
+    expected.sort();
+    assert_eq!(keys, expected);
+    assert!(index_keys.wake[bucket].starts_with("t:{ix"), "{expected:?}");
     let (v, d): (u64, Vec<u8>) = redis::cmd("HMGET")
         .arg("t:{33:44}:snap")
         .arg("v")
@@ -618,4 +621,57 @@ async fn concurrent_nodes_never_lose_an_index_entry() {
             assert!(pending.contains(&key), "round {round}: outbox mark lost");
         }
     }
+}
+
+/// Before the index buckets, the indexes were three global keys: a node connecting moves their
+/// entries into the buckets, so no timer, pending effect or phase is lost across the upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexes_from_before_the_buckets_move_into_them() {
+    let server = RedisServer::start();
+    let mut c = raw(&server.url()).await;
+    let contacts: Vec<ContactKey> = (0..1_200u64).map(|i| ContactKey::new(5, i)).collect();
+    for (i, key) in contacts.iter().enumerate() {
+        let member = key.to_string();
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZADD")
+            .arg("conversa:wake")
+            .arg(10_000 + i as u64)
+            .arg(&member)
+            .ignore();
+        if i % 2 == 0 {
+            pipe.cmd("SADD")
+                .arg("conversa:outbox")
+                .arg(&member)
+                .ignore();
+        }
+        pipe.cmd("HSET")
+            .arg("conversa:phases")
+            .arg(&member)
+            .arg("human_assigned")
+            .ignore();
+        let _: () = pipe.query_async(&mut c).await.unwrap();
+    }
+    let store = connect(&server.url()).await;
+    let due = store.due(u64::MAX, 10_000).await.unwrap();
+    assert_eq!(due.len(), 1_200);
+    assert_eq!(due[0], (contacts[0], 10_000));
+    assert_eq!(due[1_199], (contacts[1_199], 11_199));
+    assert_eq!(store.pending_outbox_count().await.unwrap(), 600);
+    let phases = store.phases(10_000).await.unwrap();
+    assert_eq!(phases.len(), 1_200);
+    assert!(phases.iter().all(|(_, p)| p.as_str() == "human_assigned"));
+    let left: (u64, u64, u64) = redis::pipe()
+        .cmd("EXISTS")
+        .arg("conversa:wake")
+        .cmd("EXISTS")
+        .arg("conversa:outbox")
+        .cmd("EXISTS")
+        .arg("conversa:phases")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(left, (0, 0, 0), "the global keys are gone");
+    // A second node connecting finds nothing left to move and changes nothing.
+    let again = connect(&server.url()).await;
+    assert_eq!(again.due(u64::MAX, 10_000).await.unwrap(), due);
 }

@@ -8,5 +8,6 @@ pub mod fake_n8n;
 pub mod kommo_client;
 pub mod metrics;
 pub mod recorder;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod service;

@@ -27,11 +27,18 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Given to `redis-server` after the project's configuration (e.g. cluster mode).
+    extra_args: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers. Panics if it cannot.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`start`](Self::start) with more `redis-server` arguments (`--cluster-enabled yes`...).
+    pub fn start_with(extra_args: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("conversa-redis-")
             .tempdir()
@@ -40,6 +47,7 @@ impl RedisServer {
             port: free_port(),
             dir,
             child: None,
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
         };
         // Another process can take the port between our probe and redis binding it: try again
         // on a new port a few times.
@@ -140,6 +148,7 @@ impl RedisServer {
             .arg(self.dir.path())
             .args(["--daemonize", "no"])
             .args(["--logfile", ""]) // to stdout, i.e. redis.log
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))

@@ -1,5 +1,5 @@
 //! The Redis backend of [`Store`]: production, and the way to run several engine nodes on one
-//! shared state (Redis Sentinel / Cluster).
+//! shared state: one Redis server, or a Redis Cluster ([`connection`]).
 //!
 //! # Keys
 //!
@@ -7,14 +7,16 @@
 //! |-----------------------------------------|--------|-------------------------------------------|
 //! | `{prefix}:{<account>:<contact>}:snap`   | hash   | `v` version, `d` head, `w` `o` `p` (below)|
 //! | `{prefix}:{<account>:<contact>}:log<N>` | list   | the snapshot's log N (0–2), oldest first  |
-//! | `{prefix}:wake`                         | zset   | member `account:contact`, score wake ms   |
-//! | `{prefix}:outbox`                       | set    | `account:contact` with pending effects    |
-//! | `{prefix}:phases`                       | hash   | `account:contact` → phase name            |
+//! | `{prefix}:{<bucket>}:wake`              | zset   | member `account:contact`, score wake ms   |
+//! | `{prefix}:{<bucket>}:outbox`            | set    | `account:contact` with pending effects    |
+//! | `{prefix}:{<bucket>}:phases`            | hash   | `account:contact` → phase name            |
 //! | `{prefix}:value:<name>`                 | string | named values (OAuth tokens, ...)          |
 //!
 //! The `{account:contact}` part of a snapshot's keys is a Redis Cluster hash tag: the
-//! compare-and-set script touches the hash and its logs, all in one slot, and every other
-//! command touches one key, so the same code works against a single node, Sentinel or Cluster.
+//! compare-and-set script touches the hash and its logs, all in one slot. The indexes are split
+//! into 16 buckets, a contact's entries in one of them ([`index`]), so their writes spread over
+//! a cluster's shards. Every command and pipeline touches one slot, so the same code runs on one
+//! server and on a Cluster; what differs is only the order between two slots (below).
 //!
 //! A save sends the head and, per log, only what changed (`LTRIM` of the items dropped from the
 //! front, `RPUSH` of the new ones; `DEL` and `RPUSH` to replace it): one message costs the same
@@ -28,23 +30,23 @@
 //!
 //! # Saving
 //!
-//! One save is at most two round trips:
-//!
-//! 1. one pipeline: the *over-approximating* index writes (`ZADD LT` of the new wake time, which
-//!    only ever lowers or adds; `SADD` to the outbox set when effects are pending), then the
-//!    compare-and-set Lua script by `EVALSHA`. Commands on one connection execute in order, so the
-//!    indexes already cover the new snapshot when it lands: a crash right after leaves an actor
-//!    woken for nothing, never a timer forgotten.
-//! 2. after a successful CAS only, one pipeline making the indexes *exact* (`ZADD`/`ZREM`,
-//!    `SADD`/`SREM`, `HSET` of the phase) followed by an `HMGET` of the snapshot's version.
-//!    Skipped when step 1 alone leaves them exact: the writer names, in
-//!    [`IndexUpdate::previous`], the entries its own previous save made exact for the version
-//!    this CAS replaced, and going from those to the new ones only adds or lowers (a wake-up
-//!    added or brought earlier, an outbox mark added or kept, the same phase) — see
-//!    [`prewrites_are_exact`]. That is the usual case: a message on a quiet contact, or a
-//!    contact receiving messages in one phase. Removals (timer gone or later, outbox drained)
-//!    and phase changes still take step 2. A contact whose step 2 failed is remembered and
-//!    gets step 2 on its next save, whatever it names.
+//! 1. The *over-approximating* index writes (`ZADD LT` of the new wake time, which only ever
+//!    lowers or adds; `SADD` to the outbox set when effects are pending), then the
+//!    compare-and-set Lua script by `EVALSHA`. The indexes must cover the new snapshot before it
+//!    lands, so that a crash right after leaves an actor woken for nothing, never a timer
+//!    forgotten. On one server both go in one pipeline: commands on one connection execute in
+//!    order. On a Cluster the bucket and the snapshot may live on two nodes, so the index writes
+//!    are awaited before the compare-and-set is sent: one more round trip.
+//! 2. After a successful CAS only, the writes making the indexes *exact* (`ZADD`/`ZREM`,
+//!    `SADD`/`SREM`, `HSET` of the phase), then an `HMGET` of the snapshot's version (one pipeline
+//!    on one server; awaited one after the other on a Cluster, for the same reason). Skipped when
+//!    step 1 alone leaves them exact: the writer names, in [`IndexUpdate::previous`], the entries
+//!    its own previous save made exact for the version this CAS replaced, and going from those
+//!    to the new ones only adds or lowers (a wake-up added or brought earlier, an outbox mark
+//!    added or kept, the same phase) — see [`prewrites_are_exact`]. That is the usual case: a
+//!    message on a quiet contact, or a contact receiving messages in one phase. Removals (timer
+//!    gone or later, outbox drained) and phase changes still take step 2. A contact whose step 2
+//!    failed is remembered and gets step 2 on its next save, whatever it names.
 //!
 //! If that version is no longer ours, another writer committed while our exact writes were in
 //! flight, and our `ZREM`/`SREM`/raised `ZADD` may have landed after its own and erased its
@@ -61,34 +63,29 @@
 //! # Failures
 //!
 //! Every round trip is bounded by [`RedisSettings::response_timeout`]; connection, I/O and
-//! timeout errors, and the transient server states (`LOADING`, `READONLY`, `MASTERDOWN`, `OOM`,
-//! ...), map to [`StoreError::Unavailable`] (HTTP 503). A save that fails with `Unavailable` has
-//! an unknown outcome: the CAS may have landed. Callers reload before retrying, which the version
-//! makes safe (a blind retry gets `Conflict`).
-//!
-//! The [`ConnectionManager`] reconnects by itself when the connection drops (Redis restarted,
-//! connection reset). A connection that silently stops answering (a half-open TCP connection
-//! after a network partition, Redis moved to another address) is never reported dead by the
-//! operating system for many minutes, so the store also replaces the whole manager when a call
-//! times out and nothing at all was answered since that call started.
+//! timeout errors, and the transient server states (`LOADING`, `READONLY`, `MASTERDOWN`,
+//! `CLUSTERDOWN`, `OOM`, ...), map to [`StoreError::Unavailable`] (HTTP 503). A save that fails
+//! with `Unavailable` has an unknown outcome: the CAS may have landed. Callers reload before
+//! retrying, which the version makes safe (a blind retry gets `Conflict`). How the connection
+//! recovers by itself is [`connection`]'s business.
+
+pub mod connection;
+pub mod index;
 
 use std::fmt;
-use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{
-    AsyncConnectionConfig, Client, ErrorKind, FromRedisValue, RedisError, Script, ScriptInvocation,
-    ServerErrorKind, Value,
-};
+use ::redis::{FromRedisValue, RedisError, Script, ScriptInvocation, ServerErrorKind, Value};
 use async_trait::async_trait;
 use conversa_actors::contact::{ContactKey, Millis};
 use conversa_actors::phase::PhaseName;
 use dashmap::DashSet;
+use futures_util::future::try_join_all;
 
 use super::{IndexUpdate, LOGS, LogWrite, SnapshotWrite, Store, StoreError, StoredSnapshot, Turn};
+pub use connection::RedisTopology;
+use connection::{RedisConnection, map_err};
+use index::{IndexKeys, bucket_of};
 
 /// How the Redis backend connects. The timeouts are explicit on purpose: redis-rs's defaults
 /// turned CPU starvation into errors the HTTP layer reported as 500s.
@@ -210,15 +207,10 @@ return 1
 /// How many entries one `SSCAN`/`HSCAN` step asks for at most.
 const SCAN_BATCH: usize = 1_000;
 
-/// The Redis [`Store`]. Cheap to share behind an `Arc`; all calls multiplex one connection.
+/// The Redis [`Store`]. Cheap to share behind an `Arc`; all calls multiplex one connection (one
+/// per node on a Cluster).
 pub struct RedisStore {
-    client: Client,
-    manager_config: ConnectionManagerConfig,
-    /// The current connection manager and its generation (bumped on every replacement).
-    conn: Mutex<(u64, ConnectionManager)>,
-    /// When something last came back from Redis, in µs since `epoch`.
-    last_answer: AtomicU64,
-    epoch: Instant,
+    conn: RedisConnection,
     settings: RedisSettings,
     cas: Script,
     turn: Script,
@@ -226,100 +218,37 @@ pub struct RedisStore {
     release: Script,
     /// Contacts whose last exact index step failed: their next save makes them exact.
     inexact: DashSet<ContactKey>,
-    wake_key: String,
-    outbox_key: String,
-    phases_key: String,
+    index: IndexKeys,
 }
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The URL may hold a password: show only the address.
+        // The URL may hold a password: show only the addresses.
         f.debug_struct("RedisStore")
-            .field(
-                "addr",
-                &self.client.get_connection_info().addr().to_string(),
-            )
+            .field("addr", &self.conn.addresses())
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
 
 impl RedisStore {
-    /// Connects to `url` (`redis://host:port/db`). Fails with [`StoreError::Unavailable`] at once
-    /// when the connection is refused, within `connect_timeout` when nothing answers (at most
-    /// `2 × connect_timeout + response_timeout` in all). Once connected, the store survives Redis
-    /// going away and coming back without any outside help.
+    /// Connects to one server at `url` (`redis://host:port/db`); see [`RedisStore::connect_to`].
     pub async fn connect(url: &str, settings: RedisSettings) -> Result<Self, StoreError> {
-        let client = Client::open(url)
-            .map_err(|e| StoreError::Unavailable(format!("invalid redis url: {e}")))?;
-        let addr = client.get_connection_info().addr().to_string();
+        Self::connect_to(&RedisTopology::Single(url.to_owned()), settings).await
+    }
 
-        // One plain connection attempt first: it fails at once with a clear reason ("connection
-        // refused") where the manager would retry with backoff until our deadline.
-        let probe_config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(settings.connect_timeout))
-            .set_response_timeout(Some(settings.response_timeout));
-        match tokio::time::timeout(
-            settings.connect_timeout,
-            client.get_multiplexed_async_connection_with_config(&probe_config),
-        )
-        .await
-        {
-            Ok(Ok(_probe)) => {}
-            Ok(Err(e)) => {
-                return Err(StoreError::Unavailable(format!(
-                    "cannot connect to redis at {addr}: {e}"
-                )));
-            }
-            Err(_) => {
-                return Err(StoreError::Unavailable(format!(
-                    "cannot connect to redis at {addr} within {:?}",
-                    settings.connect_timeout
-                )));
-            }
-        }
-
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.connect_timeout))
-            .set_response_timeout(Some(settings.response_timeout))
-            // A reconnection is two attempts 50-100 ms apart, absorbing a blip. More would make
-            // every call during an outage wait out the whole backoff (i.e. the response
-            // timeout) instead of failing at once with "connection refused". The next call
-            // after a failed reconnection starts a new one, so Redis coming back is noticed on
-            // the first call after it does.
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1))
-            .set_number_of_retries(1);
-        let manager = match tokio::time::timeout(
-            settings.connect_timeout,
-            ConnectionManager::new_with_config(client.clone(), manager_config.clone()),
-        )
-        .await
-        {
-            Ok(Ok(manager)) => manager,
-            Ok(Err(e)) => {
-                return Err(StoreError::Unavailable(format!(
-                    "cannot connect to redis at {addr}: {e}"
-                )));
-            }
-            Err(_) => {
-                return Err(StoreError::Unavailable(format!(
-                    "cannot connect to redis at {addr} within {:?}",
-                    settings.connect_timeout
-                )));
-            }
-        };
-
-        let prefix = &settings.key_prefix;
+    /// Connects to one server or a Cluster. Fails with [`StoreError::Unavailable`] at once when
+    /// the connection is refused, within `connect_timeout` when nothing answers. Once connected,
+    /// the store survives Redis going away and coming back without any outside help. Moves the
+    /// index entries an older conversa wrote into the buckets ([`index::migrate_legacy`]).
+    pub async fn connect_to(
+        topology: &RedisTopology,
+        settings: RedisSettings,
+    ) -> Result<Self, StoreError> {
+        let conn = RedisConnection::open(topology, &settings).await?;
         let store = Self {
-            client,
-            manager_config,
-            conn: Mutex::new((0, manager)),
-            last_answer: AtomicU64::new(0),
-            epoch: Instant::now(),
-            wake_key: format!("{prefix}:wake"),
-            outbox_key: format!("{prefix}:outbox"),
-            phases_key: format!("{prefix}:phases"),
+            conn,
+            index: IndexKeys::new(&settings.key_prefix),
             cas: Script::new(CAS_SCRIPT),
             turn: Script::new(TURN_SCRIPT),
             lease: Script::new(LEASE_SCRIPT),
@@ -327,8 +256,8 @@ impl RedisStore {
             inexact: DashSet::new(),
             settings,
         };
-        // Load the CAS script now so the first save does not pay for NOSCRIPT. It doubles as a
-        // check that this is a Redis we can write to.
+        // Load the CAS script now (on every master of a Cluster) so the first save does not pay
+        // for NOSCRIPT. It doubles as a check that this is a Redis we can write to.
         let load = ::redis::cmd("SCRIPT")
             .arg("LOAD")
             .arg(CAS_SCRIPT)
@@ -338,7 +267,19 @@ impl RedisStore {
                 load.query_async(&mut c).await
             })
             .await?;
+        let moved = index::migrate_legacy(&store.conn, &store.index).await?;
+        if moved > 0 {
+            tracing::info!(moved, "index entries moved into the index buckets");
+        }
         Ok(store)
+    }
+
+    async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(connection::Connection) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RedisError>>,
+    {
+        self.conn.call(what, f).await
     }
 
     fn snap_key(&self, key: &ContactKey) -> String {
@@ -358,72 +299,35 @@ impl RedisStore {
         format!("{}:value:{name}", self.settings.key_prefix)
     }
 
-    fn now_us(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
-    }
-
-    fn lock_conn(&self) -> MutexGuard<'_, (u64, ConnectionManager)> {
-        // The guarded value is replaced whole, never left half-updated: poison is harmless.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Runs one round trip on the current connection, bounded by the response timeout, and maps
-    /// its errors. A timeout with nothing at all answered since the call started means the
-    /// connection is dead without knowing it: replace the manager (once per generation).
-    async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
-    where
-        F: FnOnce(ConnectionManager) -> Fut,
-        Fut: Future<Output = Result<T, RedisError>>,
-    {
-        let (generation, conn) = {
-            let guard = self.lock_conn();
-            (guard.0, guard.1.clone())
-        };
-        let started = self.now_us();
-        let timed_out = match tokio::time::timeout(self.settings.response_timeout, f(conn)).await {
-            Ok(Ok(v)) => {
-                self.last_answer.fetch_max(self.now_us(), Ordering::Relaxed);
-                return Ok(v);
-            }
-            Ok(Err(e)) => {
-                if !e.is_io_error() {
-                    // The server answered (with an error): the connection is alive.
-                    self.last_answer.fetch_max(self.now_us(), Ordering::Relaxed);
-                }
-                if !e.is_timeout() {
-                    return Err(map_err(what, e));
-                }
-                format!("redis did not answer {what} in time: {e}")
-            }
-            Err(_) => format!(
-                "redis did not answer {what} within {:?}",
-                self.settings.response_timeout
-            ),
-        };
-        if self.last_answer.load(Ordering::Relaxed) < started {
-            self.replace_connection(generation);
+    /// Runs the commands of `first`, then those `second` adds, once `first` has landed, and
+    /// returns their replies in order, errors included (`ignore_errors`): one pipeline on one
+    /// server, where a connection executes in order; on a Cluster, where the two may go to two
+    /// nodes, the second is sent when the first has answered. Each must touch one slot.
+    async fn in_order(
+        &self,
+        what: &str,
+        mut first: ::redis::Pipeline,
+        second: impl FnOnce(&mut ::redis::Pipeline),
+    ) -> Result<Vec<Value>, StoreError> {
+        if self.conn.ordered() || first.is_empty() {
+            second(&mut first);
+            first.ignore_errors();
+            return self
+                .call(what, |mut c| async move { first.query_async(&mut c).await })
+                .await;
         }
-        Err(StoreError::Unavailable(timed_out))
-    }
-
-    fn replace_connection(&self, generation: u64) {
-        let mut guard = self.lock_conn();
-        if guard.0 != generation {
-            return; // another caller already replaced it
-        }
-        match ConnectionManager::new_lazy_with_config(
-            self.client.clone(),
-            self.manager_config.clone(),
-        ) {
-            Ok(manager) => {
-                tracing::warn!(
-                    generation,
-                    "redis connection stopped answering; opening a new one"
-                );
-                *guard = (generation + 1, manager);
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot create a new redis connection manager"),
-        }
+        first.ignore_errors();
+        let mut replies: Vec<Value> = self
+            .call(what, |mut c| async move { first.query_async(&mut c).await })
+            .await?;
+        let mut then = ::redis::pipe();
+        second(&mut then);
+        then.ignore_errors();
+        let then: Vec<Value> = self
+            .call(what, |mut c| async move { then.query_async(&mut c).await })
+            .await?;
+        replies.extend(then);
+        Ok(replies)
     }
 
     /// Step 2 of a save (see the module docs): exact index writes, then the check for a later
@@ -436,30 +340,36 @@ impl RedisStore {
         index: &IndexUpdate,
     ) -> Result<(), StoreError> {
         let member = key.to_string();
-        let mut pipe = ::redis::pipe();
+        let bucket = bucket_of(&member);
+        let (wake, outbox, phases) = (
+            &self.index.wake[bucket],
+            &self.index.outbox[bucket],
+            &self.index.phases[bucket],
+        );
+        let mut writes = ::redis::pipe();
         match index.wake_at {
-            Some(at) => pipe.cmd("ZADD").arg(&self.wake_key).arg(at).arg(&member),
-            None => pipe.cmd("ZREM").arg(&self.wake_key).arg(&member),
+            Some(at) => writes.cmd("ZADD").arg(wake).arg(at).arg(&member),
+            None => writes.cmd("ZREM").arg(wake).arg(&member),
         };
         if index.outbox_pending {
-            pipe.cmd("SADD").arg(&self.outbox_key).arg(&member);
+            writes.cmd("SADD").arg(outbox).arg(&member);
         } else {
-            pipe.cmd("SREM").arg(&self.outbox_key).arg(&member);
+            writes.cmd("SREM").arg(outbox).arg(&member);
         }
-        pipe.cmd("HSET")
-            .arg(&self.phases_key)
+        writes
+            .cmd("HSET")
+            .arg(phases)
             .arg(&member)
             .arg(index.phase.as_str());
-        pipe.cmd("HMGET")
-            .arg(snap_key)
-            .arg("v")
-            .arg("w")
-            .arg("o")
-            .arg("p");
-        pipe.ignore_errors();
-        let replies: Vec<Value> = self
-            .call("index update", |mut c| async move {
-                pipe.query_async(&mut c).await
+        let replies = self
+            .in_order("index update", writes, |check| {
+                check
+                    .cmd("HMGET")
+                    .arg(snap_key)
+                    .arg("v")
+                    .arg("w")
+                    .arg("o")
+                    .arg("p");
             })
             .await?;
         let Some((check, writes)) = replies.split_last() else {
@@ -469,6 +379,9 @@ impl RedisStore {
             if let Value::ServerError(e) = reply {
                 return Err(map_err("index update", RedisError::from(e.clone())));
             }
+        }
+        if let Value::ServerError(e) = check {
+            return Err(map_err("index update", RedisError::from(e.clone())));
         }
         let (v, w, o, p): (Option<u64>, Option<u64>, Option<String>, Option<String>) =
             decode("snapshot index fields", check.clone())?;
@@ -481,21 +394,17 @@ impl RedisStore {
         let mut pipe = ::redis::pipe();
         if let Some(w) = w {
             pipe.cmd("ZADD")
-                .arg(&self.wake_key)
+                .arg(wake)
                 .arg("LT")
                 .arg(w)
                 .arg(&member)
                 .ignore();
         }
         if o.as_deref() == Some("1") {
-            pipe.cmd("SADD").arg(&self.outbox_key).arg(&member).ignore();
+            pipe.cmd("SADD").arg(outbox).arg(&member).ignore();
         }
         if let Some(p) = p {
-            pipe.cmd("HSET")
-                .arg(&self.phases_key)
-                .arg(&member)
-                .arg(p)
-                .ignore();
+            pipe.cmd("HSET").arg(phases).arg(&member).arg(p).ignore();
         }
         if !pipe.is_empty() {
             self.call("index repair", |mut c| async move {
@@ -677,25 +586,23 @@ impl Store for RedisStore {
             }
         }
 
-        // Round trip 1: over-approximate the indexes, then compare-and-set.
-        let mut pipe = ::redis::pipe();
+        // Step 1: over-approximate the indexes, then compare-and-set.
+        let bucket = bucket_of(&member);
+        let mut pre = ::redis::pipe();
         if let Some(at) = index.wake_at {
-            pipe.cmd("ZADD")
-                .arg(&self.wake_key)
+            pre.cmd("ZADD")
+                .arg(&self.index.wake[bucket])
                 .arg("LT")
                 .arg(at)
                 .arg(&member);
         }
         if index.outbox_pending {
-            pipe.cmd("SADD").arg(&self.outbox_key).arg(&member);
+            pre.cmd("SADD").arg(&self.index.outbox[bucket]).arg(&member);
         }
-        pipe.invoke_script(&invocation);
-        pipe.ignore_errors();
-        let mut replies: Vec<Value> = self
-            .call(
-                "save",
-                |mut c| async move { pipe.query_async(&mut c).await },
-            )
+        let mut replies = self
+            .in_order("save", pre, |pipe| {
+                pipe.invoke_script(&invocation);
+            })
             .await?;
         let cas_reply = replies
             .pop()
@@ -729,7 +636,7 @@ impl Store for RedisStore {
             // Step 1 wrote exactly what this snapshot needs: nothing to correct.
             return Ok(version);
         }
-        // Round trip 2: the snapshot is durable; make the indexes exact.
+        // Step 2: the snapshot is durable; make the indexes exact.
         match self
             .make_indexes_exact(key, &snap_key, version, index)
             .await
@@ -759,6 +666,7 @@ impl Store for RedisStore {
         }
     }
 
+    /// Every bucket asked at once, their answers merged: the earliest `limit` of all.
     async fn due(
         &self,
         upto: Millis,
@@ -767,69 +675,93 @@ impl Store for RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let cmd = ::redis::cmd("ZRANGEBYSCORE")
-            .arg(&self.wake_key)
-            .arg("-inf")
-            .arg(upto)
-            .arg("WITHSCORES")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(i64::try_from(limit).unwrap_or(i64::MAX))
-            .to_owned();
-        let reply: Value = self
-            .call("due", |mut c| async move { cmd.query_async(&mut c).await })
-            .await?;
-        let entries: Vec<(Vec<u8>, f64)> = decode("wake index", reply)?;
-        Ok(entries
+        let per_bucket = self.index.wake.iter().map(|wake| async move {
+            let cmd = ::redis::cmd("ZRANGEBYSCORE")
+                .arg(wake)
+                .arg("-inf")
+                .arg(upto)
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(i64::try_from(limit).unwrap_or(i64::MAX))
+                .to_owned();
+            let reply: Value = self
+                .call("due", |mut c| async move { cmd.query_async(&mut c).await })
+                .await?;
+            let entries: Vec<(Vec<u8>, f64)> = decode("wake index", reply)?;
+            Ok::<_, StoreError>(
+                entries
+                    .into_iter()
+                    .filter_map(|(member, at)| {
+                        let key = parse_member(wake, &member)?;
+                        // Scores are whole milliseconds, well inside f64's exact integer range.
+                        Some((key, at as Millis))
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        });
+        let mut due: Vec<(ContactKey, Millis)> = try_join_all(per_bucket)
+            .await?
             .into_iter()
-            .filter_map(|(member, at)| {
-                let key = parse_member(&self.wake_key, &member)?;
-                // Scores are whole milliseconds, well inside f64's exact integer range.
-                Some((key, at as Millis))
-            })
-            .collect())
+            .flatten()
+            .collect();
+        due.sort_by_key(|&(_, at)| at);
+        due.truncate(limit);
+        Ok(due)
     }
 
     async fn pending_outbox_count(&self) -> Result<u64, StoreError> {
-        let cmd = ::redis::cmd("SCARD").arg(&self.outbox_key).to_owned();
-        self.call(
-            "SCARD",
-            |mut c| async move { cmd.query_async(&mut c).await },
-        )
-        .await
+        let per_bucket = self.index.outbox.iter().map(|outbox| async move {
+            let cmd = ::redis::cmd("SCARD").arg(outbox).to_owned();
+            self.call("SCARD", |mut c| async move {
+                cmd.query_async::<u64>(&mut c).await
+            })
+            .await
+        });
+        Ok(try_join_all(per_bucket).await?.into_iter().sum())
     }
 
     async fn pending_outbox(&self, limit: usize) -> Result<Vec<ContactKey>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
+        let mut found = Vec::new();
+        for set in &self.index.outbox {
+            if found.len() >= limit {
+                break;
+            }
+            let batch = self
+                .scan("SSCAN", set, limit - found.len(), |batch| {
+                    let members: Vec<Vec<u8>> = decode("outbox index", batch)?;
+                    Ok(members
+                        .iter()
+                        .filter_map(|m| parse_member(set, m))
+                        .map(|k| (k, ()))
+                        .collect())
+                })
+                .await?;
+            found.extend(batch.into_iter().map(|(k, ())| k));
         }
-        let set = &self.outbox_key;
-        let found = self
-            .scan("SSCAN", set, limit, |batch| {
-                let members: Vec<Vec<u8>> = decode("outbox index", batch)?;
-                Ok(members
-                    .iter()
-                    .filter_map(|m| parse_member(set, m))
-                    .map(|k| (k, ()))
-                    .collect())
-            })
-            .await?;
-        Ok(found.into_iter().map(|(k, ())| k).collect())
+        Ok(found)
     }
 
     async fn phases(&self, limit: usize) -> Result<Vec<(ContactKey, PhaseName)>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
+        let mut found = Vec::new();
+        for hash in &self.index.phases {
+            if found.len() >= limit {
+                break;
+            }
+            let batch = self
+                .scan("HSCAN", hash, limit - found.len(), |batch| {
+                    let pairs: Vec<(Vec<u8>, String)> = decode("phase index", batch)?;
+                    Ok(pairs
+                        .into_iter()
+                        .filter_map(|(m, phase)| {
+                            Some((parse_member(hash, &m)?, PhaseName::parse(&phase)?))
+                        })
+                        .collect())
+                })
+                .await?;
+            found.extend(batch);
         }
-        let hash = &self.phases_key;
-        self.scan("HSCAN", hash, limit, |batch| {
-            let pairs: Vec<(Vec<u8>, String)> = decode("phase index", batch)?;
-            Ok(pairs
-                .into_iter()
-                .filter_map(|(m, phase)| Some((parse_member(hash, &m)?, PhaseName::parse(&phase)?)))
-                .collect())
-        })
-        .await
+        Ok(found)
     }
 
     async fn get_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -951,16 +883,4 @@ fn parse_member(index: &str, member: &[u8]) -> Option<ContactKey> {
         );
     }
     parsed
-}
-
-/// Connection trouble and transient server states are `Unavailable` (HTTP 503, the client
-/// retries); a key holding the wrong type, or our own script's `CORRUPT` error, is `Corrupt`.
-fn map_err(what: &str, e: RedisError) -> StoreError {
-    let corrupt = matches!(e.code(), Some("WRONGTYPE" | "CORRUPT"))
-        || matches!(e.kind(), ErrorKind::UnexpectedReturnType);
-    if corrupt {
-        StoreError::Corrupt(format!("redis {what}: {e}"))
-    } else {
-        StoreError::Unavailable(format!("redis {what}: {e}"))
-    }
 }

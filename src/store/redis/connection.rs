@@ -1,0 +1,293 @@
+//! The connection to Redis, one server or a Cluster, behind one call that bounds every round trip
+//! and maps its errors.
+//!
+//! * **One server** (`REDIS_URL`): a [`ConnectionManager`], which reconnects by itself when the
+//!   connection drops (Redis restarted, connection reset). A connection that silently stops
+//!   answering (a half-open TCP connection after a network partition, Redis moved to another
+//!   address) is never reported dead by the operating system for many minutes, so a call that
+//!   times out with nothing at all answered since it started replaces the whole manager.
+//! * **Cluster** (`REDIS_CLUSTER_URLS`): redis-rs's cluster client, which learns the slot map
+//!   from the seed nodes, follows `MOVED`/`ASK` (resharding, failover) and keeps one connection per
+//!   node, reconnecting and refreshing the map itself. Every command and pipeline sent through it
+//!   must touch a single slot; commands on different slots may run on different nodes, in any
+//!   order ([`RedisConnection::ordered`]).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster::ClusterClient;
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::{
+    AsyncConnectionConfig, Client, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Value,
+};
+
+use super::{RedisSettings, StoreError};
+
+/// Where the store's Redis is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// One server (or a proxy in front of several): `redis://host:port/db`.
+    Single(String),
+    /// A Redis Cluster, given by one or more of its nodes (`redis://host:port`); the client
+    /// learns the others.
+    Cluster(Vec<String>),
+}
+
+impl RedisTopology {
+    /// The addresses, for messages: never a password.
+    pub fn addresses(&self) -> String {
+        let urls: &[String] = match self {
+            RedisTopology::Single(url) => std::slice::from_ref(url),
+            RedisTopology::Cluster(urls) => urls,
+        };
+        urls.iter()
+            .map(|u| match Client::open(u.as_str()) {
+                Ok(c) => c.get_connection_info().addr().to_string(),
+                Err(_) => "(invalid url)".to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A live connection: cheap to clone (every clone multiplexes the same sockets).
+#[derive(Clone)]
+pub enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// What a replacement connection is made from (one server only: see the module docs).
+enum Origin {
+    Single {
+        client: Box<Client>,
+        config: ConnectionManagerConfig,
+    },
+    Cluster,
+}
+
+/// The store's connection and what keeps it usable.
+pub struct RedisConnection {
+    origin: Origin,
+    /// The current connection and its generation (bumped on every replacement).
+    conn: Mutex<(u64, Connection)>,
+    /// When something last came back from Redis, in µs since `epoch`.
+    last_answer: AtomicU64,
+    epoch: Instant,
+    response_timeout: Duration,
+    addresses: String,
+}
+
+impl RedisConnection {
+    /// Connects. Fails with [`StoreError::Unavailable`] at once when the connection is refused,
+    /// within `connect_timeout` when nothing answers.
+    pub async fn open(
+        topology: &RedisTopology,
+        settings: &RedisSettings,
+    ) -> Result<Self, StoreError> {
+        let addresses = topology.addresses();
+        let unavailable = |e: &dyn std::fmt::Display| {
+            StoreError::Unavailable(format!("cannot connect to redis at {addresses}: {e}"))
+        };
+        let in_time = |what: &str| {
+            StoreError::Unavailable(format!(
+                "cannot connect to redis at {addresses} within {:?} ({what})",
+                settings.connect_timeout
+            ))
+        };
+        let (origin, conn) = match topology {
+            RedisTopology::Single(url) => {
+                let client = Client::open(url.as_str())
+                    .map_err(|e| StoreError::Unavailable(format!("invalid redis url: {e}")))?;
+                // One plain connection attempt first: it fails at once with a clear reason
+                // ("connection refused") where the manager would retry with backoff until our
+                // deadline.
+                let probe_config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(settings.connect_timeout))
+                    .set_response_timeout(Some(settings.response_timeout));
+                tokio::time::timeout(
+                    settings.connect_timeout,
+                    client.get_multiplexed_async_connection_with_config(&probe_config),
+                )
+                .await
+                .map_err(|_| in_time("probe"))?
+                .map_err(|e| unavailable(&e))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(settings.connect_timeout))
+                    .set_response_timeout(Some(settings.response_timeout))
+                    // A reconnection is two attempts 50-100 ms apart, absorbing a blip. More
+                    // would make every call during an outage wait out the whole backoff (i.e.
+                    // the response timeout) instead of failing at once with "connection
+                    // refused". The next call after a failed reconnection starts a new one, so
+                    // Redis coming back is noticed on the first call after it does.
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_secs(1))
+                    .set_number_of_retries(1);
+                let manager = tokio::time::timeout(
+                    settings.connect_timeout,
+                    ConnectionManager::new_with_config(client.clone(), config.clone()),
+                )
+                .await
+                .map_err(|_| in_time("connection manager"))?
+                .map_err(|e| unavailable(&e))?;
+                (
+                    Origin::Single {
+                        client: Box::new(client),
+                        config,
+                    },
+                    Connection::Single(manager),
+                )
+            }
+            RedisTopology::Cluster(urls) => {
+                let client = ClusterClient::builder(urls.iter().map(String::as_str))
+                    .connection_timeout(settings.connect_timeout)
+                    .response_timeout(settings.response_timeout)
+                    // Redirections and a node's reconnection are retried inside one call, all
+                    // within the response timeout: a failover answers 503 until it is over.
+                    .overall_response_timeout(Some(settings.response_timeout))
+                    .retries(3)
+                    .min_retry_wait(20)
+                    .max_retry_wait(200)
+                    .build()
+                    .map_err(|e| StoreError::Unavailable(format!("invalid redis url: {e}")))?;
+                let conn =
+                    tokio::time::timeout(settings.connect_timeout, client.get_async_connection())
+                        .await
+                        .map_err(|_| in_time("cluster slots"))?
+                        .map_err(|e| unavailable(&e))?;
+                (Origin::Cluster, Connection::Cluster(conn))
+            }
+        };
+        Ok(Self {
+            origin,
+            conn: Mutex::new((0, conn)),
+            last_answer: AtomicU64::new(0),
+            epoch: Instant::now(),
+            response_timeout: settings.response_timeout,
+            addresses,
+        })
+    }
+
+    /// True when commands sent one after the other run in that order even on different keys:
+    /// one server (one connection executes in order). False on a Cluster, where keys of two slots
+    /// may live on two nodes: a write that must land before another is awaited first.
+    pub fn ordered(&self) -> bool {
+        matches!(self.origin, Origin::Single { .. })
+    }
+
+    /// The addresses connected to (no password).
+    pub fn addresses(&self) -> &str {
+        &self.addresses
+    }
+
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, (u64, Connection)> {
+        // The guarded value is replaced whole, never left half-updated: poison is harmless.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs one round trip on the current connection, bounded by the response timeout, and maps
+    /// its errors. A timeout with nothing at all answered since the call started means the
+    /// connection is dead without knowing it: replace it (once per generation).
+    pub async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let (generation, conn) = {
+            let guard = self.lock();
+            (guard.0, guard.1.clone())
+        };
+        let started = self.now_us();
+        let timed_out = match tokio::time::timeout(self.response_timeout, f(conn)).await {
+            Ok(Ok(v)) => {
+                self.last_answer.fetch_max(self.now_us(), Ordering::Relaxed);
+                return Ok(v);
+            }
+            Ok(Err(e)) => {
+                if !e.is_io_error() {
+                    // The server answered (with an error): the connection is alive.
+                    self.last_answer.fetch_max(self.now_us(), Ordering::Relaxed);
+                }
+                if !e.is_timeout() {
+                    return Err(map_err(what, e));
+                }
+                format!("redis did not answer {what} in time: {e}")
+            }
+            Err(_) => format!(
+                "redis did not answer {what} within {:?}",
+                self.response_timeout
+            ),
+        };
+        if self.last_answer.load(Ordering::Relaxed) < started {
+            self.replace(generation);
+        }
+        Err(StoreError::Unavailable(timed_out))
+    }
+
+    fn replace(&self, generation: u64) {
+        let Origin::Single { client, config } = &self.origin else {
+            return; // the cluster client replaces its node connections itself
+        };
+        let mut guard = self.lock();
+        if guard.0 != generation {
+            return; // another caller already replaced it
+        }
+        match ConnectionManager::new_lazy_with_config((**client).clone(), config.clone()) {
+            Ok(manager) => {
+                tracing::warn!(
+                    generation,
+                    "redis connection stopped answering; opening a new one"
+                );
+                *guard = (generation + 1, Connection::Single(manager));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot create a new redis connection manager"),
+        }
+    }
+}
+
+/// Connection trouble and transient server states are `Unavailable` (HTTP 503, the client
+/// retries); a key holding the wrong type, or our own script's `CORRUPT` error, is `Corrupt`.
+pub fn map_err(what: &str, e: RedisError) -> StoreError {
+    let corrupt = matches!(e.code(), Some("WRONGTYPE" | "CORRUPT"))
+        || matches!(e.kind(), ErrorKind::UnexpectedReturnType);
+    if corrupt {
+        StoreError::Corrupt(format!("redis {what}: {e}"))
+    } else {
+        StoreError::Unavailable(format!("redis {what}: {e}"))
+    }
+}

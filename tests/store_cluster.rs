@@ -1,0 +1,129 @@
+//! The Redis store on a real Redis Cluster (3 masters, 3 replicas, formed by `redis-cli
+//! --cluster create`): the shared conformance suite, the indexes' buckets spread over the
+//! masters, and a save's index writes landing before its snapshot when the two live on
+//! different nodes.
+
+mod support;
+
+use std::sync::Arc;
+
+use conversa::store::redis::{RedisSettings, RedisStore, RedisTopology};
+use conversa::store::{IndexUpdate, Store};
+use conversa_actors::contact::ContactKey;
+use conversa_actors::phase::PhaseName;
+use support::redis_cluster::{RedisCluster, cli};
+
+async fn connect(cluster: &RedisCluster) -> RedisStore {
+    // One seed node is enough: the client learns the others.
+    let seeds = cluster.urls()[..1].to_vec();
+    RedisStore::connect_to(&RedisTopology::Cluster(seeds), RedisSettings::default())
+        .await
+        .expect("connect to the test cluster")
+}
+
+fn index(wake_at: Option<u64>, outbox_pending: bool, phase: &str) -> IndexUpdate {
+    IndexUpdate {
+        wake_at,
+        outbox_pending,
+        phase: PhaseName::parse(phase).expect("a phase name"),
+        previous: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conforms_on_a_cluster() {
+    let cluster = RedisCluster::start(3, 1);
+    let store = connect(&cluster).await;
+    assert_eq!(store.backend(), "redis");
+    conversa_actors::store::conformance::run(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_and_their_index_entries_spread_over_every_master() {
+    let cluster = RedisCluster::start(3, 1);
+    let store = connect(&cluster).await;
+    for contact in 0..300u64 {
+        let key = ContactKey::new(7, contact);
+        store
+            .save(
+                &key,
+                0,
+                b"head",
+                &index(Some(1_000 + contact), true, "bot_active"),
+            )
+            .await
+            .unwrap();
+    }
+    let masters = cluster.masters();
+    assert_eq!(masters.len(), 3);
+    for &m in &masters {
+        let port = cluster.nodes()[m].port();
+        let keys = cli(port, &["KEYS", "*"]);
+        let snapshots = keys.lines().filter(|k| k.ends_with(":snap")).count();
+        let wake = keys.lines().filter(|k| k.ends_with(":wake")).count();
+        let outbox = keys.lines().filter(|k| k.ends_with(":outbox")).count();
+        // 16 buckets over three even slot ranges: 5 or 6 each; 300 contacts: about 100 each.
+        assert!((5..=6).contains(&wake), "master {m}: {wake} wake buckets");
+        assert!(
+            (5..=6).contains(&outbox),
+            "master {m}: {outbox} outbox buckets"
+        );
+        assert!(snapshots > 50, "master {m}: {snapshots} snapshots");
+    }
+    // Read back through every bucket, on every master.
+    let due = store.due(u64::MAX, 1_000).await.unwrap();
+    assert_eq!(due.len(), 300);
+    assert!(due.windows(2).all(|w| w[0].1 <= w[1].1), "earliest first");
+    assert_eq!(due[0], (ContactKey::new(7, 0), 1_000));
+    assert_eq!(store.pending_outbox_count().await.unwrap(), 300);
+    assert_eq!(store.pending_outbox(1_000).await.unwrap().len(), 300);
+    assert_eq!(store.pending_outbox(10).await.unwrap().len(), 10);
+    assert_eq!(store.phases(1_000).await.unwrap().len(), 300);
+    assert_eq!(store.due(u64::MAX, 7).await.unwrap(), due[..7]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_whose_index_bucket_is_unreachable_writes_no_snapshot() {
+    // The wake-up must be in the index before the snapshot that needs it exists: with the
+    // bucket's master frozen, the compare-and-set on another master is never sent.
+    let cluster = RedisCluster::start(3, 1);
+    let store = connect(&cluster).await;
+    let keys = conversa::store::redis::index::IndexKeys::new("conversa");
+    let (key, bucket_master) = (0..1_000u64)
+        .map(|c| ContactKey::new(9, c))
+        .find_map(|key| {
+            let member = key.to_string();
+            let wake = &keys.wake[conversa::store::redis::index::bucket_of(&member)];
+            let snap = format!("conversa:{{{key}}}:snap");
+            let (w, s) = (cluster.master_of(wake), cluster.master_of(&snap));
+            (w != s).then_some((key, w))
+        })
+        .expect("a contact whose bucket and snapshot live on two masters");
+    cluster.nodes()[bucket_master].pause();
+    let saved = store
+        .save(&key, 0, b"head", &index(Some(5_000), false, "bot_active"))
+        .await;
+    cluster.nodes()[bucket_master].resume();
+    assert!(
+        matches!(saved, Err(conversa::store::StoreError::Unavailable(_))),
+        "{saved:?}"
+    );
+    assert_eq!(
+        store.load(&key).await.unwrap(),
+        None,
+        "no snapshot without its wake-up"
+    );
+    // And once the bucket answers again, the same save goes through, wake-up first.
+    let mut saved = store
+        .save(&key, 0, b"head", &index(Some(5_000), false, "bot_active"))
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while saved.is_err() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        saved = store
+            .save(&key, 0, b"head", &index(Some(5_000), false, "bot_active"))
+            .await;
+    }
+    assert_eq!(saved, Ok(1));
+    assert!(store.due(5_000, 10).await.unwrap().contains(&(key, 5_000)));
+}
