@@ -43,6 +43,12 @@ pub struct Config {
     #[arg(long, env = "DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
+    /// How many replicas must hold each save before it is acknowledged (Redis WAIT): 1 or more
+    /// keeps acknowledged writes through a failover, at the cost of a replica round trip per
+    /// save. 0: the master's acknowledgement is enough.
+    #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
     /// Connect and response timeout for Redis commands, in milliseconds. A timeout answers 503.
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 1000)]
     pub redis_timeout_ms: u64,

@@ -79,6 +79,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
             let settings = redis::RedisSettings {
                 connect_timeout: timeout,
                 response_timeout: timeout,
+                wait_replicas: config.redis_wait_replicas,
                 ..redis::RedisSettings::default()
             };
             Ok(Arc::new(

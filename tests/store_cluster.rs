@@ -31,9 +31,17 @@ fn index(wake_at: Option<u64>, outbox_pending: bool, phase: &str) -> IndexUpdate
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conforms_on_a_cluster() {
+async fn conforms_on_a_cluster_waiting_for_replicas() {
+    // With REDIS_WAIT_REPLICAS=1: every write is followed by WAIT on the node that took it (the
+    // other cluster tests run without).
     let cluster = RedisCluster::start(3, 1);
-    let store = connect(&cluster).await;
+    let settings = RedisSettings {
+        wait_replicas: 1,
+        ..RedisSettings::default()
+    };
+    let store = RedisStore::connect_to(&RedisTopology::Cluster(cluster.urls()), settings)
+        .await
+        .expect("connect to the test cluster");
     assert_eq!(store.backend(), "redis");
     conversa_actors::store::conformance::run(Arc::new(store)).await;
 }

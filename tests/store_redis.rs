@@ -675,3 +675,73 @@ async fn indexes_from_before_the_buckets_move_into_them() {
     let again = connect(&server.url()).await;
     assert_eq!(again.due(u64::MAX, 10_000).await.unwrap(), due);
 }
+
+/// `REDIS_WAIT_REPLICAS`: a save counts as done only once the replicas hold it. With the replica
+/// frozen the save answers `Unavailable` (HTTP 503: not known to survive a failover) although
+/// the master applied it, and a retry finds it applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saves_wait_for_the_replicas_asked_for() {
+    let master = RedisServer::start();
+    let port = master.port().to_string();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
+    let mut c = raw(&master.url()).await;
+    let deadline = Instant::now() + RECOVERY;
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if info.contains("connected_slaves:1") && info.contains("state=online") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica never linked: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let settings = |wait_replicas| RedisSettings {
+        wait_replicas,
+        ..RedisSettings::default()
+    };
+    let store = RedisStore::connect(&master.url(), settings(1))
+        .await
+        .unwrap();
+    let key = ContactKey::new(8, 1);
+    let ix = index(Some(1_000), true, "bot_active");
+    assert_eq!(store.save(&key, 0, b"one", &ix).await, Ok(1));
+    store.put_value("token", b"pair-1").await.unwrap();
+
+    replica.pause();
+    let started = Instant::now();
+    let saved = guarded("save", store.save(&key, 1, b"two", &ix)).await;
+    let put = guarded("put", store.put_value("token", b"pair-2")).await;
+    replica.resume();
+    assert!(
+        matches!(&saved, Err(StoreError::Unavailable(m)) if m.contains("REDIS_WAIT_REPLICAS")),
+        "{saved:?}"
+    );
+    assert!(matches!(put, Err(StoreError::Unavailable(_))), "{put:?}");
+    assert!(started.elapsed() < GUARD);
+    // The master applied it: the caller reloads and finds it, as after any unknown outcome.
+    assert_eq!(store.version(&key).await.unwrap(), 2);
+    assert_eq!(store.save(&key, 2, b"three", &ix).await, Ok(3));
+
+    // More replicas asked for than there are: nothing is ever acknowledged.
+    let greedy = RedisStore::connect(&master.url(), settings(2))
+        .await
+        .unwrap();
+    assert_unavailable(
+        "save with 2 replicas asked, 1 present",
+        greedy.save(&ContactKey::new(8, 2), 0, b"x", &ix).await,
+    );
+    // Without the setting, the master's answer is enough even with the replica frozen.
+    replica.pause();
+    let plain = RedisStore::connect(&master.url(), settings(0))
+        .await
+        .unwrap();
+    let saved = guarded("save", plain.save(&ContactKey::new(8, 3), 0, b"x", &ix)).await;
+    replica.resume();
+    assert_eq!(saved, Ok(1));
+}

@@ -1,6 +1,7 @@
-//! Two engine processes on one Redis, the same contacts driven through both: the final state
-//! equals a serial application of the events (compare-and-set on the snapshot version makes
-//! the nodes take turns), and no effect is executed twice for one `dispatch_id`.
+//! Two engine processes on one Redis (and three engines on a Redis Cluster), the same contacts
+//! driven through them: the final state equals a serial application of the events
+//! (compare-and-set on the snapshot version makes the nodes take turns), and no effect is
+//! executed twice for one `dispatch_id`.
 
 mod support;
 
@@ -161,21 +162,56 @@ fn refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
 /// message is applied once and every dispatch is executed by exactly one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_engines_on_one_redis_never_execute_a_dispatch_twice() {
+    use conversa::store::redis::{RedisSettings, RedisStore};
+
+    let redis = RedisServer::start();
+    let mut stores: Vec<std::sync::Arc<dyn conversa::store::Store>> = Vec::new();
+    for _ in 0..2 {
+        let store = RedisStore::connect(&redis.url(), RedisSettings::default())
+            .await
+            .unwrap();
+        stores.push(std::sync::Arc::new(store));
+    }
+    engines_apply_each_message_once_and_execute_each_dispatch_once(stores).await;
+}
+
+/// Three engines on a Redis Cluster (3 masters, 3 replicas), messages routed to them at random:
+/// the same guarantees as on one Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_engines_on_a_redis_cluster_never_execute_a_dispatch_twice() {
+    use conversa::store::redis::{RedisSettings, RedisStore, RedisTopology};
+
+    let cluster = support::redis_cluster::RedisCluster::start(3, 1);
+    let mut stores: Vec<std::sync::Arc<dyn conversa::store::Store>> = Vec::new();
+    for seed in cluster.urls().into_iter().take(3) {
+        // Each engine knows the cluster by a different node.
+        let store = RedisStore::connect_to(
+            &RedisTopology::Cluster(vec![seed]),
+            RedisSettings::default(),
+        )
+        .await
+        .unwrap();
+        stores.push(std::sync::Arc::new(store));
+    }
+    engines_apply_each_message_once_and_execute_each_dispatch_once(stores).await;
+}
+
+/// One engine per store (each with its own executor), the same contacts' messages spread over
+/// them: every message applied exactly once, every dispatch executed by exactly one engine,
+/// and every engine executing work.
+async fn engines_apply_each_message_once_and_execute_each_dispatch_once(
+    stores: Vec<std::sync::Arc<dyn conversa::store::Store>>,
+) {
     use std::sync::Arc;
 
-    use conversa::store::redis::{RedisSettings, RedisStore};
     use conversa_actors::{
         ContactKey, Engine, EngineConfig, Event, Executors, InboundMessage, Links, Policy,
     };
     use support::recorder::{Recorder, eventually};
 
-    let redis = RedisServer::start();
     let mut engines = Vec::new();
     let mut recorders = Vec::new();
-    for name in ["a", "b"] {
-        let store = RedisStore::connect(&redis.url(), RedisSettings::default())
-            .await
-            .unwrap();
+    for (n, store) in stores.into_iter().enumerate() {
         let recorder = Arc::new(Recorder::default());
         let executors = Executors {
             dispatch: Some(recorder.clone()),
@@ -187,21 +223,18 @@ async fn two_engines_on_one_redis_never_execute_a_dispatch_twice() {
                 debounce_ms: 0,
                 ..Policy::default()
             },
-            node_name: name.into(),
+            node_name: format!("node-{n}"),
             ..EngineConfig::default()
         };
-        engines.push(
-            Engine::start(Arc::new(store), executors, config)
-                .await
-                .unwrap(),
-        );
+        engines.push(Engine::start(store, executors, config).await.unwrap());
         recorders.push(recorder);
     }
     let contacts: Vec<ContactKey> = (1..=6).map(|c| ContactKey::new(7, c)).collect();
     let mut tasks = Vec::new();
     for (n, key) in contacts.iter().copied().enumerate() {
         for i in 0..15usize {
-            let engine = engines[(n + i) % 2].clone();
+            // Scattered over the engines, each contact's messages on all of them.
+            let engine = engines[(n * 7 + i * 13 + i * i) % engines.len()].clone();
             tasks.push(tokio::spawn(async move {
                 let msg = Event::CustomerMessage(InboundMessage {
                     id: format!("{key}-m{i}"),
@@ -241,7 +274,7 @@ async fn two_engines_on_one_redis_never_execute_a_dispatch_twice() {
     }
     let contacts: Vec<ContactKey> = contacts
         .into_iter()
-        .chain([ContactKey::new(7, 100), ContactKey::new(7, 101)])
+        .chain((0..engines.len()).map(|n| ContactKey::new(7, 100 + n as u64)))
         .collect();
     // Let every outbox drain, then count executions per dispatch_id across both nodes.
     let mut drained = false;
@@ -277,6 +310,6 @@ async fn two_engines_on_one_redis_never_execute_a_dispatch_twice() {
     assert_eq!(ids.len(), total, "a dispatch_id was executed twice");
     assert!(
         recorders.iter().all(|r| !r.dispatches().is_empty()),
-        "both nodes executed work"
+        "every node executed work"
     );
 }

@@ -97,6 +97,10 @@ pub struct RedisSettings {
     pub response_timeout: Duration,
     /// First segment of every key, so several deployments can share one Redis.
     pub key_prefix: String,
+    /// How many replicas must hold a save (and a named value) before it counts as done: Redis's
+    /// `WAIT`, sent after the write on the same connection. 0 (the default): the master's
+    /// acknowledgement is enough, and a failover may lose the writes it had not passed on.
+    pub wait_replicas: u32,
 }
 
 impl Default for RedisSettings {
@@ -105,6 +109,7 @@ impl Default for RedisSettings {
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
             key_prefix: "conversa".to_owned(),
+            wait_replicas: 0,
         }
     }
 }
@@ -154,6 +159,16 @@ else
   redis.call('HSET', KEYS[1], 'v', nextv, 'd', ARGV[2], 'o', ARGV[4], 'p', ARGV[5], 'w', ARGV[3])
 end
 return {1, nextv}
+";
+
+/// Reads a snapshot ([`Store::load`]). `KEYS[1]`: the snapshot hash, `KEYS[2..]`: its logs.
+/// Returns `{{v, d}, log0, log1, log2}` (`v` and `d` nil when nothing is stored).
+const LOAD_SCRIPT: &str = r"
+local out = {redis.call('HMGET', KEYS[1], 'v', 'd')}
+for i = 2, #KEYS do
+  out[i] = redis.call('LRANGE', KEYS[i], 0, -1)
+end
+return out
 ";
 
 /// A turn in a shared schedule ([`Store::take_turn`]).
@@ -213,6 +228,7 @@ pub struct RedisStore {
     conn: RedisConnection,
     settings: RedisSettings,
     cas: Script,
+    load: Script,
     turn: Script,
     lease: Script,
     release: Script,
@@ -250,6 +266,7 @@ impl RedisStore {
             conn,
             index: IndexKeys::new(&settings.key_prefix),
             cas: Script::new(CAS_SCRIPT),
+            load: Script::new(LOAD_SCRIPT),
             turn: Script::new(TURN_SCRIPT),
             lease: Script::new(LEASE_SCRIPT),
             release: Script::new(RELEASE_SCRIPT),
@@ -297,6 +314,34 @@ impl RedisStore {
 
     fn value_key(&self, name: &str) -> String {
         format!("{}:value:{name}", self.settings.key_prefix)
+    }
+
+    /// `WAIT <replicas> <timeout>` when saves wait for replicas (see
+    /// [`RedisSettings::wait_replicas`]). Its timeout leaves a quarter of the response timeout
+    /// for the answer to come back.
+    fn wait_for_replicas(&self) -> Option<::redis::Cmd> {
+        let replicas = self.settings.wait_replicas;
+        (replicas > 0).then(|| {
+            let timeout = (self.settings.response_timeout * 3 / 4).as_millis().max(1) as u64;
+            ::redis::cmd("WAIT").arg(replicas).arg(timeout).to_owned()
+        })
+    }
+
+    /// Checks `WAIT`'s answer: fewer replicas than required means the write may not survive a
+    /// failover, so it is not reported done (HTTP 503; a retry finds it applied).
+    fn replicated(&self, what: &str, reply: Value) -> Result<(), StoreError> {
+        if let Value::ServerError(e) = reply {
+            return Err(map_err(what, RedisError::from(e)));
+        }
+        let reached: u64 = decode("WAIT reply", reply)?;
+        let required = u64::from(self.settings.wait_replicas);
+        if reached < required {
+            return Err(StoreError::Unavailable(format!(
+                "redis {what}: written, but held by {reached} of the {required} replicas required \
+                 (REDIS_WAIT_REPLICAS) in time"
+            )));
+        }
+        Ok(())
     }
 
     /// Runs the commands of `first`, then those `second` adds, once `first` has landed, and
@@ -491,23 +536,20 @@ impl Store for RedisStore {
         }
     }
 
-    /// The hash and its logs in one `MULTI`/`EXEC`: what one compare-and-set wrote, never half
-    /// of two.
+    /// The hash and its logs read by one script, atomically: what one compare-and-set wrote,
+    /// never half of two. (A script rather than `MULTI`/`EXEC`: on a Cluster a transaction
+    /// caught by a moved slot is aborted, where a script is redirected like any command.)
     async fn load(&self, key: &ContactKey) -> Result<Option<StoredSnapshot>, StoreError> {
-        let mut pipe = ::redis::pipe();
-        pipe.atomic()
-            .cmd("HMGET")
-            .arg(self.snap_key(key))
-            .arg("v")
-            .arg("d");
+        let mut invocation = self.load.prepare_invoke();
+        invocation.key(self.snap_key(key));
         for n in 0..LOGS {
-            pipe.cmd("LRANGE").arg(self.log_key(key, n)).arg(0).arg(-1);
+            invocation.key(self.log_key(key, n));
         }
         let reply: Value = self
-            .call(
-                "load",
-                |mut c| async move { pipe.query_async(&mut c).await },
-            )
+            .call("load", |mut c| {
+                let invocation = &invocation;
+                async move { invocation.invoke_async(&mut c).await }
+            })
             .await?;
         type Loaded = (
             (Option<String>, Option<Vec<u8>>),
@@ -599,14 +641,34 @@ impl Store for RedisStore {
         if index.outbox_pending {
             pre.cmd("SADD").arg(&self.index.outbox[bucket]).arg(&member);
         }
+        let wait = self.wait_for_replicas();
+        // On one server the `WAIT` after the compare-and-set covers the index writes before it
+        // (same connection); on a Cluster they went to another node and wait there.
+        let wait_pre = match &wait {
+            Some(w) if !self.conn.ordered() && !pre.is_empty() => {
+                pre.add_command(w.clone());
+                true
+            }
+            _ => false,
+        };
         let mut replies = self
             .in_order("save", pre, |pipe| {
                 pipe.invoke_script(&invocation);
+                if let Some(w) = &wait {
+                    pipe.add_command(w.clone());
+                }
             })
             .await?;
+        let mut wait_replies = Vec::new();
+        if wait.is_some() {
+            wait_replies.extend(replies.pop());
+        }
         let cas_reply = replies
             .pop()
             .ok_or_else(|| StoreError::Corrupt("empty pipeline reply".into()))?;
+        if wait_pre {
+            wait_replies.extend(replies.pop());
+        }
         let pre_write_error = replies.into_iter().find_map(|r| match r {
             Value::ServerError(e) => Some(RedisError::from(e)),
             _ => None,
@@ -614,11 +676,24 @@ impl Store for RedisStore {
         let cas_reply = match cas_reply {
             Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript) => {
                 // Redis restarted (or its script cache was flushed): load and run again.
-                self.call("save", |mut c| {
-                    let invocation = &invocation;
-                    async move { invocation.invoke_async::<Value>(&mut c).await }
-                })
-                .await?
+                let reply = self
+                    .call("save", |mut c| {
+                        let invocation = &invocation;
+                        async move { invocation.invoke_async::<Value>(&mut c).await }
+                    })
+                    .await?;
+                if let Some(w) = &wait {
+                    // The pipeline's `WAIT` ran before this write: wait again (on a Cluster
+                    // `WAIT` alone goes to every master and counts the least replicated).
+                    let w = w.clone();
+                    wait_replies.push(
+                        self.call("save", |mut c| async move {
+                            w.query_async::<Value>(&mut c).await
+                        })
+                        .await?,
+                    );
+                }
+                reply
             }
             Value::ServerError(e) => return Err(map_err("save", RedisError::from(e))),
             other => other,
@@ -626,6 +701,9 @@ impl Store for RedisStore {
         let (applied, version): (i64, u64) = decode("CAS result", cas_reply)?;
         if applied != 1 {
             return Err(StoreError::Conflict { current: version });
+        }
+        for reply in wait_replies {
+            self.replicated("save", reply)?;
         }
 
         let known_exact = !self.inexact.contains(key);
@@ -839,11 +917,7 @@ impl Store for RedisStore {
             .arg("NX")
             .arg("GET")
             .to_owned();
-        let reply: Value = self
-            .call("put value if absent", |mut c| async move {
-                cmd.query_async(&mut c).await
-            })
-            .await?;
+        let reply = self.write_value("put value if absent", cmd).await?;
         let existing: Option<Vec<u8>> = decode("named value", reply)?;
         Ok(existing.unwrap_or_else(|| data.to_vec()))
     }
@@ -853,13 +927,36 @@ impl Store for RedisStore {
             .arg(self.value_key(name))
             .arg(data)
             .to_owned();
-        let _: Value = self
-            .call(
-                "put value",
-                |mut c| async move { cmd.query_async(&mut c).await },
-            )
-            .await?;
+        self.write_value("put value", cmd).await?;
         Ok(())
+    }
+}
+
+impl RedisStore {
+    /// Runs one write of a named value, followed by `WAIT` when saves wait for replicas (a
+    /// rotated Kommo token lost in a failover would lock the account out).
+    async fn write_value(&self, what: &str, cmd: ::redis::Cmd) -> Result<Value, StoreError> {
+        let mut pipe = ::redis::pipe();
+        pipe.add_command(cmd);
+        let wait = self.wait_for_replicas();
+        if let Some(w) = wait.clone() {
+            pipe.add_command(w);
+        }
+        pipe.ignore_errors();
+        let mut replies: Vec<Value> = self
+            .call(what, |mut c| async move { pipe.query_async(&mut c).await })
+            .await?;
+        if wait.is_some() {
+            let reply = replies
+                .pop()
+                .ok_or_else(|| StoreError::Corrupt("empty pipeline reply".into()))?;
+            self.replicated(what, reply)?;
+        }
+        match replies.pop() {
+            Some(Value::ServerError(e)) => Err(map_err(what, RedisError::from(e))),
+            Some(reply) => Ok(reply),
+            None => Err(StoreError::Corrupt("empty pipeline reply".into())),
+        }
     }
 }
 
