@@ -39,6 +39,16 @@ pub struct Config {
     #[arg(long, env = "REDIS_CLUSTER_URLS", value_delimiter = ',')]
     pub redis_cluster_urls: Vec<String>,
 
+    /// Redis Sentinel instead of one server: the sentinels, comma-separated
+    /// (redis://10.0.0.1:26379,redis://10.0.0.2:26379); the master is the one they name
+    /// REDIS_SENTINEL_MASTER. Set this, REDIS_URL or REDIS_CLUSTER_URLS: one of them.
+    #[arg(long, env = "REDIS_SENTINEL_URLS", value_delimiter = ',')]
+    pub redis_sentinel_urls: Vec<String>,
+
+    /// The name the sentinels know the master by (`sentinel monitor <name> ...`).
+    #[arg(long, env = "REDIS_SENTINEL_MASTER", default_value = "mymaster")]
+    pub redis_sentinel_master: String,
+
     /// Directory of the embedded store (used when REDIS_URL is unset).
     #[arg(long, env = "DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
@@ -381,9 +391,24 @@ impl Config {
             }
         }
         let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
-        if set(&self.redis_url) && !self.redis_cluster_urls.is_empty() {
+        let given: Vec<&str> = [
+            ("REDIS_URL", set(&self.redis_url)),
+            (
+                "REDIS_CLUSTER_URLS",
+                !listed(&self.redis_cluster_urls).is_empty(),
+            ),
+            (
+                "REDIS_SENTINEL_URLS",
+                !listed(&self.redis_sentinel_urls).is_empty(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect();
+        if given.len() > 1 {
             anyhow::bail!(
-                "REDIS_URL and REDIS_CLUSTER_URLS are both set: set REDIS_URL for one Redis server, REDIS_CLUSTER_URLS for a Redis Cluster"
+                "{} are all set: set one (REDIS_URL for one Redis server, REDIS_CLUSTER_URLS for a Redis Cluster, REDIS_SENTINEL_URLS for Redis Sentinel)",
+                given.join(" and ")
             );
         }
         if set(&self.n8n_webhook_url) && !set(&self.public_url) {
@@ -397,14 +422,16 @@ impl Config {
     /// Where the Redis store is; `None`: the embedded store.
     pub fn redis_topology(&self) -> Option<crate::store::redis::RedisTopology> {
         use crate::store::redis::RedisTopology;
-        let nodes: Vec<String> = self
-            .redis_cluster_urls
-            .iter()
-            .map(|u| u.trim().to_owned())
-            .filter(|u| !u.is_empty())
-            .collect();
+        let nodes = listed(&self.redis_cluster_urls);
         if !nodes.is_empty() {
             return Some(RedisTopology::Cluster(nodes));
+        }
+        let sentinels = listed(&self.redis_sentinel_urls);
+        if !sentinels.is_empty() {
+            return Some(RedisTopology::Sentinel {
+                sentinels,
+                master: self.redis_sentinel_master.trim().to_owned(),
+            });
         }
         self.redis_url
             .as_deref()
@@ -612,6 +639,15 @@ pub struct Summary {
     pub human_lease_minutes: f64,
 }
 
+/// The non-blank entries of a comma-separated list.
+fn listed(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -648,7 +684,34 @@ mod tests {
         ]);
         let refused = both.check_consistency().unwrap_err().to_string();
         assert!(
-            refused.contains("REDIS_URL and REDIS_CLUSTER_URLS"),
+            refused.contains("REDIS_URL and REDIS_CLUSTER_URLS are all set"),
+            "{refused}"
+        );
+        assert_eq!(
+            parse(&[
+                "--redis-sentinel-urls",
+                "redis://10.0.0.1:26379,redis://10.0.0.2:26379",
+                "--redis-sentinel-master",
+                "conversa",
+            ])
+            .redis_topology(),
+            Some(RedisTopology::Sentinel {
+                sentinels: vec![
+                    "redis://10.0.0.1:26379".into(),
+                    "redis://10.0.0.2:26379".into()
+                ],
+                master: "conversa".into()
+            })
+        );
+        let two = parse(&[
+            "--redis-cluster-urls",
+            "redis://10.0.0.2:6379",
+            "--redis-sentinel-urls",
+            "redis://10.0.0.1:26379",
+        ]);
+        let refused = two.check_consistency().unwrap_err().to_string();
+        assert!(
+            refused.contains("REDIS_CLUSTER_URLS and REDIS_SENTINEL_URLS"),
             "{refused}"
         );
     }

@@ -5,34 +5,14 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use conversa::kommo::client::KommoClient;
-use conversa::kommo::oauth::Tokens;
 use conversa::store::Store;
 use conversa::store::redis::{RedisSettings, RedisStore};
 use support::fake_kommo::FakeKommo;
-use support::kommo_client::{client_with, manager, seed_pair, settings};
+use support::kommo_client::{node_on_redis as node, seed_pair};
 use support::redis_server::RedisServer;
-
-/// A node as a process of its own has it: its own Redis connection, token manager (seeded from
-/// the same environment as the others) and client.
-async fn node(fake: &FakeKommo, redis: &RedisServer, seed: &Tokens) -> KommoClient {
-    let redis_settings = RedisSettings {
-        response_timeout: Duration::from_millis(300),
-        connect_timeout: Duration::from_millis(300),
-        ..RedisSettings::default()
-    };
-    let store: Arc<dyn Store> = Arc::new(
-        RedisStore::connect(&redis.url(), redis_settings)
-            .await
-            .expect("redis"),
-    );
-    let tokens = manager(fake, store, Some(seed.clone()));
-    tokens.load().await.expect("tokens");
-    client_with(tokens, settings(fake))
-}
 
 /// `calls` concurrent calls on each client; every one must succeed.
 async fn call_all(nodes: &[KommoClient], calls: usize) {

@@ -22,7 +22,9 @@ use conversa_actors::Commitment;
 use conversa_actors::store::{FaultyStore, MemoryStore};
 use serde_json::json;
 use support::fake_kommo::{self, FakeKommo, FakeLead, FakeMessage, FakeUser, wait_until};
-use support::kommo_client::{KEY, client, client_with, manager, now_unix, seed_pair, settings};
+use support::kommo_client::{
+    KEY, client, client_with, manager, node_on_redis, now_unix, seed_pair, settings,
+};
 
 #[tokio::test]
 async fn oauth_rotation_survives_a_restart() {
@@ -547,4 +549,40 @@ async fn requests_in_flight_never_exceed_the_concurrency_limit() {
     }
     assert_eq!(fake.salesbot_runs().len(), 6);
     assert_eq!(fake.max_salesbot_runs_in_flight(), 2);
+}
+
+/// One node blocked by Kommo (HTML 403) stops the others: they fail fast with `Blocked` and send
+/// nothing, instead of each earning its own 403 (a retry storm is what prolongs a block).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_nodes_403_block_stops_every_node() {
+    use conversa::kommo::error::KommoError;
+
+    let redis = support::redis_server::RedisServer::start();
+    let fake = FakeKommo::start().await;
+    let seed = seed_pair(&fake);
+    let nodes = vec![
+        node_on_redis(&fake, &redis, &seed).await,
+        node_on_redis(&fake, &redis, &seed).await,
+        node_on_redis(&fake, &redis, &seed).await,
+    ];
+    for n in &nodes {
+        n.account().await.unwrap();
+    }
+    fake.set_blocked(true);
+    let first = nodes[0].account().await;
+    assert!(
+        matches!(first, Err(KommoError::Blocked { .. })),
+        "{first:?}"
+    );
+    let sent = fake.api_requests().len();
+    for other in &nodes[1..] {
+        let r = other.account().await;
+        assert!(matches!(r, Err(KommoError::Blocked { .. })), "{r:?}");
+        assert!(other.circuit_open(), "the block reached this node");
+    }
+    assert_eq!(
+        fake.api_requests().len(),
+        sent,
+        "the other nodes sent nothing to a blocked account"
+    );
 }

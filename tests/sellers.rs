@@ -6,6 +6,8 @@
 //! No sleep is used to wait for another task: conditions are polled against a deadline. The
 //! only waits are for a TTL to run out, which is the passing of time under test.
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -853,4 +855,46 @@ async fn concurrent_additions_get_distinct_ids() {
     want.sort();
     assert_eq!(got, want);
     assert_eq!(dir.custom().await.unwrap().len(), 20);
+}
+
+/// Two nodes on one Redis adding custom sellers at the same moment: each addition lands (the
+/// list is written by compare-and-set and read again on a conflict), none overwrites another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_adding_custom_sellers_at_once_lose_none() {
+    use conversa::store::redis::{RedisSettings, RedisStore};
+
+    let redis = support::redis_server::RedisServer::start();
+    let node = || async {
+        let store = RedisStore::connect(&redis.url(), RedisSettings::default())
+            .await
+            .unwrap();
+        Arc::new(SellerDirectory::new(
+            Arc::new(store),
+            None,
+            None,
+            DirectorySettings::default(),
+        ))
+    };
+    let nodes = [node().await, node().await];
+    let mut additions = Vec::new();
+    for i in 0..30 {
+        let dir = nodes[i % 2].clone();
+        additions.push(tokio::spawn(async move {
+            dir.add_custom(new_seller(&format!("Vendedora {i}")))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut added = Vec::new();
+    for a in additions {
+        added.push(a.await.unwrap().id);
+    }
+    added.sort();
+    added.dedup();
+    assert_eq!(added.len(), 30, "each addition got its own id");
+    // A third node reading the store finds all thirty.
+    let stored = node().await.custom().await.unwrap();
+    let mut stored_ids: Vec<String> = stored.iter().map(|s| s.id.clone()).collect();
+    stored_ids.sort();
+    assert_eq!(stored_ids, added);
 }

@@ -34,7 +34,11 @@
 //!   fails fast with [`KommoError::Blocked`] without touching Kommo — a retry storm is what gets
 //!   an account blocked longer. After the cooldown one probe call goes through; others keep
 //!   failing fast until it answers. A 403 with a problem+json body ("Invalid scope") is an
-//!   ordinary [`KommoError::Api`] error, not a block.
+//!   ordinary [`KommoError::Api`] error, not a block. The block is shared with the other nodes
+//!   through the store (the named value `kommo:<host>:<port>:blocked`, the Unix millisecond it
+//!   ends): a node reads it before every call (a store read beside at most seven calls a
+//!   second), so one node's 403 stops them all instead of each earning its own. Each node
+//!   probes once when the cooldown ends.
 //! * **401**: [`TokenManager::refresh_after_401`] (single-flight), then the request is retried
 //!   once with the new token. A second 401 is an [`KommoError::Api`] error.
 //! * **204** means "nothing": `Ok(None)` / an empty list (Kommo answers 204, not 404, for a
@@ -216,6 +220,8 @@ pub(super) struct Inner {
     pub(super) share: Mutex<Option<(u32, Arc<DefaultDirectRateLimiter>)>>,
     /// `Some(until)`: the circuit is open (a 403 block) until then.
     pub(super) blocked_until: Mutex<Option<Instant>>,
+    /// The store value other nodes read the block from.
+    pub(super) block_name: String,
     /// Turns to have a request in flight ([`KommoSettings::max_concurrency`]).
     pub(super) turns: tokio::sync::Semaphore,
 }
@@ -264,11 +270,12 @@ impl KommoClient {
                 limiter,
                 limiter_waits: AtomicU64::new(0),
                 period,
-                schedule,
                 node: crate::node::name(),
                 nodes_seen: AtomicU32::new(1),
                 share: Mutex::new(None),
                 blocked_until: Mutex::new(None),
+                block_name: format!("{schedule}:blocked"),
+                schedule,
                 turns: tokio::sync::Semaphore::new(settings.max_concurrency.max(1)),
                 settings,
             }),
@@ -363,13 +370,14 @@ impl KommoClient {
     /// One attempt (plus its single retry after a 401 and a refresh).
     async fn attempt(&self, request: &Request, call: &CallState) -> Result<Answer, KommoError> {
         loop {
+            self.adopt_shared_block().await;
             self.check_circuit(call)?;
             self.acquire().await;
             self.check_circuit(call)?;
             let token = match self.inner.tokens.access_token().await {
                 Ok(t) => t,
                 Err(KommoError::Blocked { .. }) => {
-                    self.open_circuit("/oauth2/access_token");
+                    self.open_circuit("/oauth2/access_token").await;
                     return Err(KommoError::Blocked {
                         retry_in: self.inner.settings.block_cooldown,
                     });
@@ -392,7 +400,7 @@ impl KommoClient {
                 in_doubt.clear();
             }
             if answer.status == 403 && html {
-                self.open_circuit(request.url.path());
+                self.open_circuit(request.url.path()).await;
                 return Err(KommoError::Blocked {
                     retry_in: self.inner.settings.block_cooldown,
                 });
@@ -564,7 +572,7 @@ impl KommoClient {
         Ok(())
     }
 
-    fn open_circuit(&self, path: &str) {
+    async fn open_circuit(&self, path: &str) {
         let cooldown = self.inner.settings.block_cooldown;
         *self.inner.blocked_until.lock().unwrap() = Some(Instant::now() + cooldown);
         error!(
@@ -574,6 +582,46 @@ impl KommoClient {
             "Kommo answered 403 (account or IP blocked): no calls until the cooldown ends; \
              if it persists, Kommo support must lift the block"
         );
+        // The other nodes stop too (see the module docs).
+        let until = unix_ms().saturating_add(cooldown.as_millis() as u64);
+        let store = self.inner.tokens.store();
+        if let Err(e) = store
+            .put_value(&self.inner.block_name, until.to_string().as_bytes())
+            .await
+        {
+            warn!(error = %e, "the Kommo block could not be shared with the other nodes");
+        }
+    }
+
+    /// Takes a block another node stored (see the module docs): one store read per call, next
+    /// to the seven calls a second the account allows at most.
+    async fn adopt_shared_block(&self) {
+        let inner = &self.inner;
+        let stored = match inner.tokens.store().get_value(&inner.block_name).await {
+            Ok(v) => v,
+            Err(e) => {
+                // The schedule's fallback says so already (`acquire`): the node goes by its own.
+                tracing::debug!(error = %e, "the shared Kommo block cannot be read");
+                return;
+            }
+        };
+        let Some(until) = stored
+            .and_then(|b| std::str::from_utf8(&b).ok()?.trim().parse::<u64>().ok())
+            .filter(|&until| until > unix_ms())
+        else {
+            return;
+        };
+        let until = Instant::now() + Duration::from_millis(until - unix_ms().min(until));
+        let mut blocked = inner.blocked_until.lock().unwrap();
+        if blocked.is_none_or(|mine| mine < until) {
+            if blocked.is_none() {
+                warn!(
+                    alert = "kommo_blocked",
+                    "another node found Kommo blocking this account (403): no calls until the cooldown ends"
+                );
+            }
+            *blocked = Some(until);
+        }
     }
 
     fn close_circuit(&self) {
@@ -583,6 +631,12 @@ impl KommoClient {
             info!("Kommo answered again: block circuit closed");
         }
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -299,12 +299,7 @@ impl Inner {
     }
 
     async fn read_custom(&self) -> Result<Vec<Seller>, DirectoryError> {
-        match self.store.get_value(CUSTOM_KEY).await? {
-            None => Ok(Vec::new()),
-            Some(bytes) if bytes.is_empty() => Ok(Vec::new()),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| DirectoryError::Corrupt(format!("{CUSTOM_KEY}: {e}"))),
-        }
+        parse_custom(self.store.get_value(CUSTOM_KEY).await?.as_deref())
     }
 
     fn install_custom(&self, list: Arc<Vec<Seller>>, read_at_generation: Option<u64>) {
@@ -433,32 +428,48 @@ impl SellerDirectory {
         Ok(list.len())
     }
 
-    /// Validates and stores a custom seller; returns it with its new id.
+    /// Validates and stores a custom seller; returns it with its new id. Nodes sharing a store
+    /// may add at once: the list is written only if it is still the one read (the store's
+    /// compare-and-set), else read again, so no addition overwrites another.
     pub async fn add_custom(&self, new: NewSeller) -> Result<Seller, DirectoryError> {
-        let mut seller = validate(new)?;
+        let validated = validate(new)?;
         let _write = self.inner.custom_write.lock().await;
-        // The store, not the cache: another node may have added one meanwhile.
-        let mut custom = self.inner.read_custom().await?;
-        let real = self.real_list().await?;
-        check_duplicates(
-            &seller,
-            &custom,
-            real.iter().chain(&self.inner.fictitious).chain(&custom),
-        )?;
-        let n = custom
-            .iter()
-            .filter_map(|s| s.id.strip_prefix("custom-")?.parse::<u64>().ok())
-            .max()
-            .unwrap_or(0)
-            + 1;
-        seller.id = format!("custom-{n}");
-        custom.push(seller.clone());
-        let bytes = serde_json::to_vec(&custom)
-            .map_err(|e| DirectoryError::Corrupt(format!("cannot serialise: {e}")))?;
-        self.inner.store.put_value(CUSTOM_KEY, &bytes).await?;
-        self.inner.install_custom(Arc::new(custom), None);
-        info!(id = %seller.id, name = %seller.name, "custom seller added");
-        Ok(seller)
+        for _ in 0..CUSTOM_WRITE_ATTEMPTS {
+            let mut seller = validated.clone();
+            // The store, not the cache: another node may have added one meanwhile.
+            let stored = self.inner.store.get_value(CUSTOM_KEY).await?;
+            let mut custom = parse_custom(stored.as_deref())?;
+            let real = self.real_list().await?;
+            check_duplicates(
+                &seller,
+                &custom,
+                real.iter().chain(&self.inner.fictitious).chain(&custom),
+            )?;
+            let n = custom
+                .iter()
+                .filter_map(|s| s.id.strip_prefix("custom-")?.parse::<u64>().ok())
+                .max()
+                .unwrap_or(0)
+                + 1;
+            seller.id = format!("custom-{n}");
+            custom.push(seller.clone());
+            let bytes = serde_json::to_vec(&custom)
+                .map_err(|e| DirectoryError::Corrupt(format!("cannot serialise: {e}")))?;
+            if !self
+                .inner
+                .store
+                .put_value_if(CUSTOM_KEY, stored.as_deref(), &bytes)
+                .await?
+            {
+                continue; // another node wrote first: read its list and try again
+            }
+            self.inner.install_custom(Arc::new(custom), None);
+            info!(id = %seller.id, name = %seller.name, "custom seller added");
+            return Ok(seller);
+        }
+        Err(DirectoryError::StoreUnavailable(format!(
+            "the custom sellers changed under {CUSTOM_WRITE_ATTEMPTS} attempts in a row; try again"
+        )))
     }
 
     /// The seller whose own WhatsApp contact this is (custom first, then real, then fictitious).
@@ -743,5 +754,17 @@ impl SellerDirectory {
                 None => Err(e),
             },
         }
+    }
+}
+
+/// How often an addition reads the custom list again when another node wrote it first.
+const CUSTOM_WRITE_ATTEMPTS: usize = 20;
+
+/// The stored custom list (`None` or empty: no custom seller yet).
+fn parse_custom(stored: Option<&[u8]>) -> Result<Vec<Seller>, DirectoryError> {
+    match stored {
+        None | Some([]) => Ok(Vec::new()),
+        Some(bytes) => serde_json::from_slice(bytes)
+            .map_err(|e| DirectoryError::Corrupt(format!("{CUSTOM_KEY}: {e}"))),
     }
 }

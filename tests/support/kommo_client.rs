@@ -9,6 +9,8 @@ use conversa::store::Store;
 use conversa_actors::store::MemoryStore;
 
 use super::fake_kommo::{self, FakeKommo};
+use super::redis_server::RedisServer;
+use conversa::store::redis::{RedisSettings, RedisStore};
 
 pub const KEY: &str = "kommo:tokens:fakeconta";
 
@@ -61,5 +63,23 @@ pub fn client_with(tokens: TokenManager, s: KommoSettings) -> KommoClient {
 /// A client on a fresh in-memory store, seeded with a valid pair.
 pub fn client(fake: &FakeKommo) -> KommoClient {
     let tokens = manager(fake, Arc::new(MemoryStore::new()), Some(seed_pair(fake)));
+    client_with(tokens, settings(fake))
+}
+
+/// A client as an engine node has it, on a shared Redis: its own Redis connection, token manager (seeded from
+/// the same environment as the others) and client.
+pub async fn node_on_redis(fake: &FakeKommo, redis: &RedisServer, seed: &Tokens) -> KommoClient {
+    let redis_settings = RedisSettings {
+        response_timeout: Duration::from_millis(300),
+        connect_timeout: Duration::from_millis(300),
+        ..RedisSettings::default()
+    };
+    let store: Arc<dyn Store> = Arc::new(
+        RedisStore::connect(&redis.url(), redis_settings)
+            .await
+            .expect("redis"),
+    );
+    let tokens = manager(fake, store, Some(seed.clone()));
+    tokens.load().await.expect("tokens");
     client_with(tokens, settings(fake))
 }

@@ -9,5 +9,6 @@ pub mod kommo_client;
 pub mod metrics;
 pub mod recorder;
 pub mod redis_cluster;
+pub mod redis_sentinel;
 pub mod redis_server;
 pub mod service;

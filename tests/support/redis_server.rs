@@ -1,7 +1,7 @@
 //! A real `redis-server` for integration tests, never a fake: the store's guarantees (Lua
 //! compare-and-set, AOF durability, reconnection) are properties of Redis itself.
 //!
-//! [`RedisServer::start`] runs the `redis-server` found on `PATH` with the project's
+//! [`RedisServer::start`] runs the `redis-server` found on `PATH` with a copy of the project's
 //! `redis.conf` on a free port (never 6379, so a developer's own Redis is left alone) and a fresh
 //! temporary directory, and returns once it answers `PING`. [`RedisServer::stop`] is a `kill -9`;
 //! [`RedisServer::restart`] starts it again on the same port and directory, so what the AOF
@@ -140,8 +140,14 @@ impl RedisServer {
         let log_err = log
             .try_clone()
             .map_err(|e| format!("clone redis.log: {e}"))?;
+        // A copy of the project's configuration: a Sentinel reconfiguring this server rewrites
+        // its configuration file (`CONFIG REWRITE`), which must not be the repository's.
+        let conf = self.dir.path().join("redis.conf");
+        if !conf.exists() {
+            std::fs::copy(REDIS_CONF, &conf).map_err(|e| format!("copy redis.conf: {e}"))?;
+        }
         let child = Command::new("redis-server")
-            .arg(REDIS_CONF)
+            .arg(&conf)
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .arg("--dir")

@@ -26,8 +26,58 @@ pub async fn run(store: Arc<dyn Store>) {
     outbox_index(&*store).await;
     phase_index(&*store).await;
     named_values(&*store).await;
+    conditional_values(&*store).await;
     binary_data(&*store).await;
     logs_change_by_difference(&*store).await;
+}
+
+async fn conditional_values(store: &dyn Store) {
+    let name = "conformance-conditional";
+    assert!(store.put_value_if(name, None, b"one").await.unwrap());
+    assert!(
+        !store.put_value_if(name, None, b"again").await.unwrap(),
+        "a value is there already"
+    );
+    assert!(
+        !store
+            .put_value_if(name, Some(b"other"), b"two")
+            .await
+            .unwrap(),
+        "not the stored value"
+    );
+    assert_eq!(
+        store.get_value(name).await.unwrap().as_deref(),
+        Some(&b"one"[..])
+    );
+    assert!(
+        store
+            .put_value_if(name, Some(b"one"), b"two")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get_value(name).await.unwrap().as_deref(),
+        Some(&b"two"[..])
+    );
+    // Binary and empty values compare byte for byte.
+    assert!(
+        store
+            .put_value_if(name, Some(b"two"), b"\0\xff")
+            .await
+            .unwrap()
+    );
+    assert!(!store.put_value_if(name, Some(b"\0"), b"x").await.unwrap());
+    assert!(
+        store
+            .put_value_if(name, Some(b"\0\xff"), b"")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store.put_value_if(name, None, b"x").await.unwrap(),
+        "empty is a value"
+    );
+    assert!(store.put_value_if(name, Some(b""), b"three").await.unwrap());
 }
 
 async fn first_write_and_reload(store: &dyn Store) {

@@ -235,6 +235,24 @@ pub trait Store: Send + Sync + 'static {
 
     async fn put_value(&self, name: &str, data: &[u8]) -> Result<(), StoreError>;
 
+    /// Compare-and-set of a named value: stores `data` under `name` if the stored value is
+    /// `expected` (`None`: no value), and says whether it did. For read-modify-write of a value
+    /// several nodes change (the custom sellers' list). The default reads then writes: right for
+    /// a store only one process writes ([`Store::exclusive`]) when its callers serialise
+    /// themselves; shared stores override it with one atomic step.
+    async fn put_value_if(
+        &self,
+        name: &str,
+        expected: Option<&[u8]>,
+        data: &[u8],
+    ) -> Result<bool, StoreError> {
+        if self.get_value(name).await?.as_deref() != expected {
+            return Ok(false);
+        }
+        self.put_value(name, data).await?;
+        Ok(true)
+    }
+
     /// Stores `data` under `name` unless a value is there already, and returns the value that
     /// is stored (the first writer's). The default reads then writes: right for a store only
     /// one process writes ([`Store::exclusive`]) when callers of one name do not race; shared

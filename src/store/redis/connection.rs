@@ -6,6 +6,11 @@
 //!   answering (a half-open TCP connection after a network partition, Redis moved to another
 //!   address) is never reported dead by the operating system for many minutes, so a call that
 //!   times out with nothing at all answered since it started replaces the whole manager.
+//! * **Sentinel** (`REDIS_SENTINEL_URLS`, `REDIS_SENTINEL_MASTER`): the sentinels name the
+//!   master; a [`ConnectionManager`] talks to it as to one server. When a call fails the way a
+//!   failover makes calls fail (connection refused or reset, no answer, `READONLY` from a master
+//!   demoted to replica), the sentinels are asked again, and a new master gets a new manager: the
+//!   calls during the failover answer 503, the first after it goes to the promoted replica.
 //! * **Cluster** (`REDIS_CLUSTER_URLS`): redis-rs's cluster client, which learns the slot map
 //!   from the seed nodes, follows `MOVED`/`ASK` (resharding, failover) and keeps one connection per
 //!   node, reconnecting and refreshing the map itself. Every command and pipeline sent through it
@@ -20,6 +25,7 @@ use std::time::{Duration, Instant};
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClient;
 use ::redis::cluster_async::ClusterConnection;
+use ::redis::sentinel::{SentinelClient, SentinelServerType};
 use ::redis::{
     AsyncConnectionConfig, Client, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Value,
 };
@@ -34,6 +40,12 @@ pub enum RedisTopology {
     /// A Redis Cluster, given by one or more of its nodes (`redis://host:port`); the client
     /// learns the others.
     Cluster(Vec<String>),
+    /// A master watched by Redis Sentinel: the sentinels (`redis://host:26379`) and the name
+    /// they know the master by.
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+    },
 }
 
 impl RedisTopology {
@@ -42,6 +54,7 @@ impl RedisTopology {
         let urls: &[String] = match self {
             RedisTopology::Single(url) => std::slice::from_ref(url),
             RedisTopology::Cluster(urls) => urls,
+            RedisTopology::Sentinel { sentinels, .. } => sentinels,
         };
         urls.iter()
             .map(|u| match Client::open(u.as_str()) {
@@ -88,14 +101,30 @@ impl ConnectionLike for Connection {
     }
 }
 
-/// What a replacement connection is made from (one server only: see the module docs).
+/// What a replacement connection is made from (see the module docs).
 enum Origin {
     Single {
         client: Box<Client>,
         config: ConnectionManagerConfig,
     },
+    Sentinel(Box<SentinelOrigin>),
     Cluster,
 }
+
+/// How a connection behind Sentinel finds the master again.
+struct SentinelOrigin {
+    /// Asked for the master; held by the one call asking.
+    sentinel: tokio::sync::Mutex<SentinelClient>,
+    config: ConnectionManagerConfig,
+    /// The master's address the current connection goes to.
+    master: Mutex<String>,
+    /// When the sentinels were last asked (µs since `epoch`), so a burst of failing calls asks
+    /// once.
+    asked: AtomicU64,
+}
+
+/// How often the sentinels are asked again at most while calls fail.
+const SENTINEL_ASK_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The store's connection and what keeps it usable.
 pub struct RedisConnection {
@@ -143,17 +172,7 @@ impl RedisConnection {
                 .await
                 .map_err(|_| in_time("probe"))?
                 .map_err(|e| unavailable(&e))?;
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(settings.connect_timeout))
-                    .set_response_timeout(Some(settings.response_timeout))
-                    // A reconnection is two attempts 50-100 ms apart, absorbing a blip. More
-                    // would make every call during an outage wait out the whole backoff (i.e.
-                    // the response timeout) instead of failing at once with "connection
-                    // refused". The next call after a failed reconnection starts a new one, so
-                    // Redis coming back is noticed on the first call after it does.
-                    .set_min_delay(Duration::from_millis(50))
-                    .set_max_delay(Duration::from_secs(1))
-                    .set_number_of_retries(1);
+                let config = manager_config(settings);
                 let manager = tokio::time::timeout(
                     settings.connect_timeout,
                     ConnectionManager::new_with_config(client.clone(), config.clone()),
@@ -188,6 +207,39 @@ impl RedisConnection {
                         .map_err(|e| unavailable(&e))?;
                 (Origin::Cluster, Connection::Cluster(conn))
             }
+            RedisTopology::Sentinel { sentinels, master } => {
+                let mut sentinel = SentinelClient::build(
+                    sentinels.clone(),
+                    master.clone(),
+                    None,
+                    SentinelServerType::Master,
+                )
+                .map_err(|e| StoreError::Unavailable(format!("invalid sentinel url: {e}")))?;
+                let client =
+                    tokio::time::timeout(settings.connect_timeout, sentinel.async_get_client())
+                        .await
+                        .map_err(|_| in_time("asking the sentinels for the master"))?
+                        .map_err(|e| unavailable(&e))?;
+                let address = client.get_connection_info().addr().to_string();
+                let config = manager_config(settings);
+                let manager = tokio::time::timeout(
+                    settings.connect_timeout,
+                    ConnectionManager::new_with_config(client, config.clone()),
+                )
+                .await
+                .map_err(|_| in_time("connection to the master"))?
+                .map_err(|e| unavailable(&e))?;
+                tracing::info!(master = %address, name = %master, "redis master found by the sentinels");
+                (
+                    Origin::Sentinel(Box::new(SentinelOrigin {
+                        sentinel: tokio::sync::Mutex::new(sentinel),
+                        config,
+                        master: Mutex::new(address),
+                        asked: AtomicU64::new(0),
+                    })),
+                    Connection::Single(manager),
+                )
+            }
         };
         Ok(Self {
             origin,
@@ -203,7 +255,7 @@ impl RedisConnection {
     /// one server (one connection executes in order). False on a Cluster, where keys of two slots
     /// may live on two nodes: a write that must land before another is awaited first.
     pub fn ordered(&self) -> bool {
-        matches!(self.origin, Origin::Single { .. })
+        !matches!(self.origin, Origin::Cluster)
     }
 
     /// The addresses connected to (no password).
@@ -216,8 +268,7 @@ impl RedisConnection {
     }
 
     fn lock(&self) -> MutexGuard<'_, (u64, Connection)> {
-        // The guarded value is replaced whole, never left half-updated: poison is harmless.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.conn)
     }
 
     /// Runs one round trip on the current connection, bounded by the response timeout, and maps
@@ -244,6 +295,13 @@ impl RedisConnection {
                     self.last_answer.fetch_max(self.now_us(), Ordering::Relaxed);
                 }
                 if !e.is_timeout() {
+                    if e.is_io_error()
+                        || e.is_connection_refusal()
+                        || e.is_connection_dropped()
+                        || e.kind() == ErrorKind::Server(::redis::ServerErrorKind::ReadOnly)
+                    {
+                        self.follow_master(generation).await;
+                    }
                     return Err(map_err(what, e));
                 }
                 format!("redis did not answer {what} in time: {e}")
@@ -256,12 +314,77 @@ impl RedisConnection {
         if self.last_answer.load(Ordering::Relaxed) < started {
             self.replace(generation);
         }
+        self.follow_master(generation).await;
         Err(StoreError::Unavailable(timed_out))
+    }
+
+    /// A write was refused with `READONLY` (inside a pipeline, where [`RedisConnection::call`]
+    /// does not see it): with Sentinel, the master may have been demoted; see
+    /// [`RedisConnection::follow_master`].
+    pub async fn master_may_have_moved(&self) {
+        let generation = self.lock().0;
+        self.follow_master(generation).await;
+    }
+
+    /// With Sentinel: asks the sentinels which server is the master now, and if it moved,
+    /// connects to it (see the module docs). Nothing otherwise.
+    async fn follow_master(&self, generation: u64) {
+        let Origin::Sentinel(origin) = &self.origin else {
+            return;
+        };
+        let SentinelOrigin {
+            sentinel,
+            config,
+            master,
+            asked,
+        } = origin.as_ref();
+        let now = self.now_us();
+        let last = asked.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < SENTINEL_ASK_INTERVAL.as_micros() as u64
+            || asked
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return; // asked a moment ago, or another call is asking
+        }
+        let Ok(mut sentinel) = sentinel.try_lock() else {
+            return;
+        };
+        let client =
+            match tokio::time::timeout(self.response_timeout, sentinel.async_get_client()).await {
+                Ok(Ok(client)) => client,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "the sentinels name no reachable master yet");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!("the sentinels did not answer in time");
+                    return;
+                }
+            };
+        let address = client.get_connection_info().addr().to_string();
+        if *lock(master) == address {
+            return; // still the master: the trouble is elsewhere
+        }
+        match ConnectionManager::new_lazy_with_config(client, config.clone()) {
+            Ok(manager) => {
+                let mut guard = self.lock();
+                if guard.0 == generation {
+                    *guard = (generation + 1, Connection::Single(manager));
+                }
+                drop(guard);
+                let before = std::mem::replace(&mut *lock(master), address.clone());
+                tracing::warn!(from = %before, to = %address, "redis master moved (sentinel failover); connected to the new one");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot connect to the new redis master"),
+        }
     }
 
     fn replace(&self, generation: u64) {
         let Origin::Single { client, config } = &self.origin else {
-            return; // the cluster client replaces its node connections itself
+            // The cluster client replaces its node connections itself; with Sentinel,
+            // `follow_master` connects anew when the master moved.
+            return;
         };
         let mut guard = self.lock();
         if guard.0 != generation {
@@ -278,6 +401,26 @@ impl RedisConnection {
             Err(e) => tracing::warn!(error = %e, "cannot create a new redis connection manager"),
         }
     }
+}
+
+/// The manager's settings for one server: its timeouts and a short reconnection.
+fn manager_config(settings: &RedisSettings) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(settings.connect_timeout))
+        .set_response_timeout(Some(settings.response_timeout))
+        // A reconnection is two attempts 50-100 ms apart, absorbing a blip. More would make
+        // every call during an outage wait out the whole backoff (i.e. the response timeout)
+        // instead of failing at once with "connection refused". The next call after a failed
+        // reconnection starts a new one, so Redis coming back is noticed on the first call
+        // after it does.
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_secs(1))
+        .set_number_of_retries(1)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Guarded values are replaced whole, never left half-updated: poison is harmless.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Connection trouble and transient server states are `Unavailable` (HTTP 503, the client

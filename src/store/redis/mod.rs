@@ -171,6 +171,19 @@ end
 return out
 ";
 
+/// Compare-and-set of a named value ([`Store::put_value_if`]). `KEYS[1]`: the value; `ARGV`:
+/// `1` if a value is expected (`0`: none), the expected value, the new one. Returns 1 if written.
+const PUT_IF_SCRIPT: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if ARGV[1] == '0' then
+  if cur then return 0 end
+elseif cur ~= ARGV[2] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[3])
+return 1
+";
+
 /// A turn in a shared schedule ([`Store::take_turn`]).
 ///
 /// `KEYS[1]`: the schedule's next free slot (µs, Redis's clock); `KEYS[2]`: the nodes that took
@@ -325,6 +338,15 @@ impl RedisStore {
             let timeout = (self.settings.response_timeout * 3 / 4).as_millis().max(1) as u64;
             ::redis::cmd("WAIT").arg(replicas).arg(timeout).to_owned()
         })
+    }
+
+    /// A write the server refused. `READONLY` means this server is a replica now: with
+    /// Sentinel, the connection follows the master.
+    async fn refused(&self, what: &str, e: ::redis::ServerError) -> StoreError {
+        if e.kind() == Some(ServerErrorKind::ReadOnly) {
+            self.conn.master_may_have_moved().await;
+        }
+        map_err(what, RedisError::from(e))
     }
 
     /// Checks `WAIT`'s answer: fewer replicas than required means the write may not survive a
@@ -695,7 +717,7 @@ impl Store for RedisStore {
                 }
                 reply
             }
-            Value::ServerError(e) => return Err(map_err("save", RedisError::from(e))),
+            Value::ServerError(e) => return Err(self.refused("save", e).await),
             other => other,
         };
         let (applied, version): (i64, u64) = decode("CAS result", cas_reply)?;
@@ -922,6 +944,26 @@ impl Store for RedisStore {
         Ok(existing.unwrap_or_else(|| data.to_vec()))
     }
 
+    /// One `EVAL` (the script travels with it: no script cache to miss; this is rare).
+    async fn put_value_if(
+        &self,
+        name: &str,
+        expected: Option<&[u8]>,
+        data: &[u8],
+    ) -> Result<bool, StoreError> {
+        let cmd = ::redis::cmd("EVAL")
+            .arg(PUT_IF_SCRIPT)
+            .arg(1)
+            .arg(self.value_key(name))
+            .arg(if expected.is_some() { "1" } else { "0" })
+            .arg(expected.unwrap_or_default())
+            .arg(data)
+            .to_owned();
+        let reply = self.write_value("put value if", cmd).await?;
+        let written: i64 = decode("put value if", reply)?;
+        Ok(written == 1)
+    }
+
     async fn put_value(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
         let cmd = ::redis::cmd("SET")
             .arg(self.value_key(name))
@@ -953,7 +995,7 @@ impl RedisStore {
             self.replicated(what, reply)?;
         }
         match replies.pop() {
-            Some(Value::ServerError(e)) => Err(map_err(what, RedisError::from(e))),
+            Some(Value::ServerError(e)) => Err(self.refused(what, e).await),
             Some(reply) => Ok(reply),
             None => Err(StoreError::Corrupt("empty pipeline reply".into())),
         }
