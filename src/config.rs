@@ -405,6 +405,17 @@ impl Config {
         .into_iter()
         .filter_map(|(name, given)| given.then_some(name))
         .collect();
+        for (name, values) in [
+            ("REDIS_CLUSTER_URLS", &self.redis_cluster_urls),
+            ("REDIS_SENTINEL_URLS", &self.redis_sentinel_urls),
+        ] {
+            // Empty is unset; commas with nothing between them are a mistake.
+            if values.len() > 1 && listed(values).is_empty() {
+                anyhow::bail!(
+                    "{name} lists no address: give redis://host:port entries, comma-separated"
+                );
+            }
+        }
         if given.len() > 1 {
             anyhow::bail!(
                 "{} are all set: set one (REDIS_URL for one Redis server, REDIS_CLUSTER_URLS for a Redis Cluster, REDIS_SENTINEL_URLS for Redis Sentinel)",
@@ -702,6 +713,12 @@ mod tests {
                 ],
                 master: "conversa".into()
             })
+        );
+        let blank = parse(&["--redis-cluster-urls", ",,"]);
+        let refused = blank.check_consistency().unwrap_err().to_string();
+        assert!(
+            refused.contains("REDIS_CLUSTER_URLS lists no address"),
+            "{refused}"
         );
         let two = parse(&[
             "--redis-cluster-urls",

@@ -88,6 +88,12 @@ async fn contacts_and_their_index_entries_spread_over_every_master() {
     assert_eq!(store.pending_outbox(10).await.unwrap().len(), 10);
     assert_eq!(store.phases(1_000).await.unwrap().len(), 300);
     assert_eq!(store.due(u64::MAX, 7).await.unwrap(), due[..7]);
+    // A cluster node given as one server is refused with what to set instead.
+    let refused = RedisStore::connect(&cluster.urls()[0], RedisSettings::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("REDIS_CLUSTER_URLS"), "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

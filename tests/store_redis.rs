@@ -651,9 +651,27 @@ async fn indexes_from_before_the_buckets_move_into_them() {
             .ignore();
         let _: () = pipe.query_async(&mut c).await.unwrap();
     }
+    // And what an older version, or a hand, may have left that names no contact.
+    let _: () = redis::pipe()
+        .cmd("ZADD")
+        .arg("conversa:wake")
+        .arg(5)
+        .arg("notakey")
+        .ignore()
+        .cmd("SADD")
+        .arg("conversa:outbox")
+        .arg("1:")
+        .ignore()
+        .query_async(&mut c)
+        .await
+        .unwrap();
     let store = connect(&server.url()).await;
     let due = store.due(u64::MAX, 10_000).await.unwrap();
-    assert_eq!(due.len(), 1_200);
+    assert_eq!(
+        due.len(),
+        1_200,
+        "moved, and the entry naming no contact dropped"
+    );
     assert_eq!(due[0], (contacts[0], 10_000));
     assert_eq!(due[1_199], (contacts[1_199], 11_199));
     assert_eq!(store.pending_outbox_count().await.unwrap(), 600);
@@ -744,4 +762,25 @@ async fn saves_wait_for_the_replicas_asked_for() {
     let saved = guarded("save", plain.save(&ContactKey::new(8, 3), 0, b"x", &ix)).await;
     replica.resume();
     assert_eq!(saved, Ok(1));
+}
+
+/// A bad entry in a list of Redis URLs is named by its place, never echoed (it may hold a
+/// password).
+#[tokio::test]
+async fn a_bad_url_in_a_list_is_named_by_its_place() {
+    use conversa::store::redis::RedisTopology;
+
+    let topology = RedisTopology::Cluster(vec![
+        "redis://127.0.0.1:1".into(),
+        "redis//:s3cret@host".into(),
+    ]);
+    let refused = RedisStore::connect_to(&topology, RedisSettings::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("redis url 2 of 2 is not valid"),
+        "{refused}"
+    );
+    assert!(!refused.contains("s3cret"), "{refused}");
 }

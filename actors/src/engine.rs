@@ -131,6 +131,7 @@ impl Engine {
             dead_letters: tokio::sync::broadcast::channel(DEAD_LETTER_NOTICES).0,
             supervisor: OnceLock::new(),
             activate: crate::actor::activate,
+            waking: tokio::sync::Semaphore::new(crate::node::WAKE_CONCURRENCY),
         });
         let (supervisor, _) = Actor::spawn(None, Supervisor, Arc::downgrade(&core))
             .await

@@ -156,7 +156,14 @@ pub(crate) struct Core {
     /// Spawns a contact's actor (installed by the engine: the node routes messages without
     /// knowing the actor's type).
     pub activate: Activate,
+    /// Background wakes (timers, outbox recovery) running at once, at most
+    /// [`WAKE_CONCURRENCY`]: ten thousand contacts due after a downtime load a few dozen at a
+    /// time instead of all at once (which timed out the store for everyone, start-up included).
+    pub waking: tokio::sync::Semaphore,
 }
+
+/// How many background wakes run at once (see [`Core::waking`]).
+pub(crate) const WAKE_CONCURRENCY: usize = 64;
 
 /// How the node spawns a contact's actor when a message finds none.
 pub(crate) type Activate =
@@ -286,6 +293,9 @@ impl Core {
     pub fn wake(self: &Arc<Self>, key: ContactKey) {
         let core = self.clone();
         tokio::spawn(async move {
+            let Ok(_turn) = core.waking.acquire().await else {
+                return; // closed: the engine is going away
+            };
             if let Err(e) = core.send(key, ContactMsg::Wake).await {
                 warn!(contact = %key, error = %e, "could not wake contact; retrying later");
                 core.retry_wake_later(key);

@@ -13,9 +13,11 @@
 //!   calls during the failover answer 503, the first after it goes to the promoted replica.
 //! * **Cluster** (`REDIS_CLUSTER_URLS`): redis-rs's cluster client, which learns the slot map
 //!   from the seed nodes, follows `MOVED`/`ASK` (resharding, failover) and keeps one connection per
-//!   node, reconnecting and refreshing the map itself. Every command and pipeline sent through it
-//!   must touch a single slot; commands on different slots may run on different nodes, in any
-//!   order ([`RedisConnection::ordered`]).
+//!   node, reconnecting and refreshing the map itself. A call that times out with nothing at all
+//!   answered since it started replaces the whole cluster connection (the client can stay
+//!   wedged after a failover under load). Every command and pipeline sent through it must touch
+//!   a single slot; commands on different slots may run on different nodes, in any order
+//!   ([`RedisConnection::ordered`]).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -108,7 +110,15 @@ enum Origin {
         config: ConnectionManagerConfig,
     },
     Sentinel(Box<SentinelOrigin>),
-    Cluster,
+    Cluster(Box<ClusterOrigin>),
+}
+
+/// How a cluster connection is made again.
+struct ClusterOrigin {
+    client: ClusterClient,
+    /// Held by the one call rebuilding the connection.
+    rebuilding: tokio::sync::Mutex<()>,
+    connect_timeout: Duration,
 }
 
 /// How a connection behind Sentinel finds the master again.
@@ -155,6 +165,21 @@ impl RedisConnection {
                 settings.connect_timeout
             ))
         };
+        let urls: &[String] = match topology {
+            RedisTopology::Single(url) => std::slice::from_ref(url),
+            RedisTopology::Cluster(urls) => urls,
+            RedisTopology::Sentinel { sentinels, .. } => sentinels,
+        };
+        for (i, url) in urls.iter().enumerate() {
+            // The error names the entry, never the URL (it may hold a password).
+            Client::open(url.as_str()).map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "redis url {} of {} is not valid ({e}): redis://[user:password@]host:port[/db]",
+                    i + 1,
+                    urls.len()
+                ))
+            })?;
+        }
         let (origin, conn) = match topology {
             RedisTopology::Single(url) => {
                 let client = Client::open(url.as_str())
@@ -200,12 +225,21 @@ impl RedisConnection {
                     .max_retry_wait(200)
                     .build()
                     .map_err(|e| StoreError::Unavailable(format!("invalid redis url: {e}")))?;
-                let conn =
-                    tokio::time::timeout(settings.connect_timeout, client.get_async_connection())
-                        .await
-                        .map_err(|_| in_time("cluster slots"))?
-                        .map_err(|e| unavailable(&e))?;
-                (Origin::Cluster, Connection::Cluster(conn))
+                // A seed that accepts the connection and never answers costs a response timeout
+                // before the next seed is asked.
+                let bound = settings.connect_timeout + 2 * settings.response_timeout;
+                let conn = tokio::time::timeout(bound, client.get_async_connection())
+                    .await
+                    .map_err(|_| in_time("cluster slots"))?
+                    .map_err(|e| unavailable(&e))?;
+                (
+                    Origin::Cluster(Box::new(ClusterOrigin {
+                        client,
+                        rebuilding: tokio::sync::Mutex::new(()),
+                        connect_timeout: bound,
+                    })),
+                    Connection::Cluster(conn),
+                )
             }
             RedisTopology::Sentinel { sentinels, master } => {
                 let mut sentinel = SentinelClient::build(
@@ -255,7 +289,7 @@ impl RedisConnection {
     /// one server (one connection executes in order). False on a Cluster, where keys of two slots
     /// may live on two nodes: a write that must land before another is awaited first.
     pub fn ordered(&self) -> bool {
-        !matches!(self.origin, Origin::Cluster)
+        !matches!(self.origin, Origin::Cluster(_))
     }
 
     /// The addresses connected to (no password).
@@ -313,9 +347,43 @@ impl RedisConnection {
         };
         if self.last_answer.load(Ordering::Relaxed) < started {
             self.replace(generation);
+            self.rebuild_cluster(generation).await;
         }
         self.follow_master(generation).await;
         Err(StoreError::Unavailable(timed_out))
+    }
+
+    /// On a Cluster, when nothing at all answered for a whole call: a new cluster connection,
+    /// its slot map read afresh from the configured nodes. The cluster client can stay wedged
+    /// after a failover or a resharding under load (every call timing out, healthy masters
+    /// included, until the process restarts; found by a black-box try, see redis-rs issues
+    /// #1528, #1953); this is the way out without a restart.
+    async fn rebuild_cluster(&self, generation: u64) {
+        let Origin::Cluster(origin) = &self.origin else {
+            return;
+        };
+        let Ok(_rebuilding) = origin.rebuilding.try_lock() else {
+            return; // another call is at it
+        };
+        if self.lock().0 != generation {
+            return; // already rebuilt since this call started
+        }
+        match tokio::time::timeout(origin.connect_timeout, origin.client.get_async_connection())
+            .await
+        {
+            Ok(Ok(conn)) => {
+                let mut guard = self.lock();
+                if guard.0 == generation {
+                    *guard = (generation + 1, Connection::Cluster(conn));
+                    tracing::warn!(
+                        generation,
+                        "redis cluster stopped answering; connected to it anew"
+                    );
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot connect to the redis cluster anew"),
+            Err(_) => tracing::warn!("the redis cluster did not answer a new connection in time"),
+        }
     }
 
     /// A write was refused with `READONLY` (inside a pipeline, where [`RedisConnection::call`]
@@ -382,7 +450,7 @@ impl RedisConnection {
 
     fn replace(&self, generation: u64) {
         let Origin::Single { client, config } = &self.origin else {
-            // The cluster client replaces its node connections itself; with Sentinel,
+            // A cluster connection is rebuilt by `rebuild_cluster`; with Sentinel,
             // `follow_master` connects anew when the master moved.
             return;
         };

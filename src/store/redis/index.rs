@@ -68,21 +68,36 @@ impl IndexKeys {
 }
 
 /// How many legacy entries one migration step moves.
-const MIGRATION_BATCH: usize = 500;
+const MIGRATION_BATCH: usize = 1_000;
 
 /// Moves the entries of the global index keys an older conversa wrote into the buckets, then
 /// removes them from the old keys (see the module docs). Idempotent, and safe with several
 /// nodes migrating at once: a wake-up only ever moves earlier (`ZADD LT`), a phase already in
-/// its bucket was written by this layout and is kept (`HSETNX`).
+/// its bucket was written by this layout and is kept (`HSETNX`). An entry that names no contact
+/// is dropped. One command per bucket per step: 50,000 entries take seconds.
 pub async fn migrate_legacy(conn: &RedisConnection, keys: &IndexKeys) -> Result<u64, StoreError> {
     let old_wake = format!("{}:wake", keys.prefix);
     let old_outbox = format!("{}:outbox", keys.prefix);
     let old_phases = format!("{}:phases", keys.prefix);
+    let (wake, outbox, phases): (u64, u64, u64) = (
+        query(conn, ::redis::cmd("ZCARD").arg(&old_wake)).await?,
+        query(conn, ::redis::cmd("SCARD").arg(&old_outbox)).await?,
+        query(conn, ::redis::cmd("HLEN").arg(&old_phases)).await?,
+    );
+    if wake + outbox + phases == 0 {
+        return Ok(0);
+    }
+    tracing::info!(
+        wake,
+        outbox,
+        phases,
+        "moving the index entries of an older conversa into the index buckets"
+    );
     let mut moved = 0u64;
+    let mut dropped = 0u64;
     loop {
         let batch: Vec<(String, f64)> = query(
             conn,
-            "index migration",
             ::redis::cmd("ZRANGE")
                 .arg(&old_wake)
                 .arg(0)
@@ -93,32 +108,23 @@ pub async fn migrate_legacy(conn: &RedisConnection, keys: &IndexKeys) -> Result<
         if batch.is_empty() {
             break;
         }
+        let mut per_bucket: Vec<::redis::Cmd> = (0..BUCKETS)
+            .map(|b| ::redis::cmd("ZADD").arg(&keys.wake[b]).arg("LT").to_owned())
+            .collect();
         for (member, at) in &batch {
-            let bucket = bucket_of(member);
-            let _: i64 = query(
-                conn,
-                "index migration",
-                ::redis::cmd("ZADD")
-                    .arg(&keys.wake[bucket])
-                    .arg("LT")
-                    .arg(*at as u64)
-                    .arg(member),
-            )
-            .await?;
+            if !names_a_contact(member, &mut dropped) {
+                continue;
+            }
+            per_bucket[bucket_of(member)].arg(*at as u64).arg(member);
         }
+        add_all(conn, per_bucket, 3).await?;
         let members: Vec<&String> = batch.iter().map(|(m, _)| m).collect();
-        let _: i64 = query(
-            conn,
-            "index migration",
-            ::redis::cmd("ZREM").arg(&old_wake).arg(&members),
-        )
-        .await?;
+        let _: i64 = query(conn, ::redis::cmd("ZREM").arg(&old_wake).arg(&members)).await?;
         moved += batch.len() as u64;
     }
     loop {
         let batch: Vec<String> = query(
             conn,
-            "index migration",
             ::redis::cmd("SRANDMEMBER")
                 .arg(&old_outbox)
                 .arg(MIGRATION_BATCH),
@@ -127,29 +133,22 @@ pub async fn migrate_legacy(conn: &RedisConnection, keys: &IndexKeys) -> Result<
         if batch.is_empty() {
             break;
         }
+        let mut per_bucket: Vec<::redis::Cmd> = (0..BUCKETS)
+            .map(|b| ::redis::cmd("SADD").arg(&keys.outbox[b]).to_owned())
+            .collect();
         for member in &batch {
-            let _: i64 = query(
-                conn,
-                "index migration",
-                ::redis::cmd("SADD")
-                    .arg(&keys.outbox[bucket_of(member)])
-                    .arg(member),
-            )
-            .await?;
+            if names_a_contact(member, &mut dropped) {
+                per_bucket[bucket_of(member)].arg(member);
+            }
         }
-        let _: i64 = query(
-            conn,
-            "index migration",
-            ::redis::cmd("SREM").arg(&old_outbox).arg(&batch),
-        )
-        .await?;
+        add_all(conn, per_bucket, 2).await?;
+        let _: i64 = query(conn, ::redis::cmd("SREM").arg(&old_outbox).arg(&batch)).await?;
         moved += batch.len() as u64;
     }
     let mut cursor = "0".to_owned();
     loop {
         let (next, batch): (String, Vec<(String, String)>) = query(
             conn,
-            "index migration",
             ::redis::cmd("HSCAN")
                 .arg(&old_phases)
                 .arg(&cursor)
@@ -157,25 +156,27 @@ pub async fn migrate_legacy(conn: &RedisConnection, keys: &IndexKeys) -> Result<
                 .arg(MIGRATION_BATCH),
         )
         .await?;
+        let mut per_bucket: Vec<::redis::Pipeline> =
+            (0..BUCKETS).map(|_| ::redis::pipe()).collect();
         for (member, phase) in &batch {
-            let _: i64 = query(
-                conn,
-                "index migration",
-                ::redis::cmd("HSETNX")
+            if names_a_contact(member, &mut dropped) {
+                per_bucket[bucket_of(member)]
+                    .cmd("HSETNX")
                     .arg(&keys.phases[bucket_of(member)])
                     .arg(member)
-                    .arg(phase),
-            )
+                    .arg(phase)
+                    .ignore();
+            }
+        }
+        for pipe in per_bucket.into_iter().filter(|p| !p.is_empty()) {
+            conn.call("index migration", |mut c| async move {
+                pipe.exec_async(&mut c).await
+            })
             .await?;
         }
         if !batch.is_empty() {
             let fields: Vec<&String> = batch.iter().map(|(m, _)| m).collect();
-            let _: i64 = query(
-                conn,
-                "index migration",
-                ::redis::cmd("HDEL").arg(&old_phases).arg(&fields),
-            )
-            .await?;
+            let _: i64 = query(conn, ::redis::cmd("HDEL").arg(&old_phases).arg(&fields)).await?;
             moved += batch.len() as u64;
         }
         if next == "0" {
@@ -183,19 +184,53 @@ pub async fn migrate_legacy(conn: &RedisConnection, keys: &IndexKeys) -> Result<
         }
         cursor = next;
     }
+    if dropped > 0 {
+        tracing::warn!(dropped, "index entries that name no contact were dropped");
+    }
     Ok(moved)
+}
+
+/// Whether an old index member is `account:contact`; counts the ones that are not.
+fn names_a_contact(member: &str, dropped: &mut u64) -> bool {
+    let ok = member
+        .parse::<conversa_actors::contact::ContactKey>()
+        .is_ok();
+    if !ok {
+        *dropped += 1;
+    }
+    ok
+}
+
+/// Runs the per-bucket commands that got more than their first `fixed` arguments.
+async fn add_all(
+    conn: &RedisConnection,
+    per_bucket: Vec<::redis::Cmd>,
+    fixed: usize,
+) -> Result<(), StoreError> {
+    for cmd in per_bucket
+        .into_iter()
+        .filter(|c| c.args_iter().count() > fixed)
+    {
+        let _: Value = conn
+            .call("index migration", |mut c| async move {
+                cmd.query_async(&mut c).await
+            })
+            .await?;
+    }
+    Ok(())
 }
 
 async fn query<T: ::redis::FromRedisValue>(
     conn: &RedisConnection,
-    what: &'static str,
     cmd: &mut ::redis::Cmd,
 ) -> Result<T, StoreError> {
     let cmd = cmd.clone();
     let reply: Value = conn
-        .call(what, |mut c| async move { cmd.query_async(&mut c).await })
+        .call("index migration", |mut c| async move {
+            cmd.query_async(&mut c).await
+        })
         .await?;
-    decode(what, reply)
+    decode("index migration", reply)
 }
 
 #[cfg(test)]

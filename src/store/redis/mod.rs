@@ -297,6 +297,24 @@ impl RedisStore {
                 load.query_async(&mut c).await
             })
             .await?;
+        if store.conn.ordered() {
+            // A cluster node given as one server would answer MOVED to most keys.
+            let info: String = store
+                .call("INFO cluster", |mut c| async move {
+                    ::redis::cmd("INFO")
+                        .arg("cluster")
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            if info.contains("cluster_enabled:1") {
+                return Err(StoreError::Unavailable(
+                    "this Redis is a node of a Redis Cluster: list its nodes in REDIS_CLUSTER_URLS \
+                     instead of REDIS_URL"
+                        .into(),
+                ));
+            }
+        }
         let moved = index::migrate_legacy(&store.conn, &store.index).await?;
         if moved > 0 {
             tracing::info!(moved, "index entries moved into the index buckets");
