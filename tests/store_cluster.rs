@@ -141,3 +141,68 @@ async fn a_save_whose_index_bucket_is_unreachable_writes_no_snapshot() {
     assert_eq!(saved, Ok(1));
     assert!(store.due(5_000, 10).await.unwrap().contains(&(key, 5_000)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_masters_contacts_move_to_its_promoted_replica() {
+    // A master that hangs (not dies) is failed over by the cluster; the client, which learns
+    // a new slot map on MOVED and refused connections but not on silence, must still find the
+    // promoted replica while the old master is frozen.
+    let cluster = RedisCluster::start(3, 1);
+    let store = connect(&cluster).await;
+    let key = ContactKey::new(11, 1);
+    assert_eq!(
+        store
+            .save(&key, 0, b"one", &index(None, false, "idle"))
+            .await,
+        Ok(1)
+    );
+    let master = cluster.master_of(&format!("conversa:{{{key}}}:snap"));
+    // Other contacts keep being served meanwhile (their masters answer): the client is not
+    // silent as a whole, only for this master's slots.
+    let store = Arc::new(store);
+    let busy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let elsewhere = (2..200u64)
+        .map(|c| ContactKey::new(11, c))
+        .find(|k| cluster.master_of(&format!("conversa:{{{k}}}:snap")) != master)
+        .unwrap();
+    let background = {
+        let (store, busy) = (store.clone(), busy.clone());
+        tokio::spawn(async move {
+            let mut version = 0;
+            while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(v) = store
+                    .save(&elsewhere, version, b"x", &index(None, false, "idle"))
+                    .await
+                {
+                    version = v;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            version
+        })
+    };
+    cluster.nodes()[master].pause();
+    let started = std::time::Instant::now();
+    let deadline = started + std::time::Duration::from_secs(30);
+    let saved = loop {
+        match store
+            .save(&key, 1, b"two", &index(None, false, "idle"))
+            .await
+        {
+            Ok(v) => break v,
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "still refused while the old master hangs: {e}"
+            ),
+        }
+    };
+    let took = started.elapsed();
+    cluster.nodes()[master].resume();
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    let served = background.await.unwrap();
+    eprintln!(
+        "saved on the promoted replica {took:?} after the master hung; {served} saves elsewhere"
+    );
+    assert_eq!(saved, 2);
+    assert!(served > 10, "the other master kept answering");
+}

@@ -13,9 +13,9 @@
 //!   calls during the failover answer 503, the first after it goes to the promoted replica.
 //! * **Cluster** (`REDIS_CLUSTER_URLS`): redis-rs's cluster client, which learns the slot map
 //!   from the seed nodes, follows `MOVED`/`ASK` (resharding, failover) and keeps one connection per
-//!   node, reconnecting and refreshing the map itself. A call that times out with nothing at all
-//!   answered since it started replaces the whole cluster connection (the client can stay
-//!   wedged after a failover under load). Every command and pipeline sent through it must touch
+//!   node, reconnecting and refreshing the map itself. A call that times out replaces the whole
+//!   cluster connection, at most every 2 s (the client does not notice a hung master's
+//!   failover, and can stay wedged after failovers under load). Every command and pipeline sent through it must touch
 //!   a single slot; commands on different slots may run on different nodes, in any order
 //!   ([`RedisConnection::ordered`]).
 
@@ -118,6 +118,8 @@ struct ClusterOrigin {
     client: ClusterClient,
     /// Held by the one call rebuilding the connection.
     rebuilding: tokio::sync::Mutex<()>,
+    /// When it was last rebuilt (µs since `epoch`; 0: never).
+    rebuilt_at: AtomicU64,
     connect_timeout: Duration,
 }
 
@@ -132,6 +134,9 @@ struct SentinelOrigin {
     /// once.
     asked: AtomicU64,
 }
+
+/// How often a cluster connection is rebuilt at most while calls time out.
+const CLUSTER_REBUILD_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How often the sentinels are asked again at most while calls fail.
 const SENTINEL_ASK_INTERVAL: Duration = Duration::from_millis(250);
@@ -236,6 +241,7 @@ impl RedisConnection {
                     Origin::Cluster(Box::new(ClusterOrigin {
                         client,
                         rebuilding: tokio::sync::Mutex::new(()),
+                        rebuilt_at: AtomicU64::new(0),
                         connect_timeout: bound,
                     })),
                     Connection::Cluster(conn),
@@ -347,17 +353,19 @@ impl RedisConnection {
         };
         if self.last_answer.load(Ordering::Relaxed) < started {
             self.replace(generation);
-            self.rebuild_cluster(generation).await;
         }
+        self.rebuild_cluster(generation).await;
         self.follow_master(generation).await;
         Err(StoreError::Unavailable(timed_out))
     }
 
-    /// On a Cluster, when nothing at all answered for a whole call: a new cluster connection,
-    /// its slot map read afresh from the configured nodes. The cluster client can stay wedged
-    /// after a failover or a resharding under load (every call timing out, healthy masters
-    /// included, until the process restarts; found by a black-box try, see redis-rs issues
-    /// #1528, #1953); this is the way out without a restart.
+    /// On a Cluster, after a call timed out: a new cluster connection, its slot map read
+    /// afresh from the configured nodes, at most once per [`CLUSTER_REBUILD_INTERVAL`]. The
+    /// cluster client refreshes its map on `MOVED` and on a refused connection, not on silence:
+    /// with a master hung (not dead) it kept sending that master's slots there after its
+    /// replica was promoted, and it was seen wedged after failovers under load (every call
+    /// timing out, healthy masters included, until a restart; black-box tries, redis-rs issues
+    /// #1528, #1953). This is the way out in both cases.
     async fn rebuild_cluster(&self, generation: u64) {
         let Origin::Cluster(origin) = &self.origin else {
             return;
@@ -368,6 +376,12 @@ impl RedisConnection {
         if self.lock().0 != generation {
             return; // already rebuilt since this call started
         }
+        let now = self.now_us();
+        let last = origin.rebuilt_at.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < CLUSTER_REBUILD_INTERVAL.as_micros() as u64 {
+            return;
+        }
+        origin.rebuilt_at.store(now.max(1), Ordering::Relaxed);
         match tokio::time::timeout(origin.connect_timeout, origin.client.get_async_connection())
             .await
         {
