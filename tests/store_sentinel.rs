@@ -147,7 +147,6 @@ async fn the_service_runs_behind_sentinel() {
     let service = Service::start(&[
         ("REDIS_SENTINEL_URLS", &sentinels),
         ("REDIS_SENTINEL_MASTER", MASTER_NAME),
-        ("REDIS_WAIT_REPLICAS", "1"),
     ])
     .await;
     let (status, body) = service
