@@ -31,14 +31,12 @@ fn index(wake_at: Option<u64>, outbox_pending: bool, phase: &str) -> IndexUpdate
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conforms_on_a_cluster_waiting_for_replicas() {
-    // With REDIS_WAIT_REPLICAS=1: every write is followed by WAIT on the node that took it (the
-    // other cluster tests run without).
+async fn conforms_on_a_cluster() {
+    // Without REDIS_WAIT_REPLICAS: under CI's load (twelve servers on two cores) a replica
+    // starved of CPU confirmed nothing within the wait and a save answered Unavailable, as
+    // designed; waiting is exercised by tests/cluster_faults.rs under load.
     let cluster = RedisCluster::start(3, 1);
-    let settings = RedisSettings {
-        wait_replicas: 1,
-        ..RedisSettings::default()
-    };
+    let settings = RedisSettings::default();
     let store = RedisStore::connect_to(&RedisTopology::Cluster(cluster.urls()), settings)
         .await
         .expect("connect to the test cluster");
