@@ -7,10 +7,10 @@ mod support;
 
 use std::sync::Arc;
 
+use conversa::store::Store;
 use conversa::store::redis::{RedisSettings, RedisStore, RedisTopology};
-use conversa::store::{IndexUpdate, Store};
 use conversa_actors::contact::ContactKey;
-use conversa_actors::phase::PhaseName;
+use support::index::index;
 use support::redis_cluster::{RedisCluster, cli};
 
 async fn connect(cluster: &RedisCluster) -> RedisStore {
@@ -19,15 +19,6 @@ async fn connect(cluster: &RedisCluster) -> RedisStore {
     RedisStore::connect_to(&RedisTopology::Cluster(seeds), RedisSettings::default())
         .await
         .expect("connect to the test cluster")
-}
-
-fn index(wake_at: Option<u64>, outbox_pending: bool, phase: &str) -> IndexUpdate {
-    IndexUpdate {
-        wake_at,
-        outbox_pending,
-        phase: PhaseName::parse(phase).expect("a phase name"),
-        previous: None,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,6 +85,28 @@ async fn contacts_and_their_index_entries_spread_over_every_master() {
     assert!(refused.contains("REDIS_CLUSTER_URLS"), "{refused}");
 }
 
+/// `/ready`'s store check: every master must answer, so one master down (and no replica to take
+/// over) makes the service not ready, although the other masters serve their contacts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_master_not_answering_fails_the_readiness_check() {
+    let cluster = RedisCluster::start(3, 0);
+    let store = connect(&cluster).await;
+    store.ping().await.expect("every master answers");
+    let frozen = cluster.masters()[1];
+    cluster.nodes()[frozen].pause();
+    let pinged = store.ping().await;
+    cluster.nodes()[frozen].resume();
+    assert!(
+        matches!(pinged, Err(conversa::store::StoreError::Unavailable(_))),
+        "{pinged:?}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while let Err(e) = store.ping().await {
+        assert!(std::time::Instant::now() < deadline, "still not ready: {e}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_save_whose_index_bucket_is_unreachable_writes_no_snapshot() {
     // The wake-up must be in the index before the snapshot that needs it exists: with the
@@ -120,6 +133,7 @@ async fn a_save_whose_index_bucket_is_unreachable_writes_no_snapshot() {
         matches!(saved, Err(conversa::store::StoreError::Unavailable(_))),
         "{saved:?}"
     );
+
     assert_eq!(
         store.load(&key).await.unwrap(),
         None,

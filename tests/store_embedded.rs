@@ -3,6 +3,8 @@
 //! "data dir in use" error, and durability of acknowledged saves across a real SIGKILL of a child
 //! process (the child is this very test binary, re-executed on an `#[ignore]`d test).
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -11,19 +13,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use conversa::store::embedded::EmbeddedStore;
-use conversa::store::{IndexUpdate, Store, StoreError};
+use conversa::store::{Store, StoreError};
 use conversa_actors::contact::ContactKey;
 use conversa_actors::phase::PhaseName;
 use conversa_actors::store::conformance;
-
-fn index(wake_at: Option<u64>, outbox_pending: bool, phase: &str) -> IndexUpdate {
-    IndexUpdate {
-        wake_at,
-        outbox_pending,
-        phase: PhaseName::parse(phase).expect("a phase name"),
-        previous: None,
-    }
-}
+use support::index::index;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_conforms() {

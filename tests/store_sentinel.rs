@@ -22,6 +22,9 @@ use support::service::Service;
 /// then vote and promote.
 const FAILOVER: Duration = Duration::from_secs(30);
 
+/// The response timeout of a store that waits for replicas.
+const WAITING_RESPONSE_TIMEOUT: Duration = Duration::from_secs(4);
+
 async fn connect(set: &SentinelSet, wait_replicas: u32) -> RedisStore {
     let topology = RedisTopology::Sentinel {
         sentinels: set.sentinel_urls(),
@@ -29,6 +32,13 @@ async fn connect(set: &SentinelSet, wait_replicas: u32) -> RedisStore {
     };
     let settings = RedisSettings {
         wait_replicas,
+        // `WAIT` gets three quarters of the response timeout: under CI's load (a dozen servers
+        // on two cores) a live replica was seen to need more than the 750 ms of the default.
+        response_timeout: if wait_replicas > 0 {
+            WAITING_RESPONSE_TIMEOUT
+        } else {
+            RedisSettings::default().response_timeout
+        },
         ..RedisSettings::default()
     };
     RedisStore::connect_to(&topology, settings)

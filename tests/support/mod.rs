@@ -5,6 +5,7 @@
 
 pub mod fake_kommo;
 pub mod fake_n8n;
+pub mod index;
 pub mod kommo_client;
 pub mod metrics;
 pub mod recorder;

@@ -367,6 +367,42 @@ impl RedisStore {
         map_err(what, RedisError::from(e))
     }
 
+    /// The compare-and-set's reply from a save's pipeline, the script run again when Redis had
+    /// forgotten it (restarted, or its script cache flushed: `NOSCRIPT`), followed by its own
+    /// `WAIT` (the pipeline's ran before this write). A refusal is mapped by
+    /// [`RedisStore::refused`].
+    async fn script_ran(
+        &self,
+        reply: Value,
+        invocation: &ScriptInvocation<'_>,
+        wait: Option<&::redis::Cmd>,
+        wait_replies: &mut Vec<Value>,
+    ) -> Result<Value, StoreError> {
+        match reply {
+            Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript) => {
+                let reply = self
+                    .call("save", |mut c| async move {
+                        invocation.invoke_async::<Value>(&mut c).await
+                    })
+                    .await?;
+                if let Some(w) = wait {
+                    // On a Cluster `WAIT` alone goes to every master and counts the least
+                    // replicated.
+                    let w = w.clone();
+                    wait_replies.push(
+                        self.call("save", |mut c| async move {
+                            w.query_async::<Value>(&mut c).await
+                        })
+                        .await?,
+                    );
+                }
+                Ok(reply)
+            }
+            Value::ServerError(e) => Err(self.refused("save", e).await),
+            other => Ok(other),
+        }
+    }
+
     /// Checks `WAIT`'s answer: fewer replicas than required means the write may not survive a
     /// failover, so it is not reported done (HTTP 503; a retry finds it applied).
     fn replicated(&self, what: &str, reply: Value) -> Result<(), StoreError> {
@@ -563,6 +599,9 @@ impl Store for RedisStore {
         "redis"
     }
 
+    /// On a Cluster the client sends `PING` to every master and needs all to answer: a shard
+    /// down (not yet failed over) makes `/ready` say not ready, as its contacts cannot be
+    /// served.
     async fn ping(&self) -> Result<(), StoreError> {
         let pong: String = self
             .call("PING", |mut c| async move {
@@ -713,31 +752,9 @@ impl Store for RedisStore {
             Value::ServerError(e) => Some(RedisError::from(e)),
             _ => None,
         });
-        let cas_reply = match cas_reply {
-            Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript) => {
-                // Redis restarted (or its script cache was flushed): load and run again.
-                let reply = self
-                    .call("save", |mut c| {
-                        let invocation = &invocation;
-                        async move { invocation.invoke_async::<Value>(&mut c).await }
-                    })
-                    .await?;
-                if let Some(w) = &wait {
-                    // The pipeline's `WAIT` ran before this write: wait again (on a Cluster
-                    // `WAIT` alone goes to every master and counts the least replicated).
-                    let w = w.clone();
-                    wait_replies.push(
-                        self.call("save", |mut c| async move {
-                            w.query_async::<Value>(&mut c).await
-                        })
-                        .await?,
-                    );
-                }
-                reply
-            }
-            Value::ServerError(e) => return Err(self.refused("save", e).await),
-            other => other,
-        };
+        let cas_reply = self
+            .script_ran(cas_reply, &invocation, wait.as_ref(), &mut wait_replies)
+            .await?;
         let (applied, version): (i64, u64) = decode("CAS result", cas_reply)?;
         if applied != 1 {
             return Err(StoreError::Conflict { current: version });
