@@ -8,10 +8,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use conversa::kommo::client::KommoClient;
+use conversa::kommo::error::KommoError;
 use conversa::store::Store;
 use conversa::store::redis::{RedisSettings, RedisStore};
 use support::fake_kommo::FakeKommo;
-use support::kommo_client::{node_on_redis as node, seed_pair};
+use support::kommo_client::{node_on_redis as node, node_on_redis_with_tokens, seed_pair};
 use support::redis_server::RedisServer;
 
 /// `calls` concurrent calls on each client; every one must succeed.
@@ -131,6 +132,66 @@ async fn three_nodes_with_an_expired_token_refresh_it_once() {
     // Every node now holds the rotated pair: later calls need no refresh at all.
     call_all(&nodes, 1).await;
     assert_eq!(fake.refresh_count(), 1);
+}
+
+/// An authorization found dead on one node is dead for every node (none presents the revoked
+/// refresh token again), and an admin re-authorizing through any node — even one that never
+/// saw the later rotations — brings every node back within seconds, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reauthorization_through_one_node_brings_every_node_back() {
+    let redis = RedisServer::start();
+    let fake = FakeKommo::start().await;
+    let seed = seed_pair(&fake);
+    let (a, b, c) = (
+        node(&fake, &redis, &seed).await,
+        node(&fake, &redis, &seed).await,
+        node(&fake, &redis, &seed).await,
+    );
+    let (idle, idle_client) = node_on_redis_with_tokens(&fake, &redis, &seed).await;
+    // b rotates the pair once (generation 1) and c takes it; a and the idle node never hear
+    // of it.
+    fake.expire_access_token();
+    b.account().await.expect("b refreshes");
+    c.account().await.expect("c takes b's pair");
+    assert_eq!(fake.refresh_count(), 1);
+    // The integration is uninstalled: c finds its refresh token revoked.
+    fake.revoke_refresh_token();
+    fake.expire_access_token();
+    let dead = |r: Result<_, KommoError>| matches!(r, Err(KommoError::ReauthorizeNeeded { .. }));
+    assert!(dead(c.account().await), "c: re-authorization needed");
+    // a and b learn it from the store, without a refresh request of their own.
+    assert!(dead(a.account().await), "a learns it from the store");
+    assert!(dead(b.account().await), "b learns it from the store");
+    let refresh_grants = || {
+        fake.token_requests()
+            .iter()
+            .filter(|r| r.body.contains("refresh_token"))
+            .count()
+    };
+    assert_eq!(
+        refresh_grants(),
+        2,
+        "b's rotation and c's attempt: nobody else presented the dead token"
+    );
+    // An admin authorizes again; the callback lands on the idle node.
+    idle.exchange_code(&fake.issue_code())
+        .await
+        .expect("code exchanged");
+    idle_client.account().await.expect("the idle node works");
+    // Every other node takes the new pair from the store by itself.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (name, node) in [("a", &a), ("b", &b), ("c", &c)] {
+        loop {
+            match node.account().await {
+                Ok(_) => break,
+                Err(KommoError::ReauthorizeNeeded { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("{name} never came back: {e}"),
+            }
+        }
+    }
+    assert_eq!(refresh_grants(), 2, "coming back took no refresh");
 }
 
 /// The two primitives on a real Redis: a lease has one holder at a time (renewed by it, given

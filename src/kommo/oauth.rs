@@ -40,7 +40,10 @@
 //!   the state becomes [`TokenState::ReauthorizeNeeded`] (stored too, so a restart does not try
 //!   again), and every later call fails fast with [`KommoError::ReauthorizeNeeded`] without
 //!   touching Kommo — until [`TokenManager::exchange_code`] installs a new pair or the operator
-//!   seeds new tokens. A rejected long-lived token leads to the same state.
+//!   seeds new tokens. A rejected long-lived token leads to the same state. The other nodes take
+//!   the state from the store at their next refresh instead of presenting the dead refresh
+//!   token again, and while in it look in the store every [`REAUTHORIZE_RECHECK`] for the pair
+//!   a re-authorization through any node installed (its generation is above every stored one).
 //! * **Refresh ahead.** [`TokenManager::access_token`] refreshes when less than
 //!   [`REFRESH_MARGIN`] is left. If that early refresh fails for a transient reason (network,
 //!   5xx, 429, 403) while the current token is still valid, the current token is returned and the
@@ -78,6 +81,10 @@ pub const ROTATION_LEASE: Duration = Duration::from_secs(30);
 
 /// How often a node waiting for another node's rotation looks for the new pair.
 const ROTATION_POLL: Duration = Duration::from_millis(100);
+
+/// While the authorization is dead, how often a call looks in the store for a pair another
+/// node installed (an admin re-authorized through it); between looks calls fail fast.
+pub const REAUTHORIZE_RECHECK: Duration = Duration::from_secs(2);
 
 /// The authorize page (docs/kommo.md, the OAuth row).
 const AUTHORIZE_URL: &str = "https://www.kommo.com/oauth";
@@ -196,6 +203,8 @@ struct Current {
     record: Record,
     /// A rotated pair not yet durable (see the module docs).
     pending: Option<Tokens>,
+    /// While re-authorization is needed: when the store was last read for a newer pair.
+    reauthorize_checked: Option<Instant>,
 }
 
 struct Shared {
@@ -331,14 +340,20 @@ impl TokenManager {
             let current = self.shared.current.lock().unwrap();
             if current.loaded && current.pending.is_none() {
                 if let Some(reason) = &current.record.reauthorize {
-                    return Err(KommoError::ReauthorizeNeeded {
-                        reason: reason.clone(),
-                    });
-                }
-                match &current.record.tokens {
-                    Some(t) if !t.expiring(now_unix()) => return Ok(t.access_token.clone()),
-                    None => return Err(KommoError::NotConfigured),
-                    Some(_) => {}
+                    let looked_lately = current
+                        .reauthorize_checked
+                        .is_some_and(|at| at.elapsed() < REAUTHORIZE_RECHECK);
+                    if looked_lately {
+                        return Err(KommoError::ReauthorizeNeeded {
+                            reason: reason.clone(),
+                        });
+                    }
+                } else {
+                    match &current.record.tokens {
+                        Some(t) if !t.expiring(now_unix()) => return Ok(t.access_token.clone()),
+                        None => return Err(KommoError::NotConfigured),
+                        Some(_) => {}
+                    }
                 }
             }
         }
@@ -353,7 +368,12 @@ impl TokenManager {
             )
         };
         if let Some(reason) = reauth {
-            return Err(KommoError::ReauthorizeNeeded { reason });
+            // Another node may have been re-authorized meanwhile: its pair is in the store.
+            self.shared.current.lock().unwrap().reauthorize_checked = Some(Instant::now());
+            return match self.adopt_newer_locked().await? {
+                Some(tokens) => Ok(tokens.access_token),
+                None => Err(KommoError::ReauthorizeNeeded { reason }),
+            };
         }
         let tokens = tokens.ok_or(KommoError::NotConfigured)?;
         let now = now_unix();
@@ -424,6 +444,12 @@ impl TokenManager {
     pub async fn exchange_code(&self, code: &str) -> Result<(), KommoError> {
         let _gate = self.shared.gate.lock().await;
         self.ensure_loaded_locked().await?;
+        // The new pair must be newer than any another node stored, or the nodes that hold an
+        // older pair (or wait for re-authorization) would not take it.
+        if let Some(stored) = self.stored_record().await? {
+            let mut current = self.shared.current.lock().unwrap();
+            current.record.generation = current.record.generation.max(stored.generation);
+        }
         let s = &self.shared.settings;
         let body = serde_json::json!({
             "client_id": s.client_id,
@@ -587,6 +613,7 @@ impl TokenManager {
         let record = {
             let mut current = self.shared.current.lock().unwrap();
             current.record.reauthorize = Some(reason.to_owned());
+            current.reauthorize_checked = Some(Instant::now());
             current.record.clone()
         };
         if let Err(e) = self.write_record(&record).await {
@@ -640,9 +667,8 @@ impl TokenManager {
         rotated
     }
 
-    /// The pair another node stored after ours (a newer generation), now ours too; `None` when
-    /// the stored record is not newer.
-    async fn adopt_newer_locked(&self) -> Result<Option<Tokens>, KommoError> {
+    /// The record in the store, if any (and readable).
+    async fn stored_record(&self) -> Result<Option<Record>, KommoError> {
         let key = &self.shared.settings.account_key;
         let stored = self
             .shared
@@ -650,21 +676,47 @@ impl TokenManager {
             .get_value(key)
             .await
             .map_err(|e| KommoError::TokenStore(format!("cannot read stored tokens: {e}")))?;
-        let Some(record) = stored.and_then(|b| serde_json::from_slice::<Record>(&b).ok()) else {
+        Ok(stored.and_then(|b| serde_json::from_slice::<Record>(&b).ok()))
+    }
+
+    /// The pair another node stored after ours (a newer generation), now ours too; `None` when
+    /// the stored record is not newer. When another node found our pair's authorization dead
+    /// (same generation, marked), this node takes that state instead of presenting the dead
+    /// refresh token again: [`KommoError::ReauthorizeNeeded`].
+    async fn adopt_newer_locked(&self) -> Result<Option<Tokens>, KommoError> {
+        let Some(record) = self.stored_record().await? else {
             return Ok(None);
         };
         let mut current = self.shared.current.lock().unwrap();
-        if record.generation <= current.record.generation || current.pending.is_some() {
+        if current.pending.is_some() {
             return Ok(None);
+        }
+        if record.generation == current.record.generation
+            && current.record.reauthorize.is_none()
+            && let Some(reason) = record.reauthorize.clone()
+        {
+            current.record.reauthorize = Some(reason.clone());
+            current.reauthorize_checked = Some(Instant::now());
+            return Err(KommoError::ReauthorizeNeeded { reason });
+        }
+        if record.generation <= current.record.generation {
+            return Ok(None);
+        }
+        if let Some(reason) = record.reauthorize.clone() {
+            // Rotated by another node, then found dead there too.
+            current.record = record;
+            current.reauthorize_checked = Some(Instant::now());
+            return Err(KommoError::ReauthorizeNeeded { reason });
         }
         let Some(tokens) = record.tokens.clone() else {
             return Ok(None);
         };
         info!(
             generation = record.generation,
-            "Kommo tokens rotated by another node: using them"
+            "Kommo tokens rotated or re-authorized by another node: using them"
         );
         current.record = record;
+        current.reauthorize_checked = None;
         Ok(Some(tokens))
     }
 

@@ -69,6 +69,15 @@ pub fn client(fake: &FakeKommo) -> KommoClient {
 /// A client as an engine node has it, on a shared Redis: its own Redis connection, token manager (seeded from
 /// the same environment as the others) and client.
 pub async fn node_on_redis(fake: &FakeKommo, redis: &RedisServer, seed: &Tokens) -> KommoClient {
+    node_on_redis_with_tokens(fake, redis, seed).await.1
+}
+
+/// [`node_on_redis`], its token manager too (for the OAuth callback's code exchange).
+pub async fn node_on_redis_with_tokens(
+    fake: &FakeKommo,
+    redis: &RedisServer,
+    seed: &Tokens,
+) -> (TokenManager, KommoClient) {
     let redis_settings = RedisSettings {
         response_timeout: Duration::from_millis(300),
         connect_timeout: Duration::from_millis(300),
@@ -81,5 +90,5 @@ pub async fn node_on_redis(fake: &FakeKommo, redis: &RedisServer, seed: &Tokens)
     );
     let tokens = manager(fake, store, Some(seed.clone()));
     tokens.load().await.expect("tokens");
-    client_with(tokens, settings(fake))
+    (tokens.clone(), client_with(tokens, settings(fake)))
 }
