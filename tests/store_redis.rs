@@ -600,19 +600,85 @@ async fn concurrent_nodes_never_lose_an_index_entry() {
             .await
             .unwrap();
         assert_eq!(v, 100);
+        // On one server the compare-and-set writes the indexes itself: exact, whatever the
+        // interleaving (a Cluster's two-step protocol only promises to cover it).
         let due = nodes[0].due(u64::MAX, 10_000).await.unwrap();
         let entry = due.iter().find(|(k, _)| *k == key).map(|(_, at)| *at);
-        if let Some(w) = w {
-            assert!(
-                entry.is_some_and(|at| at <= w),
-                "round {round}: snapshot wakes at {w}, index says {entry:?}"
-            );
-        }
-        if o == "1" {
-            let pending = nodes[0].pending_outbox(10_000).await.unwrap();
-            assert!(pending.contains(&key), "round {round}: outbox mark lost");
-        }
+        assert_eq!(entry, w, "round {round}: the wake index");
+        let pending = nodes[0].pending_outbox(10_000).await.unwrap();
+        assert_eq!(
+            pending.contains(&key),
+            o == "1",
+            "round {round}: the outbox mark"
+        );
     }
+}
+
+/// On one server a save is one script, whatever its index entries do. A wake-up moved later is
+/// every message of a debounced burst; it used to cost a second round trip (exact index writes
+/// and a version check, `HMGET`) after the compare-and-set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_is_one_round_trip_and_leaves_the_indexes_exact() {
+    let server = RedisServer::start();
+    let store = connect(&server.url()).await;
+    let mut c = raw(&server.url()).await;
+    let key = ContactKey::new(8, 9);
+    let keys = conversa::store::redis::index::IndexKeys::new("conversa");
+    let bucket = conversa::store::redis::index::bucket_of(&key.to_string());
+    // Another contact's save first, so the script is in Redis's cache before counting.
+    let warm = index(None, false, "bot_active");
+    assert_eq!(
+        store.save(&ContactKey::new(8, 10), 0, b"w", &warm).await,
+        Ok(1)
+    );
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    // A message (wake-up, outbox), the burst going on (wake-up later), the seller taking over
+    // (wake-up gone, outbox drained, another phase).
+    let steps = [
+        (Some(1_000), true, "bot_active"),
+        (Some(4_000), true, "bot_active"),
+        (Some(9_000), true, "bot_active"),
+        (None, false, "human_assigned"),
+    ];
+    let mut previous = None;
+    for (v, (wake, outbox, phase)) in steps.into_iter().enumerate() {
+        let mut ix = index(wake, outbox, phase);
+        ix.previous = previous.replace(Box::new(index(wake, outbox, phase)));
+        assert_eq!(
+            store.save(&key, v as u64, b"head", &ix).await,
+            Ok(v as u64 + 1)
+        );
+        let (score, marked, named): (Option<u64>, bool, Option<String>) = redis::pipe()
+            .cmd("ZSCORE")
+            .arg(&keys.wake[bucket])
+            .arg(key.to_string())
+            .cmd("SISMEMBER")
+            .arg(&keys.outbox[bucket])
+            .arg(key.to_string())
+            .cmd("HGET")
+            .arg(&keys.phases[bucket])
+            .arg(key.to_string())
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(
+            (score, marked, named.as_deref()),
+            (wake, outbox, Some(phase))
+        );
+    }
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // Four saves, four script calls, and nothing else sent by the store: the index writes ran
+    // inside the scripts, and no save checked its version afterwards.
+    assert!(stats.contains("cmdstat_evalsha:calls=4,"), "{stats}");
+    assert!(!stats.contains("cmdstat_hmget"), "{stats}");
 }
 
 /// Before the index buckets, the indexes were three global keys: a node connecting moves their

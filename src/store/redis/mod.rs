@@ -30,16 +30,23 @@
 //!
 //! # Saving
 //!
+//! **On one server** (`REDIS_URL`, or the master Sentinel names) a save is one compare-and-set
+//! Lua script by `EVALSHA`: it checks the version, then writes the contact's index entries
+//! exactly (`ZADD` or `ZREM` of the wake time, `SADD` or `SREM` of the outbox mark, `HSET` of
+//! the phase), the logs and the hash. Redis runs a script alone and, outside a Cluster, a script
+//! may touch any key: the indexes always say what the stored snapshot says, in one round trip.
+//! (The two-step protocol below cost a second round trip whenever a wake-up moved later — every
+//! message of a debounced burst.)
+//!
+//! **On a Cluster** the bucket and the snapshot may live on two nodes, which no script spans:
+//!
 //! 1. The *over-approximating* index writes (`ZADD LT` of the new wake time, which only ever
-//!    lowers or adds; `SADD` to the outbox set when effects are pending), then the
-//!    compare-and-set Lua script by `EVALSHA`. The indexes must cover the new snapshot before it
-//!    lands, so that a crash right after leaves an actor woken for nothing, never a timer
-//!    forgotten. On one server both go in one pipeline: commands on one connection execute in
-//!    order. On a Cluster the bucket and the snapshot may live on two nodes, so the index writes
-//!    are awaited before the compare-and-set is sent: one more round trip.
+//!    lowers or adds; `SADD` to the outbox set when effects are pending), awaited, then the
+//!    compare-and-set script. The indexes must cover the new snapshot before it lands, so that a
+//!    crash right after leaves an actor woken for nothing, never a timer forgotten.
 //! 2. After a successful CAS only, the writes making the indexes *exact* (`ZADD`/`ZREM`,
-//!    `SADD`/`SREM`, `HSET` of the phase), then an `HMGET` of the snapshot's version (one pipeline
-//!    on one server; awaited one after the other on a Cluster, for the same reason). Skipped when
+//!    `SADD`/`SREM`, `HSET` of the phase), then an `HMGET` of the snapshot's version (awaited
+//!    one after the other, for the same reason). Skipped when
 //!    step 1 alone leaves them exact: the writer names, in [`IndexUpdate::previous`], the entries
 //!    its own previous save made exact for the version this CAS replaced, and going from those
 //!    to the new ones only adds or lowers (a wake-up added or brought earlier, an outbox mark
@@ -54,11 +61,13 @@
 //! over-approximating form (`ZADD LT`, `SADD`). What this cannot cover: our exact writes erase
 //! the *pre-write* of a writer that has not committed yet, and that writer crashes between its
 //! CAS and its own exact writes. That needs two nodes saving one contact at once plus a crash in
-//! a sub-millisecond window; closing it fully would need multi-key scripts.
+//! a sub-millisecond window; closing it fully would need a script spanning both nodes, which a
+//! Cluster does not run (one server does, above).
 //!
 //! After Redis restarts its script cache is empty: the `EVALSHA` answers `NOSCRIPT` and the
 //! save falls back to [`redis::ScriptInvocation::invoke_async`], which loads the script and
-//! retries (the over-approximating writes already landed, and repeating them is harmless).
+//! retries (on a Cluster the over-approximating writes already landed, and repeating them is
+//! harmless).
 //!
 //! # Failures
 //!
@@ -116,8 +125,11 @@ impl Default for RedisSettings {
 
 /// Compare-and-set of one snapshot hash (see the module docs).
 ///
-/// `KEYS[1]`: the snapshot hash. `ARGV`: expected version, data, wake millis (`""` = none),
-/// outbox pending (`1`/`0`), phase. Returns `{1, new_version}` or `{0, current_version}`.
+/// `KEYS[1]`: the snapshot hash, `KEYS[2..=4]`: its logs, then on one server the contact's
+/// wake, outbox and phase index keys. `ARGV`: expected version, data, wake millis (`""` =
+/// none), outbox pending (`1`/`0`), phase, the contact's index member (`""`: the indexes are
+/// the caller's business, as on a Cluster), then per log its change. Returns
+/// `{1, new_version}` or `{0, current_version}`.
 const CAS_SCRIPT: &str = r"
 local raw = redis.call('HGET', KEYS[1], 'v')
 local cur = 0
@@ -131,11 +143,28 @@ if cur ~= tonumber(ARGV[1]) then
   return {0, cur}
 end
 local nextv = cur + 1
--- The logs first: a failing command stops the script before the version moves. Each log:
--- mode ('a' append, 'r' replace), items to drop from the front, items to push. A first write
--- starts from empty logs whatever lists a deleted snapshot left behind.
-local a = 6
-for i = 2, #KEYS do
+local member, logs = ARGV[6], #KEYS - 1
+-- On one server the indexes are written here, exact, in the same atomic step as the
+-- snapshot. First, like the logs: a failing command stops the script before the version moves.
+if member ~= '' then
+  logs = logs - 3
+  local wake, outbox, phases = KEYS[logs + 2], KEYS[logs + 3], KEYS[logs + 4]
+  if ARGV[3] == '' then
+    redis.call('ZREM', wake, member)
+  else
+    redis.call('ZADD', wake, ARGV[3], member)
+  end
+  if ARGV[4] == '1' then
+    redis.call('SADD', outbox, member)
+  else
+    redis.call('SREM', outbox, member)
+  end
+  redis.call('HSET', phases, member, ARGV[5])
+end
+-- The logs: each, mode ('a' append, 'r' replace), items to drop from the front, items to push.
+-- A first write starts from empty logs whatever lists a deleted snapshot left behind.
+local a = 7
+for i = 2, 1 + logs do
   local mode, drop, n = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   a = a + 3
   if mode == 'r' or cur == 0 then
@@ -686,6 +715,9 @@ impl Store for RedisStore {
     ) -> Result<u64, StoreError> {
         let member = key.to_string();
         let snap_key = self.snap_key(key);
+        let bucket = bucket_of(&member);
+        // One server: the script writes the indexes too (see the module docs).
+        let in_script = self.conn.ordered();
         let wake_arg = index.wake_at.map(|at| at.to_string()).unwrap_or_default();
         let mut invocation: ScriptInvocation<'_> = self.cas.prepare_invoke();
         invocation
@@ -694,7 +726,8 @@ impl Store for RedisStore {
             .arg(&snapshot.head)
             .arg(&wake_arg)
             .arg(if index.outbox_pending { "1" } else { "0" })
-            .arg(index.phase.as_str());
+            .arg(index.phase.as_str())
+            .arg(if in_script { member.as_str() } else { "" });
         for (n, log) in snapshot.logs.iter().enumerate() {
             invocation.key(self.log_key(key, n));
             let (mode, drop_front, items) = match log {
@@ -706,25 +739,32 @@ impl Store for RedisStore {
                 invocation.arg(item);
             }
         }
-
-        // Step 1: over-approximate the indexes, then compare-and-set.
-        let bucket = bucket_of(&member);
-        let mut pre = ::redis::pipe();
-        if let Some(at) = index.wake_at {
-            pre.cmd("ZADD")
-                .arg(&self.index.wake[bucket])
-                .arg("LT")
-                .arg(at)
-                .arg(&member);
+        if in_script {
+            invocation
+                .key(&self.index.wake[bucket])
+                .key(&self.index.outbox[bucket])
+                .key(&self.index.phases[bucket]);
         }
-        if index.outbox_pending {
-            pre.cmd("SADD").arg(&self.index.outbox[bucket]).arg(&member);
+
+        // On a Cluster, step 1: over-approximate the indexes, then compare-and-set.
+        let mut pre = ::redis::pipe();
+        if !in_script {
+            if let Some(at) = index.wake_at {
+                pre.cmd("ZADD")
+                    .arg(&self.index.wake[bucket])
+                    .arg("LT")
+                    .arg(at)
+                    .arg(&member);
+            }
+            if index.outbox_pending {
+                pre.cmd("SADD").arg(&self.index.outbox[bucket]).arg(&member);
+            }
         }
         let wait = self.wait_for_replicas();
-        // On one server the `WAIT` after the compare-and-set covers the index writes before it
-        // (same connection); on a Cluster they went to another node and wait there.
+        // On one server the `WAIT` after the compare-and-set covers everything before it (same
+        // connection); on a Cluster the index writes went to another node and wait there.
         let wait_pre = match &wait {
-            Some(w) if !self.conn.ordered() && !pre.is_empty() => {
+            Some(w) if !in_script && !pre.is_empty() => {
                 pre.add_command(w.clone());
                 true
             }
@@ -761,6 +801,9 @@ impl Store for RedisStore {
         }
         for reply in wait_replies {
             self.replicated("save", reply)?;
+        }
+        if in_script {
+            return Ok(version);
         }
 
         let known_exact = !self.inexact.contains(key);
