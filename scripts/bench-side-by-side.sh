@@ -14,7 +14,8 @@
 #   dispatch  conversa on Redis with the n8n dispatch in the loop (loadgen and its fake n8n)
 #   base-*    with BASE_BIN=<an older conversa binary>: that binary's rows (BASE_SYSTEMS, default
 #             "redis embedded"), to compare two commits in one run
-# SYSTEMS="redis embedded" runs only those; SKIP_DISPATCH=1 leaves out the loadgen row.
+# SYSTEMS="redis embedded" runs only those; SKIP_DISPATCH=1 leaves out the loadgen row; BIN (default
+# target/release) is the directory holding the conversa and loadgen under test.
 # wrk (-t2 -c64) runs the shared webhook script, then GET /health for as long: the ratio to
 # /health is the figure that travels between machines. For conversa and its Redis the CPU time
 # each process spent during the webhook phase is divided by the webhooks answered.
@@ -25,7 +26,7 @@ set -u
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}; DUR=${2:-8s}; BASE_BIN=${BASE_BIN:-}
 SHARED=${SHARED:-../shared}; LUA=$SHARED/bench/webhook.lua
-BIN=target/release; VENV=${VENV:-target/py-baseline-venv}
+BIN=${BIN:-target/release}; VENV=${VENV:-target/py-baseline-venv}
 OUT=${BENCH_OUT:-$(mktemp -d)}; mkdir -p "$OUT"
 command -v wrk >/dev/null || { echo "wrk missing: apt-get install -y wrk" >&2; exit 2; }
 [ -x "$BIN/conversa" ] && [ -x "$BIN/loadgen" ] || { echo "cargo build --release -p conversa -p loadgen first" >&2; exit 2; }
