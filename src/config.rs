@@ -49,6 +49,15 @@ pub struct Config {
     #[arg(long, env = "REDIS_SENTINEL_MASTER", default_value = "mymaster")]
     pub redis_sentinel_master: String,
 
+    /// The password of the master and replicas behind Sentinel (their `requirepass`). The
+    /// sentinels' own password, if any, goes in REDIS_SENTINEL_URLS (redis://:password@host).
+    #[arg(long, env = "REDIS_SENTINEL_MASTER_PASSWORD", hide_env_values = true)]
+    pub redis_sentinel_master_password: Option<String>,
+
+    /// With REDIS_SENTINEL_MASTER_PASSWORD: the ACL user to log in to the master as.
+    #[arg(long, env = "REDIS_SENTINEL_MASTER_USERNAME")]
+    pub redis_sentinel_master_username: Option<String>,
+
     /// Directory of the embedded store (used when REDIS_URL is unset).
     #[arg(long, env = "DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
@@ -422,6 +431,17 @@ impl Config {
                 given.join(" and ")
             );
         }
+        let sentinel = given == ["REDIS_SENTINEL_URLS"];
+        if set(&self.redis_sentinel_master_password) && !sentinel {
+            anyhow::bail!(
+                "REDIS_SENTINEL_MASTER_PASSWORD is for Redis Sentinel (REDIS_SENTINEL_URLS); with REDIS_URL or REDIS_CLUSTER_URLS the password goes in the URL: redis://:password@host:port"
+            );
+        }
+        if set(&self.redis_sentinel_master_username) && !set(&self.redis_sentinel_master_password) {
+            anyhow::bail!(
+                "REDIS_SENTINEL_MASTER_USERNAME needs REDIS_SENTINEL_MASTER_PASSWORD (the user's password)"
+            );
+        }
         if set(&self.n8n_webhook_url) && !set(&self.public_url) {
             anyhow::bail!(
                 "N8N_WEBHOOK_URL needs PUBLIC_URL: n8n calls back PUBLIC_URL/send-response with the reply"
@@ -439,9 +459,16 @@ impl Config {
         }
         let sentinels = listed(&self.redis_sentinel_urls);
         if !sentinels.is_empty() {
+            let given = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
             return Some(RedisTopology::Sentinel {
                 sentinels,
                 master: self.redis_sentinel_master.trim().to_owned(),
+                master_auth: given(&self.redis_sentinel_master_password).map(|password| {
+                    crate::store::redis::connection::MasterAuth {
+                        username: given(&self.redis_sentinel_master_username),
+                        password,
+                    }
+                }),
             });
         }
         self.redis_url
@@ -711,8 +738,40 @@ mod tests {
                     "redis://10.0.0.1:26379".into(),
                     "redis://10.0.0.2:26379".into()
                 ],
-                master: "conversa".into()
+                master: "conversa".into(),
+                master_auth: None,
             })
+        );
+        let guarded = parse(&[
+            "--redis-sentinel-urls",
+            "redis://:sentinel-pw@10.0.0.1:26379",
+            "--redis-sentinel-master-password",
+            "master-pw",
+            "--redis-sentinel-master-username",
+            "conversa",
+        ]);
+        guarded
+            .check_consistency()
+            .expect("a Sentinel set with passwords");
+        let Some(RedisTopology::Sentinel { master_auth, .. }) = guarded.redis_topology() else {
+            panic!("a Sentinel topology");
+        };
+        let auth = master_auth.expect("the master's login");
+        assert_eq!(
+            (auth.username.as_deref(), auth.password.as_str()),
+            (Some("conversa"), "master-pw")
+        );
+        assert!(!format!("{auth:?}").contains("master-pw"), "{auth:?}");
+        let stray = parse(&[
+            "--redis-url",
+            "redis://10.0.0.1:6379",
+            "--redis-sentinel-master-password",
+            "master-pw",
+        ]);
+        let refused = stray.check_consistency().unwrap_err().to_string();
+        assert!(
+            refused.contains("REDIS_SENTINEL_MASTER_PASSWORD is for Redis Sentinel"),
+            "{refused}"
         );
         let blank = parse(&["--redis-cluster-urls", ",,"]);
         let refused = blank.check_consistency().unwrap_err().to_string();

@@ -148,11 +148,19 @@ async fn a_reauthorization_through_one_node_brings_every_node_back() {
         node(&fake, &redis, &seed).await,
     );
     let (idle, idle_client) = node_on_redis_with_tokens(&fake, &redis, &seed).await;
+    let (late, late_client) = node_on_redis_with_tokens(&fake, &redis, &seed).await;
     // b rotates the pair once (generation 1) and c takes it; a and the idle node never hear
     // of it.
     fake.expire_access_token();
     b.account().await.expect("b refreshes");
     c.account().await.expect("c takes b's pair");
+    // A callback with a bad code on a node behind the rotation changes nothing: it then takes
+    // b's pair like any node (it does not present the seed's refresh token, which b used up).
+    assert!(late.exchange_code("nonsense").await.is_err());
+    late_client
+        .account()
+        .await
+        .expect("the late node takes b's pair");
     assert_eq!(fake.refresh_count(), 1);
     // The integration is uninstalled: c finds its refresh token revoked.
     fake.revoke_refresh_token();

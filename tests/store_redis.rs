@@ -185,7 +185,7 @@ async fn logs_start_empty_take_thousands_and_fail_whole() {
             LogWrite::UNCHANGED,
         ],
     };
-    let ix = index(None, false, "idle");
+    let ix = index(Some(5_000), true, "bot_active");
     assert_eq!(store.write(&key, 0, &write, &ix).await.unwrap(), 1);
     let stored = store.load(&key).await.unwrap().unwrap();
     assert_eq!(stored.logs[0], vec![b"first".to_vec()]);
@@ -209,7 +209,10 @@ async fn logs_start_empty_take_thousands_and_fail_whole() {
             },
         ],
     };
-    assert!(store.write(&key, 1, &failing, &ix).await.is_err());
+    // The failing save would have removed the wake-up and the outbox mark: version 1, still
+    // stored, keeps both (removals run after the snapshot is written, and it never was).
+    let removing = index(None, false, "human_assigned");
+    assert!(store.write(&key, 1, &failing, &removing).await.is_err());
     assert_eq!(store.version(&key).await.unwrap(), 1);
     let head: Vec<u8> = redis::cmd("HGET")
         .arg("conversa:{9:1}:snap")
@@ -218,6 +221,8 @@ async fn logs_start_empty_take_thousands_and_fail_whole() {
         .await
         .unwrap();
     assert_eq!(head, b"h");
+    assert_eq!(store.due(u64::MAX, 10).await.unwrap(), vec![(key, 5_000)]);
+    assert_eq!(store.pending_outbox(10).await.unwrap(), vec![key]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -552,8 +557,8 @@ async fn dead_connection_is_replaced() {
 }
 
 /// Several stores (several engine nodes, each on its own connection) save one contact at once
-/// with random index values. Whatever order their index writes land in, once they are done the
-/// indexes must cover the final snapshot: its wake time or an earlier one, its outbox mark.
+/// with random index values. Whatever order their saves land in, once they are done the indexes
+/// say exactly what the final snapshot says: its wake time, its outbox mark.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_nodes_never_lose_an_index_entry() {
     let server = RedisServer::start();

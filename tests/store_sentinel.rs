@@ -2,7 +2,7 @@
 //! the shared conformance suite, a master killed (the store follows the promoted replica by
 //! itself, and what was acknowledged while a replica confirmed it is all there), the old master
 //! back as a replica (a store still pointed at it follows the sentinels on `READONLY`), and the
-//! service started with `REDIS_SENTINEL_URLS`.
+//! service started with `REDIS_SENTINEL_URLS`, with passwords on the servers and the sentinels.
 
 mod support;
 
@@ -15,7 +15,7 @@ use conversa_actors::contact::ContactKey;
 use conversa_actors::phase::PhaseName;
 use serde_json::json;
 use support::redis_cluster::cli;
-use support::redis_sentinel::{MASTER_NAME, SentinelSet};
+use support::redis_sentinel::{MASTER_NAME, Passwords, SentinelSet};
 use support::service::Service;
 
 /// How long a failover may take: the sentinels wait one second before calling the master down,
@@ -29,6 +29,7 @@ async fn connect(set: &SentinelSet, wait_replicas: u32) -> RedisStore {
     let topology = RedisTopology::Sentinel {
         sentinels: set.sentinel_urls(),
         master: MASTER_NAME.to_owned(),
+        master_auth: None,
     };
     let settings = RedisSettings {
         wait_replicas,
@@ -202,4 +203,50 @@ async fn a_master_demoted_by_a_manual_failover_is_left_for_the_new_one() {
     // On the new master, as a node connecting now sees it.
     let fresh = connect(&set, 0).await;
     assert_eq!(fresh.load(&key).await.unwrap().unwrap().version, 2);
+}
+
+/// As production runs it: the master and replica with a password (`requirepass`), the sentinels
+/// with their own. The sentinels' password rides in their URLs; the master's is
+/// `REDIS_SENTINEL_MASTER_PASSWORD` (the sentinels give its address, not how to log in). Without
+/// it the store is refused with a clear reason; neither password is ever printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_protected_set_is_reached_with_the_masters_password() {
+    let set = SentinelSet::start_with(Passwords {
+        servers: Some("master-s3cret".into()),
+        sentinels: Some("sentinel-s3cret".into()),
+    });
+    let topology = |master_auth| RedisTopology::Sentinel {
+        sentinels: set.sentinel_urls(),
+        master: MASTER_NAME.to_owned(),
+        master_auth,
+    };
+    let refused = RedisStore::connect_to(&topology(None), RedisSettings::default()).await;
+    let reason = refused
+        .err()
+        .expect("no store without the master's password")
+        .to_string();
+    assert!(reason.contains("NOAUTH"), "{reason}");
+    assert!(!reason.contains("s3cret"), "{reason}");
+
+    let sentinels = set.sentinel_urls().join(",");
+    let service = Service::start(&[
+        ("REDIS_SENTINEL_URLS", &sentinels),
+        ("REDIS_SENTINEL_MASTER", MASTER_NAME),
+        ("REDIS_SENTINEL_MASTER_PASSWORD", "master-s3cret"),
+    ])
+    .await;
+    let (status, body) = service
+        .post(
+            "/bot-control",
+            json!({"contact_id": 43, "command": "pause"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, conv) = service.get("/conversations/43").await;
+    assert_eq!((status, &conv["phase"]), (200, &json!("paused")), "{conv}");
+    for route in ["/ready", "/stats", "/test-integration"] {
+        let (_, answer) = service.get(route).await;
+        assert!(!answer.to_string().contains("s3cret"), "{route}: {answer}");
+    }
+    assert!(!service.log().contains("s3cret"), "{}", service.log());
 }

@@ -368,8 +368,18 @@ impl TokenManager {
             )
         };
         if let Some(reason) = reauth {
-            // Another node may have been re-authorized meanwhile: its pair is in the store.
-            self.shared.current.lock().unwrap().reauthorize_checked = Some(Instant::now());
+            // Another node may have been re-authorized meanwhile: its pair is in the store. (The
+            // callers that queued on the gate behind the one that looked do not look again.)
+            {
+                let mut current = self.shared.current.lock().unwrap();
+                if current
+                    .reauthorize_checked
+                    .is_some_and(|at| at.elapsed() < REAUTHORIZE_RECHECK)
+                {
+                    return Err(KommoError::ReauthorizeNeeded { reason });
+                }
+                current.reauthorize_checked = Some(Instant::now());
+            }
             return match self.adopt_newer_locked().await? {
                 Some(tokens) => Ok(tokens.access_token),
                 None => Err(KommoError::ReauthorizeNeeded { reason }),
@@ -384,7 +394,9 @@ impl TokenManager {
             if tokens.expired(now) {
                 let reason =
                     "the long-lived Kommo token has expired: generate a new one".to_owned();
-                self.set_reauthorize_locked(&reason).await;
+                if let Some(replaced) = self.set_reauthorize_locked(&reason).await {
+                    return Ok(replaced.access_token);
+                }
                 return Err(KommoError::ReauthorizeNeeded { reason });
             }
             warn!(
@@ -432,8 +444,10 @@ impl TokenManager {
             None => {
                 let reason =
                     "Kommo rejected the long-lived token (401): generate a new one".to_owned();
-                self.set_reauthorize_locked(&reason).await;
-                Err(KommoError::ReauthorizeNeeded { reason })
+                match self.set_reauthorize_locked(&reason).await {
+                    Some(_) => Ok(()),
+                    None => Err(KommoError::ReauthorizeNeeded { reason }),
+                }
             }
             Some(refresh_token) => self.refresh_locked(&refresh_token).await.map(|_| ()),
         }
@@ -446,10 +460,7 @@ impl TokenManager {
         self.ensure_loaded_locked().await?;
         // The new pair must be newer than any another node stored, or the nodes that hold an
         // older pair (or wait for re-authorization) would not take it.
-        if let Some(stored) = self.stored_record().await? {
-            let mut current = self.shared.current.lock().unwrap();
-            current.record.generation = current.record.generation.max(stored.generation);
-        }
+        let floor = self.stored_record().await?.map_or(0, |r| r.generation);
         let s = &self.shared.settings;
         let body = serde_json::json!({
             "client_id": s.client_id,
@@ -460,7 +471,7 @@ impl TokenManager {
         });
         let tokens = self.token_request(&body, "authorization_code").await?;
         // A code is single use too: the pair must not be lost.
-        self.install_locked(tokens).await?;
+        self.install_locked(tokens, floor).await?;
         info!("Kommo authorization code exchanged; tokens stored");
         Ok(())
     }
@@ -524,22 +535,22 @@ impl TokenManager {
             .map_err(|e| KommoError::TokenStore(e.to_string()))
     }
 
-    /// The record that installing `tokens` produces.
-    fn next_record(&self, tokens: Tokens) -> Record {
+    /// The record that installing `tokens` produces: a generation above ours and `floor`.
+    fn next_record(&self, tokens: Tokens, floor: u64) -> Record {
         let current = self.shared.current.lock().unwrap();
         Record {
             tokens: Some(tokens),
             reauthorize: None,
             seed_fingerprint: current.record.seed_fingerprint.clone(),
-            generation: current.record.generation + 1,
+            generation: current.record.generation.max(floor) + 1,
             updated_at: 0,
         }
     }
 
     /// Persists `tokens`, then swaps them in. On persistent store failure keeps them as pending
     /// (see the module docs) and returns [`KommoError::TokenStore`].
-    async fn install_locked(&self, tokens: Tokens) -> Result<Tokens, KommoError> {
-        let record = self.next_record(tokens.clone());
+    async fn install_locked(&self, tokens: Tokens, floor: u64) -> Result<Tokens, KommoError> {
+        let record = self.next_record(tokens.clone(), floor);
         let mut last = None;
         for attempt in 0..INLINE_PERSIST_ATTEMPTS {
             if attempt > 0 {
@@ -571,7 +582,7 @@ impl TokenManager {
         let Some(pending) = self.shared.current.lock().unwrap().pending.clone() else {
             return Ok(());
         };
-        let record = self.next_record(pending);
+        let record = self.next_record(pending, 0);
         self.write_record(&record).await?;
         let mut current = self.shared.current.lock().unwrap();
         current.record = record;
@@ -605,7 +616,29 @@ impl TokenManager {
         });
     }
 
-    async fn set_reauthorize_locked(&self, reason: &str) {
+    /// Marks the authorization dead, in memory and in the store — unless the store holds
+    /// another live pair than the one found dead (an admin re-authorized through another node
+    /// meanwhile): that pair is taken and returned instead, and no mark hides it from the other
+    /// nodes. (A re-authorization landing between this read and the write is still hidden until
+    /// its node's next rotation: the writes are not compare-and-set.)
+    async fn set_reauthorize_locked(&self, reason: &str) -> Option<Tokens> {
+        if let Ok(Some(stored)) = self.stored_record().await {
+            let mut current = self.shared.current.lock().unwrap();
+            if stored.reauthorize.is_none()
+                && stored.tokens.is_some()
+                && stored.tokens != current.record.tokens
+                && current.pending.is_none()
+            {
+                info!(
+                    generation = stored.generation,
+                    "the Kommo pair found dead was replaced through another node: using the new one"
+                );
+                let tokens = stored.tokens.clone();
+                current.record = stored;
+                current.reauthorize_checked = None;
+                return tokens;
+            }
+        }
         error!(
             reason,
             "Kommo authorization is dead: an admin must authorize the integration again"
@@ -619,6 +652,7 @@ impl TokenManager {
         if let Err(e) = self.write_record(&record).await {
             warn!(error = %e, "could not store the reauthorize-needed state");
         }
+        None
     }
 
     /// Refreshes once across nodes (see the module docs), or takes the pair another node
@@ -693,6 +727,7 @@ impl TokenManager {
         }
         if record.generation == current.record.generation
             && current.record.reauthorize.is_none()
+            && record.tokens == current.record.tokens
             && let Some(reason) = record.reauthorize.clone()
         {
             current.record.reauthorize = Some(reason.clone());
@@ -735,12 +770,14 @@ impl TokenManager {
             Ok(tokens) => {
                 self.shared.refreshes.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("conversa_kommo_token_refreshes_total").increment(1);
-                self.install_locked(tokens).await
+                self.install_locked(tokens, 0).await
             }
             Err(KommoError::OAuth { status, hint, .. }) if status == 400 || status == 401 => {
                 let reason = format!("Kommo rejected the refresh token ({status}): {hint}");
-                self.set_reauthorize_locked(&reason).await;
-                Err(KommoError::ReauthorizeNeeded { reason })
+                match self.set_reauthorize_locked(&reason).await {
+                    Some(replaced) => Ok(replaced),
+                    None => Err(KommoError::ReauthorizeNeeded { reason }),
+                }
             }
             Err(e) => Err(e),
         }
@@ -952,7 +989,7 @@ mod tests {
         );
 
         // Simulate a rotation by a previous run: the stored pair changed, its seed did not.
-        let rotated = m.next_record(tokens("rot-a", Some("rot-r"), Some(far)));
+        let rotated = m.next_record(tokens("rot-a", Some("rot-r"), Some(far)), 0);
         m.write_record(&rotated).await.unwrap();
         let m2 = TokenManager::new(store.clone(), reqwest::Client::new(), settings(Some(seed)));
         assert_eq!(m2.access_token().await.unwrap(), "rot-a", "store wins");

@@ -23,13 +23,38 @@ pub struct SentinelSet {
     pub servers: Vec<RedisServer>,
     sentinels: Vec<(u16, Child)>,
     dir: tempfile::TempDir,
+    passwords: Passwords,
+}
+
+/// The passwords of a set, as production runs it: the master's and replica's `requirepass`
+/// (the sentinels log in with it too: `sentinel auth-pass`), and the sentinels' own.
+#[derive(Clone, Default)]
+pub struct Passwords {
+    pub servers: Option<String>,
+    pub sentinels: Option<String>,
 }
 
 impl SentinelSet {
     pub fn start() -> Self {
-        let master = RedisServer::start();
+        Self::start_with(Passwords::default())
+    }
+
+    pub fn start_with(passwords: Passwords) -> Self {
+        let auth: Vec<String> = match &passwords.servers {
+            Some(p) => vec![
+                "--requirepass".into(),
+                p.clone(),
+                "--masterauth".into(),
+                p.clone(),
+            ],
+            None => Vec::new(),
+        };
+        let auth: Vec<&str> = auth.iter().map(String::as_str).collect();
+        let master = RedisServer::start_with(&auth);
         let master_port = master.port().to_string();
-        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &master_port]);
+        let mut replica_args = vec!["--replicaof", "127.0.0.1", &master_port];
+        replica_args.extend(&auth);
+        let replica = RedisServer::start_with(&replica_args);
         let dir = tempfile::Builder::new()
             .prefix("conversa-sentinel-")
             .tempdir()
@@ -44,8 +69,15 @@ impl SentinelSet {
                         "port {port}\nbind 127.0.0.1\ndir {dir}\n\
                          sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
                          sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
-                         sentinel failover-timeout {MASTER_NAME} 5000\n",
-                        dir = dir.path().display()
+                         sentinel failover-timeout {MASTER_NAME} 5000\n{server_auth}{own_auth}",
+                        dir = dir.path().display(),
+                        server_auth = passwords.servers.as_ref().map_or(String::new(), |p| {
+                            format!("sentinel auth-pass {MASTER_NAME} {p}\n")
+                        }),
+                        own_auth = passwords
+                            .sentinels
+                            .as_ref()
+                            .map_or(String::new(), |p| format!("requirepass {p}\n")),
                     ),
                 )
                 .expect("write sentinel.conf");
@@ -69,22 +101,34 @@ impl SentinelSet {
             servers: vec![master, replica],
             sentinels,
             dir,
+            passwords,
         };
         set.wait_settled();
         set
     }
 
-    /// `redis://127.0.0.1:<port>` of each sentinel (what `REDIS_SENTINEL_URLS` lists).
+    /// `redis://[:password@]127.0.0.1:<port>` of each sentinel (what `REDIS_SENTINEL_URLS`
+    /// lists).
     pub fn sentinel_urls(&self) -> Vec<String> {
+        let login = self
+            .passwords
+            .sentinels
+            .as_ref()
+            .map_or(String::new(), |p| format!(":{p}@"));
         self.sentinels
             .iter()
-            .map(|(port, _)| format!("redis://127.0.0.1:{port}"))
+            .map(|(port, _)| format!("redis://{login}127.0.0.1:{port}"))
             .collect()
+    }
+
+    /// `redis-cli` against a sentinel, logged in.
+    fn sentinel_cli(&self, port: u16, args: &[&str]) -> String {
+        cli_as(port, self.passwords.sentinels.as_deref(), args)
     }
 
     /// The port the sentinels name as master now.
     pub fn master_port(&self) -> Option<u16> {
-        let out = cli(
+        let out = self.sentinel_cli(
             self.sentinels[0].0,
             &["SENTINEL", "get-master-addr-by-name", MASTER_NAME],
         );
@@ -94,10 +138,14 @@ impl SentinelSet {
     fn wait_settled(&self) {
         let deadline = Instant::now() + SETTLE_DEADLINE;
         loop {
-            let info = cli(self.servers[0].port(), &["INFO", "replication"]);
+            let info = cli_as(
+                self.servers[0].port(),
+                self.passwords.servers.as_deref(),
+                &["INFO", "replication"],
+            );
             let linked = info.contains("connected_slaves:1") && info.contains("state=online");
             let known = self.sentinels.iter().all(|(port, _)| {
-                let master = cli(*port, &["SENTINEL", "master", MASTER_NAME]);
+                let master = self.sentinel_cli(*port, &["SENTINEL", "master", MASTER_NAME]);
                 field(&master, "num-slaves") == Some(1)
                     && field(&master, "num-other-sentinels") == Some(2)
             });
@@ -112,6 +160,18 @@ impl SentinelSet {
             );
             std::thread::sleep(Duration::from_millis(100)); // poll interval
         }
+    }
+}
+
+/// [`cli`], logged in with `password` when there is one.
+fn cli_as(port: u16, password: Option<&str>, args: &[&str]) -> String {
+    match password {
+        Some(p) => {
+            let mut all = vec!["-a", p, "--no-auth-warning"];
+            all.extend(args);
+            cli(port, &all)
+        }
+        None => cli(port, args),
     }
 }
 

@@ -14,9 +14,10 @@
 //!
 //! [`Store::save`] is a compare-and-set on the version: the write lands only when the stored
 //! version is the one the caller read, which is what makes several engine nodes on one store
-//! safe. Indexes are written *before* the snapshot in a way that can only over-approximate (an
-//! earlier wake time, an extra pending mark), then made exact after it: a crash in between leaves
-//! an actor woken for nothing, never a timer forgotten.
+//! safe. The indexes never miss what a stored snapshot needs: a backend writes them with the
+//! snapshot in one atomic step, or (where it cannot: a Redis Cluster) first in a way that can
+//! only over-approximate (an earlier wake time, an extra pending mark) and exact after it, so
+//! that a crash in between leaves an actor woken for nothing, never a timer forgotten.
 //!
 //! With the `testing` feature (the workspace's tests turn it on): [`MemoryStore`], the in-memory
 //! backend; [`FaultyStore`], a wrapper that fails on demand; and [`conformance`], the one test

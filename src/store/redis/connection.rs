@@ -7,7 +7,8 @@
 //!   address) is never reported dead by the operating system for many minutes, so a call that
 //!   times out with nothing at all answered since it started replaces the whole manager.
 //! * **Sentinel** (`REDIS_SENTINEL_URLS`, `REDIS_SENTINEL_MASTER`): the sentinels name the
-//!   master; a [`ConnectionManager`] talks to it as to one server. When a call fails the way a
+//!   master; a [`ConnectionManager`] talks to it as to one server, logging in with
+//!   `REDIS_SENTINEL_MASTER_PASSWORD` (and `_USERNAME`) when given ([`MasterAuth`]). When a call fails the way a
 //!   failover makes calls fail (connection refused or reset, no answer, `READONLY` from a master
 //!   demoted to replica), the sentinels are asked again, and a new master gets a new manager: the
 //!   calls during the failover answer 503, the first after it goes to the promoted replica.
@@ -27,9 +28,10 @@ use std::time::{Duration, Instant};
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClient;
 use ::redis::cluster_async::ClusterConnection;
-use ::redis::sentinel::{SentinelClient, SentinelServerType};
+use ::redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use ::redis::{
-    AsyncConnectionConfig, Client, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Value,
+    AsyncConnectionConfig, Client, Cmd, ErrorKind, Pipeline, RedisConnectionInfo, RedisError,
+    RedisFuture, Value,
 };
 
 use super::{RedisSettings, StoreError};
@@ -42,12 +44,32 @@ pub enum RedisTopology {
     /// A Redis Cluster, given by one or more of its nodes (`redis://host:port`); the client
     /// learns the others.
     Cluster(Vec<String>),
-    /// A master watched by Redis Sentinel: the sentinels (`redis://host:26379`) and the name
-    /// they know the master by.
+    /// A master watched by Redis Sentinel: the sentinels (`redis://[:password@]host:26379`,
+    /// their own password if they have one), the name they know the master by, and the
+    /// credentials of the master and its replicas when they require them.
     Sentinel {
         sentinels: Vec<String>,
         master: String,
+        master_auth: Option<MasterAuth>,
     },
+}
+
+/// The credentials of the servers behind Sentinel (`requirepass`, or an ACL user): the
+/// sentinels name the master's address, not how to log in to it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MasterAuth {
+    pub username: Option<String>,
+    pub password: String,
+}
+
+impl std::fmt::Debug for MasterAuth {
+    /// Never prints the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 impl RedisTopology {
@@ -247,11 +269,22 @@ impl RedisConnection {
                     Connection::Cluster(conn),
                 )
             }
-            RedisTopology::Sentinel { sentinels, master } => {
+            RedisTopology::Sentinel {
+                sentinels,
+                master,
+                master_auth,
+            } => {
+                let login = master_auth.as_ref().map(|auth| {
+                    let mut info = RedisConnectionInfo::default().set_password(&auth.password);
+                    if let Some(user) = &auth.username {
+                        info = info.set_username(user);
+                    }
+                    SentinelNodeConnectionInfo::default().set_redis_connection_info(info)
+                });
                 let mut sentinel = SentinelClient::build(
                     sentinels.clone(),
                     master.clone(),
-                    None,
+                    login,
                     SentinelServerType::Master,
                 )
                 .map_err(|e| StoreError::Unavailable(format!("invalid sentinel url: {e}")))?;

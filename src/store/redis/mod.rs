@@ -15,8 +15,10 @@
 //! The `{account:contact}` part of a snapshot's keys is a Redis Cluster hash tag: the
 //! compare-and-set script touches the hash and its logs, all in one slot. The indexes are split
 //! into 16 buckets, a contact's entries in one of them ([`index`]), so their writes spread over
-//! a cluster's shards. Every command and pipeline touches one slot, so the same code runs on one
-//! server and on a Cluster; what differs is only the order between two slots (below).
+//! a cluster's shards. On a Cluster every command and pipeline touches one slot; on one server
+//! the save script also writes the contact's index bucket (below), so `REDIS_URL` must be a
+//! Redis server (or a proxy that runs scripts across slots), never a Cluster or a sharded
+//! endpoint: for those, `REDIS_CLUSTER_URLS`.
 //!
 //! A save sends the head and, per log, only what changed (`LTRIM` of the items dropped from the
 //! front, `RPUSH` of the new ones; `DEL` and `RPUSH` to replace it): one message costs the same
@@ -33,8 +35,10 @@
 //! **On one server** (`REDIS_URL`, or the master Sentinel names) a save is one compare-and-set
 //! Lua script by `EVALSHA`: it checks the version, then writes the contact's index entries
 //! exactly (`ZADD` or `ZREM` of the wake time, `SADD` or `SREM` of the outbox mark, `HSET` of
-//! the phase), the logs and the hash. Redis runs a script alone and, outside a Cluster, a script
-//! may touch any key: the indexes always say what the stored snapshot says, in one round trip.
+//! the phase), the logs and the hash — additions before the snapshot, removals after it, so
+//! that a script failing halfway (a key of the wrong type) leaves an entry too many, never one
+//! missing. Redis runs a script alone and, outside a Cluster, a script may touch any key: the
+//! indexes say what the stored snapshot says, in one round trip.
 //! (The two-step protocol below cost a second round trip whenever a wake-up moved later — every
 //! message of a debounced burst.)
 //!
@@ -144,22 +148,26 @@ if cur ~= tonumber(ARGV[1]) then
 end
 local nextv = cur + 1
 local member, logs = ARGV[6], #KEYS - 1
--- On one server the indexes are written here, exact, in the same atomic step as the
--- snapshot. First, like the logs: a failing command stops the script before the version moves.
+-- On one server the indexes are written here, exact, in the same atomic step as the snapshot.
+-- Redis does not undo a script that fails halfway (a key of the wrong type), so what only adds
+-- (a wake-up added or brought earlier, an outbox mark) comes before the snapshot and what
+-- removes (a wake-up gone or later, a mark gone) after it: a failure anywhere leaves the
+-- indexes covering the version stored, never missing what it needs.
+local wake, outbox, phases, raise
 if member ~= '' then
   logs = logs - 3
-  local wake, outbox, phases = KEYS[logs + 2], KEYS[logs + 3], KEYS[logs + 4]
-  if ARGV[3] == '' then
-    redis.call('ZREM', wake, member)
-  else
-    redis.call('ZADD', wake, ARGV[3], member)
+  wake, outbox, phases = KEYS[logs + 2], KEYS[logs + 3], KEYS[logs + 4]
+  if ARGV[3] ~= '' then
+    local held = tonumber(redis.call('ZSCORE', wake, member))
+    if held == nil or held > tonumber(ARGV[3]) then
+      redis.call('ZADD', wake, ARGV[3], member)
+    elseif held < tonumber(ARGV[3]) then
+      raise = true
+    end
   end
   if ARGV[4] == '1' then
     redis.call('SADD', outbox, member)
-  else
-    redis.call('SREM', outbox, member)
   end
-  redis.call('HSET', phases, member, ARGV[5])
 end
 -- The logs: each, mode ('a' append, 'r' replace), items to drop from the front, items to push.
 -- A first write starts from empty logs whatever lists a deleted snapshot left behind.
@@ -186,6 +194,17 @@ if ARGV[3] == '' then
   redis.call('HDEL', KEYS[1], 'w')
 else
   redis.call('HSET', KEYS[1], 'v', nextv, 'd', ARGV[2], 'o', ARGV[4], 'p', ARGV[5], 'w', ARGV[3])
+end
+if member ~= '' then
+  if ARGV[3] == '' then
+    redis.call('ZREM', wake, member)
+  elseif raise then
+    redis.call('ZADD', wake, ARGV[3], member)
+  end
+  if ARGV[4] ~= '1' then
+    redis.call('SREM', outbox, member)
+  end
+  redis.call('HSET', phases, member, ARGV[5])
 end
 return {1, nextv}
 ";
