@@ -16,6 +16,9 @@
 #             "redis embedded"), to compare two commits in one run
 # SYSTEMS="redis embedded" runs only those; SKIP_DISPATCH=1 leaves out the loadgen row; BIN (default
 # target/release) is the directory holding the conversa and loadgen under test.
+# BENCH_DEBOUNCE_MS (default 600000: one burst per contact for the whole run, the wake-up never
+# moves) sets conversa's DEBOUNCE_MS; 3000 is the service's default, where every message of a
+# burst moves the contact's wake-up.
 # wrk (-t2 -c64) runs the shared webhook script, then GET /health for as long: the ratio to
 # /health is the figure that travels between machines. For conversa and its Redis the CPU time
 # each process spent during the webhook phase is divided by the webhooks answered.
@@ -44,7 +47,7 @@ one() { # name round
   local n=$1 r=$2 R D port rport P rpid="" bin=$BIN/conversa
   case $n in base-*) bin=$BASE_BIN; n=${n#base-};; esac
   R=$(mktemp -d); D=$(mktemp -d); port=$(free_port); rport=$(free_port)
-  local common=(WEBHOOK_SECRET=s3cret DEBOUNCE_MS=600000 LOG_FORMAT=json RUST_LOG=warn PORT="$port")
+  local common=(WEBHOOK_SECRET=s3cret DEBOUNCE_MS="${BENCH_DEBOUNCE_MS:-600000}" LOG_FORMAT=json RUST_LOG=warn PORT="$port")
   case $n in
     redis|long)
       redis-server redis.conf --port "$rport" --bind 127.0.0.1 --dir "$R" --daemonize yes --pidfile "$R/pid" >/dev/null

@@ -49,7 +49,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         crate::setup::open_store(&config)
             .await
             .with_context(|| match config.redis_topology() {
-                Some(_) => "cannot reach Redis (REDIS_URL or REDIS_CLUSTER_URLS)".to_owned(),
+                Some(topology) => {
+                    use crate::store::redis::RedisTopology;
+                    let setting = match topology {
+                        RedisTopology::Single(_) => "REDIS_URL",
+                        RedisTopology::Cluster(_) => "REDIS_CLUSTER_URLS",
+                        RedisTopology::Sentinel { .. } => "REDIS_SENTINEL_URLS",
+                    };
+                    format!("cannot reach Redis at {} ({setting})", topology.addresses())
+                }
                 None => format!(
                     "cannot open the embedded store in {}",
                     config.data_dir.display()

@@ -135,7 +135,8 @@ impl Default for RedisSettings {
 /// the caller's business, as on a Cluster), then per log its change. Returns
 /// `{1, new_version}` or `{0, current_version}`.
 const CAS_SCRIPT: &str = r"
-local raw = redis.call('HGET', KEYS[1], 'v')
+local held = redis.call('HMGET', KEYS[1], 'v', 'w', 'o', 'p')
+local raw = held[1]
 local cur = 0
 if raw then
   cur = tonumber(raw)
@@ -152,20 +153,24 @@ local member, logs = ARGV[6], #KEYS - 1
 -- Redis does not undo a script that fails halfway (a key of the wrong type), so what only adds
 -- (a wake-up added or brought earlier, an outbox mark) comes before the snapshot and what
 -- removes (a wake-up gone or later, a mark gone) after it: a failure anywhere leaves the
--- indexes covering the version stored, never missing what it needs.
+-- indexes covering the version stored, never missing what it needs. The hash's own copy of
+-- the entries (w, o, p) is what the indexes hold: an entry that did not change is not written.
 local wake, outbox, phases, raise
+local same_wake = cur > 0 and (held[2] or '') == ARGV[3]
+local same_outbox = cur > 0 and held[3] == ARGV[4]
+local same_phase = cur > 0 and held[4] == ARGV[5]
 if member ~= '' then
   logs = logs - 3
   wake, outbox, phases = KEYS[logs + 2], KEYS[logs + 3], KEYS[logs + 4]
-  if ARGV[3] ~= '' then
-    local held = tonumber(redis.call('ZSCORE', wake, member))
-    if held == nil or held > tonumber(ARGV[3]) then
+  if ARGV[3] ~= '' and not same_wake then
+    local at = tonumber(redis.call('ZSCORE', wake, member))
+    if at == nil or at > tonumber(ARGV[3]) then
       redis.call('ZADD', wake, ARGV[3], member)
-    elseif held < tonumber(ARGV[3]) then
+    elseif at < tonumber(ARGV[3]) then
       raise = true
     end
   end
-  if ARGV[4] == '1' then
+  if ARGV[4] == '1' and not same_outbox then
     redis.call('SADD', outbox, member)
   end
 end
@@ -196,15 +201,17 @@ else
   redis.call('HSET', KEYS[1], 'v', nextv, 'd', ARGV[2], 'o', ARGV[4], 'p', ARGV[5], 'w', ARGV[3])
 end
 if member ~= '' then
-  if ARGV[3] == '' then
+  if ARGV[3] == '' and not same_wake then
     redis.call('ZREM', wake, member)
   elseif raise then
     redis.call('ZADD', wake, ARGV[3], member)
   end
-  if ARGV[4] ~= '1' then
+  if ARGV[4] ~= '1' and not same_outbox then
     redis.call('SREM', outbox, member)
   end
-  redis.call('HSET', phases, member, ARGV[5])
+  if not same_phase then
+    redis.call('HSET', phases, member, ARGV[5])
+  end
 end
 return {1, nextv}
 ";
