@@ -89,9 +89,24 @@ async fn contacts_and_their_index_entries_spread_over_every_master() {
 /// over) makes the service not ready, although the other masters serve their contacts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_master_not_answering_fails_the_readiness_check() {
-    let cluster = RedisCluster::start(3, 0);
+    let mut cluster = RedisCluster::start(3, 0);
     let store = connect(&cluster).await;
     store.ping().await.expect("every master answers");
+    // Replicas asked for and none there: every save would be refused, so not ready either.
+    let waiting = RedisStore::connect_to(
+        &RedisTopology::Cluster(cluster.urls()[..1].to_vec()),
+        RedisSettings {
+            wait_replicas: 1,
+            ..RedisSettings::default()
+        },
+    )
+    .await
+    .expect("connect");
+    let not_ready = waiting.ping().await;
+    assert!(
+        matches!(&not_ready, Err(conversa::store::StoreError::Unavailable(m)) if m.contains("REDIS_WAIT_REPLICAS=1")),
+        "{not_ready:?}"
+    );
     let frozen = cluster.masters()[1];
     cluster.nodes()[frozen].pause();
     let pinged = store.ping().await;
@@ -103,6 +118,21 @@ async fn one_master_not_answering_fails_the_readiness_check() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while let Err(e) = store.ping().await {
         assert!(std::time::Instant::now() < deadline, "still not ready: {e}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Killed rather than frozen: its connection is refused and the client leaves it out of
+    // the `PING`, but the cluster, once it calls the node failed, refuses its slots
+    // (`cluster_state:fail`): not ready.
+    cluster.node_mut(frozen).stop();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match store.ping().await {
+            Err(conversa::store::StoreError::Unavailable(_)) => break,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "still ready with a master dead: {other:?}"
+            ),
+        }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

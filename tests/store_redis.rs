@@ -794,6 +794,10 @@ async fn saves_wait_for_the_replicas_asked_for() {
     let store = RedisStore::connect(&master.url(), settings(1))
         .await
         .unwrap();
+    store
+        .ping()
+        .await
+        .expect("ready: one replica asked for, one connected");
     let key = ContactKey::new(8, 1);
     let ix = index(Some(1_000), true, "bot_active");
     assert_eq!(store.save(&key, 0, b"one", &ix).await, Ok(1));
@@ -823,6 +827,12 @@ async fn saves_wait_for_the_replicas_asked_for() {
     let greedy = RedisStore::connect(&master.url(), settings(2))
         .await
         .unwrap();
+    // `/ready` (and the engine's start-up) say so before any save is refused.
+    let not_ready = greedy.ping().await;
+    assert!(
+        matches!(&not_ready, Err(StoreError::Unavailable(m)) if m.contains("REDIS_WAIT_REPLICAS=2")),
+        "{not_ready:?}"
+    );
     assert_unavailable(
         "save with 2 replicas asked, 1 present",
         greedy.save(&ContactKey::new(8, 2), 0, b"x", &ix).await,

@@ -635,6 +635,28 @@ impl RedisStore {
     }
 }
 
+/// The fewest replicas connected to one master holding slots, from `CLUSTER NODES` (`id
+/// address flags master ping pong epoch link-state slots...`); 0 when no master holds slots.
+fn fewest_replicas(nodes: &str) -> usize {
+    let lines: Vec<Vec<&str>> = nodes
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .filter(|f: &Vec<&str>| f.len() >= 8)
+        .collect();
+    let healthy = |f: &[&str]| !f[2].contains("fail") && f[7] == "connected";
+    lines
+        .iter()
+        .filter(|f| f[2].contains("master") && f.len() > 8 && !f[2].contains("fail"))
+        .map(|master| {
+            lines
+                .iter()
+                .filter(|f| f[2].contains("slave") && f[3] == master[0] && healthy(f))
+                .count()
+        })
+        .min()
+        .unwrap_or(0)
+}
+
 /// Whether step 1 of a save (`ZADD LT` of the wake-up, `SADD` of the outbox mark) leaves the
 /// indexes exact, given the exact entries of the version it replaces: only if nothing has to be
 /// removed or raised and the phase stays.
@@ -654,20 +676,80 @@ impl Store for RedisStore {
         "redis"
     }
 
-    /// On a Cluster the client sends `PING` to every master and needs all to answer: a shard
-    /// down (not yet failed over) makes `/ready` say not ready, as its contacts cannot be
-    /// served.
+    /// `PING` (on a Cluster the client sends it to every master and needs all to answer: a
+    /// frozen master makes `/ready` say not ready), then whether saves can be taken as
+    /// configured, which a cluster refusing commands or missing replicas does not show by
+    /// failing `PING`: on a Cluster, `cluster_state:ok` and no slot whose master failed
+    /// (`CLUSTER INFO`); with `REDIS_WAIT_REPLICAS=N`, `N` replicas connected to the master (to
+    /// every master holding slots, on a Cluster), or every save would answer 503. The engine's
+    /// start-up asks it too.
     async fn ping(&self) -> Result<(), StoreError> {
         let pong: String = self
             .call("PING", |mut c| async move {
                 ::redis::cmd("PING").query_async(&mut c).await
             })
             .await?;
-        if pong == "PONG" {
-            Ok(())
-        } else {
-            Err(StoreError::Corrupt(format!("PING answered {pong:?}")))
+        if pong != "PONG" {
+            return Err(StoreError::Corrupt(format!("PING answered {pong:?}")));
         }
+        let cluster = !self.conn.ordered();
+        if cluster {
+            let info: String = self
+                .call("CLUSTER INFO", |mut c| async move {
+                    ::redis::cmd("CLUSTER")
+                        .arg("INFO")
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
+                    .unwrap_or("?")
+                    .to_owned()
+            };
+            let (state, failed) = (field("cluster_state"), field("cluster_slots_fail"));
+            if state != "ok" || failed != "0" {
+                return Err(StoreError::Unavailable(format!(
+                    "redis cluster cannot serve every slot (cluster_state:{state}, \
+                     cluster_slots_fail:{failed})"
+                )));
+            }
+        }
+        let required = self.settings.wait_replicas as usize;
+        if required == 0 {
+            return Ok(());
+        }
+        let connected = if cluster {
+            let nodes: String = self
+                .call("CLUSTER NODES", |mut c| async move {
+                    ::redis::cmd("CLUSTER")
+                        .arg("NODES")
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            fewest_replicas(&nodes)
+        } else {
+            let info: String = self
+                .call("INFO replication", |mut c| async move {
+                    ::redis::cmd("INFO")
+                        .arg("replication")
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            info.lines()
+                .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+                .count()
+        };
+        if connected < required {
+            return Err(StoreError::Unavailable(format!(
+                "REDIS_WAIT_REPLICAS={required}, but a master has {connected} replicas \
+                 connected: every save would answer 503"
+            )));
+        }
+        Ok(())
     }
 
     /// The hash and its logs read by one script, atomically: what one compare-and-set wrote,
@@ -1126,4 +1208,34 @@ fn parse_member(index: &str, member: &[u8]) -> Option<ContactKey> {
         );
     }
     parsed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fewest_replicas;
+
+    /// `CLUSTER NODES` as Redis 7 prints it: three masters, one with two replicas, one with one,
+    /// one whose replica failed; a failed master without slots; a handshake line cut short.
+    const NODES: &str = "\
+a1 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460
+a2 127.0.0.1:7002@17002 master - 0 1 2 connected 5461-10922
+a3 127.0.0.1:7003@17003 master - 0 1 3 connected 10923-16383
+r1 127.0.0.1:7004@17004 slave a1 0 1 1 connected
+r2 127.0.0.1:7005@17005 slave a1 0 1 1 connected
+r3 127.0.0.1:7006@17006 slave a2 0 1 2 connected
+r4 127.0.0.1:7007@17007 slave,fail a3 0 1 3 disconnected
+old 127.0.0.1:7008@17008 master,fail - 0 1 4 disconnected
+cut 127.0.0.1:7009@17009 handshake
+";
+
+    #[test]
+    fn the_master_with_fewest_live_replicas_counts() {
+        assert_eq!(fewest_replicas(NODES), 0, "a3's only replica failed");
+        let healed = NODES.replace(
+            "slave,fail a3 0 1 3 disconnected",
+            "slave a3 0 1 3 connected",
+        );
+        assert_eq!(fewest_replicas(&healed), 1, "a2 and a3 have one each");
+        assert_eq!(fewest_replicas(""), 0);
+    }
 }
