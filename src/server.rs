@@ -63,6 +63,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     config.data_dir.display()
                 ),
             })?;
+    // Before anything is written: a store that cannot take saves as configured (a Cluster
+    // down, fewer replicas than REDIS_WAIT_REPLICAS) stops the start-up with its reason.
+    store.ping().await.context("the store cannot take saves")?;
     let backend = store.backend();
     let reply_tokens = ReplyTokens::load_or_create(store.as_ref())
         .await

@@ -544,8 +544,16 @@ pub fn map_err(what: &str, e: RedisError) -> StoreError {
     let corrupt = matches!(e.code(), Some("WRONGTYPE" | "CORRUPT"))
         || matches!(e.kind(), ErrorKind::UnexpectedReturnType);
     if corrupt {
-        StoreError::Corrupt(format!("redis {what}: {e}"))
-    } else {
-        StoreError::Unavailable(format!("redis {what}: {e}"))
+        return StoreError::Corrupt(format!("redis {what}: {e}"));
     }
+    // Which password, where: the sentinels answer for themselves, the master for itself.
+    let login = matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+        || matches!(e.kind(), ErrorKind::AuthenticationFailed);
+    let hint = if login {
+        " (the server's password goes in its URL, redis://[user:]password@host:port; behind \
+         Sentinel the master's goes in REDIS_SENTINEL_MASTER_PASSWORD)"
+    } else {
+        ""
+    };
+    StoreError::Unavailable(format!("redis {what}: {e}{hint}"))
 }

@@ -746,7 +746,7 @@ impl Store for RedisStore {
         if connected < required {
             return Err(StoreError::Unavailable(format!(
                 "REDIS_WAIT_REPLICAS={required}, but a master has {connected} replicas \
-                 connected: every save would answer 503"
+                 connected and in sync: every save would answer 503"
             )));
         }
         Ok(())
